@@ -1,0 +1,83 @@
+"""Typed requests and results. Everything a client sends comes back by document id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CompressRequest:
+    """One compression request.
+
+    Exactly one of `rate` (kept share of tokens, in (0, 1]) and `target_tokens`
+    (budget in downstream-LLM tokens over all documents) may be set; with
+    neither, the method's preset decides.
+    """
+
+    query: str
+    documents: tuple[Document, ...]
+    method: str = "llmlingua2"
+    rate: float | None = None
+    target_tokens: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    return_kv: bool = False
+    return_word_labels: bool = False
+
+
+@dataclass(frozen=True)
+class Span:
+    """A kept character range [start, end) of the original document text."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class WordLabel:
+    """One unit of the original text, its classifier score and the keep decision."""
+
+    start: int
+    end: int
+    score: float
+    kept: bool
+
+
+@dataclass(frozen=True)
+class DocumentResult:
+    id: str
+    text: str
+    kept_spans: tuple[Span, ...]
+    tokens_before: int
+    tokens_after: int
+    score: float
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    word_labels: tuple[WordLabel, ...] = ()
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    method: str
+    documents: tuple[DocumentResult, ...]
+    context: str
+    tokens_before: int
+    tokens_after: int
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio, tokens_before / tokens_after (3.0 means 3x smaller)."""
+        return self.tokens_before / self.tokens_after if self.tokens_after else float("inf")
+
+    @property
+    def rate(self) -> float:
+        """Kept share of tokens, tokens_after / tokens_before."""
+        return self.tokens_after / self.tokens_before if self.tokens_before else 1.0

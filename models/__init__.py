@@ -1,0 +1,33 @@
+"""Model registry: one offline default per role, overridable by HF id or path.
+
+Imported as ``ctxcomp.models`` (pyproject maps this folder into the namespace).
+Nothing is loaded at import time; call the ``load_*`` factories.
+"""
+
+from __future__ import annotations
+
+from ctxcomp.models.registry import (
+    ROLES,
+    LoadedLLM,
+    TokenClassifier,
+    describe_roles,
+    load_llm,
+    load_llm_tokenizer,
+    load_sentence_encoder,
+    load_spacy,
+    load_token_classifier,
+    resolve,
+)
+
+__all__ = [
+    "ROLES",
+    "LoadedLLM",
+    "TokenClassifier",
+    "describe_roles",
+    "load_llm",
+    "load_llm_tokenizer",
+    "load_sentence_encoder",
+    "load_spacy",
+    "load_token_classifier",
+    "resolve",
+]

