@@ -1,0 +1,66 @@
+"""Loaded models, shared by all methods of one process and loaded on first use."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Sequence
+
+from ctxcomp import models
+
+
+class ModelHub:
+    """Loads each model role at most once (thread-safe) and counts downstream-LLM tokens.
+
+    `overrides` maps a role to a HF id or local path, as the CTXCOMP_* variables do.
+    """
+
+    def __init__(self, overrides: dict[str, str] | None = None) -> None:
+        self.overrides = dict(overrides or {})
+        for role in self.overrides:
+            models.registry.role_spec(role)
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, role: str, load: Callable[[str | None], Any]) -> Any:
+        with self._lock:
+            if role not in self._loaded:
+                self._loaded[role] = load(self.overrides.get(role))
+            return self._loaded[role]
+
+    def token_classifier(self) -> models.TokenClassifier:
+        return self._get("token_classifier", models.load_token_classifier)
+
+    def llm_tokenizer(self) -> Any:
+        return self._get("llm_tokenizer", models.load_llm_tokenizer)
+
+    def sentence_encoder(self) -> Any:
+        return self._get("sentence_encoder", models.load_sentence_encoder)
+
+    def spacy(self) -> Any:
+        return self._get("spacy", models.load_spacy)
+
+    def load(self, roles: Sequence[str]) -> None:
+        """Load the given roles now (server start-up), so the first request pays nothing."""
+        loaders = {
+            "token_classifier": self.token_classifier,
+            "downstream_llm": self.llm_tokenizer,
+            "sentence_encoder": self.sentence_encoder,
+            "spacy": self.spacy,
+        }
+        for role in roles:
+            loaders[role]()
+
+    def loaded_roles(self) -> set[str]:
+        with self._lock:
+            return {"downstream_llm" if r == "llm_tokenizer" else r for r in self._loaded}
+
+    @property
+    def tokenizer_name(self) -> str:
+        return models.resolve("downstream_llm", self.overrides.get("downstream_llm")).location
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Downstream-LLM token counts of each text, no special tokens. [N] ints."""
+        if not texts:
+            return []
+        encoded = self.llm_tokenizer()(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
