@@ -1,0 +1,97 @@
+"""Typed Python clients for the ctxcomp service (blocking and asyncio)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ctxcomp import wire
+from ctxcomp.types import CompressRequest, CompressResult, Document
+from ctxcomp.v1 import ctxcomp_pb2 as pb
+from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def as_documents(documents: Sequence[Document | str]) -> tuple[Document, ...]:
+    """Documents as given; plain strings get their position as id."""
+    return tuple(d if isinstance(d, Document) else Document(str(i), d) for i, d in enumerate(documents))
+
+
+def build_request(
+    query: str,
+    documents: Sequence[Document | str],
+    *,
+    method: str = "",
+    rate: float | None = None,
+    target_tokens: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    return_word_labels: bool = False,
+) -> pb.CompressRequest:
+    request = CompressRequest(
+        query=query,
+        documents=as_documents(documents),
+        method=method,
+        rate=rate,
+        target_tokens=target_tokens,
+        options=dict(options or {}),
+        return_word_labels=return_word_labels,
+    )
+    return wire.request_to_proto(request)
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class CtxcompClient:
+    """Blocking client. Errors surface as grpc.RpcError with the server's status and message."""
+
+    def __init__(self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.stub = pb_grpc.CompressorStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.timeout = timeout
+
+    def compress(self, query: str, documents: Sequence[Document | str], **kwargs: Any) -> CompressResult:
+        """See build_request for the keyword arguments."""
+        response = self.stub.Compress(build_request(query, documents, **kwargs), timeout=self.timeout)
+        return wire.result_from_proto(response)
+
+    def list_methods(self) -> pb.ListMethodsResponse:
+        return self.stub.ListMethods(pb.ListMethodsRequest(), timeout=self.timeout)
+
+    def health(self, service: str = "") -> str:
+        """'SERVING', 'NOT_SERVING', ... for the whole server or one service name."""
+        reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "CtxcompClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncCtxcompClient:
+    """asyncio client on grpc.aio; create and use it inside one running event loop."""
+
+    def __init__(self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.stub = pb_grpc.CompressorStub(self.channel)
+        self.timeout = timeout
+
+    async def compress(self, query: str, documents: Sequence[Document | str], **kwargs: Any) -> CompressResult:
+        response = await self.stub.Compress(build_request(query, documents, **kwargs), timeout=self.timeout)
+        return wire.result_from_proto(response)
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,129 @@
+"""Translation between the protobuf messages and ctxcomp's dataclasses.
+
+Used by both sides: the service (request in, result out) and the client
+(request out, result in). No logic beyond field mapping lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from ctxcomp.types import CompressRequest, CompressResult, Document, DocumentResult, Span, WordLabel
+from ctxcomp.v1 import ctxcomp_pb2 as pb
+
+
+def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
+    message = pb.CompressRequest(
+        query=request.query,
+        documents=[pb.Document(id=d.id, text=d.text, metadata=dict(d.metadata)) for d in request.documents],
+        method=request.method,
+        return_kv=request.return_kv,
+        return_word_labels=request.return_word_labels,
+    )
+    if request.rate is not None:
+        message.rate = request.rate
+    if request.target_tokens is not None:
+        message.target_tokens = request.target_tokens
+    if request.options:
+        message.options.update(dict(request.options))
+    return message
+
+
+def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
+    target = message.WhichOneof("target")
+    return CompressRequest(
+        query=message.query,
+        documents=tuple(Document(d.id, d.text, dict(d.metadata)) for d in message.documents),
+        method=message.method,
+        rate=message.rate if target == "rate" else None,
+        target_tokens=message.target_tokens if target == "target_tokens" else None,
+        options=_struct_to_dict(message.options),
+        return_kv=message.return_kv,
+        return_word_labels=message.return_word_labels,
+    )
+
+
+def _struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct) if struct.fields else {}
+
+
+def result_to_proto(result: CompressResult, tokenizer: str = "") -> pb.CompressResponse:
+    return pb.CompressResponse(
+        method=result.method,
+        documents=[_document_to_proto(d) for d in result.documents],
+        context=result.context,
+        tokens_before=result.tokens_before,
+        tokens_after=result.tokens_after,
+        ratio=result.ratio if math.isfinite(result.ratio) else 0.0,
+        rate=result.rate,
+        timings_ms=dict(result.timings_ms),
+        note=result.note,
+        tokenizer=tokenizer,
+    )
+
+
+def _document_to_proto(doc: DocumentResult) -> pb.DocumentResult:
+    return pb.DocumentResult(
+        id=doc.id,
+        text=doc.text,
+        kept_spans=[pb.Span(start=s.start, end=s.end) for s in doc.kept_spans],
+        tokens_before=doc.tokens_before,
+        tokens_after=doc.tokens_after,
+        score=doc.score,
+        metadata=dict(doc.metadata),
+        word_labels=[pb.WordLabel(start=w.start, end=w.end, score=w.score, kept=w.kept) for w in doc.word_labels],
+    )
+
+
+def result_from_proto(message: pb.CompressResponse) -> CompressResult:
+    return CompressResult(
+        method=message.method,
+        documents=tuple(
+            DocumentResult(
+                id=d.id,
+                text=d.text,
+                kept_spans=tuple(Span(s.start, s.end) for s in d.kept_spans),
+                tokens_before=d.tokens_before,
+                tokens_after=d.tokens_after,
+                score=d.score,
+                metadata=dict(d.metadata),
+                word_labels=tuple(WordLabel(w.start, w.end, w.score, w.kept) for w in d.word_labels),
+            )
+            for d in message.documents
+        ),
+        context=message.context,
+        tokens_before=message.tokens_before,
+        tokens_after=message.tokens_after,
+        timings_ms=dict(message.timings_ms),
+        note=message.note,
+    )
+
+
+def result_to_dict(result: CompressResult) -> dict[str, Any]:
+    """JSON-ready form (CLI --json): ratio/rate as floats, no formatted strings."""
+    return {
+        "method": result.method,
+        "context": result.context,
+        "tokens_before": result.tokens_before,
+        "tokens_after": result.tokens_after,
+        "ratio": result.ratio if math.isfinite(result.ratio) else None,
+        "rate": result.rate,
+        "timings_ms": dict(result.timings_ms),
+        "note": result.note,
+        "documents": [
+            {
+                "id": d.id,
+                "text": d.text,
+                "kept_spans": [[s.start, s.end] for s in d.kept_spans],
+                "tokens_before": d.tokens_before,
+                "tokens_after": d.tokens_after,
+                "score": d.score,
+                "metadata": dict(d.metadata),
+                **({"word_labels": [[w.start, w.end, w.score, w.kept] for w in d.word_labels]} if d.word_labels else {}),
+            }
+            for d in result.documents
+        ],
+    }

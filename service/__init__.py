@@ -1,0 +1,1 @@
+"""gRPC service (imported as ``ctxcomp.service``): translation and status mapping only."""

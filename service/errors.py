@@ -1,0 +1,28 @@
+"""The one place where domain errors become gRPC status codes."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from ctxcomp.errors import CtxcompError, InvalidRequest, ModelUnavailable, NotAvailable
+
+log = logging.getLogger("ctxcomp.service")
+
+STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotAvailable, grpc.StatusCode.UNIMPLEMENTED),
+    (ModelUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def status_for(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """Status code and client-facing message; unexpected errors become INTERNAL without internals."""
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code, str(error)
+    if isinstance(error, CtxcompError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    log.exception("unexpected error while serving a request", exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); see server log"

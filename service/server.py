@@ -1,0 +1,124 @@
+"""The grpc.aio server: health, reflection, message limits, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ctxcomp.pipeline import Compressor
+from ctxcomp.service.servicer import CompressorServicer
+from ctxcomp.v1 import ctxcomp_pb2 as pb
+from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
+
+log = logging.getLogger("ctxcomp.service")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Compressor"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port
+    workers: int = 1  # threads running model work; torch uses intra-op threads inside each
+    grace_s: float = 10.0  # in-flight requests get this long to finish on shutdown
+    warm_methods: tuple[str, ...] = field(default=())  # models loaded before SERVING; () = default method
+
+
+class Server:
+    """One running grpc.aio server around a Compressor."""
+
+    def __init__(self, compressor: Compressor, config: ServerConfig) -> None:
+        self.compressor = compressor
+        self.config = config
+        self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ctxcomp-model")
+        limit = compressor.limits.max_message_bytes
+        self.grpc = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        )
+        self.health = health.aio.HealthServicer()
+        pb_grpc.add_CompressorServicer_to_server(CompressorServicer(compressor, self.executor), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc,
+        )
+        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {config.host}:{config.port}")
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def start(self) -> None:
+        """Listen at once (health NOT_SERVING), load models, then report SERVING."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.start()
+        log.info("listening on %s:%d; loading models", self.config.host, self.port)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.compressor.warm_up, list(self.config.warm_methods) or None)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving")
+
+    async def stop(self) -> None:
+        """NOT_SERVING first, so balancers drain us; then let in-flight calls finish."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.stop(self.config.grace_s)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def wait(self) -> None:
+        await self.grpc.wait_for_termination()
+
+
+async def serve(compressor: Compressor, config: ServerConfig, *, on_ready=None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = Server(compressor, config)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    if on_ready is not None:
+        on_ready(server)
+    await stopping.wait()
+    log.info("signal received; draining for up to %.1f s", config.grace_s)
+    await server.stop()
+
+
+class BackgroundServer:
+    """A server on its own event loop in a daemon thread (tests, notebooks, the demo)."""
+
+    def __init__(self, compressor: Compressor, config: ServerConfig) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ctxcomp-server", daemon=True)
+        self._thread.start()
+        self.server: Server = self._call(self._make(compressor, config))
+        self._call(self.server.start())
+
+    async def _make(self, compressor: Compressor, config: ServerConfig) -> Server:
+        return Server(compressor, config)  # grpc.aio objects must be created on their loop
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def address(self) -> str:
+        return f"{self.server.config.host}:{self.server.port}"
+
+    def stop(self) -> None:
+        self._call(self.server.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
