@@ -1,0 +1,231 @@
+"""Command line: `ctxcomp serve`, `ctxcomp compress`, `ctxcomp models`, `ctxcomp demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, TextIO
+
+from ctxcomp import methods, models, wire
+from ctxcomp.errors import CtxcompError
+from ctxcomp.types import CompressRequest, CompressResult, Document
+
+
+def read_jsonl(lines: Iterable[str], query: str | None) -> tuple[str, tuple[Document, ...]]:
+    """Documents from JSONL: {"id", "text", "metadata"?} per line, or a bare JSON string.
+
+    A line {"query": ...} (without "text") sets the query unless --query was given.
+    """
+    documents: list[Document] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"input line {number}: not JSON ({err.msg})") from err
+        if isinstance(item, str):
+            documents.append(Document(str(len(documents)), item))
+        elif isinstance(item, dict) and "text" in item:
+            doc_id = str(item.get("id", len(documents)))
+            metadata = {str(k): str(v) for k, v in (item.get("metadata") or {}).items()}
+            documents.append(Document(doc_id, str(item["text"]), metadata))
+        elif isinstance(item, dict) and "query" in item:
+            query = query if query is not None else str(item["query"])
+        else:
+            raise SystemExit(f"input line {number}: expected a string, {{'text': ...}} or {{'query': ...}}")
+    return query or "", tuple(documents)
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """--option name=value; the value is read as JSON when it parses, else as a string."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--option {pair!r}: expected name=value")
+        try:
+            options[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[name] = raw
+    return options
+
+
+def print_result(result: CompressResult, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        json.dump(wire.result_to_dict(result), out, ensure_ascii=False)
+        out.write("\n")
+        return
+    out.write(result.context + "\n\n")
+    ratio = f"{result.ratio:.2f}x" if result.tokens_after else "everything dropped"
+    out.write(f"# method={result.method} tokens {result.tokens_before} -> {result.tokens_after} ({ratio})\n")
+    for doc in result.documents:
+        out.write(f"#   {doc.id}: {doc.tokens_before} -> {doc.tokens_after} tokens, score {doc.score:.3f}\n")
+    if result.note:
+        out.write(f"# note: {result.note}\n")
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    handle = open(args.input, encoding="utf-8") if args.input not in (None, "-") else sys.stdin
+    with handle:
+        query, documents = read_jsonl(handle, args.query)
+    kwargs = dict(
+        method=args.method or "",
+        rate=args.rate,
+        target_tokens=args.target_tokens,
+        options=parse_options(args.option),
+        return_word_labels=args.word_labels,
+    )
+    if args.server:
+        from ctxcomp.client import CtxcompClient
+
+        with CtxcompClient(args.server) as client:
+            result = client.compress(query, documents, **kwargs)
+    else:
+        from ctxcomp.pipeline import Compressor
+
+        result = Compressor().compress(CompressRequest(query=query, documents=documents, **kwargs))
+    print_result(result, args.json, sys.stdout)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ctxcomp.pipeline import Compressor
+    from ctxcomp.service.server import ServerConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    config = ServerConfig(host=args.host, port=args.port, workers=args.workers, grace_s=args.grace)
+
+    def on_ready(server: Any) -> None:
+        if args.port_file:
+            tmp = Path(args.port_file + ".tmp")
+            tmp.write_text(str(server.port))
+            tmp.rename(args.port_file)
+
+    asyncio.run(serve(Compressor(), config, on_ready=on_ready))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.prepare:
+        models.load_llm_tokenizer()
+        models.load_token_classifier()
+    for row in models.describe_roles():
+        print(f"{row['role']:<18} {row['kind']:<8} {row['location']}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    for name in methods.method_names():
+        cls = methods.method_class(name)
+        print(f"{name}: {cls.description}")
+        for option in methods.describe_options(cls.presets["default"]):
+            print(f"    {option['name']} ({option['type']}, default {option['default_json']}): {option['help']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start `ctxcomp serve` on a free port, send the embedded sample through the client, stop it."""
+    from ctxcomp.client import CtxcompClient
+
+    sample = json.loads(resources.files("ctxcomp.samples").joinpath("rag_request.json").read_text())
+    documents = [Document(d["id"], d["text"], d.get("metadata", {})) for d in sample["documents"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            port = _wait_for_port(port_file, server, timeout=args.timeout)
+            with CtxcompClient(f"127.0.0.1:{port}") as client:
+                print(f"server health: {client.health()}", flush=True)
+                print(f"query: {sample['query']}\n", flush=True)
+                result = client.compress(sample["query"], documents, rate=args.rate)
+            print_result(result, False, sys.stdout)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+def _wait_for_port(port_file: Path, server: subprocess.Popen, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text())
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with code {server.returncode} before it was ready")
+        time.sleep(0.2)
+    raise SystemExit(f"server not ready after {timeout:.0f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctxcomp", description="Context compression for RAG.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="compress documents from JSONL (file or stdin)")
+    p.add_argument("input", nargs="?", help="JSONL file; '-' or nothing reads stdin")
+    p.add_argument("--query", help="the query (else a {'query': ...} line, else empty)")
+    p.add_argument("--method", help=f"one of: {', '.join(methods.method_names())}")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--rate", type=float, help="kept share of tokens, in (0, 1]")
+    target.add_argument("--target-tokens", type=int, help="token budget over all documents")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="method option (repeatable)")
+    p.add_argument("--word-labels", action="store_true", help="include per-word scores and decisions")
+    p.add_argument("--server", help="host:port of a running ctxcomp server (default: compress in-process)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("serve", help="run the gRPC server until SIGTERM")
+    p.add_argument("--host", default=os.environ.get("CTXCOMP_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("CTXCOMP_PORT", "50051")), help="0 picks a free one")
+    p.add_argument("--workers", type=int, default=1, help="threads running model work")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
+    p.add_argument("--port-file", help="write the bound port here once serving")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("models", help="list model roles and their sources")
+    p.add_argument("--prepare", action="store_true", help="load (and convert/cache) the default models now")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("methods", help="list compression methods and their options")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("demo", help="serve the embedded sample request once and print the result")
+    p.add_argument("--rate", type=float, default=0.4)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (load reports, progress bars) out of the CLI's output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    try:
+        return args.func(args)
+    except CtxcompError as err:
+        print(f"ctxcomp: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
