@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+from pathlib import Path
+
+from ctxcomp import models
+from ctxcomp.errors import ModelUnavailable
+
+
+def test_every_role_has_an_offline_default() -> None:
+    rows = {r["role"]: r for r in models.describe_roles()}
+    assert set(rows) == {"token_classifier", "sentence_encoder", "downstream_llm", "spacy"}
+    assert all(r["kind"] == "default" for r in rows.values())
+
+
+def test_missing_model_names_role_tried_and_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTXCOMP_TOKEN_CLASSIFIER", "nobody/not-a-real-model")
+    with pytest.raises(ModelUnavailable) as caught:
+        models.load_token_classifier()
+    message = str(caught.value)
+    assert "token_classifier" in message
+    assert "nobody/not-a-real-model" in message
+    assert "CTXCOMP_TOKEN_CLASSIFIER" in message
+
+
+def test_override_by_local_path(tmp_path, hub) -> None:
+    """A saved checkpoint folder loads through the same factory and scores the same."""
+    from ctxcomp import wordscore
+
+    shipped = hub.token_classifier()
+    shipped.model.save_pretrained(tmp_path)
+    shipped.tokenizer.save_pretrained(tmp_path)
+    loaded = models.load_token_classifier(str(tmp_path))
+    assert loaded.source.kind == "path"
+    words = ["Denver", "Broncos", "won", "Super", "Bowl", "50", "."]
+    a = wordscore.score_documents(shipped, [words])[0]
+    b = wordscore.score_documents(loaded, [words])[0]
+    assert abs(a - b).max() < 1e-5
+
+
+def test_llm_is_converted_once_and_fingerprinted(hub) -> None:
+    tokenizer = hub.llm_tokenizer()
+    source, folder = models.registry.llm_folder()
+    assert Path(folder).parent == models.registry.cache_dir() / "llm"
+    assert source.kind == "default"
+    assert tokenizer("Hello world", add_special_tokens=False)["input_ids"]
+
+
+def test_unknown_role_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="valid roles"):
+        models.resolve("reranker")

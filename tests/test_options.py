@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from ctxcomp import methods
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.methods.llmlingua2 import LLMLingua2Config
+
+
+def test_options_are_coerced_from_json_numbers() -> None:
+    config = methods.apply_options(LLMLingua2Config(), {"max_batch_tokens": 4096.0, "force_tokens": ["\n", "?"]})
+    assert config.max_batch_tokens == 4096 and isinstance(config.max_batch_tokens, int)
+    assert config.force_tokens == ("\n", "?")
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"no_such_option": 1}, "options.no_such_option"),
+        ({"max_batch_tokens": 1.5}, "options.max_batch_tokens"),
+        ({"aggregation": "median"}, "options.aggregation"),
+        ({"force_reserve_digit": "yes"}, "options.force_reserve_digit"),
+        ({"rate": 0.0}, "options.rate"),
+        ({"force_tokens": "abc"}, "options.force_tokens"),
+    ],
+)
+def test_bad_options_name_the_field(options: dict, field: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        methods.apply_options(LLMLingua2Config(), options)
+    assert caught.value.field == field
+
+
+def test_unknown_method_lists_valid_ones() -> None:
+    with pytest.raises(InvalidRequest, match="llmlingua2") as caught:
+        methods.method_class("lingua-3000")
+    assert caught.value.field == "method"
+
+
+def test_every_registered_method_describes_its_options() -> None:
+    for name in methods.method_names():
+        cls = methods.method_class(name)
+        described = methods.describe_options(cls.presets["default"])
+        assert described and all(row["help"] for row in described)
