@@ -1,0 +1,92 @@
+"""Gold-answer preservation of LLMLingua-2 (our classifier) vs naive baselines.
+
+    python bench/answer_preservation.py [--quick]
+
+On the SQuAD dev articles held apart from training, each paragraph is one
+request compressed to 2x/3x/5x (LLM-token budget, never exceeded). Every
+scorer goes through the same budgeted selection (fit_budget); only the word
+priorities differ:
+  classifier        ctxcomp's trained token classifier (the llmlingua2 method)
+  self_information  the shipped LLM's surprisal of each word (Selective Context style)
+  random            uniform random priorities (seeded)
+  first_k           earlier words first (truncation)
+Prints one JSON object per (rate, scorer): preservation = share of questions
+with a gold answer string still present in the compressed text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from ctxcomp import wordscore
+from ctxcomp.hub import ModelHub
+from ctxcomp.methods.llmlingua2 import fit_budget
+from ctxcomp.models import load_llm, squad
+
+RATES = {"2x": 0.5, "3x": 1 / 3, "5x": 0.2}
+
+
+@torch.inference_mode()
+def self_information(llm, words: wordscore.Words) -> np.ndarray:
+    """[W] surprisal (nats) of each word under the LLM, summed over its tokens."""
+    tok = llm.tokenizer
+    enc = tok(words.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [tok.bos_token_id or tok.eos_token_id] + enc["input_ids"]
+    logits = llm.model(torch.tensor([ids])).logits[0, :-1].float()
+    surprisal = -logits.log_softmax(-1).gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1)
+    starts = np.asarray([s for s, _ in enc["offset_mapping"]])
+    owner = np.clip(np.searchsorted(words.starts, starts, side="right") - 1, 0, len(words) - 1)
+    out = np.zeros(len(words))
+    np.add.at(out, owner, surprisal.numpy())
+    return out
+
+
+def preserved(paragraph: squad.Paragraph, text: str) -> tuple[int, int]:
+    hits = sum(any(a in text for a in q.answers) for q in paragraph.questions)
+    return hits, len(paragraph.questions)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="60 paragraphs (under a minute)")
+    parser.add_argument("--paragraphs", type=int, default=0, help="limit (0 = all held-out)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    paragraphs = squad.split_articles(squad.load_paragraphs())[1]
+    limit = 60 if args.quick else args.paragraphs
+    if limit:
+        paragraphs = paragraphs[:limit]
+    hub = ModelHub()
+    llm = load_llm()
+    words = [wordscore.segment(p.context) for p in paragraphs]
+    started = time.perf_counter()
+    scorers = {"classifier": wordscore.score_documents(hub.token_classifier(), [w.strings() for w in words])}
+    classifier_s = time.perf_counter() - started
+    started = time.perf_counter()
+    scorers["self_information"] = [self_information(llm, w) for w in words]
+    self_info_s = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    scorers["random"] = [rng.random(len(w)) for w in words]
+    scorers["first_k"] = [-np.arange(len(w), dtype=np.float64) for w in words]
+    totals = hub.count_tokens([p.context for p in paragraphs])
+    for label, rate in RATES.items():
+        for name, priorities in scorers.items():
+            hits = asked = kept = 0
+            for para, w, prio, total in zip(paragraphs, words, priorities, totals):
+                selection = fit_budget([w], np.asarray(prio, np.float64), hub.count_tokens, int(total * rate), total_tokens=total)
+                h, n = preserved(para, selection.rendered[0][0])
+                hits, asked, kept = hits + h, asked + n, kept + selection.counts[0]
+            print(json.dumps({
+                "target": label, "scorer": name, "paragraphs": len(paragraphs), "questions": asked,
+                "preservation": round(hits / asked, 4), "achieved_ratio": round(sum(totals) / max(kept, 1), 3),
+                "score_seconds": round({"classifier": classifier_s, "self_information": self_info_s}.get(name, 0.0), 2),
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
