@@ -27,8 +27,14 @@ class ModelHub:
                 self._loaded[role] = load(self.overrides.get(role))
             return self._loaded[role]
 
-    def token_classifier(self) -> models.TokenClassifier:
-        return self._get("token_classifier", models.load_token_classifier)
+    def token_classifier(self, precision: str = "fp32") -> models.TokenClassifier:
+        """The token classifier; precision "bf16" is a bfloat16 copy (about 2x faster on CPUs with AMX/AVX512-BF16)."""
+        full = self._get("token_classifier", models.load_token_classifier)
+        if precision == "fp32":
+            return full
+        if precision != "bf16":
+            raise ValueError(f"unknown precision {precision!r}; valid: fp32, bf16")
+        return self._get("token_classifier_bf16", lambda _: models.registry.to_bfloat16(full))
 
     def llm_tokenizer(self) -> Any:
         return self._get("llm_tokenizer", models.load_llm_tokenizer)
@@ -52,7 +58,8 @@ class ModelHub:
 
     def loaded_roles(self) -> set[str]:
         with self._lock:
-            return {"downstream_llm" if r == "llm_tokenizer" else r for r in self._loaded}
+            aliases = {"llm_tokenizer": "downstream_llm", "token_classifier_bf16": "token_classifier"}
+            return {aliases.get(r, r) for r in self._loaded}
 
     @property
     def tokenizer_name(self) -> str:

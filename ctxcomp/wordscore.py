@@ -8,6 +8,7 @@ run, except that URLs stay whole and each CJK character is its own unit
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -39,6 +40,68 @@ def segment(text: str) -> Words:
     spans = [(m.start(), m.end()) for m in _WORD.finditer(text)]
     arr = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
     return Words(text, arr[:, 0].copy(), arr[:, 1].copy())
+
+
+_FENCED_CODE = re.compile(r"```[\s\S]*?```|~~~[\s\S]*?~~~")
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+_MD_LINK = re.compile(r"!?\[[^\]\n]*\]\([^)\s]*(?:\s+\"[^\"]*\")?\)")
+_LIST_ITEM = re.compile(r"(?m)^[ \t]*(?:[-*+]|\d+[.)])[ \t]+\S+")
+_JSON_START = re.compile(r"[\[{]")
+_JSON_DECODER = json.JSONDecoder()
+
+
+def structure_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans that must be kept or dropped whole: fenced and inline code,
+    JSON objects/arrays, markdown links, and a list item's marker with its first word.
+    (URLs and numbers are single words already.) Sorted, non-overlapping."""
+    spans: list[tuple[int, int]] = []
+    taken = np.zeros(len(text) + 1, dtype=bool)
+
+    def claim(start: int, end: int) -> None:
+        if not taken[start:end].any():
+            spans.append((start, end))
+            taken[start:end] = True
+
+    for pattern in (_FENCED_CODE, _INLINE_CODE):
+        for m in pattern.finditer(text):
+            claim(m.start(), m.end())
+    for m in _JSON_START.finditer(text):
+        if taken[m.start()]:
+            continue
+        try:
+            value, end = _JSON_DECODER.raw_decode(text, m.start())
+        except ValueError:
+            continue
+        if isinstance(value, (dict, list)) and value:
+            claim(m.start(), end)
+    for pattern in (_MD_LINK, _LIST_ITEM):
+        for m in pattern.finditer(text):
+            claim(m.start(), m.end())
+    return sorted(spans)
+
+
+def unit_ids(words: Words) -> np.ndarray:
+    """[W] int64: the selection unit of each word. Words inside one structure span
+    (see structure_spans) share a unit; every other word is a unit of its own.
+    Unit ids are increasing along the text."""
+    if not len(words):
+        return np.zeros(0, np.int64)
+    spans = np.asarray(structure_spans(words.text), dtype=np.int64).reshape(-1, 2)
+    new_unit = np.ones(len(words), dtype=bool)
+    if len(spans):
+        # The span (if any) holding each word's start; a word continuing the same span joins its unit.
+        holder = np.searchsorted(spans[:, 0], words.starts, side="right") - 1
+        inside = (holder >= 0) & (words.starts < spans[np.maximum(holder, 0), 1])
+        span_of_word = np.where(inside, holder, -1)
+        same_as_previous = (span_of_word[1:] == span_of_word[:-1]) & (span_of_word[1:] >= 0)
+        new_unit[1:] = ~same_as_previous
+    return np.cumsum(new_unit) - 1
+
+
+def sentence_ids(words: Words) -> np.ndarray:
+    """[W] int64: index of the sentence each word belongs to (a sentence ends at . ! ? etc.)."""
+    ends = np.fromiter((bool(_SENTENCE_END.search(w)) for w in words.strings()), dtype=bool, count=len(words))
+    return np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int64) if len(words) else np.zeros(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -126,7 +189,6 @@ def pad_batch(chunks: Sequence[Chunk], pad_id: int) -> tuple[torch.Tensor, torch
 Aggregation = Literal["mean", "first"]
 
 
-@torch.inference_mode()
 def score_documents(
     classifier: Any,
     documents: Sequence[list[str]],
@@ -134,15 +196,28 @@ def score_documents(
     aggregation: Aggregation = "mean",
     max_batch_tokens: int = 8192,
 ) -> list[np.ndarray]:
-    """Keep-probability of every word of every document, [W_d] float32 each.
+    """Keep-probability of every word of every document, [W_d] float32 each."""
+    tokenizer = classifier.tokenizer
+    chunks = [c for d, words in enumerate(documents) for c in chunk_words(tokenizer, words, d, classifier.max_length)]
+    return score_chunks(classifier, chunks, [len(w) for w in documents], aggregation, max_batch_tokens)
 
-    All chunks of all documents go through the encoder together, in
-    length-sorted, dynamically padded batches; sub-token probabilities are
-    reduced to words with one scatter per batch (no per-word Python loop).
+
+@torch.inference_mode()
+def score_chunks(
+    classifier: Any,
+    chunks: Sequence[Chunk],
+    words_per_document: Sequence[int],
+    aggregation: Aggregation = "mean",
+    max_batch_tokens: int = 8192,
+) -> list[np.ndarray]:
+    """Word keep-probabilities from encoder chunks of any number of documents.
+
+    All chunks go through the encoder together, in length-sorted, dynamically
+    padded batches; sub-token probabilities are reduced to words with one
+    scatter per batch (no per-word Python loop). Returns [W_d] float32 per document.
     """
     tokenizer, model = classifier.tokenizer, classifier.model
-    chunks = [c for d, words in enumerate(documents) for c in chunk_words(tokenizer, words, d, classifier.max_length)]
-    offsets = np.cumsum([0] + [len(w) for w in documents])
+    offsets = np.cumsum([0, *words_per_document])
     sums = torch.zeros(int(offsets[-1]))
     counts = torch.zeros(int(offsets[-1]))
     for batch in batches_by_length(chunks, max_batch_tokens):
@@ -158,4 +233,4 @@ def score_documents(
         sums.index_add_(0, flat, probs[valid])
         counts.index_add_(0, flat, torch.ones_like(probs[valid]))
     scores = (sums / counts.clamp(min=1)).numpy()
-    return [scores[offsets[d] : offsets[d + 1]] for d in range(len(documents))]
+    return [scores[offsets[d] : offsets[d + 1]] for d in range(len(words_per_document))]

@@ -137,6 +137,16 @@ class TokenClassifier:
     max_length: int
 
 
+def to_bfloat16(classifier: TokenClassifier) -> TokenClassifier:
+    """A bfloat16 copy of a loaded classifier (the original stays fp32)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(classifier.model).to(torch.bfloat16).eval()
+    return TokenClassifier(model, classifier.tokenizer, classifier.source, classifier.max_length)
+
+
 def encoder_path() -> Path:
     return _package_dir(ENCODER_PACKAGE, "sentence_encoder") / "model"
 

@@ -123,3 +123,88 @@ def test_bad_rate_option_is_rejected(compressor) -> None:
     with pytest.raises(InvalidRequest) as caught:
         compressor.compress(request(PARAGRAPH, options={"rate": 1.5}))
     assert caught.value.field == "options.rate"
+
+
+STRUCTURED = """Install the client first:
+```bash
+pip install ctxcomp --upgrade
+export CTXCOMP_PORT=50051
+```
+Then send {"query": "capital of France", "rate": 0.33, "documents": [{"id": "a"}]} to the server.
+Read [the deployment guide](https://docs.example.com/deploy#grpc) or https://example.com/faq?topic=limits first.
+- The default port is 50051 and the limit is 64 MiB.
+- Health turns SERVING after 12.5 seconds on 2 cores.
+1. Start the server.
+2. Check `grpc_health_probe -addr=:50051` before sending traffic.
+"""
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.4, 0.6])
+def test_structure_is_kept_or_dropped_whole(compressor, rate) -> None:
+    from ctxcomp import wordscore
+
+    result = compressor.compress(request(STRUCTURED, rate=rate, return_word_labels=True))
+    doc = result.documents[0]
+    kept = {(w.start, w.end): w.kept for w in doc.word_labels}
+    words = wordscore.segment(STRUCTURED)
+    for start, end in wordscore.structure_spans(STRUCTURED):
+        inside = {kept[(s, e)] for s, e in zip(words.starts.tolist(), words.ends.tolist()) if start <= s < end}
+        assert len(inside) == 1, f"cut inside {STRUCTURED[start:end]!r}"
+        assert (STRUCTURED[start:end] in doc.text) == inside.pop()
+    for unit in ["https://docs.example.com/deploy#grpc)", "https://example.com/faq?topic=limits", "12.5", "64"]:
+        assert unit in doc.text or not any(unit[:5] in piece for piece in doc.text.split()), unit
+    assert result.tokens_after <= int(result.tokens_before * rate)
+
+
+def test_structure_spans_cover_code_json_links_and_lists() -> None:
+    from ctxcomp import wordscore
+
+    found = [STRUCTURED[s:e] for s, e in wordscore.structure_spans(STRUCTURED)]
+    assert found[0].startswith("```bash") and found[0].endswith("```")
+    assert '{"query": "capital of France", "rate": 0.33, "documents": [{"id": "a"}]}' in found
+    assert "[the deployment guide](https://docs.example.com/deploy#grpc)" in found
+    assert "- The" in found and "1. Start" in found
+    assert "`grpc_health_probe -addr=:50051`" in found
+
+
+def test_compat_mode_thresholds_each_chunk_by_percentile(compressor, hub) -> None:
+    """Compat keeps about `rate` of each chunk's LLM tokens, like the reference, words being encoder words."""
+    long_text = " ".join([PARAGRAPH] * 8)
+    result = compressor.compress(request(PARAGRAPH, long_text, rate=0.33, options={"mode": "compat"}, return_word_labels=True))
+    for doc in result.documents:
+        assert 0.2 <= doc.tokens_after / doc.tokens_before <= 0.45
+    # Encoder words: "24-10" is three words for a BERT tokenizer, so it can be cut.
+    labels = result.documents[0].word_labels
+    assert [PARAGRAPH[w.start : w.end] for w in labels][:4] == ["Super", "Bowl", "50", "was"]
+
+
+def test_bf16_scores_agree_with_fp32(compressor) -> None:
+    fp32 = compressor.compress(request(PARAGRAPH, rate=0.4, return_word_labels=True))
+    bf16 = compressor.compress(request(PARAGRAPH, rate=0.4, options={"precision": "bf16"}, return_word_labels=True))
+    a = np.array([w.score for w in fp32.documents[0].word_labels])
+    b = np.array([w.score for w in bf16.documents[0].word_labels])
+    assert np.abs(a - b).max() < 0.05
+    agree = np.mean([x.kept == y.kept for x, y in zip(fp32.documents[0].word_labels, bf16.documents[0].word_labels)])
+    assert agree >= 0.9
+
+
+def test_coarse_filter_drops_whole_documents(compressor) -> None:
+    docs = [PARAGRAPH, "Bananas are yellow.", "The weather was fine and people walked along the river."]
+    result = compressor.compress(request(*docs, rate=0.9, options={"coarse_rate": 0.3}))
+    kept = [d for d in result.documents if d.text]
+    assert len(kept) == 1
+
+
+def test_query_weight_moves_the_budget_to_relevant_documents(compressor) -> None:
+    docs = (
+        Document("bowl", PARAGRAPH),
+        Document("bananas", "Bananas are berries that grow in tropical regions; they are rich in potassium and "
+                 "are one of the most widely traded fruits, shipped green and ripened in warehouses."),
+    )
+    plain = compressor.compress(CompressRequest("Who won Super Bowl 50?", docs, rate=0.3))
+    guided = compressor.compress(
+        CompressRequest("Who won Super Bowl 50?", docs, rate=0.3, options={"query_weight": 2.0})
+    )
+    share = lambda r: r.documents[0].tokens_after / max(r.tokens_after, 1)  # noqa: E731
+    assert share(guided) > share(plain)
+    assert "Broncos" in guided.documents[0].text

