@@ -142,9 +142,18 @@ def main() -> None:
     same_tokenizer = LLMTokenizerAsTiktoken(hub.llm_tokenizer())
 
     held_out = squad.split_articles(squad.load_paragraphs())[1]
-    settings = [("single", 1, 40 if args.quick else 300), ("10-doc", 10, 4 if args.quick else 30)]
-    for name, per_request, count in settings:
+    settings = [
+        ("single", 1, 40 if args.quick else 300, False),
+        ("single-batched", 1, 40 if args.quick else 300, True),
+        ("10-doc", 10, 4 if args.quick else 30, False),
+    ]
+    for name, per_request, count, batched in settings:
         groups = requests(held_out, per_request, count)
+        if batched:
+            # Many one-document requests at once: ours through compress_batch (shared
+            # encoder batches), the reference given all contexts in one call (its own batching).
+            measure_batched(name, compressor, reference, same_tokenizer, stock_oai, groups, classifier)
+            continue
         words = sum(len(compat.encode(classifier.tokenizer, t).words) for g in groups for t in g)
         reference.oai_tokenizer = same_tokenizer
         reference_labels(reference, groups[0])  # warm-up outside the timing
@@ -162,6 +171,31 @@ def main() -> None:
                 "ctxcomp_forward_share": round(forward_share(compressor, groups[: max(2, len(groups) // 4)], precision), 3),
                 "threads": torch.get_num_threads(),
             }), flush=True)
+
+
+def measure_batched(name, compressor, reference, same_tokenizer, stock_oai, groups, classifier) -> None:
+    contexts = [g[0] for g in groups]
+    words = sum(len(compat.encode(classifier.tokenizer, t).words) for t in contexts)
+    reference.oai_tokenizer = same_tokenizer
+    reference_labels(reference, contexts[:2])
+    (ref,), ref_s = timed(lambda c: reference_labels(reference, c), [contexts])
+    reference.oai_tokenizer = stock_oai
+    ref_cl100k = reference_labels(reference, contexts)
+    for precision in ("fp32", "bf16"):
+        batch = [
+            CompressRequest("", (Document("0", t),), rate=RATE, options={"mode": "compat", "precision": precision},
+                            return_word_labels=True)
+            for t in contexts
+        ]
+        compressor.compress_batch(batch[:2])
+        (results,), ours_s = timed(compressor.compress_batch, [batch])
+        ours = np.concatenate([[w.kept for w in r.documents[0].word_labels] for r in results]).astype(bool)
+        print(json.dumps({
+            "setting": name, "precision": precision, "requests": len(batch), "words": words, "rate": RATE,
+            "agreement": agreement([ref], [ours]), "agreement_cl100k": agreement([ref_cl100k], [ours]),
+            "ctxcomp_words_per_s": round(words / ours_s, 1), "reference_words_per_s": round(words / ref_s, 1),
+            "throughput_ratio": round(ref_s / ours_s, 2), "threads": torch.get_num_threads(),
+        }), flush=True)
 
 
 def agreement(reference: list[np.ndarray], ours: list[np.ndarray]) -> float:

@@ -8,6 +8,9 @@ from typing import Any, Callable, Sequence
 from ctxcomp import models
 
 
+_PIECE_MEMO_LIMIT = 500_000
+
+
 class ModelHub:
     """Loads each model role at most once (thread-safe) and counts downstream-LLM tokens.
 
@@ -20,6 +23,7 @@ class ModelHub:
             models.registry.role_spec(role)
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._piece_counts: dict[str, int] = {}
 
     def _get(self, role: str, load: Callable[[str | None], Any]) -> Any:
         with self._lock:
@@ -71,3 +75,17 @@ class ModelHub:
             return []
         encoded = self.llm_tokenizer()(list(texts), add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]
+
+    def count_piece_tokens(self, pieces: Sequence[str]) -> list[int]:
+        """count_tokens for short, often repeated strings (words), memoised.
+
+        Word costs repeat across documents and requests; only unseen pieces go
+        to the tokenizer. The memo is bounded and simply restarts when full.
+        """
+        memo = self._piece_counts
+        unseen = list(dict.fromkeys(p for p in pieces if p not in memo))
+        if unseen:
+            if len(memo) + len(unseen) > _PIECE_MEMO_LIMIT:
+                memo.clear()
+            memo.update(zip(unseen, self.count_tokens(unseen)))
+        return [memo[p] for p in pieces]

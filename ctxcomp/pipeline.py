@@ -10,7 +10,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+import numpy as np
 
 from ctxcomp import methods
 from ctxcomp.errors import InvalidRequest, NotAvailable
@@ -87,29 +89,55 @@ class Compressor:
             self.hub.load(methods.method_class(name).requires)
 
     def compress(self, request: CompressRequest) -> CompressResult:
+        return self.compress_batch([request])[0]
+
+    def compress_batch(self, requests: Sequence[CompressRequest]) -> list[CompressResult]:
+        """Compress several requests together; methods that can share model passes across
+        requests (compress_many) do. Any invalid request raises before work starts.
+        Stage timings are the batch's, reported on every result."""
         timings: dict[str, float] = {}
         with _timed(timings, "validate"):
-            validate(request, self.limits)
-            name = request.method or self.default_method
-            method = self.method(name)
-            config = methods.apply_options(method.presets["default"], request.options)
-            if request.return_kv:
-                raise NotAvailable("return_kv: KV blobs are not served yet by this server")
+            plans = [self._plan(request) for request in requests]
         with _timed(timings, "count"):
-            tokens_before = self.hub.count_tokens([d.text for d in request.documents])
+            counts = self.hub.count_tokens([d.text for r in requests for d in r.documents])
+            bounds = np.cumsum([0] + [len(r.documents) for r in requests])
+            tokens_before = [counts[bounds[i] : bounds[i + 1]] for i in range(len(requests))]
+        outputs: list[Any] = [None] * len(requests)
         with _timed(timings, "compress"):
-            output = method.compress(request, config, tokens_before)
+            for name in dict.fromkeys(name for name, _, _ in plans):
+                members = [i for i, plan in enumerate(plans) if plan[0] == name]
+                method = self.method(name)
+                items = [(requests[i], plans[i][2], tokens_before[i]) for i in members]
+                if hasattr(method, "compress_many"):
+                    results = method.compress_many(items)
+                else:
+                    results = [method.compress(*item) for item in items]
+                for i, output in zip(members, results):
+                    outputs[i] = output
         with _timed(timings, "join"):
-            context = CONTEXT_SEPARATOR.join(d.text for d in output.documents if d.text)
-        return CompressResult(
-            method=name,
-            documents=output.documents,
-            context=context,
-            tokens_before=sum(d.tokens_before for d in output.documents),
-            tokens_after=sum(d.tokens_after for d in output.documents),
-            timings_ms=timings,
-            note=output.note,
-        )
+            contexts = [CONTEXT_SEPARATOR.join(d.text for d in out.documents if d.text) for out in outputs]
+        return [
+            CompressResult(
+                method=plan[0],
+                documents=out.documents,
+                context=context,
+                tokens_before=sum(d.tokens_before for d in out.documents),
+                tokens_after=sum(d.tokens_after for d in out.documents),
+                timings_ms=dict(timings),
+                note=out.note,
+            )
+            for plan, out, context in zip(plans, outputs, contexts)
+        ]
+
+    def _plan(self, request: CompressRequest) -> tuple[str, Any, Any]:
+        """Validate a request and resolve its method and effective config."""
+        validate(request, self.limits)
+        name = request.method or self.default_method
+        method = self.method(name)
+        config = methods.apply_options(method.presets["default"], request.options)
+        if request.return_kv:
+            raise NotAvailable("return_kv: KV blobs are not served yet by this server")
+        return name, method, config
 
     def describe_methods(self) -> list[dict[str, Any]]:
         rows = []

@@ -208,3 +208,16 @@ def test_query_weight_moves_the_budget_to_relevant_documents(compressor) -> None
     share = lambda r: r.documents[0].tokens_after / max(r.tokens_after, 1)  # noqa: E731
     assert share(guided) > share(plain)
     assert "Broncos" in guided.documents[0].text
+
+
+@pytest.mark.parametrize("mode", ["budget", "compat"])
+def test_batch_of_requests_equals_one_by_one(compressor, mode) -> None:
+    texts = [PARAGRAPH, STRUCTURED, "Short one.", PARAGRAPH.lower()]
+    requests = [
+        CompressRequest("", (Document("x", t),), rate=r, options={"mode": mode})
+        for t, r in zip(texts, [0.3, 0.5, 0.9, 0.4])
+    ]
+    together = compressor.compress_batch(requests)
+    alone = [compressor.compress(r) for r in requests]
+    assert [r.context for r in together] == [r.context for r in alone]
+    assert [r.tokens_after for r in together] == [r.tokens_after for r in alone]

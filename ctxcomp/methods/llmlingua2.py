@@ -7,6 +7,7 @@ tokens, never exceeded) -> render (kept spans of the original text).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Literal, Sequence
@@ -79,6 +80,22 @@ PRESETS: dict[str, LLMLingua2Config] = {
 }
 
 
+@dataclass
+class _Prepared:
+    """One request after segmentation, waiting for its word scores."""
+
+    request: CompressRequest
+    config: LLMLingua2Config
+    tokens_before: Sequence[int]
+    words: list[wordscore.Words]
+    chunks: list[wordscore.Chunk]  # doc indices local to the request
+    encoded: list[compat.EncodedDocument] | None = None  # compat mode only
+
+    @property
+    def scoring_key(self) -> tuple[str, str, int]:
+        return (self.config.precision, self.config.aggregation, self.config.max_batch_tokens)
+
+
 class LLMLingua2:
     name: ClassVar[str] = "llmlingua2"
     description: ClassVar[str] = "extractive token classification (LLMLingua-2), one LLM-token budget over all documents"
@@ -90,8 +107,51 @@ class LLMLingua2:
         self.hub = hub
 
     def compress(self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]) -> MethodOutput:
-        run = self._compat if config.mode == "compat" else self._budgeted
-        words, scores, selection = run(request, config, tokens_before)
+        return self.compress_many([(request, config, tokens_before)])[0]
+
+    def compress_many(
+        self, items: Sequence[tuple[CompressRequest, LLMLingua2Config, Sequence[int]]]
+    ) -> list[MethodOutput]:
+        """Several requests at once: their chunks share length-sorted encoder batches."""
+        prepared = [self._segment(request, config, before) for request, config, before in items]
+        scores = self._score(prepared)
+        return [self._finish(p, s) for p, s in zip(prepared, scores)]
+
+    def _segment(self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]) -> _Prepared:
+        classifier = self.hub.token_classifier(config.precision)
+        tokenizer, max_length = classifier.tokenizer, classifier.max_length
+        if config.mode == "compat":
+            encoded = [compat.encode(tokenizer, d.text) for d in request.documents]
+            chunks = [c for d, doc in enumerate(encoded) for c in compat.reference_chunks(tokenizer, doc, d, max_length)]
+            return _Prepared(request, config, tokens_before, [doc.words for doc in encoded], chunks, encoded)
+        words = [wordscore.segment(d.text) for d in request.documents]
+        chunks = [c for d, w in enumerate(words) for c in wordscore.chunk_words(tokenizer, w.strings(), d, max_length)]
+        return _Prepared(request, config, tokens_before, words, chunks)
+
+    def _score(self, prepared: list[_Prepared]) -> list[list[np.ndarray]]:
+        """Word scores per request and document; one encoder pass per scoring setting."""
+        out: list[list[np.ndarray]] = [[] for _ in prepared]
+        for key in dict.fromkeys(p.scoring_key for p in prepared):
+            members = [i for i, p in enumerate(prepared) if p.scoring_key == key]
+            precision, aggregation, max_batch_tokens = key
+            first_doc = np.cumsum([0] + [len(prepared[i].words) for i in members])
+            chunks = [
+                dataclasses.replace(chunk, doc=chunk.doc + int(first_doc[n]))
+                for n, i in enumerate(members)
+                for chunk in prepared[i].chunks
+            ]
+            sizes = [len(w) for i in members for w in prepared[i].words]
+            scores = wordscore.score_chunks(
+                self.hub.token_classifier(precision), chunks, sizes, aggregation, max_batch_tokens  # type: ignore[arg-type]
+            )
+            for n, i in enumerate(members):
+                out[i] = scores[first_doc[n] : first_doc[n + 1]]
+        return out
+
+    def _finish(self, prepared: _Prepared, scores: list[np.ndarray]) -> MethodOutput:
+        select = self._select_compat if prepared.config.mode == "compat" else self._select_budgeted
+        selection = select(prepared, scores)
+        request = prepared.request
         results = tuple(
             DocumentResult(
                 id=doc.id,
@@ -104,23 +164,20 @@ class LLMLingua2:
                 word_labels=word_labels(w, score, k) if request.return_word_labels else (),
             )
             for doc, w, score, k, (text, spans), before, after in zip(
-                request.documents, words, scores, selection.masks, selection.rendered, tokens_before, selection.counts
+                request.documents,
+                prepared.words,
+                scores,
+                selection.masks,
+                selection.rendered,
+                prepared.tokens_before,
+                selection.counts,
             )
         )
         return MethodOutput(results)
 
-    def _budgeted(
-        self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]
-    ) -> tuple[list[wordscore.Words], list[np.ndarray], Selection]:
-        words = [wordscore.segment(d.text) for d in request.documents]
-        strings = [w.strings() for w in words]
-        scores = wordscore.score_documents(
-            self.hub.token_classifier(config.precision),
-            strings,
-            aggregation=config.aggregation,
-            max_batch_tokens=config.max_batch_tokens,
-        )
-        flat_words = [w for doc in strings for w in doc]
+    def _select_budgeted(self, prepared: _Prepared, scores: list[np.ndarray]) -> Selection:
+        request, config, words = prepared.request, prepared.config, prepared.words
+        flat_words = [w for doc in words for w in doc.strings()]
         priority = np.concatenate(scores).astype(np.float64) if flat_words else np.zeros(0)
         if config.query_weight > 0 and request.query.strip() and flat_words:
             priority += config.query_weight * np.concatenate(self._sentence_relevance(request.query, words))
@@ -137,16 +194,16 @@ class LLMLingua2:
         def drop_repeats(keep: np.ndarray) -> np.ndarray:
             return keep & ~repeated_force_tokens(flat_words, keep, forced)
 
-        selection = fit_budget(
+        return fit_budget(
             words,
             priority,
             self.hub.count_tokens,
-            token_budget(request, config, tokens_before),
-            total_tokens=int(sum(tokens_before)),
+            token_budget(request, config, prepared.tokens_before),
+            total_tokens=int(sum(prepared.tokens_before)),
+            count_pieces=self.hub.count_piece_tokens,
             units=units,
             after_select=drop_repeats if config.drop_consecutive else None,
         )
-        return words, scores, selection
 
     def _sentence_relevance(self, query: str, words: list[wordscore.Words]) -> list[np.ndarray]:
         """[W_d] per document: cosine similarity between each word's sentence and the query."""
@@ -161,33 +218,22 @@ class LLMLingua2:
         firsts = np.cumsum([0] + [int(ids[-1]) + 1 if len(ids) else 0 for ids in sentence_of_word])
         return [similarity[first + ids] for first, ids in zip(firsts, sentence_of_word)]
 
-    def _compat(
-        self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]
-    ) -> tuple[list[wordscore.Words], list[np.ndarray], Selection]:
-        """The llmlingua package's LLMLingua-2 decisions, on our faster scoring path."""
-        classifier = self.hub.token_classifier(config.precision)
-        encoded = [compat.encode(classifier.tokenizer, d.text) for d in request.documents]
-        chunks = [
-            chunk
-            for d, doc in enumerate(encoded)
-            for chunk in compat.reference_chunks(classifier.tokenizer, doc, d, classifier.max_length)
-        ]
-        scores = wordscore.score_chunks(
-            classifier, chunks, [len(doc.words) for doc in encoded], config.aggregation, config.max_batch_tokens
-        )
-        rate = compat_rate(request, config, tokens_before)
+    def _select_compat(self, prepared: _Prepared, scores: list[np.ndarray]) -> Selection:
+        """The llmlingua package's LLMLingua-2 decisions: per-chunk percentile thresholds."""
+        config = prepared.config
+        tokenizer = self.hub.token_classifier(config.precision).tokenizer
+        rate = compat_rate(prepared.request, config, prepared.tokens_before)
         masks = []
-        for doc, score in zip(encoded, scores):
-            strings = doc.word_strings(classifier.tokenizer)
-            probs = np.where(forced_words(strings, config), 1.0, score)
-            costs = np.asarray(self.hub.count_tokens(strings), dtype=np.int64)
-            keep = compat.percentile_keep(probs, costs, doc.chunk_of_word, rate)
+        for doc, score in zip(prepared.encoded or [], scores):
+            strings = doc.word_strings(tokenizer)
+            forced = forced_words(strings, config)
+            costs = np.asarray(self.hub.count_piece_tokens(strings), dtype=np.int64)
+            keep = compat.percentile_keep(np.where(forced, 1.0, score), costs, doc.chunk_of_word, rate)
             if config.drop_consecutive:
-                keep &= ~repeated_force_tokens(strings, keep, forced_words(strings, config))
+                keep &= ~repeated_force_tokens(strings, keep, forced)
             masks.append(keep)
-        rendered = [render(doc.words, keep) for doc, keep in zip(encoded, masks)]
-        counts = self.hub.count_tokens([text for text, _ in rendered])
-        return [doc.words for doc in encoded], scores, Selection(masks, rendered, counts)
+        rendered = [render(w, keep) for w, keep in zip(prepared.words, masks)]
+        return Selection(masks, rendered, self.hub.count_tokens([text for text, _ in rendered]))
 
 
 @dataclass(frozen=True)
@@ -206,6 +252,7 @@ def fit_budget(
     total_tokens: int,
     units: np.ndarray | None = None,
     after_select: Callable[[np.ndarray], np.ndarray] | None = None,
+    count_pieces: Callable[[Sequence[str]], list[int]] | None = None,
 ) -> Selection:
     """Keep the highest-priority units of all documents within `budget` LLM tokens, never above.
 
@@ -223,7 +270,8 @@ def fit_budget(
     # A word costs its tokens as it appears in running text: after a space unless
     # the original had none before it (CJK, punctuation glued to a word).
     spaced = np.concatenate([preceded_by_space(w) for w in words]) if flat_words else np.zeros(0, bool)
-    costs = np.asarray(count_tokens([(" " + w) if sp else w for w, sp in zip(flat_words, spaced.tolist())]), np.int64)
+    pieces = [(" " + w) if sp else w for w, sp in zip(flat_words, spaced.tolist())]
+    costs = np.asarray((count_pieces or count_tokens)(pieces), np.int64)
     n_units = int(units[-1]) + 1 if len(units) else 0
     size = np.bincount(units, minlength=n_units)
     with np.errstate(invalid="ignore"):
