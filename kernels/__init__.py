@@ -1,6 +1,3 @@
-"""Attention kernels (imported as ``ctxcomp.kernels``).
-
-The Triton fused prefill kernel and its PyTorch reference land here with the
-KV-blob work (issue "KV blobs"); until then the service refuses `return_kv`
-with UNIMPLEMENTED.
-"""
+"""Attention kernels (imported as ``ctxcomp.kernels``): a Triton fused prefill
+attention with RoPE inside, its PyTorch reference, and the capability check
+that picks between them (see attention.py)."""

@@ -8,6 +8,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        # Kernel tests run Triton kernels in its interpreter on CPU-only machines (CI).
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover
+    pass
 
 
 @pytest.fixture(scope="session")

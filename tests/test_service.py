@@ -6,7 +6,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from ctxcomp.types import Document
+from ctxcomp.types import CompressRequest, Document
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
 DOCS = [
@@ -82,3 +82,52 @@ def test_kv_request_is_refused_clearly_until_kv_lands(client) -> None:
         client.stub.Compress(request, timeout=60)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "return_kv" in caught.value.details()
+
+
+def test_concurrent_requests_share_batches_and_match_single_results(server, compressor) -> None:
+    import asyncio
+
+    from ctxcomp.client import AsyncCtxcompClient
+
+    texts = [f"Document {i}: the Eiffel Tower in Paris was completed in {1880 + i} for the fair." for i in range(12)]
+
+    async def fire() -> list:
+        client = AsyncCtxcompClient(server.address, timeout=120)
+        try:
+            return await asyncio.gather(*(client.compress("q", [t], rate=0.5) for t in texts))
+        finally:
+            await client.close()
+
+    before = len(server.server.batcher.batch_sizes)
+    results = asyncio.run(fire())
+    sizes = server.server.batcher.batch_sizes[before:]
+    assert sum(sizes) == len(texts) and max(sizes) > 1
+    for text, result in zip(texts, results):
+        alone = compressor.compress(CompressRequest("q", (Document("0", text),), rate=0.5))
+        assert result.context == alone.context
+
+
+def test_full_queue_is_refused_with_resource_exhausted(compressor) -> None:
+    import asyncio
+
+    from ctxcomp.client import AsyncCtxcompClient
+    from ctxcomp.service.batcher import BatcherConfig
+    from ctxcomp.service.server import BackgroundServer, ServerConfig
+
+    config = ServerConfig(port=0, batching=BatcherConfig(max_batch=1, max_queue=1))
+    with BackgroundServer(compressor, config) as small:
+
+        async def fire() -> list:
+            client = AsyncCtxcompClient(small.address, timeout=120)
+            try:
+                calls = [client.compress("q", [DOCS[0].text * 20], rate=0.5) for _ in range(16)]
+                return await asyncio.gather(*calls, return_exceptions=True)
+            finally:
+                await client.close()
+
+        outcomes = asyncio.run(fire())
+    refused = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+    served = [o for o in outcomes if not isinstance(o, Exception)]
+    assert served and refused
+    assert {o.code() for o in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert "queued" in refused[0].details()

@@ -1,0 +1,134 @@
+"""Fused causal prefill attention for Llama-family models, with RoPE inside.
+
+One kernel does what a prefill layer's attention needs and nothing more:
+rotary embedding of Q and K on load (rotate-half convention, as Llama/HF),
+causal flash attention with online softmax (FlashAttention-2 style),
+grouped-query attention (query head h reads KV head h // group), and a
+write of the rotated K and of V straight into the KV-blob layout
+[B, H_kv, S, D] ("BHSD"), so nothing is transposed or re-rotated afterwards.
+
+`prefill_attention` is the thin wrapper: it checks shapes and dtypes, picks
+the Triton kernel where it can run (a CUDA device, or the Triton interpreter
+with TRITON_INTERPRET=1) and the PyTorch reference (SDPA) otherwise, and says
+why through `kernel_support`.
+
+Layouts: q [B, S, H_q, D], k and v [B, S, H_kv, D] ("BSHD", as the q/k/v
+projections produce them); o [B, S, H_q, D]; k_out, v_out [B, H_kv, S, D].
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "triton", "reference"]
+_LOG2E = 1.4426950408889634  # 1/ln(2): the kernel's softmax works in base 2 (exp2 is cheaper)
+
+
+@dataclass(frozen=True)
+class RopeParams:
+    theta: float = 10000.0
+    start_pos: int = 0  # position of the first token (non-zero for a context placed after others)
+
+
+@dataclass(frozen=True)
+class PrefillOutput:
+    o: torch.Tensor  # [B, S, H_q, D]
+    k: torch.Tensor  # [B, H_kv, S, D], after RoPE
+    v: torch.Tensor  # [B, H_kv, S, D]
+    backend: str
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def kernel_support(q: torch.Tensor, k: torch.Tensor) -> list[str]:
+    """Reasons the Triton kernel cannot run on these inputs; empty when it can."""
+    reasons = []
+    if importlib.util.find_spec("triton") is None:
+        reasons.append("triton is not installed")
+    if q.device.type != "cuda" and not triton_interpreting():
+        reasons.append(f"tensors are on {q.device.type}, not cuda (set TRITON_INTERPRET=1 to run the kernel on CPU)")
+    head_dim = q.shape[-1]
+    if head_dim & (head_dim - 1) or not 32 <= head_dim <= 256:
+        reasons.append(f"head_dim {head_dim} is not a power of two in [32, 256] (tl.dot needs 16-wide halves)")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        reasons.append(f"dtype {q.dtype} is not fp16, bf16 or fp32")
+    return reasons
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(f"expected q [B,S,Hq,D], k and v [B,S,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch, sequence or head_dim")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} KV heads")
+    if q.shape[3] % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {q.shape[3]}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rope: RopeParams = RopeParams(),
+    *,
+    sm_scale: float | None = None,
+    backend: Backend = "auto",
+) -> PrefillOutput:
+    """Causal GQA attention with RoPE applied to q and k; see the module doc for layouts."""
+    _check(q, k, v)
+    scale = sm_scale if sm_scale is not None else q.shape[-1] ** -0.5
+    if backend == "reference":
+        return reference_prefill(q, k, v, rope, scale)
+    reasons = kernel_support(q, k)
+    if backend == "triton" and reasons:
+        raise RuntimeError("the Triton kernel cannot run here: " + "; ".join(reasons))
+    if reasons:
+        return reference_prefill(q, k, v, rope, scale)
+    from ctxcomp.kernels._triton_attention import triton_prefill
+
+    return triton_prefill(q, k, v, rope, scale)
+
+
+# --- PyTorch reference --------------------------------------------------------
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [S, D] in fp32, Llama's layout (the half-dimension frequencies repeated twice)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [S, D/2]
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, S, D] rotated by cos/sin [S, D] (rotate-half convention), computed in fp32."""
+    half = x.shape[-1] // 2
+    xf = x.float()
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+def reference_prefill(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RopeParams, sm_scale: float
+) -> PrefillOutput:
+    """The same computation in plain PyTorch (torch SDPA), used on CPU and as the test oracle."""
+    seq, head_dim = q.shape[1], q.shape[3]
+    positions = torch.arange(rope.start_pos, rope.start_pos + seq, device=q.device)
+    cos, sin = rope_cos_sin(positions, head_dim, rope.theta)
+    qh = apply_rope(q.transpose(1, 2), cos, sin)  # [B, Hq, S, D]
+    kh = apply_rope(k.transpose(1, 2), cos, sin)  # [B, Hkv, S, D]
+    vh = v.transpose(1, 2).contiguous()
+    o = torch.nn.functional.scaled_dot_product_attention(
+        qh, kh, vh, is_causal=True, scale=sm_scale, enable_gqa=q.shape[2] != k.shape[2]
+    )
+    return PrefillOutput(o.transpose(1, 2), kh.contiguous(), vh, "reference")
