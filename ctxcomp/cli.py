@@ -100,10 +100,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ctxcomp.pipeline import Compressor
+    from ctxcomp.service import logs
     from ctxcomp.service.server import ServerConfig, serve
 
-    logging.basicConfig(level=logging.INFO, format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    config = ServerConfig(host=args.host, port=args.port, workers=args.workers, grace_s=args.grace)
+    logs.configure(logging.INFO)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        grace_s=args.grace,
+        auth_token=os.environ.get("CTXCOMP_AUTH_TOKEN", ""),
+        tls_cert_file=args.tls_cert or "",
+        tls_key_file=args.tls_key or "",
+    )
 
     def on_ready(server: Any) -> None:
         if args.port_file:
@@ -192,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="threads running model work")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--port-file", help="write the bound port here once serving")
+    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS only)")
+    p.add_argument("--tls-key", help="PEM private key")
+    # The bearer token comes from CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list model roles and their sources")

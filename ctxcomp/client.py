@@ -49,22 +49,49 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-class CtxcompClient:
-    """Blocking client. Errors surface as grpc.RpcError with the server's status and message."""
+def _open_channel(module: Any, target: str, root_certificates: bytes | None, max_message_bytes: int) -> Any:
+    """grpc or grpc.aio channel: TLS when root certificates are given, else plaintext."""
+    options = _channel_options(max_message_bytes)
+    if root_certificates is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return module.secure_channel(target, credentials, options=options)
+    return module.insecure_channel(target, options=options)
 
-    def __init__(self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class CtxcompClient:
+    """Blocking client. Errors surface as grpc.RpcError with the server's status and message.
+
+    token: sent as "authorization: Bearer <token>"; root_certificates: PEM bytes
+    that switch the channel to TLS.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = 60.0,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.channel = _open_channel(grpc, target, root_certificates, max_message_bytes)
         self.stub = pb_grpc.CompressorStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
+        self.metadata = _auth_metadata(token)
 
     def compress(self, query: str, documents: Sequence[Document | str], **kwargs: Any) -> CompressResult:
         """See build_request for the keyword arguments."""
-        response = self.stub.Compress(build_request(query, documents, **kwargs), timeout=self.timeout)
+        request = build_request(query, documents, **kwargs)
+        response = self.stub.Compress(request, timeout=self.timeout, metadata=self.metadata)
         return wire.result_from_proto(response)
 
     def list_methods(self) -> pb.ListMethodsResponse:
-        return self.stub.ListMethods(pb.ListMethodsRequest(), timeout=self.timeout)
+        return self.stub.ListMethods(pb.ListMethodsRequest(), timeout=self.timeout, metadata=self.metadata)
 
     def health(self, service: str = "") -> str:
         """'SERVING', 'NOT_SERVING', ... for the whole server or one service name."""
@@ -84,13 +111,23 @@ class CtxcompClient:
 class AsyncCtxcompClient:
     """asyncio client on grpc.aio; create and use it inside one running event loop."""
 
-    def __init__(self, target: str, *, timeout: float | None = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = 60.0,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.channel = _open_channel(grpc.aio, target, root_certificates, max_message_bytes)
         self.stub = pb_grpc.CompressorStub(self.channel)
         self.timeout = timeout
+        self.metadata = _auth_metadata(token)
 
     async def compress(self, query: str, documents: Sequence[Document | str], **kwargs: Any) -> CompressResult:
-        response = await self.stub.Compress(build_request(query, documents, **kwargs), timeout=self.timeout)
+        request = build_request(query, documents, **kwargs)
+        response = await self.stub.Compress(request, timeout=self.timeout, metadata=self.metadata)
         return wire.result_from_proto(response)
 
     async def close(self) -> None:

@@ -97,7 +97,7 @@ class Compressor:
         Stage timings are the batch's, reported on every result."""
         timings: dict[str, float] = {}
         with _timed(timings, "validate"):
-            plans = [self._plan(request) for request in requests]
+            plans = [self.plan(request) for request in requests]
         with _timed(timings, "count"):
             counts = self.hub.count_tokens([d.text for r in requests for d in r.documents])
             bounds = np.cumsum([0] + [len(r.documents) for r in requests])
@@ -129,7 +129,7 @@ class Compressor:
             for plan, out, context in zip(plans, outputs, contexts)
         ]
 
-    def _plan(self, request: CompressRequest) -> tuple[str, Any, Any]:
+    def plan(self, request: CompressRequest) -> tuple[str, Any, Any]:
         """Validate a request and resolve its method and effective config."""
         validate(request, self.limits)
         name = request.method or self.default_method

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from ctxcomp.types import CompressRequest, CompressResult, Document, DocumentResult, Span, WordLabel
 from ctxcomp.v1 import ctxcomp_pb2 as pb
@@ -47,7 +47,20 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
 
 
 def _struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct) if struct.fields else {}
+    """Struct to plain Python, keeping every number (json_format refuses NaN and infinities;
+    the method options then reject them by name)."""
+    return {key: _value_to_python(value) for key, value in struct.fields.items()}
+
+
+def _value_to_python(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value_to_python(v) for v in value.list_value.values]
+    if kind in (None, "null_value"):
+        return None
+    return getattr(value, kind)
 
 
 def result_to_proto(result: CompressResult, tokenizer: str = "") -> pb.CompressResponse:

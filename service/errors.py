@@ -7,11 +7,13 @@ import logging
 import grpc
 
 from ctxcomp.errors import CtxcompError, InvalidRequest, ModelUnavailable, NotAvailable
+from ctxcomp.service.batcher import Overloaded
 
 log = logging.getLogger("ctxcomp.service")
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotAvailable, grpc.StatusCode.UNIMPLEMENTED),
     (ModelUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
 )

@@ -8,15 +8,17 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ctxcomp.pipeline import Compressor
-from ctxcomp.service.servicer import CompressorServicer
+from ctxcomp.service.batcher import BatcherConfig, MicroBatcher
+from ctxcomp.service.auth import BearerTokenInterceptor
+from ctxcomp.service.servicer import CompressorServicer, add_to_server
 from ctxcomp.v1 import ctxcomp_pb2 as pb
-from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
 log = logging.getLogger("ctxcomp.service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Compressor"].full_name
@@ -29,6 +31,10 @@ class ServerConfig:
     workers: int = 1  # threads running model work; torch uses intra-op threads inside each
     grace_s: float = 10.0  # in-flight requests get this long to finish on shutdown
     warm_methods: tuple[str, ...] = field(default=())  # models loaded before SERVING; () = default method
+    batching: BatcherConfig = field(default_factory=BatcherConfig)
+    auth_token: str = ""  # non-empty: every RPC but health needs "authorization: Bearer <token>"
+    tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file, serve TLS only
+    tls_key_file: str = ""
 
 
 class Server:
@@ -39,17 +45,27 @@ class Server:
         self.config = config
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ctxcomp-model")
         limit = compressor.limits.max_message_bytes
+        interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
         self.grpc = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
         self.health = health.aio.HealthServicer()
-        pb_grpc.add_CompressorServicer_to_server(CompressorServicer(compressor, self.executor), self.grpc)
+        self.batcher = MicroBatcher(compressor, self.executor, config.batching)
+        add_to_server(CompressorServicer(compressor, self.batcher), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
-        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert_file or config.tls_key_file:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(config.tls_key_file).read_bytes(), Path(config.tls_cert_file).read_bytes())]
+            )
+            self.port = self.grpc.add_secure_port(address, credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {config.host}:{config.port}")
 
@@ -60,6 +76,7 @@ class Server:
     async def start(self) -> None:
         """Listen at once (health NOT_SERVING), load models, then report SERVING."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.batcher.start()
         await self.grpc.start()
         log.info("listening on %s:%d; loading models", self.config.host, self.port)
         loop = asyncio.get_running_loop()
@@ -71,6 +88,7 @@ class Server:
         """NOT_SERVING first, so balancers drain us; then let in-flight calls finish."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.stop(self.config.grace_s)
+        await self.batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:

@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
 import grpc
 
 from ctxcomp import wire
+from ctxcomp.errors import InvalidRequest
 from ctxcomp.models import describe_roles
 from ctxcomp.pipeline import Compressor
+from ctxcomp.service.batcher import MicroBatcher
+from ctxcomp.service.wire_guard import parse_compress_request
 from ctxcomp.service.errors import status_for
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
 
 class CompressorServicer(pb_grpc.CompressorServicer):
-    def __init__(self, compressor: Compressor, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, compressor: Compressor, batcher: MicroBatcher) -> None:
         self.compressor = compressor
-        self.executor = executor
+        self.batcher = batcher
 
-    async def _run(self, request: pb.CompressRequest, context: grpc.aio.ServicerContext) -> pb.CompressResponse:
-        loop = asyncio.get_running_loop()
+    async def _run(
+        self, request: pb.CompressRequest | InvalidRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompressResponse:
         try:
-            domain_request = wire.request_from_proto(request)
-            result = await loop.run_in_executor(self.executor, self.compressor.compress, domain_request)
+            if isinstance(request, InvalidRequest):  # the bytes did not parse (see wire_guard)
+                raise request
+            submitted = self.batcher.submit(wire.request_from_proto(request))
+            remaining = context.time_remaining()
+            # Past the client's deadline the result is useless: stop waiting, and the
+            # batcher skips the request if its batch has not started.
+            result = await (asyncio.wait_for(submitted, remaining) if remaining is not None else submitted)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was served")
         except Exception as error:  # every error leaves through the one mapping
             code, message = status_for(error)
             await context.abort(code, message)
@@ -67,3 +77,27 @@ class CompressorServicer(pb_grpc.CompressorServicer):
             ),
             default_method=self.compressor.default_method,
         )
+
+
+def add_to_server(servicer: CompressorServicer, server: grpc.aio.Server) -> None:
+    """Like the generated add_CompressorServicer_to_server, but Compress requests are
+    parsed by wire_guard, so bad bytes get INVALID_ARGUMENT naming the field."""
+    handlers = {
+        "Compress": grpc.unary_unary_rpc_method_handler(
+            servicer.Compress,
+            request_deserializer=parse_compress_request,
+            response_serializer=pb.CompressResponse.SerializeToString,
+        ),
+        "CompressStream": grpc.unary_stream_rpc_method_handler(
+            servicer.CompressStream,
+            request_deserializer=parse_compress_request,
+            response_serializer=pb.CompressStreamChunk.SerializeToString,
+        ),
+        "ListMethods": grpc.unary_unary_rpc_method_handler(
+            servicer.ListMethods,
+            request_deserializer=pb.ListMethodsRequest.FromString,
+            response_serializer=pb.ListMethodsResponse.SerializeToString,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["Compressor"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))

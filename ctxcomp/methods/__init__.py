@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -119,8 +120,10 @@ def _coerce(field: str, hint: Any, value: Any) -> Any:
             raise InvalidRequest(field, f"must be true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InvalidRequest(field, f"must be an integer, got {value!r}")
+        if float(value) != int(value) or abs(value) > 2**53:
+            raise InvalidRequest(field, f"must be an integer of at most 2**53, got {value!r}")
         return int(value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:

@@ -1,0 +1,96 @@
+"""Micro-batching in front of the model worker: requests that arrive while a batch
+is computing are compressed together in the next one (one encoder pass), with a
+bounded queue so overload is refused at once instead of piling up."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from ctxcomp.errors import CtxcompError
+from ctxcomp.pipeline import Compressor
+from ctxcomp.types import CompressRequest, CompressResult
+
+
+class Overloaded(CtxcompError):
+    """The admission queue is full; the client should back off and retry."""
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch: int = 32  # requests per compress_batch call
+    max_queue: int = 256  # waiting requests before new ones are refused
+    max_wait_ms: float = 0.0  # extra wait for company; 0 = take whatever queued meanwhile
+
+
+@dataclass
+class _Pending:
+    request: CompressRequest
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    def __init__(self, compressor: Compressor, executor: Executor, config: BatcherConfig) -> None:
+        self.compressor = compressor
+        self.executor = executor
+        self.config = config
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
+        self.batch_sizes: list[int] = []  # recent batch sizes, for metrics and tests
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ctxcomp-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, request: CompressRequest) -> CompressResult:
+        """Validate now (errors name the field), then wait for the batch holding this request."""
+        self.compressor.plan(request)
+        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        try:
+            self.queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            raise Overloaded(f"server busy: {self.config.max_queue} requests already queued; retry later") from None
+        return await pending.future
+
+    async def _collect(self) -> list[_Pending]:
+        batch = [await self.queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.max_wait_ms / 1000.0
+        while len(batch) < self.config.max_batch:
+            try:
+                batch.append(self.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except TimeoutError:
+                    break
+        # A caller that gave up (deadline, cancellation) costs no model time.
+        return [p for p in batch if not p.future.done()]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            try:
+                results = await loop.run_in_executor(
+                    self.executor, self.compressor.compress_batch, [p.request for p in batch]
+                )
+            except Exception as error:  # noqa: BLE001 - delivered to every caller of the batch
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                continue
+            for p, result in zip(batch, results):
+                if not p.future.done():
+                    p.future.set_result(result)
