@@ -178,9 +178,11 @@ def measure_batched(name, compressor, reference, same_tokenizer, stock_oai, grou
     words = sum(len(compat.encode(classifier.tokenizer, t).words) for t in contexts)
     reference.oai_tokenizer = same_tokenizer
     reference_labels(reference, contexts[:2])
-    (ref,), ref_s = timed(lambda c: reference_labels(reference, c), [contexts])
+    _, ref_s = timed(lambda c: reference_labels(reference, c), [contexts])
+    # Decisions per context do not depend on batching; label them one by one to align words.
+    ref = [reference_labels(reference, [c]) for c in contexts]
     reference.oai_tokenizer = stock_oai
-    ref_cl100k = reference_labels(reference, contexts)
+    ref_cl100k = [reference_labels(reference, [c]) for c in contexts]
     for precision in ("fp32", "bf16"):
         batch = [
             CompressRequest("", (Document("0", t),), rate=RATE, options={"mode": "compat", "precision": precision},
@@ -189,10 +191,10 @@ def measure_batched(name, compressor, reference, same_tokenizer, stock_oai, grou
         ]
         compressor.compress_batch(batch[:2])
         (results,), ours_s = timed(compressor.compress_batch, [batch])
-        ours = np.concatenate([[w.kept for w in r.documents[0].word_labels] for r in results]).astype(bool)
+        ours = [np.asarray([w.kept for w in r.documents[0].word_labels], dtype=bool) for r in results]
         print(json.dumps({
             "setting": name, "precision": precision, "requests": len(batch), "words": words, "rate": RATE,
-            "agreement": agreement([ref], [ours]), "agreement_cl100k": agreement([ref_cl100k], [ours]),
+            "agreement": agreement(ref, ours), "agreement_cl100k": agreement(ref_cl100k, ours),
             "ctxcomp_words_per_s": round(words / ours_s, 1), "reference_words_per_s": round(words / ref_s, 1),
             "throughput_ratio": round(ref_s / ours_s, 2), "threads": torch.get_num_threads(),
         }), flush=True)
