@@ -104,7 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ctxcomp.service.server import ServerConfig, serve
 
     logs.configure(logging.INFO)
+    from ctxcomp.service.batcher import BatcherConfig
+
     config = ServerConfig(
+        batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue),
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -201,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="threads running model work")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--port-file", help="write the bound port here once serving")
+    p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before RESOURCE_EXHAUSTED")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS only)")
     p.add_argument("--tls-key", help="PEM private key")
     # The bearer token comes from CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).

@@ -1,0 +1,102 @@
+"""KV blob format: round trips, quantized codecs, and refusal of bad blobs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ctxcomp.kv import blob
+from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
+from ctxcomp.kv.prefill import prefill
+
+L, H, S, D = 3, 2, 17, 64
+
+
+def meta(**changes) -> blob.BlobMeta:
+    base = blob.BlobMeta("fp-abc", "m", L, H, D, S, blob.token_ids_digest(range(S)), 0, 1e5)
+    return dataclasses.replace(base, **changes)
+
+
+def tensors(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = [torch.randn(1, H, S, D, generator=g) * torch.linspace(0.1, 5, D) for _ in range(L)]  # channel outliers
+    v = [torch.randn(1, H, S, D, generator=g) for _ in range(L)]
+    return k, v
+
+
+@pytest.mark.parametrize(("codec", "tolerance"), [("fp16", 2e-3), ("bf16", 2e-2), ("int8", 2e-2), ("int4", 0.2)])
+@pytest.mark.parametrize("zstd_level", [None, 3])
+def test_round_trip(codec, tolerance, zstd_level) -> None:
+    k, v = tensors()
+    data = blob.encode(k, v, meta(), codec=codec, zstd_level=zstd_level)
+    k2, v2, m = blob.decode(data, expect_fingerprint="fp-abc")
+    assert m.codec == codec and m.tokens == S and m.k_rope == "post" and m.layout == "LHSD"
+    want_k, want_v = torch.stack([t[0] for t in k]), torch.stack([t[0] for t in v])
+    assert ((k2 - want_k).abs().amax(dim=2) <= tolerance * want_k.abs().amax(dim=2) + 1e-6).all()
+    assert ((v2 - want_v).abs().amax(dim=3) <= tolerance * want_v.abs().amax(dim=3) + 1e-6).all()
+
+
+def test_quantized_blobs_are_smaller() -> None:
+    k = [torch.randn(1, H, 512, D) for _ in range(L)]
+    sizes = {c: len(blob.encode(k, k, meta(tokens=512), codec=c)) for c in ("fp16", "int8", "int4")}
+    assert sizes["fp16"] / sizes["int8"] > 1.7
+    assert sizes["fp16"] / sizes["int4"] > 3.0
+
+
+def test_corrupt_blob_is_refused() -> None:
+    k, v = tensors()
+    data = bytearray(blob.encode(k, v, meta(), codec="int8"))
+    data[-10] ^= 0xFF
+    with pytest.raises(blob.BlobRefused, match="checksum"):
+        blob.decode(bytes(data), expect_fingerprint="fp-abc")
+    with pytest.raises(blob.BlobRefused, match="not a readable"):
+        blob.decode(b"garbage" * 10, expect_fingerprint="fp-abc")
+    zipped = bytearray(blob.encode(k, v, meta(), zstd_level=3))
+    zipped[len(blob.ZSTD_MAGIC) + 5] ^= 0xFF
+    with pytest.raises(blob.BlobRefused):
+        blob.decode(bytes(zipped), expect_fingerprint="fp-abc")
+
+
+def test_wrong_model_is_refused() -> None:
+    k, v = tensors()
+    data = blob.encode(k, v, meta())
+    with pytest.raises(blob.BlobRefused, match="made for model m"):
+        blob.decode(data, expect_fingerprint="fp-other")
+
+
+def test_token_digest_is_stable() -> None:
+    # Fixed value: identical across processes and machines (content addressing relies on it).
+    assert blob.token_ids_digest([1, 2, 3]) == blob.token_ids_digest((1, 2, 3))
+    assert blob.token_ids_digest([1, 2, 3]) == "e2e2033ae7e19d680599d4eb0a1359a2b48ec5baac75066c317fbf85159c54ef"
+
+
+@pytest.fixture(scope="module")
+def llm():
+    from ctxcomp import models
+
+    return models.load_llm()
+
+
+@pytest.mark.parametrize("codec", ["fp16", "int8"])
+def test_blob_continues_generation_like_full_prefill(llm, squad_held_out, codec) -> None:
+    text = squad_held_out[5].context
+    ids = llm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :150]
+    question = llm.tokenizer(" Q: what is the passage about? A:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    full = torch.cat([ids, question], dim=1)
+    data = blob_from_prefill(prefill(llm.model, ids, backend="reference"), llm, ids[0].tolist(), codec=codec, zstd_level=3)
+    cache, meta_ = cache_from_blob(data, llm)
+    assert meta_.token_ids_sha256 == blob.token_ids_digest(ids[0].tolist())
+    with torch.inference_mode():
+        want = llm.model.generate(full, max_new_tokens=6, do_sample=False)[:, full.shape[1]:]
+        got = llm.model.generate(full, past_key_values=cache, max_new_tokens=6, do_sample=False)[:, full.shape[1]:]
+    assert got[0, 0] == want[0, 0]
+    if codec == "fp16":
+        assert got.tolist() == want.tolist()
+
+
+def test_cache_from_blob_refuses_another_model(llm) -> None:
+    k, v = tensors()
+    with pytest.raises(blob.BlobRefused, match="not for this model"):
+        cache_from_blob(blob.encode(k, v, meta()), llm)
