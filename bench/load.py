@@ -70,6 +70,8 @@ async def run_phase(address: str, clients: int, seconds: float, deadline: float,
                     latencies.append(time.perf_counter() - start)
                 except grpc.RpcError as error:
                     statuses[error.code().name] += 1
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        await asyncio.sleep(0.05)  # a well-behaved client backs off when told the server is busy
         finally:
             await client.close()
 
@@ -100,18 +102,23 @@ def main() -> None:
                     raise SystemExit("server exited during start-up")
                 time.sleep(0.2)
             address = f"127.0.0.1:{port_file.read_text()}"
-            asyncio.run(run_phase(address, 4, 3.0, 60.0, requests))  # warm-up: every option path loaded
-            rss_start = rss_mb(server.pid)
+            # Warm-up: every option path and request size once, then the concurrent mix briefly.
+            asyncio.run(run_phase(address, 1, 8.0, 60.0, requests))
+            asyncio.run(run_phase(address, clients, 8.0, 60.0, requests))
+            rss = {"after_warmup": rss_mb(server.pid)}
             baseline = asyncio.run(run_phase(address, 1, seconds / 3, 60.0, requests))
             print(json.dumps({"phase": "baseline", **baseline}), flush=True)
             steady = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
             steady["throughput_ratio_vs_baseline"] = round(steady["ok_per_s"] / max(baseline["ok_per_s"], 1e-9), 2)
             print(json.dumps({"phase": "steady", **steady}), flush=True)
+            rss["after_steady"] = rss_mb(server.pid)
             overload = asyncio.run(run_phase(address, clients * 6, seconds / 3, 1.0, requests))
             print(json.dumps({"phase": "overload", **overload}), flush=True)
-            rss_end = rss_mb(server.pid)
-            print(json.dumps({"phase": "memory", "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1),
-                              "rss_growth": round(rss_end / rss_start - 1, 4)}), flush=True)
+            rss["after_overload"] = rss_mb(server.pid)
+            asyncio.run(run_phase(address, 1, 2.0, 60.0, requests))  # load over: a few requests, then measure
+            rss["settled"] = rss_mb(server.pid)
+            print(json.dumps({"phase": "memory", **{k: round(v, 1) for k, v in rss.items()},
+                              "rss_growth": round(rss["settled"] / rss["after_warmup"] - 1, 4)}), flush=True)
         finally:
             server.terminate()
             server.wait(timeout=60)

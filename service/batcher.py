@@ -5,12 +5,26 @@ bounded queue so overload is refused at once instead of piling up."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+from typing import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from ctxcomp.errors import CtxcompError
 from ctxcomp.pipeline import Compressor
 from ctxcomp.types import CompressRequest, CompressResult
+
+
+def _load_malloc_trim() -> Callable[[], None]:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return lambda: None
+    return lambda: trim(0)
+
+
+_release_free_heap = _load_malloc_trim()
 
 
 class Overloaded(CtxcompError):
@@ -75,6 +89,14 @@ class MicroBatcher:
         # A caller that gave up (deadline, cancellation) costs no model time.
         return [p for p in batch if not p.future.done()]
 
+    def _compress(self, requests: list[CompressRequest]) -> list[CompressResult]:
+        try:
+            return self.compressor.compress_batch(requests)
+        finally:
+            # Batches allocate many differently sized tensors; hand freed heap back to the
+            # OS so the server's RSS tracks its working set instead of its high-water mark.
+            _release_free_heap()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -83,9 +105,7 @@ class MicroBatcher:
                 continue
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
             try:
-                results = await loop.run_in_executor(
-                    self.executor, self.compressor.compress_batch, [p.request for p in batch]
-                )
+                results = await loop.run_in_executor(self.executor, self._compress, [p.request for p in batch])
             except Exception as error:  # noqa: BLE001 - delivered to every caller of the batch
                 for p in batch:
                     if not p.future.done():
