@@ -51,6 +51,7 @@ class MicroBatcher:
         self.config = config
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
         self.batch_sizes: list[int] = []  # recent batch sizes, for metrics and tests
+        self.seconds_per_request = 0.0  # moving average of model time per request
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -61,9 +62,21 @@ class MicroBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def submit(self, request: CompressRequest) -> CompressResult:
-        """Validate now (errors name the field), then wait for the batch holding this request."""
+    async def submit(self, request: CompressRequest, deadline_s: float | None = None) -> CompressResult:
+        """Validate now (errors name the field), then wait for the batch holding this request.
+
+        With a deadline, a request that would wait longer than it has left (by the
+        queue length and the recent time per request) is refused at once: queued,
+        it would only expire and delay the requests behind it. An empty queue admits
+        everything: then only the request's own work stands between it and its deadline.
+        """
         self.compressor.plan(request)
+        if deadline_s is not None and self.queue.qsize():
+            expected = (self.queue.qsize() + 1) * self.seconds_per_request
+            if expected > deadline_s:
+                raise Overloaded(
+                    f"server busy: expected wait {expected:.2f} s exceeds the {deadline_s:.2f} s left before the deadline"
+                )
         pending = _Pending(request, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(pending)
@@ -104,6 +117,7 @@ class MicroBatcher:
             if not batch:
                 continue
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            started = loop.time()
             try:
                 results = await loop.run_in_executor(self.executor, self._compress, [p.request for p in batch])
             except Exception as error:  # noqa: BLE001 - delivered to every caller of the batch
@@ -111,6 +125,8 @@ class MicroBatcher:
                     if not p.future.done():
                         p.future.set_exception(error)
                 continue
+            per_request = (loop.time() - started) / len(batch)
+            self.seconds_per_request = 0.8 * self.seconds_per_request + 0.2 * per_request
             for p, result in zip(batch, results):
                 if not p.future.done():
                     p.future.set_result(result)

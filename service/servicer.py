@@ -29,8 +29,8 @@ class CompressorServicer(pb_grpc.CompressorServicer):
         try:
             if isinstance(request, InvalidRequest):  # the bytes did not parse (see wire_guard)
                 raise request
-            submitted = self.batcher.submit(wire.request_from_proto(request))
             remaining = context.time_remaining()
+            submitted = self.batcher.submit(wire.request_from_proto(request), remaining)
             # Past the client's deadline the result is useless: stop waiting, and the
             # batcher skips the request if its batch has not started.
             result = await (asyncio.wait_for(submitted, remaining) if remaining is not None else submitted)
