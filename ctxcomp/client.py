@@ -62,12 +62,14 @@ def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-class CtxcompClient:
-    """Blocking client. Errors surface as grpc.RpcError with the server's status and message.
+class _Connection:
+    """Channel, stub, timeout and auth metadata shared by both clients.
 
     token: sent as "authorization: Bearer <token>"; root_certificates: PEM bytes
     that switch the channel to TLS.
     """
+
+    _grpc: Any = grpc
 
     def __init__(
         self,
@@ -78,11 +80,18 @@ class CtxcompClient:
         root_certificates: bytes | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ):
-        self.channel = _open_channel(grpc, target, root_certificates, max_message_bytes)
+        self.channel = _open_channel(self._grpc, target, root_certificates, max_message_bytes)
         self.stub = pb_grpc.CompressorStub(self.channel)
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
         self.metadata = _auth_metadata(token)
+
+
+class CtxcompClient(_Connection):
+    """Blocking client. Errors surface as grpc.RpcError with the server's status and message."""
+
+    def __init__(self, target: str, **kwargs: Any):
+        super().__init__(target, **kwargs)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def compress(self, query: str, documents: Sequence[Document | str], **kwargs: Any) -> CompressResult:
         """See build_request for the keyword arguments."""
@@ -108,22 +117,10 @@ class CtxcompClient:
         self.close()
 
 
-class AsyncCtxcompClient:
+class AsyncCtxcompClient(_Connection):
     """asyncio client on grpc.aio; create and use it inside one running event loop."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float | None = 60.0,
-        token: str | None = None,
-        root_certificates: bytes | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ):
-        self.channel = _open_channel(grpc.aio, target, root_certificates, max_message_bytes)
-        self.stub = pb_grpc.CompressorStub(self.channel)
-        self.timeout = timeout
-        self.metadata = _auth_metadata(token)
+    _grpc = grpc.aio
 
     async def compress(self, query: str, documents: Sequence[Document | str], **kwargs: Any) -> CompressResult:
         request = build_request(query, documents, **kwargs)
