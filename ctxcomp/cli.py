@@ -123,7 +123,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             tmp.write_text(str(server.port))
             tmp.rename(args.port_file)
 
-    asyncio.run(serve(Compressor(), config, on_ready=on_ready))
+    kv_store = None
+    if args.kv_store:
+        from ctxcomp.kv.store import open_store
+
+        kv_store = open_store(args.kv_store)
+    asyncio.run(serve(Compressor(kv_store=kv_store), config, on_ready=on_ready))
     return 0
 
 
@@ -206,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS only)")
     p.add_argument("--tls-key", help="PEM private key")
     # The bearer token comes from CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).

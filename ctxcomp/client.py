@@ -62,6 +62,29 @@ def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+def reassemble(chunks: Any) -> tuple[CompressResult, bytes | None]:
+    """The response and the blob from a CompressStream, checking order, size and checksum."""
+    from ctxcomp.kv import blob
+
+    chunks = iter(chunks)
+    first = next(chunks)
+    if first.WhichOneof("chunk") != "response":
+        raise ValueError("CompressStream did not start with the response")
+    response = first.response
+    parts, received = [], 0
+    for chunk in chunks:
+        if chunk.kv.offset != received:
+            raise ValueError(f"KV chunk at offset {chunk.kv.offset}, expected {received}")
+        parts.append(chunk.kv.data)
+        received += len(chunk.kv.data)
+    if received != response.kv_bytes:
+        raise ValueError(f"KV blob: received {received} bytes, announced {response.kv_bytes}")
+    data = b"".join(parts) if received else None
+    if data is not None:
+        blob.inspect(data)  # raises BlobRefused when corrupt
+    return wire.result_from_proto(response), data
+
+
 class _Connection:
     """Channel, stub, timeout and auth metadata shared by both clients.
 
@@ -98,6 +121,21 @@ class CtxcompClient(_Connection):
         request = build_request(query, documents, **kwargs)
         response = self.stub.Compress(request, timeout=self.timeout, metadata=self.metadata)
         return wire.result_from_proto(response)
+
+    def compress_with_kv(
+        self, query: str, documents: Sequence[Document | str], *, kv_codec: str = "fp16", **kwargs: Any
+    ) -> tuple[CompressResult, bytes | None]:
+        """Compress and receive the downstream LLM's KV blob for the context (CompressStream).
+
+        Returns the result and the reassembled blob, verified (format, checksum);
+        None when the server keeps blobs in its store (result.kv keys in the
+        response then). Turn the blob into a cache with ctxcomp.kv.handoff.cache_from_blob.
+        """
+        request = build_request(query, documents, **kwargs)
+        request.return_kv = True
+        request.kv_codec = kv_codec
+        stream = self.stub.CompressStream(request, timeout=self.timeout, metadata=self.metadata)
+        return reassemble(stream)
 
     def list_methods(self) -> pb.ListMethodsResponse:
         return self.stub.ListMethods(pb.ListMethodsRequest(), timeout=self.timeout, metadata=self.metadata)

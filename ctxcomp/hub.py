@@ -40,6 +40,10 @@ class ModelHub:
             raise ValueError(f"unknown precision {precision!r}; valid: fp32, bf16")
         return self._get("token_classifier_bf16", lambda _: models.registry.to_bfloat16(full))
 
+    def llm(self) -> models.LoadedLLM:
+        """The full downstream LLM (KV blobs); loaded only when first asked for."""
+        return self._get("llm_model", models.load_llm)
+
     def llm_tokenizer(self) -> Any:
         return self._get("llm_tokenizer", models.load_llm_tokenizer)
 
@@ -62,7 +66,7 @@ class ModelHub:
 
     def loaded_roles(self) -> set[str]:
         with self._lock:
-            aliases = {"llm_tokenizer": "downstream_llm", "token_classifier_bf16": "token_classifier"}
+            aliases = {"llm_tokenizer": "downstream_llm", "llm_model": "downstream_llm", "token_classifier_bf16": "token_classifier"}
             return {aliases.get(r, r) for r in self._loaded}
 
     @property

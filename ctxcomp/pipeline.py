@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ctxcomp import methods
-from ctxcomp.errors import InvalidRequest, NotAvailable
+from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
 from ctxcomp.types import CompressRequest, CompressResult
 
@@ -70,8 +70,10 @@ class Compressor:
         hub: ModelHub | None = None,
         limits: Limits | None = None,
         default_method: str = methods.DEFAULT_METHOD,
+        kv_store: Any = None,
     ) -> None:
         self.hub = hub or ModelHub()
+        self.kv_store = kv_store  # ctxcomp.kv.store.BlobStore, or None to hand blobs back
         self.limits = limits or Limits()
         self.default_method = default_method
         self._methods: dict[str, Any] = {}
@@ -104,7 +106,7 @@ class Compressor:
             tokens_before = [counts[bounds[i] : bounds[i + 1]] for i in range(len(requests))]
         outputs: list[Any] = [None] * len(requests)
         with _timed(timings, "compress"):
-            for name in dict.fromkeys(name for name, _, _ in plans):
+            for name in dict.fromkeys(plan[0] for plan in plans):
                 members = [i for i, plan in enumerate(plans) if plan[0] == name]
                 method = self.method(name)
                 items = [(requests[i], plans[i][2], tokens_before[i]) for i in members]
@@ -116,6 +118,14 @@ class Compressor:
                     outputs[i] = output
         with _timed(timings, "join"):
             contexts = [CONTEXT_SEPARATOR.join(d.text for d in out.documents if d.text) for out in outputs]
+        kv_blobs: list[Any] = [None] * len(requests)
+        if any(r.return_kv for r in requests):
+            from ctxcomp.kv.stage import compute_kv
+
+            with _timed(timings, "kv"):
+                for i, (request, plan) in enumerate(zip(requests, plans)):
+                    if request.return_kv:
+                        kv_blobs[i] = compute_kv(self.hub.llm(), contexts[i], plan[3], self.kv_store)
         return [
             CompressResult(
                 method=plan[0],
@@ -125,19 +135,24 @@ class Compressor:
                 tokens_after=sum(d.tokens_after for d in out.documents),
                 timings_ms=dict(timings),
                 note=out.note,
+                kv=kv,
             )
-            for plan, out, context in zip(plans, outputs, contexts)
+            for plan, out, context, kv in zip(plans, outputs, contexts, kv_blobs)
         ]
 
-    def plan(self, request: CompressRequest) -> tuple[str, Any, Any]:
-        """Validate a request and resolve its method and effective config."""
+    def plan(self, request: CompressRequest) -> tuple[str, Any, Any, str]:
+        """Validate a request; resolve its method, effective config and KV codec."""
         validate(request, self.limits)
         name = request.method or self.default_method
         method = self.method(name)
         config = methods.apply_options(method.presets["default"], request.options)
+        codec = ""
         if request.return_kv:
-            raise NotAvailable("return_kv: KV blobs are not served yet by this server")
-        return name, method, config
+            from ctxcomp.kv.stage import check_kv_request
+
+            llm = self.hub.llm()
+            codec = check_kv_request(request.kv_codec, request.kv_model, llm.fingerprint, llm.path.name)
+        return name, method, config, codec
 
     def describe_methods(self) -> list[dict[str, Any]]:
         rows = []

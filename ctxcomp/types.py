@@ -30,6 +30,8 @@ class CompressRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     return_kv: bool = False
     return_word_labels: bool = False
+    kv_codec: str = ""  # with return_kv: fp16 (default), bf16, int8, int4
+    kv_model: str = ""  # with return_kv: fingerprint or id of the model; empty = the server's
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class CompressResult:
     tokens_after: int
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     note: str = ""
+    kv: Any = None  # ctxcomp.kv.stage.KvBlob when return_kv was asked
 
     @property
     def ratio(self) -> float:

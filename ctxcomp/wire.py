@@ -22,6 +22,8 @@ def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
         method=request.method,
         return_kv=request.return_kv,
         return_word_labels=request.return_word_labels,
+        kv_codec=request.kv_codec,
+        kv_model=request.kv_model,
     )
     if request.rate is not None:
         message.rate = request.rate
@@ -43,6 +45,8 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
         options=_struct_to_dict(message.options),
         return_kv=message.return_kv,
         return_word_labels=message.return_word_labels,
+        kv_codec=message.kv_codec,
+        kv_model=message.kv_model,
     )
 
 
@@ -75,6 +79,8 @@ def result_to_proto(result: CompressResult, tokenizer: str = "") -> pb.CompressR
         timings_ms=dict(result.timings_ms),
         note=result.note,
         tokenizer=tokenizer,
+        kv_keys=[result.kv.key] if result.kv is not None and result.kv.data is None else [],
+        kv_bytes=result.kv.size if result.kv is not None and result.kv.data is not None else 0,
     )
 
 

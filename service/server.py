@@ -35,6 +35,7 @@ class ServerConfig:
     auth_token: str = ""  # non-empty: every RPC but health needs "authorization: Bearer <token>"
     tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file, serve TLS only
     tls_key_file: str = ""
+    kv_chunk_bytes: int = 1 << 20  # KV blob bytes per CompressStream message
 
 
 class Server:
@@ -52,7 +53,7 @@ class Server:
         )
         self.health = health.aio.HealthServicer()
         self.batcher = MicroBatcher(compressor, self.executor, config.batching)
-        add_to_server(CompressorServicer(compressor, self.batcher), self.grpc)
+        add_to_server(CompressorServicer(compressor, self.batcher, config.kv_chunk_bytes), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

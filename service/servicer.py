@@ -13,42 +13,58 @@ from ctxcomp.models import describe_roles
 from ctxcomp.pipeline import Compressor
 from ctxcomp.service.batcher import MicroBatcher
 from ctxcomp.service.wire_guard import parse_compress_request
+from ctxcomp.types import CompressResult
 from ctxcomp.service.errors import status_for
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
 
 class CompressorServicer(pb_grpc.CompressorServicer):
-    def __init__(self, compressor: Compressor, batcher: MicroBatcher) -> None:
+    def __init__(self, compressor: Compressor, batcher: MicroBatcher, kv_chunk_bytes: int = 1 << 20) -> None:
         self.compressor = compressor
         self.batcher = batcher
+        self.kv_chunk_bytes = kv_chunk_bytes
 
     async def _run(
-        self, request: pb.CompressRequest | InvalidRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CompressResponse:
+        self, request: pb.CompressRequest | InvalidRequest, context: grpc.aio.ServicerContext, *, streaming: bool
+    ) -> CompressResult:
         try:
             if isinstance(request, InvalidRequest):  # the bytes did not parse (see wire_guard)
                 raise request
+            if request.return_kv and not streaming and self.compressor.kv_store is None:
+                raise InvalidRequest(
+                    "return_kv", "this server has no KV store: call CompressStream to receive the blob in chunks"
+                )
             remaining = context.time_remaining()
             submitted = self.batcher.submit(wire.request_from_proto(request), remaining)
             # Past the client's deadline the result is useless: stop waiting, and the
             # batcher skips the request if its batch has not started.
-            result = await (asyncio.wait_for(submitted, remaining) if remaining is not None else submitted)
+            return await (asyncio.wait_for(submitted, remaining) if remaining is not None else submitted)
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was served")
         except Exception as error:  # every error leaves through the one mapping
             code, message = status_for(error)
             await context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
+
+    def _response(self, result: CompressResult) -> pb.CompressResponse:
         return wire.result_to_proto(result, tokenizer=self.compressor.hub.tokenizer_name)
 
     async def Compress(self, request: pb.CompressRequest, context: grpc.aio.ServicerContext) -> pb.CompressResponse:
-        return await self._run(request, context)
+        return self._response(await self._run(request, context, streaming=False))
 
     async def CompressStream(
         self, request: pb.CompressRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompressStreamChunk]:
-        response = await self._run(request, context)
-        yield pb.CompressStreamChunk(response=response)
+        result = await self._run(request, context, streaming=True)
+        yield pb.CompressStreamChunk(response=self._response(result))
+        data = result.kv.data if result.kv is not None else None
+        for offset in range(0, len(data or b""), self.kv_chunk_bytes):
+            piece = data[offset : offset + self.kv_chunk_bytes]
+            last = offset + len(piece) >= len(data)
+            yield pb.CompressStreamChunk(
+                kv=pb.KvChunk(blob_id=result.kv.key, offset=offset, data=piece, total_bytes=len(data), last=last)
+            )
 
     async def ListMethods(self, request: pb.ListMethodsRequest, context: grpc.aio.ServicerContext) -> pb.ListMethodsResponse:
         limits = self.compressor.limits

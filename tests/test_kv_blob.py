@@ -100,3 +100,52 @@ def test_cache_from_blob_refuses_another_model(llm) -> None:
     k, v = tensors()
     with pytest.raises(blob.BlobRefused, match="not for this model"):
         cache_from_blob(blob.encode(k, v, meta()), llm)
+
+
+def test_kv_blob_through_grpc_stream_is_bit_exact_and_usable(client, llm, compressor) -> None:
+    from ctxcomp.types import CompressRequest
+    from ctxcomp.types import Document as Doc
+
+    docs = [Doc("a", "The Vasa was a Swedish warship that sank on her maiden voyage in 1628."), Doc("b", "She was raised in 1961.")]
+    result, data = client.compress_with_kv("When did the Vasa sink?", docs, rate=0.6, kv_codec="int8")
+    assert data is not None and result.context
+    local = compressor.compress(CompressRequest("When did the Vasa sink?", tuple(docs), rate=0.6, return_kv=True, kv_codec="int8"))
+    assert local.kv.data == data  # same context, same model, same codec: identical bytes
+    cache, meta = cache_from_blob(data, llm)
+    ids = llm.tokenizer(result.context, add_special_tokens=False)["input_ids"]
+    assert meta.tokens == len(ids) and meta.token_ids_sha256 == blob.token_ids_digest(ids)
+
+
+def test_kv_request_errors_name_the_field(client) -> None:
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as caught:
+        client.compress_with_kv("q", ["some text"], kv_codec="int3")
+    assert caught.value.details().startswith("kv_codec:")
+    request = pb_request(kv_model="meta-llama/Llama-3-8B")
+    with pytest.raises(grpc.RpcError) as caught:
+        list(client.stub.CompressStream(request, timeout=60))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("kv_model:")
+    with pytest.raises(grpc.RpcError) as caught:
+        client.stub.Compress(pb_request(), timeout=60)
+    assert caught.value.details().startswith("return_kv:")
+
+
+def pb_request(**fields):
+    from ctxcomp.v1 import ctxcomp_pb2 as pb
+
+    return pb.CompressRequest(documents=[pb.Document(id="a", text="some text here")], return_kv=True, **fields)
+
+
+def test_stores_give_the_same_key_and_bytes(tmp_path) -> None:
+    from ctxcomp.kv.store import blob_key, open_store
+
+    key = blob_key("fp", [1, 2, 3], "int8")
+    assert key == blob_key("fp", (1, 2, 3), "int8") != blob_key("fp", [1, 2, 3], "fp16")
+    store = open_store(f"file://{tmp_path}/kv")
+    assert store.get(key) is None
+    store.put(key, b"blob-bytes")
+    assert open_store(str(tmp_path / "kv")).get(key) == b"blob-bytes"
+    with pytest.raises(ValueError, match="valid: file://, redis://"):
+        open_store("s3://bucket/x")

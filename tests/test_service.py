@@ -76,12 +76,24 @@ def test_bad_requests_are_invalid_argument_naming_the_field(client, kwargs: dict
     assert caught.value.details().startswith(f"{field}:")
 
 
-def test_kv_request_is_refused_clearly_until_kv_lands(client) -> None:
-    request = pb.CompressRequest(query="q", documents=[pb.Document(id="a", text="text")], return_kv=True)
-    with pytest.raises(grpc.RpcError) as caught:
-        client.stub.Compress(request, timeout=60)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "return_kv" in caught.value.details()
+def test_kv_blobs_go_to_the_store_and_come_back_as_keys(hub, tmp_path) -> None:
+    from ctxcomp.kv import blob
+    from ctxcomp.kv.store import open_store
+    from ctxcomp.pipeline import Compressor
+    from ctxcomp.service.server import BackgroundServer, ServerConfig
+
+    store = open_store(f"file://{tmp_path}/kv")
+    with BackgroundServer(Compressor(hub, kv_store=store), ServerConfig(port=0)) as server:
+        request = pb.CompressRequest(query="q", documents=[pb.Document(id="a", text=DOCS[0].text)], rate=0.5,
+                                     return_kv=True, kv_codec="int4")
+        with grpc.insecure_channel(server.address) as channel:
+            from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
+
+            first = pb_grpc.CompressorStub(channel).Compress(request, timeout=120)
+            again = pb_grpc.CompressorStub(channel).Compress(request, timeout=120)
+    assert len(first.kv_keys) == 1 and first.kv_keys == again.kv_keys and first.kv_bytes == 0
+    meta = blob.inspect(store.get(first.kv_keys[0]))
+    assert meta.codec == "int4" and meta.tokens > 0
 
 
 def test_concurrent_requests_share_batches_and_match_single_results(server, compressor) -> None:

@@ -127,8 +127,8 @@ def encode(
     return ZSTD_MAGIC + zstandard.ZstdCompressor(level=zstd_level).compress(data)
 
 
-def decode(blob: bytes, *, expect_fingerprint: str) -> tuple[torch.Tensor, torch.Tensor, BlobMeta]:
-    """Blob bytes -> K, V [L, H, S, D] and metadata, after every check. Raises BlobRefused."""
+def _open(blob: bytes) -> tuple[dict[str, torch.Tensor], BlobMeta]:
+    """Tensors and metadata after the format and checksum checks. Raises BlobRefused."""
     if blob.startswith(ZSTD_MAGIC):
         import zstandard
 
@@ -146,7 +146,17 @@ def decode(blob: bytes, *, expect_fingerprint: str) -> tuple[torch.Tensor, torch
         raise BlobRefused(f"KV blob: format version {fields.get('format_version')}, this reader knows {FORMAT_VERSION}")
     if _checksum(tensors) != header.get("checksum_sha256"):
         raise BlobRefused("KV blob: checksum mismatch (the blob is corrupt or was altered)")
-    meta = BlobMeta(**fields)
+    return tensors, BlobMeta(**fields)
+
+
+def inspect(blob: bytes) -> BlobMeta:
+    """The metadata of an intact blob (format and checksum verified), without decoding tensors."""
+    return _open(blob)[1]
+
+
+def decode(blob: bytes, *, expect_fingerprint: str) -> tuple[torch.Tensor, torch.Tensor, BlobMeta]:
+    """Blob bytes -> K, V [L, H, S, D] and metadata, after every check. Raises BlobRefused."""
+    tensors, meta = _open(blob)
     if meta.model_fingerprint != expect_fingerprint:
         raise BlobRefused(
             f"KV blob: made for model {meta.model_id} (fingerprint {meta.model_fingerprint[:12]}), "

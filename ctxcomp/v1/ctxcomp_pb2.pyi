@@ -25,7 +25,7 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels")
+    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,8 @@ class CompressRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     RETURN_KV_FIELD_NUMBER: _ClassVar[int]
     RETURN_WORD_LABELS_FIELD_NUMBER: _ClassVar[int]
+    KV_CODEC_FIELD_NUMBER: _ClassVar[int]
+    KV_MODEL_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     method: str
@@ -42,7 +44,9 @@ class CompressRequest(_message.Message):
     options: _struct_pb2.Struct
     return_kv: bool
     return_word_labels: bool
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ...) -> None: ...
+    kv_codec: str
+    kv_model: str
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ...) -> None: ...
 
 class Span(_message.Message):
     __slots__ = ("start", "end")
@@ -92,7 +96,7 @@ class DocumentResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., kept_spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., word_labels: _Optional[_Iterable[_Union[WordLabel, _Mapping]]] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
-    __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys")
+    __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys", "kv_bytes")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +115,7 @@ class CompressResponse(_message.Message):
     NOTE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     KV_KEYS_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     method: str
     documents: _containers.RepeatedCompositeFieldContainer[DocumentResult]
     context: str
@@ -122,7 +127,8 @@ class CompressResponse(_message.Message):
     note: str
     tokenizer: str
     kv_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, method: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., context: _Optional[str] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., ratio: _Optional[float] = ..., rate: _Optional[float] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ..., tokenizer: _Optional[str] = ..., kv_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    kv_bytes: int
+    def __init__(self, method: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., context: _Optional[str] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., ratio: _Optional[float] = ..., rate: _Optional[float] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ..., tokenizer: _Optional[str] = ..., kv_keys: _Optional[_Iterable[str]] = ..., kv_bytes: _Optional[int] = ...) -> None: ...
 
 class KvChunk(_message.Message):
     __slots__ = ("blob_id", "offset", "data", "total_bytes", "last")

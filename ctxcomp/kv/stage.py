@@ -1,0 +1,58 @@
+"""The pipeline's KV stage: the downstream LLM's K/V for a compressed context, as a blob."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.kv import blob
+from ctxcomp.kv.handoff import blob_from_prefill
+from ctxcomp.kv.prefill import prefill
+from ctxcomp.kv.store import BlobStore, blob_key
+
+CODECS = ("fp16", "bf16", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class KvBlob:
+    """A handle to one KV blob: its content key, size and (unless stored) its bytes."""
+
+    key: str
+    tokens: int
+    codec: str
+    size: int
+    data: bytes | None  # None when only the store holds it
+
+
+def check_kv_request(codec: str, model: str, llm_fingerprint: str, llm_id: str) -> str:
+    """The codec to use; InvalidRequest naming kv_codec / kv_model otherwise."""
+    codec = codec or "fp16"
+    if codec not in CODECS:
+        raise InvalidRequest("kv_codec", f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
+    if model and model not in (llm_fingerprint, llm_id):
+        raise InvalidRequest("kv_model", f"this server computes KV for {llm_id} (fingerprint {llm_fingerprint[:12]}), not {model!r}")
+    return codec
+
+
+def compute_kv(llm: Any, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3) -> KvBlob:
+    """Prefill `context` (no special tokens) and encode it; reuse a stored blob of the same key."""
+    import torch
+
+    ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
+    key = blob_key(llm.fingerprint, ids, codec)
+    if store is not None:
+        cached = store.get(key)
+        if cached is not None:
+            return KvBlob(key, len(ids), codec, len(cached), None)
+    if not ids:
+        raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
+    result = prefill(llm.model, torch.tensor([ids]))
+    data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level)  # type: ignore[arg-type]
+    if store is not None:
+        store.put(key, data)
+        return KvBlob(key, len(ids), codec, len(data), None)
+    return KvBlob(key, len(ids), codec, len(data), data)
+
+
+__all__ = ["KvBlob", "check_kv_request", "compute_kv", "blob"]
