@@ -149,3 +149,40 @@ def test_stores_give_the_same_key_and_bytes(tmp_path) -> None:
     assert open_store(str(tmp_path / "kv")).get(key) == b"blob-bytes"
     with pytest.raises(ValueError, match="valid: file://, redis://"):
         open_store("s3://bucket/x")
+
+
+def test_redis_store_against_a_real_server(tmp_path) -> None:
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from ctxcomp.kv.store import blob_key, open_store
+
+    server_bin = shutil.which("redis-server")
+    if server_bin is None:
+        pytest.skip("redis-server is not installed (CI installs Debian's redis-server in .ci/run)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        store = open_store(f"redis://127.0.0.1:{port}/0")
+        for _ in range(100):
+            try:
+                store.client.ping()
+                break
+            except Exception:  # noqa: BLE001 - still starting
+                time.sleep(0.05)
+        k, v = tensors()
+        data = blob.encode(k, v, meta(), codec="int8", zstd_level=3)
+        key = blob_key("fp-abc", range(S), "int8")
+        assert store.get(key) is None
+        store.put(key, data)
+        again = open_store(f"redis://127.0.0.1:{port}/0").get(key)  # a second connection sees it
+        assert again == data
+        blob.decode(again, expect_fingerprint="fp-abc")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
