@@ -1,0 +1,100 @@
+"""KV blobs on the shipped LLM (SmolLM2-135M, fp32, CPU unless a GPU is present).
+
+    python bench/kv.py [--quick]
+
+Prints one JSON object per line:
+  ttft       time to first token for context + question: full prefill vs loading
+             the context's blob (decode + DynamicCache) and running only the question
+             (512, 2k, 4k context tokens)
+  size       blob bytes for fp16 / int8 / int4 (zstd 3) vs raw fp16 K/V
+  agreement  next-token top-1 agreement with full prefill on SQuAD questions, per codec
+  codec      encode / decode throughput in GB/s of raw fp16 K/V
+Non-prefix reuse (re-rotation, CacheBlend recompute) is not implemented yet and
+is reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from ctxcomp import models
+from ctxcomp.kv import blob
+from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
+from ctxcomp.kv.prefill import prefill
+from ctxcomp.models import squad
+
+
+def timed(fn, repeat: int = 3) -> tuple[object, float]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+@torch.inference_mode()
+def next_token_from_blob(llm, data: bytes, question: torch.Tensor, start: int) -> torch.Tensor:
+    cache, _ = cache_from_blob(data, llm)
+    positions = torch.arange(start, start + question.shape[1]).unsqueeze(0)
+    return llm.model(question, past_key_values=cache, position_ids=positions).logits[:, -1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    llm = models.load_llm()
+    tok = llm.tokenizer
+    held = squad.split_articles(squad.load_paragraphs())[1]
+    corpus = tok("\n\n".join(p.context for p in held[:80]), add_special_tokens=False)["input_ids"]
+    question = tok(" Question: Who is mentioned first? Answer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+    for length in ([512, 2048] if args.quick else [512, 2048, 4096]):
+        ids = torch.tensor([corpus[:length]])
+        full_input = torch.cat([ids, question], 1)
+        with torch.inference_mode():
+            full_logits, full_s = timed(lambda: llm.model(full_input).logits[:, -1], repeat=1 if length > 2048 else 2)
+        data = blob_from_prefill(prefill(llm.model, ids), llm, ids[0].tolist(), codec="fp16")
+        blob_logits, blob_s = timed(lambda: next_token_from_blob(llm, data, question, length))
+        print(json.dumps({"bench": "ttft", "context_tokens": length, "full_prefill_s": round(full_s, 3),
+                          "with_blob_s": round(blob_s, 3), "speedup": round(full_s / blob_s, 1),
+                          "same_top1": bool(full_logits.argmax() == blob_logits.argmax()),
+                          "max_abs_logit_diff": round(float((full_logits - blob_logits).abs().max()), 5)}), flush=True)
+
+        if length == 2048:
+            result = prefill(llm.model, ids)
+            raw = sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
+            sizes = {c: len(blob_from_prefill(result, llm, ids[0].tolist(), codec=c, zstd_level=3)) for c in ("fp16", "int8", "int4")}
+            print(json.dumps({"bench": "size", "context_tokens": length, "raw_fp16_bytes": raw, **{f"{c}_bytes": n for c, n in sizes.items()},
+                              **{f"{c}_vs_fp16": round(raw / n, 2) for c, n in sizes.items()}}), flush=True)
+            for codec in ("fp16", "int8", "int4"):
+                meta = blob.BlobMeta(llm.fingerprint, "m", len(result.keys), result.keys[0].shape[1], result.keys[0].shape[3],
+                                     length, blob.token_ids_digest(ids[0].tolist()), 0, 1e5)
+                encoded, enc_s = timed(lambda: blob.encode(result.keys, result.values, meta, codec=codec))
+                _, dec_s = timed(lambda: blob.decode(encoded, expect_fingerprint=llm.fingerprint))
+                print(json.dumps({"bench": "codec", "codec": codec, "encode_gb_s": round(raw / enc_s / 1e9, 2),
+                                  "decode_gb_s": round(raw / dec_s / 1e9, 2)}), flush=True)
+
+    pairs = [(p, q) for p in held for q in p.questions[:1]][: 12 if args.quick else 60]
+    agree = {c: 0 for c in ("fp16", "int8", "int4")}
+    for para, q in pairs:
+        ids = tok(para.context, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        qids = tok(f"\nQuestion: {q.text}\nAnswer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            want = llm.model(torch.cat([ids, qids], 1)).logits[:, -1].argmax()
+        result = prefill(llm.model, ids)
+        for codec in agree:
+            data = blob_from_prefill(result, llm, ids[0].tolist(), codec=codec, zstd_level=3)
+            agree[codec] += int(next_token_from_blob(llm, data, qids, ids.shape[1]).argmax() == want)
+    print(json.dumps({"bench": "agreement", "questions": len(pairs), **{f"{c}_top1": round(n / len(pairs), 4) for c, n in agree.items()}}), flush=True)
+    print(json.dumps({"bench": "non_prefix_reuse", "status": "not implemented yet (re-rotation and CacheBlend recompute)"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
