@@ -1,0 +1,84 @@
+"""Non-prefix reuse: per-document KV blobs concatenated for a new request.
+
+Each document's K was stored after RoPE at its own positions. Placed at a new
+offset, its keys are re-rotated by the offset (rotations compose: R(p+d) =
+R(d) R(p)), as KVLink/APE do. What concatenation cannot restore is
+cross-document attention: every document's K/V were computed without seeing
+the ones before it. CacheBlend's remedy is `blend`: recompute the KV of the
+tokens whose layer-1 values deviate most from a fresh computation, a
+`recompute_ratio` share of them, through every layer, attending to the
+reused KV of all other tokens.
+
+Shapes: K, V [L, H_kv, S, D] (layout "LHSD"), batch 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ctxcomp.kernels.attention import apply_rope, rope_cos_sin
+from ctxcomp.kv.prefill import rope_params
+
+
+def rerotate(k: torch.Tensor, delta: int, theta: float) -> torch.Tensor:
+    """Keys rotated for positions `delta` further on. k: [..., S, D]; returns the same shape."""
+    if delta == 0:
+        return k
+    cos, sin = rope_cos_sin(torch.tensor([delta]), k.shape[-1], theta)  # [1, D], broadcast over S
+    return apply_rope(k, cos, sin)
+
+
+def concatenate(parts: Sequence[tuple[torch.Tensor, torch.Tensor, int]], theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, V, start_pos) per document, in order -> one K, V for the documents back to back from position 0."""
+    keys, values, offset = [], [], 0
+    for k, v, start in parts:
+        keys.append(rerotate(k, offset - start, theta))
+        values.append(v)
+        offset += k.shape[-2]
+    return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
+
+
+@torch.inference_mode()
+def blend(model: Any, input_ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, recompute_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CacheBlend-style selective recompute on concatenated K/V for input_ids [1, S].
+
+    Layer 0 is recomputed for all tokens (its attention is what first mixes
+    documents); the `recompute_ratio` share of tokens whose layer-1 values
+    deviate most is then recomputed through the remaining layers.
+    Returns new K, V [L, H_kv, S, D].
+    """
+    if not 0.0 <= recompute_ratio <= 1.0:
+        raise ValueError(f"recompute_ratio must be in [0, 1], got {recompute_ratio}")
+    keys, values = keys.clone(), values.clone()
+    if recompute_ratio == 0.0:
+        return keys, values
+    config, inner = model.config, model.model
+    theta = rope_params(config).theta
+    seq = input_ids.shape[1]
+    positions = torch.arange(seq)
+    cos, sin = rope_cos_sin(positions, keys.shape[-1], theta)
+    hidden = inner.embed_tokens(input_ids)[0]  # [S, hidden]
+    selected = positions  # layer 0: every token
+    for index, layer in enumerate(inner.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        q = apply_rope(attn.q_proj(x).view(len(selected), -1, keys.shape[-1]).transpose(0, 1), cos[selected], sin[selected])
+        k = apply_rope(attn.k_proj(x).view(len(selected), -1, keys.shape[-1]).transpose(0, 1), cos[selected], sin[selected])
+        v = attn.v_proj(x).view(len(selected), -1, keys.shape[-1]).transpose(0, 1)
+        if index == 1:
+            # Deviation of reused layer-1 values from fresh ones picks the tokens to keep recomputing.
+            deviation = (v - values[1]).norm(dim=-1).sum(dim=0)  # [S]
+            count = max(1, round(recompute_ratio * seq))
+            selected = deviation.topk(count).indices.sort().values
+            hidden, q, k, v = hidden[selected], q[:, selected], k[:, selected], v[:, selected]
+        keys[index][:, selected] = k
+        values[index][:, selected] = v
+        mask = selected[:, None] >= positions[None, :]  # causal by original position: [S_sel, S]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, keys[index], values[index], attn_mask=mask, scale=attn.scaling, enable_gqa=True
+        )  # [Hq, S_sel, D]
+        hidden = hidden + attn.o_proj(out.transpose(0, 1).reshape(len(selected), -1))
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return keys, values
