@@ -8,8 +8,8 @@ RoPE base, the codec and a SHA-256 over the tensor bytes. With zstd on, the
 safetensors bytes are compressed whole behind a magic prefix.
 
 Codecs (CacheGen/KIVI style): "fp16" and "bf16" raw; "int8" and "int4"
-symmetric, keys with one scale per channel (per layer, head and dim, over
-tokens: key outliers live in channels), values with one scale per token.
+symmetric, keys with one scale per channel and group of KEY_GROUP tokens (key
+outliers live in channels), values with one scale per token.
 int4 packs two values per byte.
 
 Layout "LHSD": [layers, kv_heads, tokens, head_dim], batch 1.
@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 LAYOUT = "LHSD"
 ZSTD_MAGIC = b"CTXKVZ1\n"
 Codec = Literal["fp16", "bf16", "int8", "int4"]
+KEY_GROUP = 32  # KIVI-style: per-channel key scales over groups of 32 tokens
 _QMAX = {"int8": 127, "int4": 7}
 
 
@@ -54,6 +55,7 @@ class BlobMeta:
     k_rope: str = "post"  # K is stored after RoPE at positions start_pos..start_pos+tokens-1
     dtype: str = "float32"  # dtype the tensors are restored to
     codec: str = "fp16"
+    key_group: int = 0  # quantized codecs: tokens sharing one key scale per channel (0 = all)
     compression: str = "none"
     layout: str = LAYOUT
     format_version: int = FORMAT_VERSION
@@ -73,7 +75,7 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _quantize(x: torch.Tensor, reduce_dim: int, codec: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric quantization of x [L, H, S, D]; scale shared along reduce_dim. Returns (int8 codes, fp32 scale)."""
+    """Symmetric quantization of x; one scale shared along reduce_dim. Returns (int8 codes, fp32 scale)."""
     qmax = _QMAX[codec]
     # Rounded to fp16 first, since that is how the scale is stored.
     scale = (x.abs().amax(dim=reduce_dim, keepdim=True).float().clamp(min=1e-4) / qmax).half().float()
@@ -105,7 +107,11 @@ def encode(
         dtype = torch.float16 if codec == "fp16" else torch.bfloat16
         tensors = {"k": k.to(dtype).contiguous(), "v": v.to(dtype).contiguous()}
     elif codec in _QMAX:
-        k_codes, k_scale = _quantize(k, reduce_dim=2, codec=codec)  # per channel: over tokens
+        groups = -(-meta.tokens // KEY_GROUP)
+        k_grouped = torch.nn.functional.pad(k, (0, 0, 0, groups * KEY_GROUP - meta.tokens))
+        k_grouped = k_grouped.view(meta.layers, meta.kv_heads, groups, KEY_GROUP, meta.head_dim)
+        k_codes, k_scale = _quantize(k_grouped, reduce_dim=3, codec=codec)  # per channel, per token group
+        k_codes = k_codes.view(meta.layers, meta.kv_heads, groups * KEY_GROUP, meta.head_dim)
         v_codes, v_scale = _quantize(v, reduce_dim=3, codec=codec)  # per token: over dims
         if codec == "int4":
             k_codes, v_codes = _pack_int4(k_codes), _pack_int4(v_codes)
@@ -117,7 +123,7 @@ def encode(
         }
     else:
         raise ValueError(f"unknown codec {codec!r}; valid: fp16, bf16, int8, int4")
-    full = {**asdict(meta), "codec": codec, "compression": "zstd" if zstd_level is not None else "none", "dtype": str(k.dtype).removeprefix("torch.")}
+    full = {**asdict(meta), "codec": codec, "key_group": KEY_GROUP if codec in _QMAX else 0, "compression": "zstd" if zstd_level is not None else "none", "dtype": str(k.dtype).removeprefix("torch.")}
     header = {"ctxcomp_kv": json.dumps(full, sort_keys=True), "checksum_sha256": _checksum(tensors)}
     data = st_save(tensors, metadata=header)
     if zstd_level is None:
@@ -168,7 +174,9 @@ def decode(blob: bytes, *, expect_fingerprint: str) -> tuple[torch.Tensor, torch
     k_codes, v_codes = tensors["k"], tensors["v"]
     if meta.codec == "int4":
         k_codes, v_codes = _unpack_int4(k_codes), _unpack_int4(v_codes)
-    k = (k_codes.float() * tensors["k_scale"].float()).to(dtype)
+    scale = tensors["k_scale"].float()  # [L, H, groups, 1, D]
+    grouped = k_codes.view(meta.layers, meta.kv_heads, scale.shape[2], meta.key_group, meta.head_dim)
+    k = (grouped.float() * scale).view(meta.layers, meta.kv_heads, -1, meta.head_dim)[:, :, : meta.tokens].to(dtype)
     v = (v_codes.float() * tensors["v_scale"].float()).to(dtype)
     return k, v, meta
 
