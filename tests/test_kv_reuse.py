@@ -35,14 +35,20 @@ def stack(result):
     return torch.stack([k[0] for k in result.keys]), torch.stack([v[0] for v in result.values])
 
 
-def test_first_document_is_exact_and_full_recompute_matches_prefill(llm, two_docs) -> None:
+@pytest.fixture(scope="module")
+def reused(llm, two_docs):
+    """Both documents prefilled apart and concatenated, and the full prefill of the pair."""
     a, b = two_docs
     both = torch.cat([a, b], 1)
     ka, va = stack(prefill(llm.model, a, backend="reference"))
     kb, vb = stack(prefill(llm.model, b, backend="reference"))
     k_cat, v_cat = concatenate([(ka, va, 0), (kb, vb, 0)], theta=1e5)
     k_full, v_full = stack(prefill(llm.model, both, backend="reference"))
-    n = a.shape[1]
+    return both, a.shape[1], k_cat, v_cat, k_full, v_full
+
+
+def test_first_document_is_exact_and_full_recompute_matches_prefill(llm, reused) -> None:
+    both, n, k_cat, v_cat, k_full, v_full = reused
     torch.testing.assert_close(k_cat[:, :, :n], k_full[:, :, :n], atol=1e-4, rtol=1e-4)  # prefix: identical
     # Layer 0 of the second document is context-free, so re-rotation alone makes it exact.
     torch.testing.assert_close(k_cat[0, :, n:], k_full[0, :, n:], atol=1e-3, rtol=1e-3)
@@ -51,13 +57,8 @@ def test_first_document_is_exact_and_full_recompute_matches_prefill(llm, two_doc
     torch.testing.assert_close(v_all, v_full, atol=2e-3, rtol=2e-3)
 
 
-def test_partial_recompute_moves_towards_full_prefill(llm, two_docs) -> None:
-    a, b = two_docs
-    both = torch.cat([a, b], 1)
-    ka, va = stack(prefill(llm.model, a, backend="reference"))
-    kb, vb = stack(prefill(llm.model, b, backend="reference"))
-    k_cat, v_cat = concatenate([(ka, va, 0), (kb, vb, 0)], theta=1e5)
-    _, v_full = stack(prefill(llm.model, both, backend="reference"))
+def test_partial_recompute_moves_towards_full_prefill(llm, reused) -> None:
+    both, _, k_cat, v_cat, _, v_full = reused
     error = lambda v: (v - v_full).norm().item()  # noqa: E731
     _, v_30 = blend(llm.model, both, k_cat, v_cat, recompute_ratio=0.3)
     assert error(v_30) < error(v_cat)
