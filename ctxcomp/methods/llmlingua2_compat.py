@@ -32,8 +32,10 @@ class EncodedDocument:
 
     def word_strings(self, tokenizer: Any) -> list[str]:
         """Each word as the encoder spells it (lowercased for uncased models), as the reference counts it."""
+        if not len(self.token_ids):
+            return []
         bounds = np.flatnonzero(np.diff(self.word_of_token)) + 1
-        return tokenizer.batch_decode([ids.tolist() for ids in np.split(self.token_ids, bounds)]) if len(bounds) or len(self.token_ids) else []
+        return tokenizer.batch_decode([ids.tolist() for ids in np.split(self.token_ids, bounds)])
 
 
 def encode(tokenizer: Any, text: str) -> EncodedDocument:
