@@ -215,3 +215,15 @@ def test_stream_reassembly_is_bit_exact_and_checked() -> None:
         reassemble(stream(bytes(broken)))
     with pytest.raises(ValueError, match="announced"):
         reassemble(list(stream(data))[:-1])
+
+
+def test_attention_sink_tokens_survive_quantization_exactly() -> None:
+    k, v = tensors()
+    k[0][:, :, 0] *= 50  # a sink-like first token with a huge norm
+    for codec in ("int8", "int4"):
+        k2, v2, m = blob.decode(blob.encode(k, v, meta(), codec=codec), expect_fingerprint="fp-abc")
+        assert m.sink_tokens == blob.SINK_TOKENS
+        torch.testing.assert_close(k2[0, :, :4], k[0][0, :, :4].half().float())
+        torch.testing.assert_close(v2[0, :, :4], v[0][0, :, :4].half().float())
+    shifted = blob.encode(k, v, meta(start_pos=100), codec="int8")
+    assert blob.inspect(shifted).sink_tokens == 0  # not at the start of the sequence: no sinks there

@@ -9,7 +9,8 @@ safetensors bytes are compressed whole behind a magic prefix.
 
 Codecs (CacheGen/KIVI style): "fp16" and "bf16" raw; "int8" and "int4"
 symmetric, keys with one scale per channel and group of KEY_GROUP tokens (key
-outliers live in channels), values with one scale per token.
+outliers live in channels), values with one scale per token; the first
+SINK_TOKENS tokens of a context that starts at position 0 stay fp16.
 int4 packs two values per byte.
 
 Layout "LHSD": [layers, kv_heads, tokens, head_dim], batch 1.
@@ -33,6 +34,7 @@ LAYOUT = "LHSD"
 ZSTD_MAGIC = b"CTXKVZ1\n"
 Codec = Literal["fp16", "bf16", "int8", "int4"]
 KEY_GROUP = 32  # KIVI-style: per-channel key scales over groups of 32 tokens
+SINK_TOKENS = 4  # the first tokens draw much of every head's attention: stored exactly
 _QMAX = {"int8": 127, "int4": 7}
 
 
@@ -56,6 +58,7 @@ class BlobMeta:
     dtype: str = "float32"  # dtype the tensors are restored to
     codec: str = "fp16"
     key_group: int = 0  # quantized codecs: tokens sharing one key scale per channel (0 = all)
+    sink_tokens: int = 0  # quantized codecs: leading tokens kept in fp16 (attention sinks)
     compression: str = "none"
     layout: str = LAYOUT
     format_version: int = FORMAT_VERSION
@@ -107,6 +110,12 @@ def encode(
         dtype = torch.float16 if codec == "fp16" else torch.bfloat16
         tensors = {"k": k.to(dtype).contiguous(), "v": v.to(dtype).contiguous()}
     elif codec in _QMAX:
+        sinks = min(SINK_TOKENS, meta.tokens) if meta.start_pos == 0 else 0
+        k_sink, v_sink = k[:, :, :sinks].half(), v[:, :, :sinks].half()
+        # Their large norms would otherwise set the scales of the tokens around them.
+        k, v = k.clone(), v.clone()
+        k[:, :, :sinks] = 0
+        v[:, :, :sinks] = 0
         groups = -(-meta.tokens // KEY_GROUP)
         k_grouped = torch.nn.functional.pad(k, (0, 0, 0, groups * KEY_GROUP - meta.tokens))
         k_grouped = k_grouped.view(meta.layers, meta.kv_heads, groups, KEY_GROUP, meta.head_dim)
@@ -116,14 +125,18 @@ def encode(
         if codec == "int4":
             k_codes, v_codes = _pack_int4(k_codes), _pack_int4(v_codes)
         tensors = {
+
             "k": k_codes.contiguous(),
             "v": v_codes.contiguous(),
             "k_scale": k_scale.half().contiguous(),  # fp16 scales: 2 bytes per channel / per token
             "v_scale": v_scale.half().contiguous(),
+            "k_sink": k_sink.contiguous(),
+            "v_sink": v_sink.contiguous(),
         }
     else:
         raise ValueError(f"unknown codec {codec!r}; valid: fp16, bf16, int8, int4")
-    full = {**asdict(meta), "codec": codec, "key_group": KEY_GROUP if codec in _QMAX else 0, "compression": "zstd" if zstd_level is not None else "none", "dtype": str(k.dtype).removeprefix("torch.")}
+    full = {**asdict(meta), "codec": codec, "key_group": KEY_GROUP if codec in _QMAX else 0,
+            "sink_tokens": (min(SINK_TOKENS, meta.tokens) if meta.start_pos == 0 else 0) if codec in _QMAX else 0, "compression": "zstd" if zstd_level is not None else "none", "dtype": str(k.dtype).removeprefix("torch.")}
     header = {"ctxcomp_kv": json.dumps(full, sort_keys=True), "checksum_sha256": _checksum(tensors)}
     data = st_save(tensors, metadata=header)
     if zstd_level is None:
@@ -178,6 +191,8 @@ def decode(blob: bytes, *, expect_fingerprint: str) -> tuple[torch.Tensor, torch
     grouped = k_codes.view(meta.layers, meta.kv_heads, scale.shape[2], meta.key_group, meta.head_dim)
     k = (grouped.float() * scale).view(meta.layers, meta.kv_heads, -1, meta.head_dim)[:, :, : meta.tokens].to(dtype)
     v = (v_codes.float() * tensors["v_scale"].float()).to(dtype)
+    k[:, :, : meta.sink_tokens] = tensors["k_sink"].to(dtype)
+    v[:, :, : meta.sink_tokens] = tensors["v_sink"].to(dtype)
     return k, v, meta
 
 
