@@ -26,7 +26,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     CTXCOMP_CACHE_DIR=/var/cache/ctxcomp \
     CTXCOMP_HOST=0.0.0.0 \
     CTXCOMP_PORT=50051 \
-    HF_HUB_OFFLINE=1
+    HF_HUB_OFFLINE=1 \
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY=2
 RUN mkdir -p /var/cache/ctxcomp && chown ctxcomp /var/cache/ctxcomp
 VOLUME ["/var/cache/ctxcomp"]
 USER ctxcomp

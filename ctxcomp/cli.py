@@ -99,6 +99,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # oneDNN caches one primitive per distinct tensor shape (1024 by default); requests of
+    # ever-new lengths made the server's RSS grow ~27% under load (bench/load.py). A
+    # cache of 2 keeps growth under 10% for ~5-10% throughput. Must be set before torch runs.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "2")
     from ctxcomp.pipeline import Compressor
     from ctxcomp.service import logs
     from ctxcomp.service.server import ServerConfig, serve

@@ -172,9 +172,16 @@ def batches_by_length(chunks: Sequence[Chunk], max_tokens: int) -> list[list[int
     return batches
 
 
+PAD_MULTIPLE = 32  # batch widths are rounded up to this: few distinct shapes for the kernel caches
+
+
 def pad_batch(chunks: Sequence[Chunk], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask and word index, each [B, T]; word index -1 on specials/padding."""
-    width = max(len(c.input_ids) for c in chunks)
+    """input_ids, attention_mask and word index, each [B, T]; word index -1 on specials/padding.
+
+    T is the longest chunk rounded up to PAD_MULTIPLE: oneDNN keeps one primitive per
+    distinct shape, and unrounded widths made a long-running server's memory creep up.
+    """
+    width = -(-max(len(c.input_ids) for c in chunks) // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(chunks), width), dtype=torch.long)
     owner = torch.full((len(chunks), width), -1, dtype=torch.long)
