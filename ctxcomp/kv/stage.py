@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from ctxcomp.kv.handoff import blob_from_prefill
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.store import BlobStore, blob_key
 
-CODECS = ("fp16", "bf16", "int8", "int4")
+CODECS: tuple[str, ...] = typing.get_args(blob.Codec)  # one list of codecs: the blob module's
 
 
 @dataclass(frozen=True)
@@ -54,5 +55,3 @@ def compute_kv(llm: Any, context: str, codec: str, store: BlobStore | None, zstd
         return KvBlob(key, len(ids), codec, len(data), None)
     return KvBlob(key, len(ids), codec, len(data), data)
 
-
-__all__ = ["KvBlob", "check_kv_request", "compute_kv", "blob"]
