@@ -50,6 +50,11 @@ class ModelHub:
     def sentence_encoder(self) -> Any:
         return self._get("sentence_encoder", models.load_sentence_encoder)
 
+    def sentence_classifier(self) -> Any:
+        """The EXIT sentence classifier (head over the sentence encoder)."""
+        encoder = self.sentence_encoder()  # first: _get holds the (non-reentrant) lock while loading
+        return self._get("sentence_classifier", lambda o: models.load_sentence_classifier(encoder, o))
+
     def spacy(self) -> Any:
         return self._get("spacy", models.load_spacy)
 
@@ -59,6 +64,7 @@ class ModelHub:
             "token_classifier": self.token_classifier,
             "downstream_llm": self.llm_tokenizer,
             "sentence_encoder": self.sentence_encoder,
+            "sentence_classifier": self.sentence_classifier,
             "spacy": self.spacy,
         }
         for role in roles:

