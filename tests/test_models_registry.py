@@ -9,7 +9,7 @@ from ctxcomp.errors import ModelUnavailable
 
 def test_every_role_has_an_offline_default() -> None:
     rows = {r["role"]: r for r in models.describe_roles()}
-    assert set(rows) == {"token_classifier", "sentence_encoder", "downstream_llm", "spacy"}
+    assert set(rows) == {"token_classifier", "sentence_encoder", "sentence_classifier", "downstream_llm", "spacy"}
     assert all(r["kind"] == "default" for r in rows.values())
 
 
@@ -21,6 +21,21 @@ def test_missing_model_names_role_tried_and_fix(monkeypatch: pytest.MonkeyPatch)
     assert "token_classifier" in message
     assert "nobody/not-a-real-model" in message
     assert "CTXCOMP_TOKEN_CLASSIFIER" in message
+
+
+def test_sentence_classifier_from_a_folder_and_missing_head(tmp_path, hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from ctxcomp.models import sentence_classifier
+
+    shutil.copytree(sentence_classifier.HEAD_DIR, tmp_path / "head")
+    loaded = models.load_sentence_classifier(hub.sentence_encoder(), str(tmp_path / "head"))
+    shipped = hub.sentence_classifier()
+    docs = [["Denver won the game 24-10.", "Bread needs yeast."]]
+    assert all((a == b).all() for a, b in zip(loaded.probabilities("Who won?", docs), shipped.probabilities("Who won?", docs)))
+    (tmp_path / "head" / "head.safetensors").unlink()
+    with pytest.raises(ModelUnavailable, match="sentence_classifier"):
+        models.load_sentence_classifier(hub.sentence_encoder(), str(tmp_path / "head"))
 
 
 def test_override_by_local_path(tmp_path, hub) -> None:
