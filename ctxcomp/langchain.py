@@ -1,0 +1,148 @@
+"""LangChain integration (the `langchain` extra): a document compressor and a retriever wrapper.
+
+    compressor = CtxcompCompressor(address="localhost:50051", method="exit")
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
+    # or, in one object:
+    retriever = CtxcompRetriever(base_retriever=base, address="localhost:50051", k=4)
+
+Both talk to a running ctxcomp server over gRPC (`acompress_documents` uses
+grpc.aio, not a thread). Documents travel with positional ids and come back by
+id, so every Document keeps its own metadata object untouched except for the
+added `ctxcomp` entry with the compression figures; nothing is put into the text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun, Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from ctxcomp import types
+from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
+
+METADATA_KEY = "ctxcomp"
+
+
+class CtxcompCompressor(BaseDocumentCompressor):
+    """`BaseDocumentCompressor` backed by a ctxcomp server.
+
+    Returns the compressed documents in the order given (or empty ones left out,
+    see drop_empty), each a new Document with the same id and a copy of its
+    metadata plus `metadata["ctxcomp"]`: method, tokens_before, tokens_after,
+    score, kept_spans.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    address: str = Field(description="host:port of the ctxcomp gRPC server")
+    method: str = Field(default="", description="compression method (or chain); empty = the server's default")
+    rate: float | None = Field(default=None, description="kept share of tokens; exclusive with target_tokens")
+    target_tokens: int | None = Field(default=None, description="token budget over all documents")
+    options: dict[str, Any] = Field(default_factory=dict, description="method options")
+    drop_empty: bool = Field(default=True, description="leave out documents compressed to nothing")
+    token: str | None = Field(default=None, description="bearer token, when the server asks for one")
+    timeout: float = 60.0
+    _client: CtxcompClient | None = PrivateAttr(default=None)
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        if not documents:
+            return []
+        if self._client is None:
+            self._client = CtxcompClient(self.address, timeout=self.timeout, token=self.token)
+        result = self._client.compress(query, _to_ctxcomp(documents), **self._request_kwargs())
+        return _from_ctxcomp(documents, result, self.drop_empty)
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        if not documents:
+            return []
+        # grpc.aio channels belong to one event loop; a channel per call keeps this safe
+        # under any loop the caller runs.
+        client = AsyncCtxcompClient(self.address, timeout=self.timeout, token=self.token)
+        try:
+            result = await client.compress(query, _to_ctxcomp(documents), **self._request_kwargs())
+        finally:
+            await client.close()
+        return _from_ctxcomp(documents, result, self.drop_empty)
+
+    def _request_kwargs(self) -> dict[str, Any]:
+        return {"method": self.method, "rate": self.rate, "target_tokens": self.target_tokens, "options": self.options}
+
+
+class CtxcompRetriever(BaseRetriever):
+    """A base retriever followed by ctxcomp: fetch, compress, return the best `k` documents.
+
+    Documents are ranked by the method's relevance score (ties keep the base
+    retriever's order). `k` may also be passed per call: `invoke(query, k=3)`.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    base_retriever: BaseRetriever
+    address: str
+    k: int = 4
+    method: str = ""
+    rate: float | None = None
+    target_tokens: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    token: str | None = None
+    timeout: float = 60.0
+    _compressor: CtxcompCompressor | None = PrivateAttr(default=None)
+
+    @property
+    def compressor(self) -> CtxcompCompressor:
+        if self._compressor is None:
+            self._compressor = CtxcompCompressor(
+                address=self.address, method=self.method, rate=self.rate, target_tokens=self.target_tokens,
+                options=self.options, token=self.token, timeout=self.timeout,
+            )
+        return self._compressor
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
+        found = self.base_retriever.invoke(query, config={"callbacks": run_manager.get_child()})
+        return _best(self.compressor.compress_documents(found, query), k or self.k)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
+        found = await self.base_retriever.ainvoke(query, config={"callbacks": run_manager.get_child()})
+        return _best(await self.compressor.acompress_documents(found, query), k or self.k)
+
+
+def _to_ctxcomp(documents: Sequence[Document]) -> list[types.Document]:
+    # Positional ids: LangChain ids may be missing or repeated; the order maps back exactly.
+    return [types.Document(str(i), d.page_content) for i, d in enumerate(documents)]
+
+
+def _from_ctxcomp(documents: Sequence[Document], result: types.CompressResult, drop_empty: bool) -> list[Document]:
+    by_id = {d.id: d for d in result.documents}
+    out = []
+    for i, original in enumerate(documents):
+        compressed = by_id[str(i)]
+        if drop_empty and not compressed.text:
+            continue
+        stats = {
+            "method": result.method,
+            "tokens_before": compressed.tokens_before,
+            "tokens_after": compressed.tokens_after,
+            "score": compressed.score,
+            "kept_spans": [(s.start, s.end) for s in compressed.kept_spans],
+        }
+        if result.note:
+            stats["note"] = result.note
+        metadata = {**original.metadata, METADATA_KEY: stats}
+        out.append(Document(page_content=compressed.text, metadata=metadata, id=original.id))
+    return out
+
+
+def _best(documents: Sequence[Document], k: int) -> list[Document]:
+    ranked = sorted(enumerate(documents), key=lambda pair: (-pair[1].metadata[METADATA_KEY]["score"], pair[0]))
+    return [d for _, d in ranked[:k]]

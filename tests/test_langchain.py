@@ -1,0 +1,102 @@
+"""LangChain: the standard retriever suite, metadata by id, and ContextualCompressionRetriever."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+pytest.importorskip("langchain_core")
+from langchain_core.callbacks import CallbackManagerForRetrieverRun  # noqa: E402
+from langchain_core.documents import Document  # noqa: E402
+from langchain_core.retrievers import BaseRetriever  # noqa: E402
+from langchain_tests.integration_tests import RetrieversIntegrationTests  # noqa: E402
+
+from ctxcomp.langchain import CtxcompCompressor, CtxcompRetriever  # noqa: E402
+
+CORPUS = [
+    "Super Bowl 50 was played on February 7, 2016, at Levi's Stadium in Santa Clara, California.",
+    "The Denver Broncos defeated the Carolina Panthers 24-10 to win Super Bowl 50.",
+    "Von Miller, a Denver linebacker, was named the most valuable player of Super Bowl 50.",
+    "Beyonce and Bruno Mars performed at the halftime show of the game.",
+    "The Panthers had finished the regular season with a 15-1 record.",
+    "Sourdough bread rises because wild yeast ferments the dough over many hours.",
+]
+
+
+class KeywordRetriever(BaseRetriever):
+    """A real, tiny base retriever: documents ranked by words shared with the query."""
+
+    documents: list[Document]
+    limit: int = 5
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        words = set(re.findall(r"\w+", query.lower()))
+        scored = sorted(self.documents, key=lambda d: -len(words & set(re.findall(r"\w+", d.page_content.lower()))))
+        return scored[: self.limit]
+
+
+def corpus() -> list[Document]:
+    return [Document(page_content=t, metadata={"source": f"doc-{i}", "rank": i}, id=f"id-{i}") for i, t in enumerate(CORPUS)]
+
+
+class TestCtxcompRetrieverStandard(RetrieversIntegrationTests):
+    """langchain_tests' own suite against a real in-process server."""
+
+    address = ""
+
+    @pytest.fixture(autouse=True)
+    def _running_server(self, server) -> None:
+        type(self).address = server.address
+
+    @property
+    def retriever_constructor(self) -> type[CtxcompRetriever]:
+        return CtxcompRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"base_retriever": KeywordRetriever(documents=corpus()), "address": self.address, "rate": 0.6}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "Who won Super Bowl 50?"
+
+
+def test_metadata_survives_and_stats_are_added(server) -> None:
+    docs = corpus()[:3]
+    compressor = CtxcompCompressor(address=server.address, rate=0.5)
+    out = compressor.compress_documents(docs, "Who won Super Bowl 50?")
+    assert [d.id for d in out] == ["id-0", "id-1", "id-2"]
+    for original, compressed in zip(docs, out):
+        stats = compressed.metadata.pop("ctxcomp")
+        assert compressed.metadata == original.metadata
+        assert stats["tokens_after"] <= stats["tokens_before"]
+        assert compressed.page_content == " ".join(original.page_content[a:b] for a, b in stats["kept_spans"])
+    assert "ctxcomp" not in docs[0].metadata  # the caller's documents are not changed
+
+
+def test_async_compression_matches_the_blocking_one(server) -> None:
+    compressor = CtxcompCompressor(address=server.address, method="exit")
+    docs = corpus()
+    blocking = compressor.compress_documents(docs, "Who was the most valuable player?")
+    asynchronous = asyncio.run(compressor.acompress_documents(docs, "Who was the most valuable player?"))
+    assert [(d.id, d.page_content) for d in asynchronous] == [(d.id, d.page_content) for d in blocking]
+    assert any("Von Miller" in d.page_content for d in blocking)
+    assert len(blocking) < len(docs)  # EXIT emptied the unrelated documents; they are left out
+
+
+def test_works_inside_contextual_compression_retriever(server) -> None:
+    try:
+        from langchain_classic.retrievers import ContextualCompressionRetriever
+    except ImportError:  # older LangChain keeps it in langchain.retrievers
+        from langchain.retrievers import ContextualCompressionRetriever
+
+    retriever = ContextualCompressionRetriever(
+        base_compressor=CtxcompCompressor(address=server.address, method="recomp_extractive", options={"top_k": 1, "rate": 1.0}),
+        base_retriever=KeywordRetriever(documents=corpus()),
+    )
+    found = retriever.invoke("Where was Super Bowl 50 played?")
+    assert len(found) == 1
+    assert "Levi's Stadium" in found[0].page_content
+    assert found[0].metadata["source"] == "doc-0"
