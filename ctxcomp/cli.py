@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, TextIO
 
 from ctxcomp import methods, models, wire
-from ctxcomp.errors import CtxcompError
+from ctxcomp.errors import CtxcompError, InvalidRequest
 from ctxcomp.types import CompressRequest, CompressResult, Document
 
 
@@ -190,6 +190,23 @@ def _wait_for_port(port_file: Path, server: subprocess.Popen, timeout: float) ->
     raise SystemExit(f"server not ready after {timeout:.0f} s")
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Compress a corpus (JSONL or Parquet: id, text, optional query) into Parquet parts."""
+    from ctxcomp.batch import JobConfig, run
+
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("options", "must be a JSON object")
+    config = JobConfig(
+        method=args.method or methods.DEFAULT_METHOD, rate=args.rate, target_tokens=args.target_tokens,
+        options=options, kv_store=args.kv_store or "", kv_codec=args.kv_codec, embeddings=args.embeddings,
+    )
+    figures = run(Path(args.input), Path(args.output), config, engine=args.engine, batch_size=args.batch_size,
+                  workers=args.workers, progress=not args.no_progress)
+    print(json.dumps(figures), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxcomp", description="Context compression for RAG.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="PEM private key")
     # The bearer token comes from CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("batch", help="compress a corpus (JSONL/Parquet) into Parquet, resumably")
+    p.add_argument("input", help="JSONL or .parquet with id, text and optional query")
+    p.add_argument("output", help="output folder (parts, manifest); rerun the same command to resume")
+    p.add_argument("--method", help=f"one of: {', '.join(methods.method_names())}, or a chain a>b")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--rate", type=float, help="kept share of tokens per record, in (0, 1]")
+    target.add_argument("--target-tokens", type=int, help="token budget per record")
+    p.add_argument("--options", help="method options as a JSON object")
+    p.add_argument("--kv-store", help="also store each record's KV blob here (file:///path or redis://...)")
+    p.add_argument("--kv-codec", default="fp16", help="fp16, bf16, int8 or int4")
+    p.add_argument("--embeddings", action="store_true", help="embed compressed texts and build a faiss index")
+    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--batch-size", type=int, default=64, help="records per batch")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (--engine ray)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("models", help="list model roles and their sources")
     p.add_argument("--prepare", action="store_true", help="load (and convert/cache) the default models now")

@@ -1,0 +1,208 @@
+"""Batch runners: read the corpus in record batches, skip finished ids, compress, write parts.
+
+Output folder layout:
+    _job.json              settings and their hash; a restart must match them
+    part-00000.parquet     written whole under a temporary name, then renamed,
+    part-00001.parquet     so a killed run leaves only complete parts behind
+    embeddings.faiss       (with --embeddings) inner-product index over all rows,
+    embeddings_ids.json    and the record id of each index row
+
+Resuming: the ids in existing parts are done; a restart with the same
+arguments compresses only the rest and never writes an id twice (duplicate
+ids inside the input are written once, too).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ctxcomp.batch.job import CompressBatch, JobConfig
+from ctxcomp.errors import InvalidRequest
+
+MANIFEST = "_job.json"
+
+
+def read_batches(path: Path, batch_size: int) -> Iterator[dict[str, list[Any]]]:
+    """Column dicts of at most batch_size records; memory stays bounded by one batch."""
+    if path.suffix == ".parquet":
+        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield record_batch.to_pydict()
+        return
+    columns: dict[str, list[Any]] = {"id": [], "text": [], "query": []}
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if "id" not in record or "text" not in record:
+                raise InvalidRequest(f"{path.name}:{line_no}", "each record needs 'id' and 'text'")
+            for name in columns:
+                columns[name].append(record.get(name))
+            if len(columns["id"]) == batch_size:
+                yield columns
+                columns = {name: [] for name in columns}
+    if columns["id"]:
+        yield columns
+
+
+def count_records(path: Path) -> int:
+    if path.suffix == ".parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+class OutputFolder:
+    def __init__(self, root: Path, config: JobConfig, input_path: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".part-*.tmp"):
+            stale.unlink()  # left by a killed run: never renamed, so never counted
+        manifest = {"config_hash": config.config_hash(), "config": asdict(config), "input": str(input_path)}
+        existing = root / MANIFEST
+        if existing.exists():
+            previous = json.loads(existing.read_text())
+            if previous["config_hash"] != manifest["config_hash"]:
+                raise InvalidRequest(
+                    "output", f"{root} holds a run with other settings (config hash {previous['config_hash']}); "
+                    "resume with the same arguments or use a new folder"
+                )
+        else:
+            existing.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        self.parts = sorted(root.glob("part-*.parquet"))
+        self.done: set[str] = set()
+        for part in self.parts:
+            self.done.update(pq.read_table(part, columns=["id"]).column("id").to_pylist())
+
+    def write(self, table: pa.Table) -> int:
+        """Write one part atomically (rows whose id is done or repeated dropped first) and
+        mark its ids done. Returns the rows written."""
+        first = []
+        for i, record_id in enumerate(table.column("id").to_pylist()):
+            if record_id not in self.done:
+                first.append(i)
+                self.done.add(record_id)
+        table = table.take(pa.array(first, pa.int64()))
+        if table.num_rows == 0:
+            return 0
+        index = int(self.parts[-1].stem.split("-")[1]) + 1 if self.parts else 0
+        final = self.root / f"part-{index:05d}.parquet"
+        staging = self.root / f".part-{index:05d}.tmp"
+        pq.write_table(table, staging)
+        os.replace(staging, final)
+        self.parts.append(final)
+        return table.num_rows
+
+    def pending(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """The records of a batch not written yet (first occurrence of each id)."""
+        seen: set[str] = set()
+        keep = []
+        for i, record_id in enumerate(batch["id"]):
+            record_id = str(record_id)
+            if record_id not in self.done and record_id not in seen:
+                keep.append(i)
+                seen.add(record_id)
+        return {name: [values[i] for i in keep] for name, values in batch.items()}
+
+    def build_index(self) -> int:
+        """Inner-product faiss index over every row's embedding; returns its size."""
+        import faiss
+        import numpy as np
+
+        ids, vectors = [], []
+        for part in sorted(self.root.glob("part-*.parquet")):
+            table = pq.read_table(part, columns=["id", "embedding"])
+            for record_id, vector in zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()):
+                if vector is not None:
+                    ids.append(record_id)
+                    vectors.append(vector)
+        if not vectors:
+            return 0
+        matrix = np.asarray(vectors, dtype=np.float32)
+        index = faiss.IndexFlatIP(matrix.shape[1])
+        index.add(matrix)
+        faiss.write_index(index, str(self.root / "embeddings.faiss"))
+        (self.root / "embeddings_ids.json").write_text(json.dumps(ids))
+        return len(ids)
+
+
+def run(
+    input_path: Path,
+    output: Path,
+    config: JobConfig,
+    *,
+    engine: Literal["local", "ray"] = "local",
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compress every record of input_path not yet in output; returns run figures."""
+    import time
+
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise InvalidRequest("batch_size", f"must be positive, got {batch_size}")
+    folder = OutputFolder(output, config, input_path)
+    total = count_records(input_path)
+    already = len(folder.done)
+    bar = tqdm(total=total, initial=min(already, total), unit="rec", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    started = time.perf_counter()
+    written = 0
+    tables = _run_local(input_path, folder, config, batch_size) if engine == "local" else _run_ray(input_path, folder, config, batch_size, workers)
+    for table in tables:
+        count = folder.write(table)
+        written += count
+        bar.update(count)
+    bar.close()
+    indexed = folder.build_index() if config.embeddings else 0
+    elapsed = time.perf_counter() - started
+    return {"engine": engine, "records": total, "skipped_done": already, "written": written,
+            "seconds": round(elapsed, 2), "records_per_s": round(written / elapsed, 2) if elapsed else 0.0,
+            "indexed": indexed}
+
+
+def _run_local(input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int) -> Iterator[pa.Table]:
+    worker: CompressBatch | None = None
+    for batch in read_batches(input_path, batch_size):
+        todo = folder.pending(batch)
+        if not todo["id"]:
+            continue
+        worker = worker or CompressBatch(config)  # models load only when there is work
+        yield worker(todo)
+
+
+def _run_ray(input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int, workers: int) -> Iterator[pa.Table]:
+    """Ray Data: the same CompressBatch as an actor pool of `workers`, results streamed back
+    to this process, which writes the parts (one writer keeps the parts atomic)."""
+    import ray
+
+    if not ray.is_initialized():
+        # One CPU per actor plus one for reading; a local instance unless RAY_ADDRESS says otherwise.
+        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # our own bar counts written records
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    reader = ray.data.read_parquet if input_path.suffix == ".parquet" else ray.data.read_json
+    dataset = reader(str(input_path))
+    done = frozenset(folder.done)
+    if done:
+        dataset = dataset.filter(lambda row: str(row["id"]) not in done)
+    compressed = dataset.map_batches(
+        CompressBatch,
+        fn_constructor_kwargs={"config": config},
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=workers,
+        num_cpus=1,
+    )
+    yield from compressed.iter_batches(batch_format="pyarrow", batch_size=None)
