@@ -119,6 +119,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth_token=os.environ.get("CTXCOMP_AUTH_TOKEN", ""),
         tls_cert_file=args.tls_cert or "",
         tls_key_file=args.tls_key or "",
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
     def on_ready(server: Any) -> None:
@@ -235,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS only)")
     p.add_argument("--tls-key", help="PEM private key")
+    metrics_port = os.environ.get("CTXCOMP_METRICS_PORT")
+    p.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
+                   help="serve Prometheus /metrics on this port (default: off)")
+    p.add_argument("--metrics-host", default=os.environ.get("CTXCOMP_METRICS_HOST", "127.0.0.1"))
     # The bearer token comes from CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).
     p.set_defaults(func=cmd_serve)
 

@@ -45,8 +45,12 @@ class _Pending:
 
 
 class MicroBatcher:
-    def __init__(self, compressor: Compressor, executor: Executor, config: BatcherConfig) -> None:
+    def __init__(
+        self, compressor: Compressor, executor: Executor, config: BatcherConfig,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.compressor = compressor
+        self.on_batch = on_batch  # called with each batch's size (metrics)
         self.executor = executor
         self.config = config
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
@@ -117,6 +121,8 @@ class MicroBatcher:
             if not batch:
                 continue
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             started = loop.time()
             try:
                 results = await loop.run_in_executor(self.executor, self._compress, [p.request for p in batch])

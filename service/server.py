@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ctxcomp.pipeline import Compressor
 from ctxcomp.service.batcher import BatcherConfig, MicroBatcher
+from ctxcomp.service.metrics import Metrics
 from ctxcomp.service.auth import BearerTokenInterceptor
 from ctxcomp.service.servicer import CompressorServicer, add_to_server
 from ctxcomp.v1 import ctxcomp_pb2 as pb
@@ -36,6 +38,11 @@ class ServerConfig:
     tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file, serve TLS only
     tls_key_file: str = ""
     kv_chunk_bytes: int = 1 << 20  # KV blob bytes per CompressStream message
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0 = a free one); None = off
+    metrics_host: str = "127.0.0.1"
+    # Extra grpc.aio server interceptors, run before ours: where OpenTelemetry attaches
+    # (opentelemetry-instrumentation-grpc's aio_server_interceptor()).
+    interceptors: tuple[Any, ...] = ()
 
 
 class Server:
@@ -46,14 +53,18 @@ class Server:
         self.config = config
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ctxcomp-model")
         limit = compressor.limits.max_message_bytes
-        interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+        interceptors = list(config.interceptors)
+        if config.auth_token:
+            interceptors.append(BearerTokenInterceptor(config.auth_token))
         self.grpc = grpc.aio.server(
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
         self.health = health.aio.HealthServicer()
-        self.batcher = MicroBatcher(compressor, self.executor, config.batching)
-        add_to_server(CompressorServicer(compressor, self.batcher, config.kv_chunk_bytes), self.grpc)
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        self.batcher = MicroBatcher(compressor, self.executor, config.batching, on_batch=self.metrics.observe_batch)
+        add_to_server(CompressorServicer(compressor, self.batcher, config.kv_chunk_bytes, self.metrics), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -79,6 +90,9 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.batcher.start()
         await self.grpc.start()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
         log.info("listening on %s:%d; loading models", self.config.host, self.port)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.compressor.warm_up, list(self.config.warm_methods) or None)
@@ -90,6 +104,7 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.stop(self.config.grace_s)
         await self.batcher.stop()
+        self.metrics.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import AsyncIterator
 
 import grpc
@@ -12,6 +13,7 @@ from ctxcomp.errors import InvalidRequest
 from ctxcomp.models import describe_roles
 from ctxcomp.pipeline import Compressor
 from ctxcomp.service.batcher import MicroBatcher
+from ctxcomp.service.metrics import Metrics
 from ctxcomp.service.wire_guard import parse_compress_request
 from ctxcomp.types import CompressResult
 from ctxcomp.service.errors import status_for
@@ -20,14 +22,21 @@ from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
 
 class CompressorServicer(pb_grpc.CompressorServicer):
-    def __init__(self, compressor: Compressor, batcher: MicroBatcher, kv_chunk_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, compressor: Compressor, batcher: MicroBatcher, kv_chunk_bytes: int = 1 << 20, metrics: Metrics | None = None
+    ) -> None:
         self.compressor = compressor
         self.batcher = batcher
         self.kv_chunk_bytes = kv_chunk_bytes
+        self.metrics = metrics or Metrics()
 
     async def _run(
         self, request: pb.CompressRequest | InvalidRequest, context: grpc.aio.ServicerContext, *, streaming: bool
     ) -> CompressResult:
+        started = time.perf_counter()
+        rpc = "CompressStream" if streaming else "Compress"
+        method = "" if isinstance(request, InvalidRequest) else request.method
+        method = method or self.compressor.default_method
         try:
             if isinstance(request, InvalidRequest):  # the bytes did not parse (see wire_guard)
                 raise request
@@ -39,12 +48,18 @@ class CompressorServicer(pb_grpc.CompressorServicer):
             submitted = self.batcher.submit(wire.request_from_proto(request), remaining)
             # Past the client's deadline the result is useless: stop waiting, and the
             # batcher skips the request if its batch has not started.
-            return await (asyncio.wait_for(submitted, remaining) if remaining is not None else submitted)
+            result = await (asyncio.wait_for(submitted, remaining) if remaining is not None else submitted)
         except TimeoutError:
+            self.metrics.observe_request(method, rpc, "DEADLINE_EXCEEDED", time.perf_counter() - started)
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was served")
         except Exception as error:  # every error leaves through the one mapping
             code, message = status_for(error)
+            self.metrics.observe_request(method, rpc, code.name, time.perf_counter() - started)
             await context.abort(code, message)
+        else:
+            self.metrics.observe_request(method, rpc, "OK", time.perf_counter() - started)
+            self.metrics.observe_result(result)
+            return result
         raise AssertionError("unreachable: abort raises")
 
     def _response(self, result: CompressResult) -> pb.CompressResponse:

@@ -143,3 +143,49 @@ def test_full_queue_is_refused_with_resource_exhausted(compressor) -> None:
     assert served and refused
     assert {o.code() for o in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert "queued" in refused[0].details()
+
+
+def test_metrics_endpoint_shows_counters_moving(compressor) -> None:
+    import urllib.request
+
+    from ctxcomp.client import CtxcompClient
+    from ctxcomp.service.server import BackgroundServer, ServerConfig
+
+    def scrape(port: int) -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")}
+
+    with BackgroundServer(compressor, ServerConfig(port=0, metrics_port=0)) as running:
+        port = running.server.metrics_port
+        ok = 'ctxcomp_requests_total{code="OK",method="llmlingua2",rpc="Compress"}'
+        before = scrape(port)
+        with CtxcompClient(running.address, timeout=60) as client:
+            for _ in range(2):
+                client.compress("q", ["Super Bowl 50 was played at Levi's Stadium in Santa Clara."], rate=0.5)
+            with pytest.raises(grpc.RpcError):
+                client.compress("q", ["text"], rate=2.0)
+        after = scrape(port)
+    assert after[ok] - before.get(ok, 0.0) == 2
+    assert after['ctxcomp_requests_total{code="INVALID_ARGUMENT",method="llmlingua2",rpc="Compress"}'] == 1
+    assert after['ctxcomp_input_tokens_total{method="llmlingua2"}'] > after['ctxcomp_output_tokens_total{method="llmlingua2"}'] > 0
+    assert after['ctxcomp_request_seconds_count{method="llmlingua2",rpc="Compress"}'] == 3
+    assert after['ctxcomp_compression_ratio_count{method="llmlingua2"}'] == 2
+    assert after["ctxcomp_batch_size_count"] >= 1
+
+
+def test_extra_interceptors_see_every_call(compressor) -> None:
+    """The hook OpenTelemetry's aio_server_interceptor() plugs into."""
+    from ctxcomp.client import CtxcompClient
+    from ctxcomp.service.server import BackgroundServer, ServerConfig
+
+    seen: list[str] = []
+
+    class Recorder(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation, handler_call_details):
+            seen.append(handler_call_details.method)
+            return await continuation(handler_call_details)
+
+    with BackgroundServer(compressor, ServerConfig(port=0, interceptors=(Recorder(),))) as running:
+        with CtxcompClient(running.address, timeout=60) as client:
+            client.compress("q", ["A short text about football."], rate=0.5)
+    assert "/ctxcomp.v1.Compressor/Compress" in seen

@@ -1,0 +1,72 @@
+"""Prometheus metrics of one server, exposed on their own HTTP port (`/metrics`).
+
+Each Server owns a registry (several servers in one process, as in tests, do
+not collide). The servicer reports every finished RPC (`observe_request`) and
+every result (`observe_result`); the batcher reports batch sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RATIO_BUCKETS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ctxcomp_requests", "Compress RPCs finished, by compression method, RPC and gRPC status",
+            ["method", "rpc", "code"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ctxcomp_request_seconds", "Compress RPC latency, admission to response", ["method", "rpc"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.input_tokens = Counter(
+            "ctxcomp_input_tokens", "Downstream-LLM tokens received", ["method"], registry=self.registry
+        )
+        self.output_tokens = Counter(
+            "ctxcomp_output_tokens", "Downstream-LLM tokens returned", ["method"], registry=self.registry
+        )
+        self.ratio = Histogram(
+            "ctxcomp_compression_ratio", "tokens_before / tokens_after per request", ["method"],
+            buckets=RATIO_BUCKETS, registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "ctxcomp_batch_size", "Requests per model batch", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.kv_bytes = Counter("ctxcomp_kv_bytes", "KV blob bytes produced", ["codec"], registry=self.registry)
+        self._http: Any = None
+
+    def observe_request(self, method: str, rpc: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, rpc, code).inc()
+        self.latency.labels(method, rpc).observe(seconds)
+
+    def observe_result(self, result: Any) -> None:
+        """result: ctxcomp.types.CompressResult."""
+        self.input_tokens.labels(result.method).inc(result.tokens_before)
+        self.output_tokens.labels(result.method).inc(result.tokens_after)
+        if result.tokens_after:
+            self.ratio.labels(result.method).observe(result.tokens_before / result.tokens_after)
+        if result.kv is not None:
+            self.kv_bytes.labels(result.kv.codec).inc(result.kv.size)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
