@@ -138,6 +138,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server reports SERVING (container health checks)."""
+    import grpc
+
+    from ctxcomp.client import CtxcompClient
+
+    try:
+        with CtxcompClient(args.server, timeout=args.timeout) as client:
+            status = client.health()
+    except grpc.RpcError as err:
+        print(f"ctxcomp: {args.server}: {err.code().name}", file=sys.stderr)
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     if args.prepare:
         models.load_llm_tokenizer()
@@ -260,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="Ray actors (--engine ray)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("health", help="exit 0 if a server reports SERVING")
+    p.add_argument("--server", default=f"127.0.0.1:{os.environ.get('CTXCOMP_PORT', '50051')}")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("models", help="list model roles and their sources")
     p.add_argument("--prepare", action="store_true", help="load (and convert/cache) the default models now")

