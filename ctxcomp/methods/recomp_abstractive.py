@@ -37,6 +37,9 @@ class RecompAbstractiveConfig(SelectiveOptions):
     max_input_tokens: int = field(
         default=768, metadata={"help": "the extractive stage hands the summarizer at most this many tokens"}
     )
+    max_summary_tokens: int = field(
+        default=160, metadata={"help": "longest summary written, whatever the budget (RECOMP summaries are short)"}
+    )
     guard: bool = field(
         default=True, metadata={"help": "drop a summary that states numbers or names absent from the sources"}
     )
@@ -46,6 +49,8 @@ class RecompAbstractiveConfig(SelectiveOptions):
             raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
         if not 16 <= self.max_input_tokens <= 4096:
             raise InvalidRequest("options.max_input_tokens", f"must be in [16, 4096], got {self.max_input_tokens}")
+        if not 1 <= self.max_summary_tokens <= 2048:
+            raise InvalidRequest("options.max_summary_tokens", f"must be in [1, 2048], got {self.max_summary_tokens}")
 
 
 PRESETS = {"default": RecompAbstractiveConfig(), "unguarded": RecompAbstractiveConfig(guard=False)}
@@ -70,7 +75,7 @@ class RecompAbstractive:
     ) -> MethodOutput:
         budget = token_budget(request, config.rate, tokens_before)
         sources = self._select(request, config, tokens_before)
-        summary = self._summarize(request.query, sources, budget)
+        summary = self._summarize(request.query, sources, min(budget, config.max_summary_tokens))
         unsupported = unsupported_facts(summary, [d.text for d in request.documents]) if config.guard else []
         if unsupported or not summary:
             reason = f"states {', '.join(unsupported[:5])}, absent from the sources" if unsupported else "came back empty"
