@@ -25,13 +25,12 @@ import collections
 import dataclasses
 import json
 import random
-import re
-import string
 import time
 
 import numpy as np
 
 from ctxcomp import generation, sentences
+from ctxcomp.evaluate import exact_and_f1
 from ctxcomp.hub import ModelHub
 from ctxcomp.models import squad
 from ctxcomp.pipeline import Compressor
@@ -79,26 +78,6 @@ def random_sentences(hub: ModelHub, request: CompressRequest, rate: float, rng: 
     return "\n\n".join(d.text for d in kept if d.text)
 
 
-def normalize(text: str) -> str:
-    text = "".join(c for c in text.lower() if c not in string.punctuation)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def f1_score(prediction: str, answers: tuple[str, ...]) -> tuple[float, float]:
-    """(exact match, F1), each the max over the gold answers (official SQuAD definitions)."""
-    best_em, best_f1 = 0.0, 0.0
-    pred = normalize(prediction).split()
-    for answer in answers:
-        gold = normalize(answer).split()
-        best_em = max(best_em, float(pred == gold))
-        common = sum((collections.Counter(pred) & collections.Counter(gold)).values())
-        if common:
-            precision, recall = common / len(pred), common / len(gold)
-            best_f1 = max(best_f1, 2 * precision * recall / (precision + recall))
-    return best_em, best_f1
-
-
 def answer(hub: ModelHub, questions: list[squad.Question], contexts: list[str]) -> list[tuple[float, float]]:
     llm = hub.llm()
     prompts = [
@@ -106,7 +85,7 @@ def answer(hub: ModelHub, questions: list[squad.Question], contexts: list[str]) 
         for q, c in zip(questions, contexts)
     ]
     replies = generation.greedy(llm.model, llm.tokenizer, prompts, 16)
-    return [f1_score(r.split("\n")[0], q.answers) for q, r in zip(questions, replies)]
+    return [exact_and_f1(r.split("\n")[0], q.answers) for q, r in zip(questions, replies)]
 
 
 def summarize(hub, questions, requests, contexts, ratios, qa_idx) -> dict:

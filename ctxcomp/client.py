@@ -42,6 +42,15 @@ def build_request(
     return wire.request_to_proto(request)
 
 
+def build_inputs_embeds(llm: Any, prompt: str, soft: Any, placeholder: str = "<xRAG>") -> Any:
+    """[1, T, H] inputs_embeds for `llm` (ctxcomp.models.LoadedLLM): the prompt with each
+    placeholder replaced by the next of result.soft's vectors (xrag: one per document;
+    comi: one per slot). Refuses vectors made for another model or a miscounted prompt."""
+    from ctxcomp import soft as soft_tokens
+
+    return soft_tokens.inputs_embeds(llm, prompt, soft, placeholder)
+
+
 def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -19,18 +19,25 @@ def chat_ids(tokenizer: Any, system: str, user: str) -> list[int]:
 
 
 @torch.inference_mode()
-def greedy(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    max_new_tokens: int,
-    *,
-    batch_size: int = 8,
-) -> list[str]:
-    """Greedy continuations of token-id prompts, decoded without special tokens.
+def greedy(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, *, batch_size: int = 8) -> list[str]:
+    """Greedy continuations of token-id prompts, decoded without special tokens
+    (the prompts' input embeddings through greedy_embeds: the same computation)."""
+    if max_new_tokens <= 0:
+        return ["" for _ in prompts]
+    embed = model.get_input_embeddings()
+    embedded = [embed(torch.tensor(ids, dtype=torch.long)) for ids in prompts]
+    return greedy_embeds(model, tokenizer, embedded, max_new_tokens, batch_size=batch_size)
 
-    Prompts are left-padded and run `batch_size` at a time, sorted by length so
-    a batch wastes little padding; results come back in the input order.
+
+@torch.inference_mode()
+def greedy_embeds(
+    model: Any, tokenizer: Any, prompts: Sequence[torch.Tensor], max_new_tokens: int, *, batch_size: int = 8
+) -> list[str]:
+    """Greedy continuations of prompts given as input embeddings ([T_i, H] each, e.g. with
+    soft tokens spliced in); left-padded with zeros under a zero attention mask.
+
+    Prompts run `batch_size` at a time, sorted by length so a batch wastes little
+    padding; results come back in the input order, without special tokens.
     """
     if max_new_tokens <= 0:
         return ["" for _ in prompts]
@@ -40,19 +47,16 @@ def greedy(
     for at in range(0, len(order), batch_size):
         picked = order[at : at + batch_size]
         width = max(len(prompts[i]) for i in picked)
-        ids = torch.full((len(picked), width), pad_id, dtype=torch.long)  # [B, T] left-padded
-        mask = torch.zeros((len(picked), width), dtype=torch.long)
+        hidden = prompts[picked[0]].shape[1]
+        embeds = torch.zeros(len(picked), width, hidden, dtype=prompts[picked[0]].dtype)  # [B, T, H]
+        mask = torch.zeros(len(picked), width, dtype=torch.long)
         for row, i in enumerate(picked):
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            embeds[row, width - len(prompts[i]) :] = prompts[i]
             mask[row, width - len(prompts[i]) :] = 1
         generated = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=pad_id,
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            num_beams=1, pad_token_id=pad_id,
         )
-        for row, i in enumerate(picked):
-            out[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
+        for row, i in enumerate(picked):  # with inputs_embeds, generate returns only the new tokens
+            out[i] = tokenizer.decode(generated[row], skip_special_tokens=True).strip()
     return out

@@ -55,6 +55,10 @@ class ModelHub:
         encoder = self.sentence_encoder()  # first: _get holds the (non-reentrant) lock while loading
         return self._get("sentence_classifier", lambda o: models.load_sentence_classifier(encoder, o))
 
+    def xrag_projector(self) -> Any:
+        """The xRAG projector (sentence-encoder embedding -> LLM input embedding)."""
+        return self._get("xrag_projector", models.load_xrag_projector)
+
     def spacy(self) -> Any:
         return self._get("spacy", models.load_spacy)
 
@@ -65,6 +69,7 @@ class ModelHub:
             "downstream_llm": self.llm_tokenizer,
             "sentence_encoder": self.sentence_encoder,
             "sentence_classifier": self.sentence_classifier,
+            "xrag_projector": self.xrag_projector,
             "spacy": self.spacy,
         }
         for role in roles:

@@ -159,6 +159,7 @@ class Compressor:
                 timings_ms=dict(timings),
                 note=out.note,
                 kv=kv,
+                soft=out.soft,
             )
             for plan, out, context, kv in zip(plans, outputs, contexts, kv_blobs)
         ]
@@ -202,8 +203,10 @@ class Compressor:
             if not isinstance(value, Mapping):
                 raise InvalidRequest(f"options.{key}", "must be an object of that stage's options")
         stages = []
-        for stage_name in names:
+        for position, stage_name in enumerate(names):
             method = self.method(stage_name)
+            if getattr(method, "output", "text") != "text" and position < len(names) - 1:
+                raise InvalidRequest("method", f"{stage_name} returns vectors, not text: it can only end a chain")
             config = methods.apply_options(method.presets["default"], options.get(stage_name, {}), f"options.{stage_name}")
             stages.append(Stage(stage_name, method, config))
         return stages

@@ -74,6 +74,7 @@ class CompressResult:
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     note: str = ""
     kv: Any = None  # ctxcomp.kv.stage.KvBlob when return_kv was asked
+    soft: Any = None  # ctxcomp.soft.SoftTokens from vector-output methods (xrag, comi)
 
     @property
     def ratio(self) -> float:

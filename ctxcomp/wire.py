@@ -11,6 +11,9 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
+from ctxcomp.soft import SoftTokens
+from ctxcomp.soft import decode as decode_soft
+from ctxcomp.soft import encode as encode_soft
 from ctxcomp.types import CompressRequest, CompressResult, Document, DocumentResult, Span, WordLabel
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
@@ -81,6 +84,18 @@ def result_to_proto(result: CompressResult, tokenizer: str = "") -> pb.CompressR
         tokenizer=tokenizer,
         kv_keys=[result.kv.key] if result.kv is not None and result.kv.data is None else [],
         kv_bytes=result.kv.size if result.kv is not None and result.kv.data is not None else 0,
+        soft_tokens=_soft_to_proto(result.soft) if result.soft is not None else None,
+    )
+
+
+def _soft_to_proto(soft: SoftTokens) -> pb.SoftTokens:
+    return pb.SoftTokens(
+        kind=soft.kind,
+        safetensors=encode_soft(soft),
+        shape=list(soft.vectors.shape),
+        dtype=str(soft.vectors.dtype).removeprefix("torch."),
+        model_fingerprint=soft.model_fingerprint,
+        document_ids=list(soft.document_ids),
     )
 
 
@@ -118,6 +133,7 @@ def result_from_proto(message: pb.CompressResponse) -> CompressResult:
         tokens_after=message.tokens_after,
         timings_ms=dict(message.timings_ms),
         note=message.note,
+        soft=decode_soft(message.soft_tokens.safetensors) if message.HasField("soft_tokens") else None,
     )
 
 

@@ -17,6 +17,7 @@ from ctxcomp.models.registry import (
     load_sentence_encoder,
     load_spacy,
     load_token_classifier,
+    load_xrag_projector,
     resolve,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "load_sentence_encoder",
     "load_spacy",
     "load_token_classifier",
+    "load_xrag_projector",
     "resolve",
 ]

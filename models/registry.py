@@ -66,6 +66,13 @@ ROLES: dict[str, Role] = {
         "run `python -m ctxcomp.models.train_sentence_classifier`, or set CTXCOMP_SENTENCE_CLASSIFIER "
         "to a folder holding head.safetensors and config.json",
     ),
+    "xrag_projector": Role(
+        "xrag_projector",
+        "CTXCOMP_XRAG_PROJECTOR",
+        "ctxcomp projector models/xrag_projector (MiniLM -> SmolLM2 embeddings)",
+        "run `python -m ctxcomp.models.train_xrag_projector`, or set CTXCOMP_XRAG_PROJECTOR to a folder "
+        "holding projector.safetensors and config.json",
+    ),
     "spacy": Role(
         "spacy",
         "CTXCOMP_SPACY",
@@ -317,17 +324,30 @@ def load_sentence_encoder(override: str | None = None) -> Any:
     return _from_pretrained(source.role, SentenceTransformer, location, device="cpu")
 
 
+def _trained_folder(role: str, override: str | None, default: Path, weights: str) -> Path:
+    """The folder of one of our small trained heads: the shipped one or an override path."""
+    source = resolve(role, override)
+    if source.kind == "hf":
+        raise ModelUnavailable(role, [f"{source.location} (not a local folder)"], ROLES[role].hint)
+    folder = default if source.kind == "default" else Path(source.location)
+    if not (folder / weights).exists():
+        raise ModelUnavailable(role, [f"{folder / weights} (missing)"], ROLES[role].hint)
+    return folder
+
+
 def load_sentence_classifier(encoder: Any, override: str | None = None) -> Any:
     """The EXIT head (models/sentence_classifier.py) over an already loaded sentence encoder."""
     from ctxcomp.models import sentence_classifier
 
-    source = resolve("sentence_classifier", override)
-    if source.kind == "hf":
-        raise ModelUnavailable("sentence_classifier", [f"{source.location} (not a local folder)"], ROLES["sentence_classifier"].hint)
-    folder = sentence_classifier.HEAD_DIR if source.kind == "default" else Path(source.location)
-    if not (folder / "head.safetensors").exists():
-        raise ModelUnavailable("sentence_classifier", [f"{folder / 'head.safetensors'} (missing)"], ROLES["sentence_classifier"].hint)
+    folder = _trained_folder("sentence_classifier", override, sentence_classifier.HEAD_DIR, "head.safetensors")
     return sentence_classifier.load(encoder, folder)
+
+
+def load_xrag_projector(override: str | None = None) -> Any:
+    """The xRAG projector (models/xrag_projector.py); its config names the LLM it was trained for."""
+    from ctxcomp.models import xrag_projector
+
+    return xrag_projector.load(_trained_folder("xrag_projector", override, xrag_projector.PROJECTOR_DIR, "projector.safetensors"))
 
 
 def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Any:

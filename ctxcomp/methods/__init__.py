@@ -26,6 +26,8 @@ REGISTRY: dict[str, str] = {
     "recomp_extractive": "ctxcomp.methods.recomp_extractive:RecompExtractive",
     "recomp_abstractive": "ctxcomp.methods.recomp_abstractive:RecompAbstractive",
     "mig": "ctxcomp.methods.mig:MigSelection",
+    "xrag": "ctxcomp.methods.xrag:Xrag",
+    "comi": "ctxcomp.methods.comi:ComiMerge",
 }
 DEFAULT_METHOD = "llmlingua2"
 CHAIN_SEPARATOR = ">"  # "exit>llmlingua2": EXIT first, LLMLingua-2 on what it kept
@@ -55,6 +57,7 @@ class MethodOutput:
 
     documents: tuple[DocumentResult, ...]
     note: str = ""
+    soft: Any = None  # ctxcomp.soft.SoftTokens for methods whose output is vectors (xrag, comi)
 
 
 class Method(Protocol):

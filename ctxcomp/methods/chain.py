@@ -58,7 +58,7 @@ class Chain:
             )
             for d, (last_result, original_before) in enumerate(zip(history[-1], tokens_before))
         )
-        return MethodOutput(final, "; ".join(notes))
+        return MethodOutput(final, "; ".join(notes), output.soft)  # a vector method may end the chain
 
 
 def compose_history(results: Sequence[DocumentResult], original: str) -> tuple[Span, ...]:

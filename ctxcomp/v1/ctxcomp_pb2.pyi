@@ -96,7 +96,7 @@ class DocumentResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., kept_spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., word_labels: _Optional[_Iterable[_Union[WordLabel, _Mapping]]] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
-    __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys", "kv_bytes")
+    __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys", "kv_bytes", "soft_tokens")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class CompressResponse(_message.Message):
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     KV_KEYS_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SOFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     method: str
     documents: _containers.RepeatedCompositeFieldContainer[DocumentResult]
     context: str
@@ -128,7 +129,24 @@ class CompressResponse(_message.Message):
     tokenizer: str
     kv_keys: _containers.RepeatedScalarFieldContainer[str]
     kv_bytes: int
-    def __init__(self, method: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., context: _Optional[str] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., ratio: _Optional[float] = ..., rate: _Optional[float] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ..., tokenizer: _Optional[str] = ..., kv_keys: _Optional[_Iterable[str]] = ..., kv_bytes: _Optional[int] = ...) -> None: ...
+    soft_tokens: SoftTokens
+    def __init__(self, method: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., context: _Optional[str] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., ratio: _Optional[float] = ..., rate: _Optional[float] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ..., tokenizer: _Optional[str] = ..., kv_keys: _Optional[_Iterable[str]] = ..., kv_bytes: _Optional[int] = ..., soft_tokens: _Optional[_Union[SoftTokens, _Mapping]] = ...) -> None: ...
+
+class SoftTokens(_message.Message):
+    __slots__ = ("kind", "safetensors", "shape", "dtype", "model_fingerprint", "document_ids")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SAFETENSORS_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    safetensors: bytes
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    model_fingerprint: str
+    document_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[str] = ..., safetensors: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., document_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class KvChunk(_message.Message):
     __slots__ = ("blob_id", "offset", "data", "total_bytes", "last")
