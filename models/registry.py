@@ -260,11 +260,17 @@ def load_llm(override: str | None = None) -> LoadedLLM:
     return LoadedLLM(model, tokenizer, source, Path(folder), llm_fingerprint(model, tokenizer, folder))
 
 
+# Config entries that say where or with what a model was loaded, not what it is: they
+# differ between machines (cache paths) and library versions, so they stay out of the
+# fingerprint, which must be identical wherever the same model is loaded.
+_VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash"})
+
+
 def llm_fingerprint(model: Any, tokenizer: Any, model_id: str) -> str:
-    config = json.dumps(model.config.to_dict(), sort_keys=True, default=str)
+    config = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
     digest = hashlib.sha256()
-    for part in (Path(model_id).name, config, vocab):
+    for part in (Path(model_id).name, json.dumps(config, sort_keys=True, default=str), vocab):
         digest.update(part.encode("utf-8"))
         digest.update(b"\0")
     return digest.hexdigest()

@@ -66,3 +66,20 @@ def test_llm_is_converted_once_and_fingerprinted(hub) -> None:
 def test_unknown_role_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="valid roles"):
         models.resolve("reranker")
+
+
+def test_llm_fingerprint_does_not_depend_on_where_the_model_was_loaded(hub) -> None:
+    """Cache paths and library versions differ between machines; the model does not."""
+    from ctxcomp.models.registry import llm_fingerprint
+
+    llm = hub.llm()
+    config = llm.model.config
+    saved = (config._name_or_path, config.transformers_version)
+    try:
+        config._name_or_path, config.transformers_version = "/elsewhere/cache/llm", "9.9.9"
+        assert llm_fingerprint(llm.model, llm.tokenizer, str(llm.path)) == llm.fingerprint
+    finally:
+        config._name_or_path, config.transformers_version = saved
+    from ctxcomp.models import xrag_projector
+
+    assert xrag_projector.load().llm_fingerprint == llm.fingerprint  # the shipped projector matches
