@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from ctxcomp.methods import MethodOutput
+from ctxcomp.methods import MethodOutput, token_budget
 from ctxcomp.types import CompressRequest, Document, DocumentResult, Span
 
 
@@ -28,15 +28,10 @@ class Chain:
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = tuple(stages)
 
-    @property
-    def name(self) -> str:
-        return ">".join(s.name for s in self.stages)
-
     def compress(self, request: CompressRequest, tokens_before: Sequence[int]) -> MethodOutput:
-        total = int(sum(tokens_before))
-        budget = request.target_tokens if request.target_tokens is not None else (
-            int(total * request.rate) if request.rate is not None else None
-        )
+        # The request's own target binds the whole chain; without one, each stage's preset decides.
+        has_target = request.rate is not None or request.target_tokens is not None
+        budget = token_budget(request, 1.0, tokens_before) if has_target else None
         current, before, history, notes = request, list(tokens_before), [], []
         for i, stage in enumerate(self.stages):
             last = i == len(self.stages) - 1
