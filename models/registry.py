@@ -9,6 +9,7 @@ tried and how to provide it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -72,6 +73,13 @@ ROLES: dict[str, Role] = {
         "ctxcomp projector models/xrag_projector (MiniLM -> SmolLM2 embeddings)",
         "run `python -m ctxcomp.models.train_xrag_projector`, or set CTXCOMP_XRAG_PROJECTOR to a folder "
         "holding projector.safetensors and config.json",
+    ),
+    "kv_transform": Role(
+        "kv_transform",
+        "CTXCOMP_KV_TRANSFORM",
+        "ctxcomp transform models/kv_transform (calibrated for the default LLM)",
+        "run `python -m ctxcomp.models.calibrate_kv_transform` for your LLM, or set CTXCOMP_KV_TRANSFORM "
+        "to a folder holding transform.safetensors and config.json",
     ),
     "spacy": Role(
         "spacy",
@@ -354,6 +362,23 @@ def load_xrag_projector(override: str | None = None) -> Any:
     from ctxcomp.models import xrag_projector
 
     return xrag_projector.load(_trained_folder("xrag_projector", override, xrag_projector.PROJECTOR_DIR, "projector.safetensors"))
+
+
+def load_kv_transform(override: str | None = None) -> Any:
+    """The "transform" KV codec's calibrated transform (models/kv_transform.py); its config names its LLM.
+
+    Loaded once per folder: every blob encode and decode asks for it.
+    """
+    from ctxcomp.models import kv_transform
+
+    return _load_kv_transform(_trained_folder("kv_transform", override, kv_transform.TRANSFORM_DIR, kv_transform.WEIGHTS))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_kv_transform(folder: Path) -> Any:
+    from ctxcomp.models import kv_transform
+
+    return kv_transform.load(folder)
 
 
 def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Any:
