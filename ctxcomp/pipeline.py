@@ -189,8 +189,7 @@ class Compressor:
         if request.return_kv:
             from ctxcomp.kv.stage import check_kv_request
 
-            llm = self.hub.llm()
-            codec = check_kv_request(request.kv_codec, request.kv_model, llm.fingerprint, llm.path.name)
+            codec = check_kv_request(request.kv_codec, request.kv_model, self.hub.llm())
         return Plan(name, runner, configs[0] if len(configs) == 1 else tuple(configs), codec, selective, threshold)
 
     def _chain_stages(self, names: list[str], options: Mapping[str, Any]) -> list[Stage]:

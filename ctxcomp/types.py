@@ -30,7 +30,7 @@ class CompressRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     return_kv: bool = False
     return_word_labels: bool = False
-    kv_codec: str = ""  # with return_kv: fp16 (default), bf16, int8, int4
+    kv_codec: str = ""  # with return_kv: fp16 (default), bf16, int8, int4, transform
     kv_model: str = ""  # with return_kv: fingerprint or id of the model; empty = the server's
 
 

@@ -79,7 +79,7 @@ def llm():
     return models.load_llm()
 
 
-@pytest.mark.parametrize("codec", ["fp16", "int8"])
+@pytest.mark.parametrize("codec", ["fp16", "int8", "transform"])
 def test_blob_continues_generation_like_full_prefill(llm, squad_held_out, codec) -> None:
     text = squad_held_out[5].context
     ids = llm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :150]
@@ -227,3 +227,16 @@ def test_attention_sink_tokens_survive_quantization_exactly() -> None:
         torch.testing.assert_close(v2[0, :, :4], v[0][0, :, :4].half().float())
     shifted = blob.encode(k, v, meta(start_pos=100), codec="int8")
     assert blob.inspect(shifted).sink_tokens == 0  # not at the start of the sequence: no sinks there
+
+
+def test_compress_returns_a_transform_blob_for_the_compressed_context(compressor, llm) -> None:
+    from ctxcomp.types import CompressRequest
+    from ctxcomp.types import Document as Doc
+
+    docs = (Doc("a", "The Vasa was a Swedish warship that sank on her maiden voyage in 1628."), Doc("b", "She was raised in 1961."))
+    result = compressor.compress(CompressRequest("When did the Vasa sink?", docs, rate=0.6, return_kv=True, kv_codec="transform"))
+    assert result.kv is not None and result.kv.codec == "transform"
+    cache, meta = cache_from_blob(result.kv.data, llm)
+    ids = llm.tokenizer(result.context, add_special_tokens=False)["input_ids"]
+    assert meta.codec == "transform" and meta.k_rope == "pre" and meta.tokens == len(ids)
+    assert cache.get_seq_length() == len(ids)

@@ -11,7 +11,10 @@ Codecs (CacheGen/KIVI style): "fp16" and "bf16" raw; "int8" and "int4"
 symmetric, keys with one scale per channel and group of KEY_GROUP tokens (key
 outliers live in channels), values with one scale per token; the first
 SINK_TOKENS tokens of a context that starts at position 0 stay fp16.
-int4 packs two values per byte.
+int4 packs two values per byte. "transform" (KVTC style, ctxcomp.kv.transform):
+keys before RoPE and values mapped by the model's calibrated KvTransform,
+quantized with one step and ANS-coded; it needs that transform on both sides
+and the blob names it by SHA-256.
 
 Layout "LHSD": [layers, kv_heads, tokens, head_dim], batch 1.
 """
@@ -21,18 +24,23 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ctxcomp.errors import CtxcompError
+from ctxcomp.kv import transform as kv_transform
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from ctxcomp.models.kv_transform import KvTransform
+
+FORMAT_VERSION = 2  # 2 added the transform codec's fields; version 1 blobs still read
+READABLE_VERSIONS = (1, 2)
 LAYOUT = "LHSD"
 ZSTD_MAGIC = b"CTXKVZ1\n"
-Codec = Literal["fp16", "bf16", "int8", "int4"]
+Codec = Literal["fp16", "bf16", "int8", "int4", "transform"]
 KEY_GROUP = 32  # KIVI-style: per-channel key scales over groups of 32 tokens
 SINK_TOKENS = 4  # the first tokens draw much of every head's attention: stored exactly
 _QMAX = {"int8": 127, "int4": 7}
@@ -59,6 +67,8 @@ class BlobMeta:
     codec: str = "fp16"
     key_group: int = 0  # quantized codecs: tokens sharing one key scale per channel (0 = all)
     sink_tokens: int = 0  # quantized codecs: leading tokens kept in fp16 (attention sinks)
+    transform_sha256: str = ""  # codec "transform": the KvTransform the blob was coded with
+    quant_step: float = 0.0  # codec "transform": the coefficients' quantization step
     compression: str = "none"
     layout: str = LAYOUT
     format_version: int = FORMAT_VERSION
@@ -99,44 +109,38 @@ def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def encode(
-    keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], meta: BlobMeta, *, codec: Codec = "fp16", zstd_level: int | None = None
+    keys: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    meta: BlobMeta,
+    *,
+    codec: Codec = "fp16",
+    zstd_level: int | None = None,
+    transform: KvTransform | None = None,
 ) -> bytes:
-    """keys/values: per layer [1, H_kv, S, D] (or [H_kv, S, D]) -> blob bytes."""
+    """keys/values: per layer [1, H_kv, S, D] (or [H_kv, S, D]) -> blob bytes.
+
+    codec "transform" needs the model's KvTransform (ctxcomp.models.load_kv_transform()).
+    """
     k = torch.stack([t.reshape(t.shape[-3:]) for t in keys]).detach().cpu()  # [L, H, S, D]
     v = torch.stack([t.reshape(t.shape[-3:]) for t in values]).detach().cpu()
     if tuple(k.shape) != (meta.layers, meta.kv_heads, meta.tokens, meta.head_dim) or k.shape != v.shape:
         raise ValueError(f"K {tuple(k.shape)} / V {tuple(v.shape)} do not match the metadata's [L, H, S, D]")
+    fields: dict[str, object] = {"key_group": 0, "sink_tokens": 0, "transform_sha256": "", "quant_step": 0.0}
     if codec in ("fp16", "bf16"):
         dtype = torch.float16 if codec == "fp16" else torch.bfloat16
         tensors = {"k": k.to(dtype).contiguous(), "v": v.to(dtype).contiguous()}
     elif codec in _QMAX:
-        sinks = min(SINK_TOKENS, meta.tokens) if meta.start_pos == 0 else 0
-        k_sink, v_sink = k[:, :, :sinks].half(), v[:, :, :sinks].half()
-        # Their large norms would otherwise set the scales of the tokens around them.
-        k, v = k.clone(), v.clone()
-        k[:, :, :sinks] = 0
-        v[:, :, :sinks] = 0
-        groups = -(-meta.tokens // KEY_GROUP)
-        k_grouped = torch.nn.functional.pad(k, (0, 0, 0, groups * KEY_GROUP - meta.tokens))
-        k_grouped = k_grouped.view(meta.layers, meta.kv_heads, groups, KEY_GROUP, meta.head_dim)
-        k_codes, k_scale = _quantize(k_grouped, reduce_dim=3, codec=codec)  # per channel, per token group
-        k_codes = k_codes.view(meta.layers, meta.kv_heads, groups * KEY_GROUP, meta.head_dim)
-        v_codes, v_scale = _quantize(v, reduce_dim=3, codec=codec)  # per token: over dims
-        if codec == "int4":
-            k_codes, v_codes = _pack_int4(k_codes), _pack_int4(v_codes)
-        tensors = {
-
-            "k": k_codes.contiguous(),
-            "v": v_codes.contiguous(),
-            "k_scale": k_scale.half().contiguous(),  # fp16 scales: 2 bytes per channel / per token
-            "v_scale": v_scale.half().contiguous(),
-            "k_sink": k_sink.contiguous(),
-            "v_sink": v_sink.contiguous(),
-        }
+        tensors = _encode_quantized(k, v, meta, codec)
+        fields.update(key_group=KEY_GROUP, sink_tokens=_sinks(meta))
+    elif codec == "transform":
+        if transform is None:
+            raise ValueError("codec 'transform' needs the model's KvTransform (ctxcomp.models.load_kv_transform())")
+        tensors = _encode_transform(k, v, meta, transform)
+        fields.update(sink_tokens=_sinks(meta), transform_sha256=transform.digest, quant_step=transform.step, k_rope="pre")
     else:
-        raise ValueError(f"unknown codec {codec!r}; valid: fp16, bf16, int8, int4")
-    full = {**asdict(meta), "codec": codec, "key_group": KEY_GROUP if codec in _QMAX else 0,
-            "sink_tokens": (min(SINK_TOKENS, meta.tokens) if meta.start_pos == 0 else 0) if codec in _QMAX else 0, "compression": "zstd" if zstd_level is not None else "none", "dtype": str(k.dtype).removeprefix("torch.")}
+        raise ValueError(f"unknown codec {codec!r}; valid: fp16, bf16, int8, int4, transform")
+    full = {**asdict(meta), **fields, "codec": codec, "compression": "zstd" if zstd_level is not None else "none",
+            "dtype": str(k.dtype).removeprefix("torch."), "format_version": FORMAT_VERSION}
     header = {"ctxcomp_kv": json.dumps(full, sort_keys=True), "checksum_sha256": _checksum(tensors)}
     data = st_save(tensors, metadata=header)
     if zstd_level is None:
@@ -144,6 +148,64 @@ def encode(
     import zstandard
 
     return ZSTD_MAGIC + zstandard.ZstdCompressor(level=zstd_level).compress(data)
+
+
+def _sinks(meta: BlobMeta) -> int:
+    """Leading tokens a quantized codec stores exactly: the attention sinks of a context at position 0."""
+    return min(SINK_TOKENS, meta.tokens) if meta.start_pos == 0 else 0
+
+
+def _encode_quantized(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, codec: str) -> dict[str, torch.Tensor]:
+    sinks = _sinks(meta)
+    k_sink, v_sink = k[:, :, :sinks].half(), v[:, :, :sinks].half()
+    # Their large norms would otherwise set the scales of the tokens around them.
+    k, v = k.clone(), v.clone()
+    k[:, :, :sinks] = 0
+    v[:, :, :sinks] = 0
+    groups = -(-meta.tokens // KEY_GROUP)
+    k_grouped = torch.nn.functional.pad(k, (0, 0, 0, groups * KEY_GROUP - meta.tokens))
+    k_grouped = k_grouped.view(meta.layers, meta.kv_heads, groups, KEY_GROUP, meta.head_dim)
+    k_codes, k_scale = _quantize(k_grouped, reduce_dim=3, codec=codec)  # per channel, per token group
+    k_codes = k_codes.view(meta.layers, meta.kv_heads, groups * KEY_GROUP, meta.head_dim)
+    v_codes, v_scale = _quantize(v, reduce_dim=3, codec=codec)  # per token: over dims
+    if codec == "int4":
+        k_codes, v_codes = _pack_int4(k_codes), _pack_int4(v_codes)
+    return {
+        "k": k_codes.contiguous(),
+        "v": v_codes.contiguous(),
+        "k_scale": k_scale.half().contiguous(),  # fp16 scales: 2 bytes per channel / per token
+        "v_scale": v_scale.half().contiguous(),
+        "k_sink": k_sink.contiguous(),
+        "v_sink": v_sink.contiguous(),
+    }
+
+
+def _check_transform(transform: KvTransform, meta: BlobMeta) -> None:
+    if transform.layers != meta.layers or transform.channels != meta.kv_heads * meta.head_dim:
+        raise BlobRefused(
+            f"KV blob: the KV transform is for {transform.layers} layers x {transform.channels} channels, "
+            f"the blob has {meta.layers} x {meta.kv_heads * meta.head_dim}"
+        )
+
+
+def _encode_transform(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform) -> dict[str, torch.Tensor]:
+    import numpy as np
+
+    _check_transform(transform, meta)
+    sinks = _sinks(meta)
+    k_pre = kv_transform.to_pre_rope(k.float(), meta.start_pos, meta.rope_theta)
+    k_codes = kv_transform.coefficients(k_pre[:, :, sinks:], transform.key_matrix, transform.key_offset, transform.step)
+    v_codes = kv_transform.coefficients(v[:, :, sinks:], transform.value_matrix, transform.value_offset, transform.step)
+    rows = torch.cat((k_codes, v_codes)).flatten(0, 1).numpy()  # [2 * L * C, S - sinks]
+    coded = kv_transform.entropy_encode(rows)
+    return {
+        "ans_words": torch.from_numpy(coded.words.astype(np.uint32).view(np.int32).copy()),
+        "component_scale": torch.from_numpy(coded.scales.copy()),
+        "component_family": torch.from_numpy(coded.families.copy()),
+        "escapes": torch.from_numpy(coded.escapes.astype(np.int32)),
+        "k_sink": k_pre[:, :, :sinks].half().contiguous(),  # before RoPE, like the rest of K
+        "v_sink": v[:, :, :sinks].half().contiguous(),
+    }
 
 
 def _open(blob: bytes) -> tuple[dict[str, torch.Tensor], BlobMeta]:
@@ -161,8 +223,8 @@ def _open(blob: bytes) -> tuple[dict[str, torch.Tensor], BlobMeta]:
         fields = json.loads(header["ctxcomp_kv"])
     except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt blob
         raise BlobRefused(f"KV blob: not a readable ctxcomp blob ({type(err).__name__}: {err})") from err
-    if fields.get("format_version") != FORMAT_VERSION:
-        raise BlobRefused(f"KV blob: format version {fields.get('format_version')}, this reader knows {FORMAT_VERSION}")
+    if fields.get("format_version") not in READABLE_VERSIONS:
+        raise BlobRefused(f"KV blob: format version {fields.get('format_version')}, this reader knows {READABLE_VERSIONS}")
     if _checksum(tensors) != header.get("checksum_sha256"):
         raise BlobRefused("KV blob: checksum mismatch (the blob is corrupt or was altered)")
     return tensors, BlobMeta(**fields)
@@ -173,8 +235,14 @@ def inspect(blob: bytes) -> BlobMeta:
     return _open(blob)[1]
 
 
-def decode(blob: bytes, *, expect_fingerprint: str) -> tuple[torch.Tensor, torch.Tensor, BlobMeta]:
-    """Blob bytes -> K, V [L, H, S, D] and metadata, after every check. Raises BlobRefused."""
+def decode(
+    blob: bytes, *, expect_fingerprint: str, transform: KvTransform | Callable[[], KvTransform] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, BlobMeta]:
+    """Blob bytes -> K (after RoPE), V [L, H, S, D] and metadata, after every check. Raises BlobRefused.
+
+    A "transform" blob needs the KvTransform it was coded with (checked by SHA-256); `transform`
+    may be a function that loads it, called only for such blobs.
+    """
     tensors, meta = _open(blob)
     if meta.model_fingerprint != expect_fingerprint:
         raise BlobRefused(
@@ -184,6 +252,9 @@ def decode(blob: bytes, *, expect_fingerprint: str) -> tuple[torch.Tensor, torch
     dtype = getattr(torch, meta.dtype)
     if meta.codec in ("fp16", "bf16"):
         return tensors["k"].to(dtype), tensors["v"].to(dtype), meta
+    if meta.codec == "transform":
+        k, v = _decode_transform(tensors, meta, transform() if callable(transform) else transform)
+        return k.to(dtype), v.to(dtype), meta
     k_codes, v_codes = tensors["k"], tensors["v"]
     if meta.codec == "int4":
         k_codes, v_codes = _unpack_int4(k_codes), _unpack_int4(v_codes)
@@ -194,6 +265,35 @@ def decode(blob: bytes, *, expect_fingerprint: str) -> tuple[torch.Tensor, torch
     k[:, :, : meta.sink_tokens] = tensors["k_sink"].to(dtype)
     v[:, :, : meta.sink_tokens] = tensors["v_sink"].to(dtype)
     return k, v, meta
+
+
+def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: KvTransform | None) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+
+    if transform is None:
+        raise BlobRefused(f"KV blob: codec 'transform' needs KV transform {meta.transform_sha256[:12]}; none was given")
+    if transform.digest != meta.transform_sha256:
+        raise BlobRefused(
+            f"KV blob: coded with KV transform {meta.transform_sha256[:12]}, not with this one ({transform.digest[:12]})"
+        )
+    _check_transform(transform, meta)
+    coded = kv_transform.CodedComponents(
+        words=tensors["ans_words"].numpy().view(np.uint32),
+        scales=tensors["component_scale"].numpy(),
+        families=tensors["component_family"].numpy(),
+        escapes=tensors["escapes"].numpy(),
+    )
+    coded_tokens = meta.tokens - meta.sink_tokens
+    try:
+        rows = kv_transform.entropy_decode(coded, coded_tokens)
+    except (ValueError, RuntimeError) as err:
+        raise BlobRefused(f"KV blob: transform payload does not decode ({err})") from err
+    codes = torch.from_numpy(rows).view(2, meta.layers, transform.channels, coded_tokens)
+    k_pre = kv_transform.reconstruct(codes[0], transform.key_inverse, transform.key_offset, meta.quant_step, meta.kv_heads)
+    v = kv_transform.reconstruct(codes[1], transform.value_inverse, transform.value_offset, meta.quant_step, meta.kv_heads)
+    k_pre = torch.cat((tensors["k_sink"].float(), k_pre), dim=2)
+    v = torch.cat((tensors["v_sink"].float(), v), dim=2)
+    return kv_transform.to_post_rope(k_pre, meta.start_pos, meta.rope_theta), v
 
 
 def _safetensors_metadata(blob: bytes) -> dict[str, str]:

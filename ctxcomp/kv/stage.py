@@ -6,9 +6,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from ctxcomp.errors import InvalidRequest
+from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable
 from ctxcomp.kv import blob
-from ctxcomp.kv.handoff import blob_from_prefill
+from ctxcomp.kv.handoff import blob_from_prefill, kv_transform_for
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.store import BlobStore, blob_key
 
@@ -26,13 +26,18 @@ class KvBlob:
     data: bytes | None  # None when only the store holds it
 
 
-def check_kv_request(codec: str, model: str, llm_fingerprint: str, llm_id: str) -> str:
+def check_kv_request(codec: str, model: str, llm: Any) -> str:
     """The codec to use; InvalidRequest naming kv_codec / kv_model otherwise."""
     codec = codec or "fp16"
     if codec not in CODECS:
         raise InvalidRequest("kv_codec", f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
-    if model and model not in (llm_fingerprint, llm_id):
-        raise InvalidRequest("kv_model", f"this server computes KV for {llm_id} (fingerprint {llm_fingerprint[:12]}), not {model!r}")
+    if model and model not in (llm.fingerprint, llm.path.name):
+        raise InvalidRequest("kv_model", f"this server computes KV for {llm.path.name} (fingerprint {llm.fingerprint[:12]}), not {model!r}")
+    if codec == "transform":
+        try:
+            kv_transform_for(llm)
+        except (NotAvailable, ModelUnavailable) as err:
+            raise InvalidRequest("kv_codec", f"codec 'transform' is not available on this server: {err}") from err
     return codec
 
 
