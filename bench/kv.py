@@ -6,8 +6,10 @@ Prints one JSON object per line:
   ttft       time to first token for context + question: full prefill vs loading
              the context's blob (decode + DynamicCache) and running only the question
              (512, 2k, 4k context tokens)
-  size       blob bytes for fp16 / int8 / int4 (zstd 3) vs raw fp16 K/V
-  agreement  next-token top-1 agreement with full prefill on SQuAD questions, per codec
+  size       blob bytes for fp16 / int8 / int4 / transform (zstd 3) vs raw fp16 K/V
+  agreement  next-token top-1 agreement with full prefill on held-out SQuAD questions, per
+             codec, with the mean and max |logit diff| and each codec's size ratio on those
+             (short, ~150-token) paragraphs
   codec      encode / decode throughput in GB/s of raw fp16 K/V
   non_prefix_reuse  three documents cached separately, re-rotated and concatenated,
              then a question: next-token agreement with full prefill at 0/15/30% recompute
@@ -28,6 +30,9 @@ from ctxcomp.kv.prefill import prefill, rope_params
 from ctxcomp.kv.reuse import blend, concatenate
 from transformers import DynamicCache
 from ctxcomp.models import squad
+
+
+CODECS = ("fp16", "int8", "int4", "transform")
 
 
 def timed(fn, repeat: int = 3) -> tuple[object, float]:
@@ -72,29 +77,38 @@ def main() -> None:
         if length == 2048:
             result = prefill(llm.model, ids)
             raw = sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
-            sizes = {c: len(blob_from_prefill(result, llm, ids[0].tolist(), codec=c, zstd_level=3)) for c in ("fp16", "int8", "int4")}
+            sizes = {c: len(blob_from_prefill(result, llm, ids[0].tolist(), codec=c, zstd_level=3)) for c in CODECS}
             print(json.dumps({"bench": "size", "context_tokens": length, "raw_fp16_bytes": raw, **{f"{c}_bytes": n for c, n in sizes.items()},
                               **{f"{c}_vs_fp16": round(raw / n, 2) for c, n in sizes.items()}}), flush=True)
-            for codec in ("fp16", "int8", "int4"):
+            transform = models.load_kv_transform()
+            for codec in CODECS:
                 meta = blob.BlobMeta(llm.fingerprint, "m", len(result.keys), result.keys[0].shape[1], result.keys[0].shape[3],
-                                     length, blob.token_ids_digest(ids[0].tolist()), 0, 1e5)
-                encoded, enc_s = timed(lambda: blob.encode(result.keys, result.values, meta, codec=codec))
-                _, dec_s = timed(lambda: blob.decode(encoded, expect_fingerprint=llm.fingerprint))
+                                     length, blob.token_ids_digest(ids[0].tolist()), 0, rope_params(llm.model.config).theta)
+                encoded, enc_s = timed(lambda: blob.encode(result.keys, result.values, meta, codec=codec, transform=transform))
+                _, dec_s = timed(lambda: blob.decode(encoded, expect_fingerprint=llm.fingerprint, transform=transform))
                 print(json.dumps({"bench": "codec", "codec": codec, "encode_gb_s": round(raw / enc_s / 1e9, 2),
                                   "decode_gb_s": round(raw / dec_s / 1e9, 2)}), flush=True)
 
-    pairs = [(p, q) for p in held for q in p.questions[:1]][: 12 if args.quick else 60]
-    agree = {c: 0 for c in ("fp16", "int8", "int4")}
+    # Two questions per held-out paragraph (the transform was calibrated on training articles).
+    pairs = [(p, q) for p in held for q in p.questions[:2]][: 12 if args.quick else 200]
+    agree, diffs, sizes = {c: 0 for c in CODECS}, {c: [] for c in CODECS}, {c: 0 for c in CODECS}
+    raw = 0
     for para, q in pairs:
         ids = tok(para.context, return_tensors="pt", add_special_tokens=False)["input_ids"]
         qids = tok(f"\nQuestion: {q.text}\nAnswer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.inference_mode():
-            want = llm.model(torch.cat([ids, qids], 1)).logits[:, -1].argmax()
+            want = llm.model(torch.cat([ids, qids], 1)).logits[0, -1]
         result = prefill(llm.model, ids)
-        for codec in agree:
+        raw += sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
+        for codec in CODECS:
             data = blob_from_prefill(result, llm, ids[0].tolist(), codec=codec, zstd_level=3)
-            agree[codec] += int(next_token_from_blob(llm, data, qids, ids.shape[1]).argmax() == want)
-    print(json.dumps({"bench": "agreement", "questions": len(pairs), **{f"{c}_top1": round(n / len(pairs), 4) for c, n in agree.items()}}), flush=True)
+            got = next_token_from_blob(llm, data, qids, ids.shape[1])[0]
+            agree[codec] += int(got.argmax() == want.argmax())
+            diffs[codec].append(float((got - want).abs().max()))
+            sizes[codec] += len(data)
+    print(json.dumps({"bench": "agreement", "questions": len(pairs), **{f"{c}_top1": round(n / len(pairs), 4) for c, n in agree.items()},
+                      **{f"{c}_mean_max_abs_logit_diff": round(sum(d) / len(d), 4) for c, d in diffs.items()},
+                      **{f"{c}_vs_fp16": round(raw / n, 2) for c, n in sizes.items()}}), flush=True)
     reuse_agreement(llm, held, 8 if args.quick else 40)
 
 
