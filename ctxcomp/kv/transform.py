@@ -42,12 +42,20 @@ def to_post_rope(k: torch.Tensor, start_pos: int, theta: float) -> torch.Tensor:
     return apply_rope(k, cos, sin)
 
 
+def heads_together(x: torch.Tensor) -> torch.Tensor:
+    """[L, H, S, D] -> [L, S, H*D]: the rows the transform maps, one per token."""
+    layers, heads, seq, dim = x.shape
+    return x.permute(0, 2, 1, 3).reshape(layers, seq, heads * dim)
+
+
+def transformed(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """x [L, H, S, D] -> real coefficients [L, S, C], before rounding."""
+    return torch.bmm(heads_together(x.float()), matrix) - offset[:, None, :]
+
+
 def coefficients(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, step: float) -> torch.Tensor:
     """x [L, H, S, D] -> integer codes [L, C, S] (component-major: each component's tokens together)."""
-    layers, heads, seq, dim = x.shape
-    flat = x.float().permute(0, 2, 1, 3).reshape(layers, seq, heads * dim)
-    coeff = torch.bmm(flat, matrix) - offset[:, None, :]
-    return torch.round(coeff / step).to(torch.int32).transpose(1, 2).contiguous()
+    return torch.round(transformed(x, matrix, offset) / step).to(torch.int32).transpose(1, 2).contiguous()
 
 
 def reconstruct(codes: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor, step: float, heads: int) -> torch.Tensor:
