@@ -284,6 +284,8 @@ def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
         escapes=tensors["escapes"].numpy(),
     )
     coded_tokens = meta.tokens - meta.sink_tokens
+    if len(coded.families) != 2 * meta.layers * transform.channels or len(coded.scales) != len(coded.families) or coded_tokens < 0:
+        raise BlobRefused("KV blob: transform payload does not match the blob's shape")
     try:
         rows = kv_transform.entropy_decode(coded, coded_tokens)
     except (ValueError, RuntimeError) as err:
