@@ -18,14 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ctxcomp.wordscore import Chunk, Words
+from ctxcomp.text import TextSpans
+from ctxcomp.wordscore import Chunk
 
 CHUNK_END_TOKENS = (".", "\n")
 
 
 @dataclass(frozen=True)
 class EncodedDocument:
-    words: Words  # encoder words with their character offsets
+    words: TextSpans  # encoder words with their character offsets
     token_ids: np.ndarray  # [T] encoder ids, no specials
     word_of_token: np.ndarray  # [T] word index of each token
     chunk_of_word: np.ndarray  # [W] chunk index (within the document) of each word, set by reference_chunks
@@ -51,7 +52,7 @@ def encode(tokenizer: Any, text: str) -> EncodedDocument:
     ends = np.zeros(n_words, np.int64)
     np.minimum.at(starts, word_of_token, offsets[:, 0])
     np.maximum.at(ends, word_of_token, offsets[:, 1])
-    return EncodedDocument(Words(text, starts, ends), ids, word_of_token, np.zeros(n_words, np.int64))
+    return EncodedDocument(TextSpans(text, starts, ends), ids, word_of_token, np.zeros(n_words, np.int64))
 
 
 def reference_chunks(tokenizer: Any, doc: EncodedDocument, doc_index: int, max_length: int) -> list[Chunk]:
