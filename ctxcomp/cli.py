@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from ctxcomp.method import describe_options
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, TextIO
@@ -18,6 +20,8 @@ from typing import Any, Iterable, TextIO
 from ctxcomp import methods, models, wire
 from ctxcomp.errors import CtxcompError, InvalidRequest
 from ctxcomp.types import CompressRequest, CompressResult, Document
+
+DEMO_RATE = 0.4  # `make demo` keeps 40% of the sample's tokens
 
 
 def read_jsonl(lines: Iterable[str], query: str | None) -> tuple[str, tuple[Document, ...]]:
@@ -156,8 +160,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     if args.prepare:
-        models.load_llm_tokenizer()
-        models.load_token_classifier()
+        from ctxcomp.pipeline import Compressor
+
+        Compressor().warm_up()  # every model the default method needs, through the one hub
     for row in models.describe_roles():
         print(f"{row['role']:<18} {row['kind']:<8} {row['location']}")
     return 0
@@ -167,7 +172,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for name in methods.method_names():
         cls = methods.method_class(name)
         print(f"{name}: {cls.description}")
-        for option in methods.describe_options(cls.presets["default"]):
+        for option in describe_options(cls.presets["default"]):
             print(f"    {option['name']} ({option['type']}, default {option['default_json']}): {option['help']}")
     return 0
 
@@ -216,7 +221,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not isinstance(options, dict):
         raise InvalidRequest("options", "must be a JSON object")
     config = JobConfig(
-        method=args.method or methods.DEFAULT_METHOD, rate=args.rate, target_tokens=args.target_tokens,
+        method=args.method or "", rate=args.rate, target_tokens=args.target_tokens,
         options=options, kv_store=args.kv_store or "", kv_codec=args.kv_codec, embeddings=args.embeddings,
     )
     figures = run(Path(args.input), Path(args.output), config, engine=args.engine, batch_size=args.batch_size,
@@ -290,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="serve the embedded sample request once and print the result")
-    p.add_argument("--rate", type=float, default=0.4)
+    p.add_argument("--rate", type=float, default=DEMO_RATE)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -29,7 +29,11 @@ def build_request(
     target_tokens: int | None = None,
     options: Mapping[str, Any] | None = None,
     return_word_labels: bool = False,
+    return_kv: bool = False,
+    kv_codec: str = "",
 ) -> pb.CompressRequest:
+    """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
+    (compress_with_kv streams the bytes instead)."""
     request = CompressRequest(
         query=query,
         documents=as_documents(documents),
@@ -38,6 +42,8 @@ def build_request(
         target_tokens=target_tokens,
         options=dict(options or {}),
         return_word_labels=return_word_labels,
+        return_kv=return_kv,
+        kv_codec=kv_codec,
     )
     return wire.request_to_proto(request)
 

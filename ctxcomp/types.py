@@ -24,7 +24,7 @@ class CompressRequest:
 
     query: str
     documents: tuple[Document, ...]
-    method: str = "llmlingua2"
+    method: str = ""  # "" = the server's default method
     rate: float | None = None
     target_tokens: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -73,7 +73,8 @@ class CompressResult:
     tokens_after: int
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     note: str = ""
-    kv: Any = None  # ctxcomp.kv.stage.KvBlob when return_kv was asked
+    kv: Any = None  # ctxcomp.kv.stage.KvBlob when return_kv was asked (server side)
+    kv_keys: tuple[str, ...] = ()  # store keys of the blobs the server kept instead of sending them
     soft: Any = None  # ctxcomp.soft.SoftTokens from vector-output methods (xrag, comi)
 
     @property

@@ -82,7 +82,7 @@ def result_to_proto(result: CompressResult, tokenizer: str = "") -> pb.CompressR
         timings_ms=dict(result.timings_ms),
         note=result.note,
         tokenizer=tokenizer,
-        kv_keys=[result.kv.key] if result.kv is not None and result.kv.data is None else [],
+        kv_keys=list(result.kv_keys),
         kv_bytes=result.kv.size if result.kv is not None and result.kv.data is not None else 0,
         soft_tokens=_soft_to_proto(result.soft) if result.soft is not None else None,
     )
@@ -133,6 +133,7 @@ def result_from_proto(message: pb.CompressResponse) -> CompressResult:
         tokens_after=message.tokens_after,
         timings_ms=dict(message.timings_ms),
         note=message.note,
+        kv_keys=tuple(message.kv_keys),
         soft=decode_soft(message.soft_tokens.safetensors) if message.HasField("soft_tokens") else None,
     )
 
@@ -148,6 +149,7 @@ def result_to_dict(result: CompressResult) -> dict[str, Any]:
         "rate": result.rate,
         "timings_ms": dict(result.timings_ms),
         "note": result.note,
+        "kv_keys": list(result.kv_keys),
         "documents": [
             {
                 "id": d.id,

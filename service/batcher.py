@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from ctxcomp.errors import CtxcompError
-from ctxcomp.pipeline import Compressor
+from ctxcomp.pipeline import Compressor, Plan
 from ctxcomp.types import CompressRequest, CompressResult
 
 
@@ -40,7 +40,7 @@ class BatcherConfig:
 
 @dataclass
 class _Pending:
-    request: CompressRequest
+    plan: Plan
     future: asyncio.Future
 
 
@@ -67,21 +67,22 @@ class MicroBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def submit(self, request: CompressRequest, deadline_s: float | None = None) -> CompressResult:
-        """Validate now (errors name the field), then wait for the batch holding this request.
+        """Plan now, in a thread (errors name the field; a first KV request may load the LLM,
+        which must not block the event loop), then wait for the batch holding this request.
 
         With a deadline, a request that would wait longer than it has left (by the
         queue length and the recent time per request) is refused at once: queued,
         it would only expire and delay the requests behind it. An empty queue admits
         everything: then only the request's own work stands between it and its deadline.
         """
-        self.compressor.plan(request)
+        plan = await asyncio.to_thread(self.compressor.plan, request)
         if deadline_s is not None and self.queue.qsize():
             expected = (self.queue.qsize() + 1) * self.seconds_per_request
             if expected > deadline_s:
                 raise Overloaded(
                     f"server busy: expected wait {expected:.2f} s exceeds the {deadline_s:.2f} s left before the deadline"
                 )
-        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        pending = _Pending(plan, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -106,13 +107,23 @@ class MicroBatcher:
         # A caller that gave up (deadline, cancellation) costs no model time.
         return [p for p in batch if not p.future.done()]
 
-    def _compress(self, requests: list[CompressRequest]) -> list[CompressResult]:
+    def _compress(self, plans: list[Plan]) -> list[CompressResult | Exception]:
+        """Results of the batch, or, when it fails, of each request alone: one request's
+        error is its own, never its batch-mates'."""
         try:
-            return self.compressor.compress_batch(requests)
+            return list(self.compressor.run(plans))
+        except Exception:  # noqa: BLE001 - find whose error it is
+            return [self._alone(plan) for plan in plans]
         finally:
             # Batches allocate many differently sized tensors; hand freed heap back to the
             # OS so the server's RSS tracks its working set instead of its high-water mark.
             _release_free_heap()
+
+    def _alone(self, plan: Plan) -> CompressResult | Exception:
+        try:
+            return self.compressor.run([plan])[0]
+        except Exception as error:  # noqa: BLE001 - delivered to this request's caller
+            return error
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -124,15 +135,13 @@ class MicroBatcher:
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             started = loop.time()
-            try:
-                results = await loop.run_in_executor(self.executor, self._compress, [p.request for p in batch])
-            except Exception as error:  # noqa: BLE001 - delivered to every caller of the batch
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(error)
-                continue
+            results = await loop.run_in_executor(self.executor, self._compress, [p.plan for p in batch])
             per_request = (loop.time() - started) / len(batch)
             self.seconds_per_request = 0.8 * self.seconds_per_request + 0.2 * per_request
-            for p, result in zip(batch, results):
-                if not p.future.done():
-                    p.future.set_result(result)
+            for p, outcome in zip(batch, results):
+                if p.future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    p.future.set_exception(outcome)
+                else:
+                    p.future.set_result(outcome)

@@ -91,7 +91,8 @@ class CompressorServicer(pb_grpc.CompressorServicer):
                     description=m["description"],
                     options=[pb.MethodOption(**o) for o in m["options"]],
                     models=m["models"],
-                    available=True,
+                    available=not m["unavailable"],
+                    reasons=m["unavailable"],
                 )
                 for m in self.compressor.describe_methods()
             ],

@@ -123,13 +123,13 @@ class CompressBatch:
             return None
         from ctxcomp.kv.stage import compute_kv
 
-        return compute_kv(self.hub.llm(), result.context, self.config.kv_codec, self.store).key
+        return compute_kv(self.hub, result.context, self.config.kv_codec, self.store).key
 
     def _embed(self, texts: list[str], results: list[Any]) -> list[list[float] | None]:
         present = [i for i, (t, r) in enumerate(zip(texts, results)) if r is not None and t]
         out: list[list[float] | None] = [None] * len(texts)
         if present:
-            vectors = self.hub.sentence_encoder().encode(
+            vectors = self.hub.get("sentence_encoder").encode(
                 [texts[i] for i in present], convert_to_numpy=True, normalize_embeddings=True
             ).astype(np.float32)
             for i, vector in zip(present, vectors):

@@ -1,59 +1,127 @@
 """Methods run one after another: "exit>llmlingua2" = EXIT, then LLMLingua-2 on what it kept.
 
-Per request: `method` names the stages joined by ">"; `options` holds one
-object per stage name ({"exit": {...}, "llmlingua2": {...}}). Earlier stages
-run on their own presets (adaptive ones decide how much to keep); the
-request's rate or target_tokens is the budget of the whole chain, measured
-against the original input, and binds the last stage. Kept spans of the
-result point into the original documents.
+A chain is an ordinary method. Per request: `method` names the stages joined
+by ">"; `options` holds one object per stage name ({"exit": {...},
+"llmlingua2": {...}}), and the chain's config holds one config per stage, so
+requests batched together each keep their own. Earlier stages run on their own
+presets (adaptive ones decide how much to keep); the request's rate or
+target_tokens is the budget of the whole chain, measured against the original
+input, and binds the last stage. Kept spans of the result point into the
+original documents. Each stage runs once over all items (its own batching).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
-from ctxcomp.methods import MethodOutput, token_budget
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.hub import ModelHub
+from ctxcomp.method import Method, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.methods import CHAIN_SEPARATOR
+from ctxcomp.selection import token_budget
 from ctxcomp.types import CompressRequest, Document, DocumentResult, Span
 
+SEPARATOR = CHAIN_SEPARATOR
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    name: str
-    method: Any  # a Method
-    config: Any
+
+@dataclass(frozen=True)
+class ChainConfig(SelectiveOptions):
+    """One config per stage; the chain is selective when any stage is (the strictest threshold wins)."""
+
+    stages: tuple[Any, ...] = ()
+
+
+def chain_config(stages: Sequence[Any]) -> ChainConfig:
+    selective = [s for s in stages if s.selective]
+    threshold = max((s.relevance_threshold for s in selective), default=-1.0)
+    return ChainConfig(selective=bool(selective), relevance_threshold=threshold, stages=tuple(stages))
 
 
 class Chain:
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Method]) -> None:
         self.stages = tuple(stages)
+        self.name = SEPARATOR.join(s.name for s in self.stages)
+        self.description = " then ".join(s.name for s in self.stages)
+        self.requires = tuple(dict.fromkeys(r for s in self.stages for r in s.requires))
+        self.needs_query = any(s.needs_query for s in self.stages)
+        self.output = self.stages[-1].output
+        self.presets = {"default": chain_config([s.presets["default"] for s in self.stages])}
 
-    def compress(self, request: CompressRequest, tokens_before: Sequence[int]) -> MethodOutput:
-        # The request's own target binds the whole chain; without one, each stage's preset decides.
-        has_target = request.rate is not None or request.target_tokens is not None
-        budget = token_budget(request, 1.0, tokens_before) if has_target else None
-        current, before, history, notes = request, list(tokens_before), [], []
-        for i, stage in enumerate(self.stages):
-            last = i == len(self.stages) - 1
-            staged = dataclasses.replace(current, rate=None, target_tokens=budget if last else None)
-            output = stage.method.compress(staged, stage.config, before)
-            history.append(output.documents)
-            if output.note:
-                notes.append(f"{stage.name}: {output.note}")
-            current = dataclasses.replace(
-                current,
-                documents=tuple(Document(d.id, r.text, d.metadata) for d, r in zip(current.documents, output.documents)),
-            )
-            before = [r.tokens_after for r in output.documents]
-        final = tuple(
-            dataclasses.replace(
-                last_result,
-                tokens_before=original_before,
-                kept_spans=compose_history([h[d] for h in history], request.documents[d].text),
-            )
-            for d, (last_result, original_before) in enumerate(zip(history[-1], tokens_before))
+    @classmethod
+    def parse(cls, name: str, lookup: Callable[[str], Method]) -> Chain:
+        """The chain `a>b>c`; each name once, only the last stage may return vectors."""
+        names = name.split(SEPARATOR)
+        if len(set(names)) != len(names) or "" in names:
+            raise InvalidRequest("method", f"a chain names each method once, separated by '{SEPARATOR}'")
+        stages = [lookup(n) for n in names]
+        for stage in stages[:-1]:
+            if stage.output != "text":
+                raise InvalidRequest("method", f"{stage.name} returns vectors, not text: it can only end a chain")
+        return cls(stages)
+
+    def configure(self, options: Mapping[str, Any], prefix: str = "options") -> ChainConfig:
+        names = [s.name for s in self.stages]
+        for key, value in options.items():
+            if key not in names:
+                raise InvalidRequest(f"{prefix}.{key}", f"a chained request takes one options object per stage: {', '.join(names)}")
+            if not isinstance(value, Mapping):
+                raise InvalidRequest(f"{prefix}.{key}", "must be an object of that stage's options")
+        return chain_config([s.configure(options.get(s.name, {}), f"{prefix}.{s.name}") for s in self.stages])
+
+    def check(self, hub: ModelHub) -> list[str]:
+        return list(dict.fromkeys(reason for s in self.stages for reason in s.check(hub)))
+
+    def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
+        current = [item.request for item in items]
+        before = [list(item.tokens_before) for item in items]
+        budgets = [whole_chain_budget(item) for item in items]
+        history: list[list[tuple[DocumentResult, ...]]] = [[] for _ in items]
+        notes: list[list[str]] = [[] for _ in items]
+        for position, stage in enumerate(self.stages):
+            last = position == len(self.stages) - 1
+            staged = [
+                MethodItem(dataclasses.replace(r, rate=None, target_tokens=b if last else None), item.config.stages[position], tuple(t))
+                for r, b, item, t in zip(current, budgets, items, before)
+            ]
+            outputs = stage.compress_many(staged)
+            for i, output in enumerate(outputs):
+                history[i].append(output.documents)
+                notes[i] += [f"{stage.name}: {output.note}"] if output.note else []
+                current[i] = with_texts(current[i], output.documents)
+                before[i] = [r.tokens_after for r in output.documents]
+        return [
+            MethodOutput(final_documents(item, steps), "; ".join(n), output.soft)  # a vector method may end the chain
+            for item, steps, n, output in zip(items, history, notes, outputs)
+        ]
+
+
+def whole_chain_budget(item: MethodItem) -> int | None:
+    """The request's own target binds the whole chain; without one, each stage's preset decides."""
+    request = item.request
+    if request.rate is None and request.target_tokens is None:
+        return None
+    return token_budget(request, 1.0, item.tokens_before)
+
+
+def with_texts(request: CompressRequest, documents: Sequence[DocumentResult]) -> CompressRequest:
+    """The request a next stage sees: each document's text replaced by what this stage kept."""
+    return dataclasses.replace(
+        request, documents=tuple(Document(d.id, r.text, d.metadata) for d, r in zip(request.documents, documents))
+    )
+
+
+def final_documents(item: MethodItem, steps: Sequence[tuple[DocumentResult, ...]]) -> tuple[DocumentResult, ...]:
+    """The last stage's results with the original token counts and spans into the original text."""
+    return tuple(
+        dataclasses.replace(
+            last,
+            tokens_before=original_before,
+            kept_spans=compose_history([s[d] for s in steps], item.request.documents[d].text),
         )
-        return MethodOutput(final, "; ".join(notes), output.soft)  # a vector method may end the chain
+        for d, (last, original_before) in enumerate(zip(steps[-1], item.tokens_before))
+    )
 
 
 def compose_history(results: Sequence[DocumentResult], original: str) -> tuple[Span, ...]:

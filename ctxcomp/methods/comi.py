@@ -17,18 +17,17 @@ its LLM), so expect the answer quality bench/soft_quality.py reports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ctxcomp import sentences as sentence_split
+from ctxcomp.embedding import cross_document_redundancy, query_and_sentences
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.hub import ModelHub
-from ctxcomp.methods import MethodOutput, SelectiveOptions, token_budget
-from ctxcomp.methods.recomp_extractive import embed
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, Output, SelectiveOptions
+from ctxcomp.selection import empty_results, token_budget
 from ctxcomp.soft import SoftTokens
-from ctxcomp.types import CompressRequest, DocumentResult
+from ctxcomp.text import split_sentences
 
 
 @dataclass(frozen=True)
@@ -56,35 +55,25 @@ class Group:
     token_ids: list[int]
 
 
-class ComiMerge:
+class ComiMerge(MethodBase):
     name: ClassVar[str] = "comi"
     description: ClassVar[str] = "COMI token merging: MIG-weighted slots of LLM token embeddings (soft tokens)"
-    config_type: ClassVar[type] = ComiConfig
     requires: ClassVar[tuple[str, ...]] = ("sentence_encoder", "spacy", "downstream_llm")
     needs_query: ClassVar[bool] = True
-    output: ClassVar[str] = "soft"
-    presets: ClassVar[dict[str, ComiConfig]] = {"default": ComiConfig(), "32x": ComiConfig(rate=1 / 32)}
+    output: ClassVar[Output] = "vectors"
+    presets: ClassVar[dict[str, ComiConfig]] = {"default": ComiConfig()}
 
-    def __init__(self, hub: ModelHub) -> None:
-        self.hub = hub
-
-    def compress(self, request: CompressRequest, config: ComiConfig, tokens_before: Sequence[int]) -> MethodOutput:
-        llm = self.hub.llm()
-        split = sentence_split.split(self.hub.spacy(), [d.text for d in request.documents])
-        groups = [
-            Group(d, ids)
-            for d, s in enumerate(split)
-            for ids in llm.tokenizer([t for t in s.strings()], add_special_tokens=False)["input_ids"]
-            if ids
-        ] if any(len(s) for s in split) else []
-        slots_total = max(1, token_budget(request, config.rate, tokens_before))
-        texts = [t for s in split for t in s.strings()]
-        embedded = embed(self.hub, [request.query, *texts])
-        mig = group_mig(embedded[0], embedded[1:], np.asarray([g.document for g in groups]), config.redundancy_weight)
+    def compress(self, item: MethodItem) -> MethodOutput:
+        request, config = item.request, item.config
+        llm = self.hub.get("downstream_llm")
+        split = split_sentences(self.hub.get("spacy"), [d.text for d in request.documents])
+        groups = sentence_groups(llm.tokenizer, split)
+        query, sentences = query_and_sentences(self.hub, request.query, split)
+        mig = group_mig(query, sentences, np.asarray([g.document for g in groups]), config.redundancy_weight)
+        slots_total = max(1, token_budget(request, config.rate, item.tokens_before))
         slots = allocate_slots(mig, np.asarray([len(g.token_ids) for g in groups]), slots_total, config.group_temperature)
         table = llm.model.get_input_embeddings().weight.detach()  # [V, H]
-        query_ids = llm.tokenizer(request.query, add_special_tokens=False)["input_ids"]
-        query_vector = table[query_ids].mean(0)
+        query_vector = table[llm.tokenizer(request.query, add_special_tokens=False)["input_ids"]].mean(0)
         merged, owners = [], []
         for group, n in zip(groups, slots.tolist()):
             for run in np.array_split(np.arange(len(group.token_ids)), n) if n else []:
@@ -92,14 +81,22 @@ class ComiMerge:
                 owners.append(group.document)
         vectors = torch.stack(merged) if merged else torch.zeros(0, table.shape[1])
         soft = SoftTokens("comi", vectors, llm.fingerprint, llm.path.name, tuple(request.documents[o].id for o in owners))
-        per_doc = np.bincount(np.asarray(owners, np.int64), minlength=len(request.documents))
-        documents = tuple(
-            DocumentResult(id=d.id, text="", kept_spans=(), tokens_before=before, tokens_after=int(n), score=0.0,
-                           metadata=dict(d.metadata))
-            for d, before, n in zip(request.documents, tokens_before, per_doc.tolist())
-        )
+        per_doc = np.bincount(np.asarray(owners, np.int64), minlength=len(request.documents)).tolist()
+        documents = empty_results(request, item.tokens_before, per_doc, [0.0] * len(per_doc))
         note = f"{len(owners)} COMI slots (soft_tokens) from {sum(len(g.token_ids) for g in groups)} tokens"
         return MethodOutput(documents, note, soft)
+
+
+def sentence_groups(tokenizer, split) -> list[Group]:
+    """Every non-empty sentence's LLM token ids, with its document, in original order."""
+    if not any(len(s) for s in split):
+        return []
+    return [
+        Group(d, ids)
+        for d, s in enumerate(split)
+        for ids in tokenizer(list(s.strings()), add_special_tokens=False)["input_ids"]
+        if ids
+    ]
 
 
 def group_mig(query: np.ndarray, sentences: np.ndarray, document: np.ndarray, redundancy_weight: float) -> np.ndarray:
@@ -109,10 +106,7 @@ def group_mig(query: np.ndarray, sentences: np.ndarray, document: np.ndarray, re
     """
     if not len(sentences):
         return np.zeros(0)
-    similarity = sentences @ sentences.T
-    other = document[:, None] != document[None, :]
-    redundancy = np.where(other, similarity, -1.0).max(axis=1)
-    return sentences @ query - redundancy_weight * np.maximum(redundancy, 0.0)
+    return sentences @ query - redundancy_weight * cross_document_redundancy(sentences @ sentences.T, document)
 
 
 def allocate_slots(mig: np.ndarray, sizes: np.ndarray, total: int, temperature: float) -> np.ndarray:

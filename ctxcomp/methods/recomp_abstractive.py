@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 from ctxcomp import generation
+from ctxcomp.embedding import keep_most_similar
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.hub import ModelHub
-from ctxcomp.methods import MethodOutput, SelectiveOptions, token_budget
-from ctxcomp.methods.recomp_extractive import RecompExtractive, RecompExtractiveConfig
-from ctxcomp.types import CompressRequest, DocumentResult
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.selection import empty_results, token_budget
+from ctxcomp.types import CompressRequest
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _NAME = re.compile(r"\b[A-Z][\w'-]*")
@@ -55,59 +55,40 @@ class RecompAbstractiveConfig(SelectiveOptions):
             raise InvalidRequest("options.max_summary_tokens", f"must be in [1, 2048], got {self.max_summary_tokens}")
 
 
-PRESETS = {"default": RecompAbstractiveConfig(), "unguarded": RecompAbstractiveConfig(guard=False)}
-
-
-class RecompAbstractive:
+class RecompAbstractive(MethodBase):
     name: ClassVar[str] = "recomp_abstractive"
     description: ClassVar[str] = (
         "RECOMP abstractive: a query-focused summary by the downstream LLM, with a faithfulness guard"
     )
-    config_type: ClassVar[type] = RecompAbstractiveConfig
     requires: ClassVar[tuple[str, ...]] = ("downstream_llm", "sentence_encoder", "spacy")
     needs_query: ClassVar[bool] = True
-    presets: ClassVar[dict[str, RecompAbstractiveConfig]] = PRESETS
+    presets: ClassVar[dict[str, RecompAbstractiveConfig]] = {"default": RecompAbstractiveConfig()}
 
-    def __init__(self, hub: ModelHub) -> None:
-        self.hub = hub
-        self.extractive = RecompExtractive(hub)
-
-    def compress(
-        self, request: CompressRequest, config: RecompAbstractiveConfig, tokens_before: Sequence[int]
-    ) -> MethodOutput:
+    def compress(self, item: MethodItem) -> MethodOutput:
+        request, config, tokens_before = item.request, item.config, item.tokens_before
         budget = token_budget(request, config.rate, tokens_before)
         sources = self._select(request, config, tokens_before)
         summary = self._summarize(request.query, sources, min(budget, config.max_summary_tokens))
         unsupported = unsupported_facts(summary, [d.text for d in request.documents]) if config.guard else []
         if unsupported or not summary:
             reason = f"states {', '.join(unsupported[:5])}, absent from the sources" if unsupported else "came back empty"
-            fallback = self.extractive.compress(request, RecompExtractiveConfig(rate=config.rate), tokens_before)
+            fallback = keep_most_similar(self.hub, request, budget, tokens_before)
             note = f"abstractive summary dropped: it {reason}; extractive sentences returned instead"
-            return MethodOutput(fallback.documents, note)
-        tokens_after = self.hub.count_tokens([summary])[0]
-        documents = tuple(
-            DocumentResult(
-                id=d.id,
-                text=summary if i == 0 else "",
-                kept_spans=(),
-                tokens_before=before,
-                tokens_after=tokens_after if i == 0 else 0,
-                score=0.0,
-                metadata=dict(d.metadata),
-            )
-            for i, (d, before) in enumerate(zip(request.documents, tokens_before))
-        )
+            return MethodOutput(fallback, note)
+        counts = [self.hub.count_tokens([summary])[0]] + [0] * (len(request.documents) - 1)
+        empty = empty_results(request, tokens_before, counts, [0.0] * len(counts))
+        documents = (dataclasses.replace(empty[0], text=summary), *empty[1:])
         note = f"abstractive summary of all {len(documents)} documents, returned as the first document's text"
         return MethodOutput(documents, note)
 
     def _select(self, request: CompressRequest, config: RecompAbstractiveConfig, tokens_before: Sequence[int]) -> str:
         """The most query-similar sentences, at most max_input_tokens, in original order."""
-        limited = dataclasses.replace(request, rate=None, target_tokens=min(config.max_input_tokens, max(sum(tokens_before), 1)))
-        selected = self.extractive.compress(limited, RecompExtractiveConfig(rate=1.0), tokens_before)
-        return "\n\n".join(d.text for d in selected.documents if d.text)
+        limit = min(config.max_input_tokens, max(sum(tokens_before), 1), int(sum(tokens_before)))
+        selected = keep_most_similar(self.hub, request, limit, tokens_before)
+        return "\n\n".join(d.text for d in selected if d.text)
 
     def _summarize(self, query: str, sources: str, budget: int) -> str:
-        llm = self.hub.llm()
+        llm = self.hub.get("downstream_llm")
         words = max(5, int(budget * 0.7))
         user = (
             f"Documents:\n{sources}\n\nQuestion: {query}\n\n"

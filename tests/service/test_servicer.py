@@ -91,7 +91,12 @@ def test_kv_blobs_go_to_the_store_and_come_back_as_keys(hub, tmp_path) -> None:
 
             first = pb_grpc.CompressorStub(channel).Compress(request, timeout=120)
             again = pb_grpc.CompressorStub(channel).Compress(request, timeout=120)
+        from ctxcomp.client import CtxcompClient
+
+        with CtxcompClient(server.address, timeout=120) as client:  # the typed client sees the keys too
+            typed = client.compress("q", [DOCS[0]], rate=0.5, return_kv=True, kv_codec="int4")
     assert len(first.kv_keys) == 1 and first.kv_keys == again.kv_keys and first.kv_bytes == 0
+    assert typed.kv_keys == tuple(first.kv_keys)
     meta = blob.inspect(store.get(first.kv_keys[0]))
     assert meta.codec == "int4" and meta.tokens > 0
 

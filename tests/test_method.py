@@ -4,11 +4,12 @@ import pytest
 
 from ctxcomp import methods
 from ctxcomp.errors import InvalidRequest
+from ctxcomp.method import apply_options, describe_options
 from ctxcomp.methods.llmlingua2 import LLMLingua2Config
 
 
 def test_options_are_coerced_from_json_numbers() -> None:
-    config = methods.apply_options(LLMLingua2Config(), {"max_batch_tokens": 4096.0, "force_tokens": ["\n", "?"]})
+    config = apply_options(LLMLingua2Config(), {"max_batch_tokens": 4096.0, "force_tokens": ["\n", "?"]})
     assert config.max_batch_tokens == 4096 and isinstance(config.max_batch_tokens, int)
     assert config.force_tokens == ("\n", "?")
 
@@ -26,7 +27,7 @@ def test_options_are_coerced_from_json_numbers() -> None:
 )
 def test_bad_options_name_the_field(options: dict, field: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        methods.apply_options(LLMLingua2Config(), options)
+        apply_options(LLMLingua2Config(), options)
     assert caught.value.field == field
 
 
@@ -39,5 +40,5 @@ def test_unknown_method_lists_valid_ones() -> None:
 def test_every_registered_method_describes_its_options() -> None:
     for name in methods.method_names():
         cls = methods.method_class(name)
-        described = methods.describe_options(cls.presets["default"])
+        described = describe_options(cls.presets["default"])
         assert described and all(row["help"] for row in described)

@@ -1,0 +1,187 @@
+"""What a compression method is: one protocol holding everything the pipeline uses.
+
+Each method is one module under ctxcomp/methods/, found by name through the
+registry there. The pipeline talks to a method only through `Method`: its
+members say what it needs (`requires`, `needs_query`), what it returns
+(`output`), how a request's options become its config (`configure`), whether
+it can run here (`check`), and one batched entry point (`compress_many`) whose
+items each carry their own request, config and token counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
+
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.hub import ModelHub
+from ctxcomp.types import CompressRequest, DocumentResult
+
+Output = Literal["text", "vectors"]
+
+
+@dataclass(frozen=True)
+class SelectiveOptions:
+    """Options every method config carries: selective augmentation (RECOMP).
+
+    With `selective`, a request whose documents all score below the relevance
+    threshold returns an empty context and a note saying why, instead of
+    compressed noise. Checked before the method runs (ctxcomp.relevance).
+    """
+
+    selective: bool = field(
+        default=False, metadata={"help": "return an empty context when no document is relevant to the query"}
+    )
+    relevance_threshold: float = field(
+        default=-1.0,
+        metadata={"help": "selective: document relevance below which a request is off-topic (-1 = calibrated)"},
+    )
+
+
+@dataclass(frozen=True)
+class MethodItem:
+    """One request as a method sees it: its own config and its documents' token counts."""
+
+    request: CompressRequest
+    config: Any  # the method's config with this request's options applied
+    tokens_before: tuple[int, ...]  # downstream-LLM tokens per document
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """Per-document results in request order, and a note (e.g. why nothing was kept)."""
+
+    documents: tuple[DocumentResult, ...]
+    note: str = ""
+    soft: Any = None  # ctxcomp.soft.SoftTokens for methods whose output is vectors (xrag, comi)
+
+
+class Method(Protocol):
+    name: str
+    description: str
+    requires: tuple[str, ...]  # model roles
+    needs_query: bool  # refuse requests with an empty query
+    output: Output
+    presets: Mapping[str, Any]  # named configs; "default" is what a request starts from
+
+    def configure(self, options: Mapping[str, Any], prefix: str = "options") -> Any:
+        """The default preset with a request's options applied; InvalidRequest names a bad one."""
+        ...
+
+    def check(self, hub: ModelHub) -> list[str]:
+        """Why this method cannot run here (empty when it can)."""
+        ...
+
+    def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
+        """Compress several requests, each with its own config; results in item order."""
+        ...
+
+
+class MethodBase:
+    """What most methods share: config from the default preset, the model check, and
+    compress_many as one compress per item (methods that batch across requests override it)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]]
+    needs_query: ClassVar[bool]
+    output: ClassVar[Output] = "text"
+    presets: ClassVar[Mapping[str, Any]]
+
+    def __init__(self, hub: ModelHub) -> None:
+        self.hub = hub
+
+    def configure(self, options: Mapping[str, Any], prefix: str = "options") -> Any:
+        return apply_options(self.presets["default"], options, prefix)
+
+    def check(self, hub: ModelHub) -> list[str]:
+        return hub.unavailable(self.requires)
+
+    def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
+        return [self.compress(item) for item in items]
+
+    def compress(self, item: MethodItem) -> MethodOutput:
+        raise NotImplementedError
+
+
+def describe_options(config: Any) -> list[dict[str, str]]:
+    """Name, type, preset (JSON) and help of every field of a method config."""
+    hints = typing.get_type_hints(type(config))
+    return [
+        {
+            "name": f.name,
+            "type": _type_name(hints[f.name]),
+            "default_json": json.dumps(getattr(config, f.name)),
+            "help": f.metadata.get("help", ""),
+        }
+        for f in dataclasses.fields(config)
+    ]
+
+
+def apply_options(config: Any, options: Mapping[str, Any], prefix: str = "options") -> Any:
+    """A copy of a frozen config with request options applied, each checked by type.
+
+    Raises InvalidRequest naming `<prefix>.<name>` for an unknown name or a bad value.
+    """
+    hints = typing.get_type_hints(type(config))
+    known = {f.name for f in dataclasses.fields(config)}
+    changes = {}
+    for name, value in options.items():
+        if name not in known:
+            raise InvalidRequest(f"{prefix}.{name}", f"unknown option; valid options: {', '.join(sorted(known))}")
+        changes[name] = _coerce(f"{prefix}.{name}", hints[name], value)
+    updated = dataclasses.replace(config, **changes)
+    check = getattr(updated, "check", None)
+    if check is not None:
+        try:
+            check()
+        except InvalidRequest as err:  # checks name "options.<name>"; a chain stage nests deeper
+            raise InvalidRequest(err.field.replace("options", prefix, 1), err.message) from None
+    return updated
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(field: str, hint: Any, value: Any) -> Any:
+    """Convert a JSON-ish value (protobuf Struct numbers are floats) to the field's type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(field, inner[0], value)
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            allowed = ", ".join(repr(a) for a in typing.get_args(hint))
+            raise InvalidRequest(field, f"must be one of {allowed}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise InvalidRequest(field, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InvalidRequest(field, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidRequest(field, f"must be an integer, got {value!r}")
+        if float(value) != int(value) or abs(value) > 2**53:
+            raise InvalidRequest(field, f"must be an integer of at most 2**53, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise InvalidRequest(field, f"must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise InvalidRequest(field, f"must be a string, got {value!r}")
+        return value
+    raise InvalidRequest(field, f"cannot be set from a request (type {_type_name(hint)})")

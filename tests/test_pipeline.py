@@ -1,0 +1,66 @@
+"""The request path: plan once, run planned requests together, stage by stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctxcomp import methods
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.pipeline import Compressor, Limits, Plan
+from ctxcomp.types import CompressRequest, Document
+
+TEXT = (
+    "The Vasa was a Swedish warship built between 1626 and 1628. She sank on her maiden voyage in 1628 "
+    "because she was top-heavy: too little ballast for her two gun decks. She was raised in 1961."
+)
+
+
+def request(**kwargs) -> CompressRequest:
+    return CompressRequest("Why did the Vasa sink?", (Document("vasa", TEXT),), **kwargs)
+
+
+def test_plan_resolves_method_config_and_codec(compressor) -> None:
+    plan = compressor.plan(request(method="exit", options={"min_sentences": 2}))
+    assert isinstance(plan, Plan) and plan.name == "exit" and plan.kv_codec == ""
+    assert plan.config.min_sentences == 2 and plan.planned_ms >= 0.0
+
+
+def test_an_empty_method_name_is_the_default_method(compressor) -> None:
+    assert CompressRequest("q", ()).method == ""
+    assert compressor.plan(request()).name == compressor.default_method == methods.DEFAULT_METHOD
+
+
+def test_run_uses_the_plans_it_is_given(compressor) -> None:
+    plans = [compressor.plan(request(method="recomp_extractive", rate=r)) for r in (0.9, 0.3)]
+    loose, tight = compressor.run(plans)
+    assert tight.tokens_after < loose.tokens_after <= loose.tokens_before
+    assert set(loose.timings_ms) >= {"validate", "count", "compress", "join"}
+
+
+def test_methods_of_one_batch_run_once_each_with_their_own_config(compressor) -> None:
+    mixed = [request(method="llmlingua2", rate=0.5), request(method="exit"), request(method="llmlingua2", rate=0.2)]
+    together = compressor.compress_batch(mixed)
+    assert [r.context for r in together] == [compressor.compress(r).context for r in mixed]
+
+
+def test_limits_are_enforced_by_field() -> None:
+    small = Compressor(limits=Limits(max_documents=1))
+    with pytest.raises(InvalidRequest) as err:
+        small.plan(CompressRequest("q", (Document("a", "x"), Document("b", "y"))))
+    assert err.value.field == "documents"
+
+
+def test_describe_methods_reports_what_each_method_lacks(compressor) -> None:
+    rows = {row["name"]: row for row in compressor.describe_methods()}
+    assert set(rows) == set(methods.method_names())
+    assert all(row["unavailable"] == [] for row in rows.values())  # everything ships offline
+    assert {o["name"] for o in rows["llmlingua2"]["options"]} >= {"rate", "selective", "mode"}
+
+
+def test_a_method_missing_its_model_says_why(tmp_path) -> None:
+    from ctxcomp.hub import ModelHub
+
+    missing = Compressor(ModelHub({"xrag_projector": str(tmp_path)}))
+    rows = {row["name"]: row for row in missing.describe_methods()}
+    assert rows["xrag"]["unavailable"] and "xrag_projector" in rows["xrag"]["unavailable"][0]
+    assert rows["llmlingua2"]["unavailable"] == []
