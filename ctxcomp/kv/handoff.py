@@ -9,16 +9,19 @@ from ctxcomp.kv import blob
 from ctxcomp.kv.prefill import PrefillResult, rope_params
 
 
-def kv_transform_for(llm: Any) -> Any:
-    """The "transform" codec's KvTransform for this LLM; NotAvailable when none was calibrated for it."""
-    from ctxcomp import models
+def kv_transform_for(llm: Any, transform: Any = None) -> Any:
+    """The "transform" codec's KvTransform checked against this LLM (default: the shipped one,
+    loaded here; a server passes its hub's, so CTXCOMP_KV_TRANSFORM and hub overrides apply).
+    NotAvailable when it was calibrated for another LLM."""
+    if transform is None:
+        from ctxcomp import models
 
-    transform = models.load_kv_transform()
+        transform = models.load_kv_transform()
     if transform.llm_fingerprint != llm.fingerprint:
         raise NotAvailable(
             f"the KV transform was calibrated for {transform.meta.get('llm_id', '?')} (fingerprint "
             f"{transform.llm_fingerprint[:12]}), not for this LLM ({llm.fingerprint[:12]}); run "
-            "`python -m ctxcomp.models.calibrate_kv_transform` and set CTXCOMP_KV_TRANSFORM"
+            "`python -m ctxcomp.models.training.calibrate_kv_transform` and set CTXCOMP_KV_TRANSFORM"
         )
     return transform
 
@@ -30,8 +33,10 @@ def blob_from_prefill(
     *,
     codec: blob.Codec = "fp16",
     zstd_level: int | None = None,
+    transform: Any = None,
 ) -> bytes:
-    """llm: a ctxcomp.models.LoadedLLM (model, tokenizer, fingerprint)."""
+    """llm: a ctxcomp.models.LoadedLLM (model, tokenizer, fingerprint); transform: codec
+    "transform"'s KvTransform (default: the shipped one)."""
     first = result.keys[0]
     meta = blob.BlobMeta(
         model_fingerprint=llm.fingerprint,
@@ -44,15 +49,17 @@ def blob_from_prefill(
         start_pos=result.start_pos,
         rope_theta=rope_params(llm.model.config).theta,
     )
-    transform = kv_transform_for(llm) if codec == "transform" else None
-    return blob.encode(result.keys, result.values, meta, codec=codec, zstd_level=zstd_level, transform=transform)
+    checked = kv_transform_for(llm, transform) if codec == "transform" else None
+    return blob.encode(result.keys, result.values, meta, codec=codec, zstd_level=zstd_level, transform=checked)
 
 
-def cache_from_blob(data: bytes, llm: Any) -> tuple[Any, blob.BlobMeta]:
+def cache_from_blob(data: bytes, llm: Any, transform: Any = None) -> tuple[Any, blob.BlobMeta]:
     """A DynamicCache for llm from blob bytes; refuses blobs of other models or corrupt ones."""
     from transformers import DynamicCache
 
-    keys, values, meta = blob.decode(data, expect_fingerprint=llm.fingerprint, transform=lambda: kv_transform_for(llm))
+    keys, values, meta = blob.decode(
+        data, expect_fingerprint=llm.fingerprint, transform=lambda: kv_transform_for(llm, transform)
+    )
     cache = DynamicCache()
     for layer in range(meta.layers):
         cache.update(keys[layer].unsqueeze(0), values[layer].unsqueeze(0), layer)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable
+from ctxcomp.hub import ModelHub
 from ctxcomp.kv import blob
 from ctxcomp.kv.handoff import blob_from_prefill, kv_transform_for
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.store import BlobStore, blob_key
 
-CODECS: tuple[str, ...] = typing.get_args(blob.Codec)  # one list of codecs: the blob module's
+CODECS: tuple[str, ...] = tuple(blob.CODECS)  # one list of codecs: the blob module's registry
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class KvBlob:
     data: bytes | None  # None when only the store holds it
 
 
-def check_kv_request(codec: str, model: str, llm: Any) -> str:
+def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
     """The codec to use; InvalidRequest naming kv_codec / kv_model otherwise."""
+    llm = hub.get("downstream_llm")
     codec = codec or "fp16"
     if codec not in CODECS:
         raise InvalidRequest("kv_codec", f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
@@ -35,16 +36,17 @@ def check_kv_request(codec: str, model: str, llm: Any) -> str:
         raise InvalidRequest("kv_model", f"this server computes KV for {llm.path.name} (fingerprint {llm.fingerprint[:12]}), not {model!r}")
     if codec == "transform":
         try:
-            kv_transform_for(llm)
+            kv_transform_for(llm, hub.get("kv_transform"))
         except (NotAvailable, ModelUnavailable) as err:
             raise InvalidRequest("kv_codec", f"codec 'transform' is not available on this server: {err}") from err
     return codec
 
 
-def compute_kv(llm: Any, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3) -> KvBlob:
-    """Prefill `context` (no special tokens) and encode it; reuse a stored blob of the same key."""
+def compute_kv(hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3) -> KvBlob:
+    """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored blob of the same key."""
     import torch
 
+    llm = hub.get("downstream_llm")
     ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
     key = blob_key(llm.fingerprint, ids, codec)
     if store is not None:
@@ -54,7 +56,8 @@ def compute_kv(llm: Any, context: str, codec: str, store: BlobStore | None, zstd
     if not ids:
         raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
     result = prefill(llm.model, torch.tensor([ids]))
-    data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level)  # type: ignore[arg-type]
+    transform = hub.get("kv_transform") if codec == "transform" else None
+    data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level, transform=transform)  # type: ignore[arg-type]
     if store is not None:
         store.put(key, data)
         return KvBlob(key, len(ids), codec, len(data), None)

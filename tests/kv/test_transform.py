@@ -125,25 +125,25 @@ def test_transform_blob_is_refused_without_its_transform(transform) -> None:
         blob.encode(keys, keys, meta, codec="transform")
 
 
-def test_transform_codec_is_refused_for_an_llm_it_was_not_calibrated_for(llm, tmp_path, monkeypatch) -> None:
+def test_transform_codec_is_refused_for_an_llm_it_was_not_calibrated_for(hub, tmp_path) -> None:
+    from ctxcomp.hub import ModelHub
     from ctxcomp.kv.stage import check_kv_request
 
     folder = tmp_path / "kv_transform"
     shutil.copytree(transform_files.TRANSFORM_DIR, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "llm_fingerprint": "another-model"}))
-    monkeypatch.setenv("CTXCOMP_KV_TRANSFORM", str(folder))
+    # The hub's override reaches the codec (it used to be ignored: the KV code loaded the default itself).
     with pytest.raises(InvalidRequest) as err:
-        check_kv_request("transform", "", llm)
+        check_kv_request("transform", "", ModelHub({"kv_transform": str(folder)}))
     assert err.value.field == "kv_codec" and "calibrate_kv_transform" in str(err.value)
-    monkeypatch.delenv("CTXCOMP_KV_TRANSFORM")
-    assert check_kv_request("transform", "", llm) == "transform"
+    assert check_kv_request("transform", "", hub) == "transform"
 
 
 def test_calibration_script_builds_a_working_transform(llm, tmp_path, squad_held_out) -> None:
     out = tmp_path / "calibrated"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # CPU: the plain PyTorch prefill
-    subprocess.run([sys.executable, "-m", "ctxcomp.models.calibrate_kv_transform", "--tiny", "--out", str(out)], check=True, timeout=300, env=env)
+    subprocess.run([sys.executable, "-m", "ctxcomp.models.training.calibrate_kv_transform", "--tiny", "--out", str(out)], check=True, timeout=300, env=env)
     made = transform_files.load(out)
     assert made.llm_fingerprint == llm.fingerprint and made.meta["paragraphs"] == 3
     ids = llm.tokenizer(squad_held_out[0].context, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :64]
