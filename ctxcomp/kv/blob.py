@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import torch
 from safetensors.torch import load as st_load
@@ -61,7 +61,6 @@ class BlobMeta:
     token_ids_sha256: str
     start_pos: int
     rope_theta: float
-    rope_scaling: str = "none"
     k_rope: str = "post"  # K is stored after RoPE at positions start_pos..start_pos+tokens-1
     dtype: str = "float32"  # dtype the tensors are restored to
     codec: str = "fp16"
@@ -108,6 +107,17 @@ def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), dim=-1).flatten(-2)
 
 
+@dataclass(frozen=True)
+class CodecImpl:
+    """One codec: encode K/V [L, H, S, D] to tensors plus the metadata fields it sets, and back.
+
+    Both receive the KvTransform (or a function loading it) when the codec needs one.
+    """
+
+    encode: Callable[[torch.Tensor, torch.Tensor, BlobMeta, Any], tuple[dict[str, torch.Tensor], dict[str, object]]]
+    decode: Callable[[dict[str, torch.Tensor], BlobMeta, Any], tuple[torch.Tensor, torch.Tensor]]
+
+
 def encode(
     keys: Sequence[torch.Tensor],
     values: Sequence[torch.Tensor],
@@ -120,28 +130,20 @@ def encode(
     """keys/values: per layer [1, H_kv, S, D] (or [H_kv, S, D]) -> blob bytes.
 
     codec "transform" needs the model's KvTransform (ctxcomp.models.load_kv_transform()).
+    The fields the codec decides (codec, dtype, key groups, sinks, transform, K's RoPE
+    state, compression) are filled in; a caller's `meta` that sets one of them to a
+    different value is refused, never silently rewritten.
     """
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
     k = torch.stack([t.reshape(t.shape[-3:]) for t in keys]).detach().cpu()  # [L, H, S, D]
     v = torch.stack([t.reshape(t.shape[-3:]) for t in values]).detach().cpu()
     if tuple(k.shape) != (meta.layers, meta.kv_heads, meta.tokens, meta.head_dim) or k.shape != v.shape:
         raise ValueError(f"K {tuple(k.shape)} / V {tuple(v.shape)} do not match the metadata's [L, H, S, D]")
-    fields: dict[str, object] = {"key_group": 0, "sink_tokens": 0, "transform_sha256": "", "quant_step": 0.0}
-    if codec in ("fp16", "bf16"):
-        dtype = torch.float16 if codec == "fp16" else torch.bfloat16
-        tensors = {"k": k.to(dtype).contiguous(), "v": v.to(dtype).contiguous()}
-    elif codec in _QMAX:
-        tensors = _encode_quantized(k, v, meta, codec)
-        fields.update(key_group=KEY_GROUP, sink_tokens=_sinks(meta))
-    elif codec == "transform":
-        if transform is None:
-            raise ValueError("codec 'transform' needs the model's KvTransform (ctxcomp.models.load_kv_transform())")
-        tensors = _encode_transform(k, v, meta, transform)
-        fields.update(sink_tokens=_sinks(meta), transform_sha256=transform.digest, quant_step=transform.step, k_rope="pre")
-    else:
-        raise ValueError(f"unknown codec {codec!r}; valid: fp16, bf16, int8, int4, transform")
-    full = {**asdict(meta), **fields, "codec": codec, "compression": "zstd" if zstd_level is not None else "none",
-            "dtype": str(k.dtype).removeprefix("torch."), "format_version": FORMAT_VERSION}
-    header = {"ctxcomp_kv": json.dumps(full, sort_keys=True), "checksum_sha256": _checksum(tensors)}
+    tensors, fields = CODECS[codec].encode(k, v, meta, transform)
+    fields = {**fields, "codec": codec, "compression": "zstd" if zstd_level is not None else "none",
+              "dtype": str(k.dtype).removeprefix("torch.")}
+    header = {"ctxcomp_kv": json.dumps(_with_codec_fields(meta, fields), sort_keys=True), "checksum_sha256": _checksum(tensors)}
     data = st_save(tensors, metadata=header)
     if zstd_level is None:
         return data
@@ -150,12 +152,40 @@ def encode(
     return ZSTD_MAGIC + zstandard.ZstdCompressor(level=zstd_level).compress(data)
 
 
+def _with_codec_fields(meta: BlobMeta, fields: dict[str, object]) -> dict[str, object]:
+    """The stored metadata: the caller's, plus the codec's fields where the caller left the default."""
+    given, default = asdict(meta), asdict(_DEFAULTS)
+    for name, value in fields.items():
+        if given[name] != default[name] and given[name] != value:
+            raise ValueError(f"metadata field {name}={given[name]!r} contradicts codec {fields['codec']!r} ({value!r})")
+    return {**given, **fields, "format_version": FORMAT_VERSION}
+
+
+def _encode_raw(dtype: torch.dtype) -> Callable[..., tuple[dict[str, torch.Tensor], dict[str, object]]]:
+    def encode_raw(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: Any) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        return {"k": k.to(dtype).contiguous(), "v": v.to(dtype).contiguous()}, {}
+
+    return encode_raw
+
+
+def _decode_raw(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return tensors["k"], tensors["v"]
+
+
 def _sinks(meta: BlobMeta) -> int:
     """Leading tokens a quantized codec stores exactly: the attention sinks of a context at position 0."""
     return min(SINK_TOKENS, meta.tokens) if meta.start_pos == 0 else 0
 
 
-def _encode_quantized(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, codec: str) -> dict[str, torch.Tensor]:
+def _encode_quantized(codec: str) -> Callable[..., tuple[dict[str, torch.Tensor], dict[str, object]]]:
+    def encode_quantized(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: Any) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        tensors = _quantized_tensors(k, v, meta, codec)
+        return tensors, {"key_group": KEY_GROUP, "sink_tokens": _sinks(meta)}
+
+    return encode_quantized
+
+
+def _quantized_tensors(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, codec: str) -> dict[str, torch.Tensor]:
     sinks = _sinks(meta)
     k_sink, v_sink = k[:, :, :sinks].half(), v[:, :, :sinks].half()
     # Their large norms would otherwise set the scales of the tokens around them.
@@ -188,9 +218,13 @@ def _check_transform(transform: KvTransform, meta: BlobMeta) -> None:
         )
 
 
-def _encode_transform(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform) -> dict[str, torch.Tensor]:
+def _encode_transform(
+    k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform | None
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     import numpy as np
 
+    if transform is None:
+        raise ValueError("codec 'transform' needs the model's KvTransform (ctxcomp.models.load_kv_transform())")
     _check_transform(transform, meta)
     sinks = _sinks(meta)
     k_pre = kv_transform.to_pre_rope(k.float(), meta.start_pos, meta.rope_theta)
@@ -198,7 +232,7 @@ def _encode_transform(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transfor
     v_codes = kv_transform.coefficients(v[:, :, sinks:], transform.value_matrix, transform.value_offset, transform.step)
     rows = torch.cat((k_codes, v_codes)).flatten(0, 1).numpy()  # [2 * L * C, S - sinks]
     coded = kv_transform.entropy_encode(rows)
-    return {
+    tensors = {
         "ans_words": torch.from_numpy(coded.words.astype(np.uint32).view(np.int32).copy()),
         "component_scale": torch.from_numpy(coded.scales.copy()),
         "component_family": torch.from_numpy(coded.families.copy()),
@@ -206,6 +240,8 @@ def _encode_transform(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transfor
         "k_sink": k_pre[:, :, :sinks].half().contiguous(),  # before RoPE, like the rest of K
         "v_sink": v[:, :, :sinks].half().contiguous(),
     }
+    fields = {"sink_tokens": sinks, "transform_sha256": transform.digest, "quant_step": transform.step, "k_rope": "pre"}
+    return tensors, fields
 
 
 def _open(blob: bytes) -> tuple[dict[str, torch.Tensor], BlobMeta]:
@@ -249,26 +285,30 @@ def decode(
             f"KV blob: made for model {meta.model_id} (fingerprint {meta.model_fingerprint[:12]}), "
             f"not for this model (fingerprint {expect_fingerprint[:12]})"
         )
+    if meta.codec not in CODECS:
+        raise BlobRefused(f"KV blob: unknown codec {meta.codec!r}; this reader knows {', '.join(CODECS)}")
     dtype = getattr(torch, meta.dtype)
-    if meta.codec in ("fp16", "bf16"):
-        return tensors["k"].to(dtype), tensors["v"].to(dtype), meta
-    if meta.codec == "transform":
-        k, v = _decode_transform(tensors, meta, transform() if callable(transform) else transform)
-        return k.to(dtype), v.to(dtype), meta
+    k, v = CODECS[meta.codec].decode(tensors, meta, transform)
+    return k.to(dtype), v.to(dtype), meta
+
+
+def _decode_quantized(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
     k_codes, v_codes = tensors["k"], tensors["v"]
     if meta.codec == "int4":
         k_codes, v_codes = _unpack_int4(k_codes), _unpack_int4(v_codes)
     scale = tensors["k_scale"].float()  # [L, H, groups, 1, D]
     grouped = k_codes.view(meta.layers, meta.kv_heads, scale.shape[2], meta.key_group, meta.head_dim)
-    k = (grouped.float() * scale).view(meta.layers, meta.kv_heads, -1, meta.head_dim)[:, :, : meta.tokens].to(dtype)
-    v = (v_codes.float() * tensors["v_scale"].float()).to(dtype)
-    k[:, :, : meta.sink_tokens] = tensors["k_sink"].to(dtype)
-    v[:, :, : meta.sink_tokens] = tensors["v_sink"].to(dtype)
-    return k, v, meta
+    k = (grouped.float() * scale).view(meta.layers, meta.kv_heads, -1, meta.head_dim)[:, :, : meta.tokens]
+    v = v_codes.float() * tensors["v_scale"].float()
+    k[:, :, : meta.sink_tokens] = tensors["k_sink"].float()
+    v[:, :, : meta.sink_tokens] = tensors["v_sink"].float()
+    return k, v
 
 
-def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: KvTransform | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
     import numpy as np
+
+    transform = transform() if callable(transform) else transform
 
     if transform is None:
         raise BlobRefused(f"KV blob: codec 'transform' needs KV transform {meta.transform_sha256[:12]}; none was given")
@@ -303,3 +343,13 @@ def _safetensors_metadata(blob: bytes) -> dict[str, str]:
     if size <= 0 or 8 + size > len(blob):
         raise ValueError("truncated safetensors header")
     return json.loads(blob[8 : 8 + size]).get("__metadata__", {})
+
+
+CODECS: dict[str, CodecImpl] = {
+    "fp16": CodecImpl(_encode_raw(torch.float16), _decode_raw),
+    "bf16": CodecImpl(_encode_raw(torch.bfloat16), _decode_raw),
+    "int8": CodecImpl(_encode_quantized("int8"), _decode_quantized),
+    "int4": CodecImpl(_encode_quantized("int4"), _decode_quantized),
+    "transform": CodecImpl(_encode_transform, _decode_transform),
+}
+_DEFAULTS = BlobMeta("", "", 0, 0, 0, 0, "", 0, 0.0)  # what a caller leaves unset
