@@ -23,16 +23,17 @@ import time
 import numpy as np
 import torch
 
-from ctxcomp import wordscore
+from ctxcomp import text, wordscore
 from ctxcomp.hub import ModelHub
-from ctxcomp.methods.llmlingua2 import fit_budget
-from ctxcomp.models import load_llm, squad
+from ctxcomp.selection import fit_budget
+from ctxcomp.models import load_llm
+from ctxcomp.models.training import squad
 
 RATES = {"2x": 0.5, "3x": 1 / 3, "5x": 0.2}
 
 
 @torch.inference_mode()
-def self_information(llm, words: wordscore.Words) -> np.ndarray:
+def self_information(llm, words: text.TextSpans) -> np.ndarray:
     """[W] surprisal (nats) of each word under the LLM, summed over its tokens."""
     tok = llm.tokenizer
     enc = tok(words.text, add_special_tokens=False, return_offsets_mapping=True)
@@ -63,9 +64,9 @@ def main() -> None:
         paragraphs = paragraphs[:limit]
     hub = ModelHub()
     llm = load_llm()
-    words = [wordscore.segment(p.context) for p in paragraphs]
+    words = [text.segment_words(p.context) for p in paragraphs]
     started = time.perf_counter()
-    scorers = {"classifier": wordscore.score_documents(hub.token_classifier(), [w.strings() for w in words])}
+    scorers = {"classifier": wordscore.score_documents(hub.get("token_classifier"), [w.strings() for w in words])}
     classifier_s = time.perf_counter() - started
     started = time.perf_counter()
     scorers["self_information"] = [self_information(llm, w) for w in words]

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ctxcomp.batch import JobConfig, run
-from ctxcomp.models import squad
+from ctxcomp.models.training import squad
 
 
 def write_corpus(path: Path, n: int) -> None:

@@ -29,7 +29,7 @@ from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
 from ctxcomp.kv.prefill import prefill, rope_params
 from ctxcomp.kv.reuse import blend, concatenate
 from transformers import DynamicCache
-from ctxcomp.models import squad
+from ctxcomp.models.training import squad
 
 
 CODECS = ("fp16", "int8", "int4", "transform")

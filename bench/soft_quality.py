@@ -2,7 +2,7 @@
 
     python bench/soft_quality.py [--quick] [--questions 120]
 
-On SQuAD questions of the held-apart articles (models/squad.py), the shipped LLM
+On SQuAD questions of the held-apart articles (models/training/squad.py), the shipped LLM
 (SmolLM2-135M-Instruct, frozen, greedy) answers from the same template,
 "Background: <...>\\nQuestion: q\\nAnswer:", with the background being
   none        the template without a background line
@@ -29,7 +29,7 @@ from ctxcomp import generation
 from ctxcomp.client import build_inputs_embeds
 from ctxcomp.evaluate import exact_and_f1
 from ctxcomp.hub import ModelHub
-from ctxcomp.models import squad
+from ctxcomp.models.training import squad
 from ctxcomp.models.xrag_projector import QA_TEMPLATE
 from ctxcomp.pipeline import Compressor
 from ctxcomp.soft import PLACEHOLDER
@@ -53,7 +53,7 @@ def main() -> None:
     pairs = sample(16 if args.quick else args.questions)
     hub = ModelHub()
     compressor = Compressor(hub)
-    llm = hub.llm()
+    llm = hub.get("downstream_llm")
     started = time.time()
     prompts: dict[str, list] = {name: [] for name in ("none", "xrag", "comi_16x", "comi_32x", "full")}
     slots: dict[str, list[int]] = {name: [] for name in prompts}

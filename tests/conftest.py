@@ -50,6 +50,6 @@ def client(server):
 
 @pytest.fixture(scope="session")
 def squad_held_out():
-    from ctxcomp.models import squad
+    from ctxcomp.models.training import squad
 
     return squad.split_articles(squad.load_paragraphs())[1]

@@ -1,6 +1,6 @@
 """Train the LLMLingua-2 token classifier shipped as models/token_classifier/.
 
-    python -m ctxcomp.models.train_token_classifier [--epochs 3] [--out models/token_classifier]
+    python -m ctxcomp.models.training.train_token_classifier [--epochs 3] [--out models/token_classifier]
 
 Base: the PyPI-shipped all-MiniLM-L6-v2 encoder, frozen. Trained: LoRA factors on
 every linear of its six layers plus a 2-way token-classification head; only these
@@ -9,7 +9,7 @@ are saved (fp16 safetensors, ~1.5 MB), and the registry merges them into the bas
 Labels (see MODEL_CARD.md): a word is "keep" when it overlaps the gold answer
 span of any SQuAD question asked about its paragraph, i.e. the words a reader
 needed to answer what people actually asked. Data: SQuAD v1.1 dev, split by
-article (models/squad.py); the held-out quarter of articles is only evaluated.
+article (models/training/squad.py); the held-out quarter of articles is only evaluated.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import save_file
 
 from ctxcomp import wordscore
-from ctxcomp.models import lora, registry, squad
+from ctxcomp.models import lora, registry
+from ctxcomp.models.training import squad
 from ctxcomp.models.registry import TokenClassifier
 
 SEED = 1234
@@ -124,7 +125,7 @@ def train(args: argparse.Namespace) -> dict:
         "lora_alpha": config.alpha,
         "lora_targets": list(config.targets),
         "labels": "word overlaps a gold answer span of any question on its paragraph",
-        "data": "SQuAD v1.1 dev, split by article (models/squad.py)",
+        "data": "SQuAD v1.1 dev, split by article (models/training/squad.py)",
         "seed": SEED,
         "device": str(device),
         "epochs": args.epochs,

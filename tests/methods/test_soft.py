@@ -33,9 +33,9 @@ def test_xrag_returns_one_vector_per_document(compressor, hub) -> None:
     result = compressor.compress(request("xrag", PARAGRAPH, BREAD))
     soft = result.soft
     assert soft.kind == "xrag"
-    assert soft.vectors.shape == (2, hub.llm().model.config.hidden_size) and soft.vectors.dtype == torch.float32
+    assert soft.vectors.shape == (2, hub.get("downstream_llm").model.config.hidden_size) and soft.vectors.dtype == torch.float32
     assert soft.document_ids == ("d0", "d1")
-    assert soft.model_fingerprint == hub.llm().fingerprint
+    assert soft.model_fingerprint == hub.get("downstream_llm").fingerprint
     assert [d.tokens_after for d in result.documents] == [1, 1] and result.context == ""
     half = compressor.compress(request("xrag", PARAGRAPH, options={"dtype": "float16"})).soft
     assert half.vectors.dtype == torch.float16
@@ -55,7 +55,7 @@ def test_comi_merges_tokens_into_the_budgeted_number_of_slots(compressor, hub) -
     per_doc = {d.id: d.tokens_after / d.tokens_before for d in result.documents}
     assert per_doc["d0"] > per_doc["d1"]
     norms = soft.vectors.norm(dim=1)
-    table = hub.llm().model.get_input_embeddings().weight
+    table = hub.get("downstream_llm").model.get_input_embeddings().weight
     assert 0.5 * table.norm(dim=1).mean() < norms.mean() < 2 * table.norm(dim=1).mean()
 
 
@@ -68,7 +68,7 @@ def test_slot_allocation_follows_mig_and_respects_sizes() -> None:
 
 
 def test_inputs_embeds_splices_vectors_at_the_placeholders(compressor, hub) -> None:
-    llm = hub.llm()
+    llm = hub.get("downstream_llm")
     soft = compressor.compress(request("xrag", PARAGRAPH, BREAD)).soft
     embeds = build_inputs_embeds(llm, "A: <xRAG> B: <xRAG> Question?", soft)
     pieces = soft_tokens.prompt_pieces(llm.tokenizer, "A: <xRAG> B: <xRAG> Question?")
@@ -82,17 +82,17 @@ def test_inputs_embeds_splices_vectors_at_the_placeholders(compressor, hub) -> N
 def test_placeholder_count_mismatch_is_refused(compressor, hub) -> None:
     soft = compressor.compress(request("xrag", PARAGRAPH, BREAD)).soft
     with pytest.raises(SoftTokensRefused, match="1 placeholder"):
-        build_inputs_embeds(hub.llm(), "Background: <xRAG>\nQuestion: who?", soft)
+        build_inputs_embeds(hub.get("downstream_llm"), "Background: <xRAG>\nQuestion: who?", soft)
 
 
 def test_other_models_vectors_are_refused(compressor, hub) -> None:
     soft = compressor.compress(request("xrag", PARAGRAPH)).soft
     foreign = dataclasses.replace(soft, model_fingerprint="0" * 64, model_id="another-llm")
     with pytest.raises(SoftTokensRefused, match="another-llm"):
-        build_inputs_embeds(hub.llm(), "Background: <xRAG>", foreign)
+        build_inputs_embeds(hub.get("downstream_llm"), "Background: <xRAG>", foreign)
     data = soft_tokens.encode(foreign)
     with pytest.raises(SoftTokensRefused, match="made for model another-llm"):
-        soft_tokens.decode(data, expect_fingerprint=hub.llm().fingerprint)
+        soft_tokens.decode(data, expect_fingerprint=hub.get("downstream_llm").fingerprint)
 
 
 def test_corrupt_soft_token_bytes_are_refused(compressor) -> None:
@@ -124,7 +124,8 @@ def test_soft_methods_can_only_end_a_chain(compressor) -> None:
 
 
 def test_tiny_projector_training_runs_and_loads(tmp_path) -> None:
-    from ctxcomp.models import train_xrag_projector, xrag_projector
+    from ctxcomp.models import xrag_projector
+    from ctxcomp.models.training import train_xrag_projector
 
     meta = train_xrag_projector.main(["--tiny", "--out", str(tmp_path / "projector"), "--precision", "fp32"])
     loaded = xrag_projector.load(tmp_path / "projector")

@@ -1,8 +1,10 @@
 """SQuAD v1.1 dev as training and evaluation data, split by article.
 
-The file is ../shared/data/squad_dev_v1.1.json.gz (CC BY-SA 4.0, Rajpurkar et
-al., 2016); CTXCOMP_SQUAD overrides the path. Splitting by article keeps every
-paragraph of an evaluation article unseen in training.
+The file is squad_dev_v1.1.json.gz (CC BY-SA 4.0, Rajpurkar et al., 2016):
+CTXCOMP_SQUAD names it; otherwise it is looked for as shared/data/ beside the
+working directory or one of its parents (a checkout sits next to shared/). No
+path is derived from where the package is installed. Splitting by article
+keeps every paragraph of an evaluation article unseen in training.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad_dev_v1.1.json.gz"
+FILE_NAME = "squad_dev_v1.1.json.gz"
 HELD_OUT_SHARE = 0.25
 SPLIT_SEED = 13
 
@@ -36,10 +38,17 @@ class Paragraph:
 
 
 def squad_path() -> Path:
-    path = Path(os.environ.get("CTXCOMP_SQUAD", DEFAULT_PATH))
-    if not path.exists():
-        raise FileNotFoundError(f"SQuAD dev not found at {path}; set CTXCOMP_SQUAD to squad_dev_v1.1.json(.gz)")
-    return path
+    if "CTXCOMP_SQUAD" in os.environ:
+        path = Path(os.environ["CTXCOMP_SQUAD"]).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"SQuAD dev not found at CTXCOMP_SQUAD={path}")
+        return path
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "shared" / "data" / FILE_NAME).exists():
+            return folder / "shared" / "data" / FILE_NAME
+    raise FileNotFoundError(f"SQuAD dev ({FILE_NAME}) not found under shared/data/ beside {here} or its parents; "
+                            "set CTXCOMP_SQUAD to squad_dev_v1.1.json(.gz)")
 
 
 def load_paragraphs(path: Path | None = None) -> list[Paragraph]:

@@ -91,13 +91,13 @@ def test_word_labels_match_the_decision(compressor) -> None:
 
 
 def test_long_document_is_chunked_not_truncated(compressor, hub) -> None:
-    from ctxcomp import wordscore
+    from ctxcomp import text, wordscore
 
     long_text = " ".join([PARAGRAPH] * 12)  # ~1,000 encoder tokens
     result = compressor.compress(request(long_text, rate=1.0))
     assert result.documents[0].text == long_text
-    classifier = hub.token_classifier()
-    words = wordscore.segment(long_text).strings()
+    classifier = hub.get("token_classifier")
+    words = text.segment_words(long_text).strings()
     chunks = wordscore.chunk_words(classifier.tokenizer, words, 0, classifier.max_length)
     assert len(chunks) >= 2
     assert all(len(c.input_ids) <= classifier.max_length for c in chunks)
@@ -108,12 +108,12 @@ def test_long_document_is_chunked_not_truncated(compressor, hub) -> None:
 
 def test_trained_classifier_prefers_answer_words(hub, squad_held_out) -> None:
     """On held-out articles, gold-answer words score higher than the rest (a random head would not)."""
-    from ctxcomp import wordscore
-    from ctxcomp.models.train_token_classifier import word_labels
+    from ctxcomp import text, wordscore
+    from ctxcomp.models.training.train_token_classifier import word_labels
 
     paragraphs = squad_held_out[:40]
-    words = [wordscore.segment(p.context) for p in paragraphs]
-    scores = wordscore.score_documents(hub.token_classifier(), [w.strings() for w in words])
+    words = [text.segment_words(p.context) for p in paragraphs]
+    scores = wordscore.score_documents(hub.get("token_classifier"), [w.strings() for w in words])
     labels = np.concatenate([word_labels(p, w) for p, w in zip(paragraphs, words)]).astype(bool)
     flat = np.concatenate(scores)
     assert flat[labels].mean() > flat[~labels].mean() + 0.15
@@ -141,13 +141,13 @@ Read [the deployment guide](https://docs.example.com/deploy#grpc) or https://exa
 
 @pytest.mark.parametrize("rate", [0.2, 0.4, 0.6])
 def test_structure_is_kept_or_dropped_whole(compressor, rate) -> None:
-    from ctxcomp import wordscore
+    from ctxcomp import text, wordscore
 
     result = compressor.compress(request(STRUCTURED, rate=rate, return_word_labels=True))
     doc = result.documents[0]
     kept = {(w.start, w.end): w.kept for w in doc.word_labels}
-    words = wordscore.segment(STRUCTURED)
-    for start, end in wordscore.structure_spans(STRUCTURED):
+    words = text.segment_words(STRUCTURED)
+    for start, end in text.structure_spans(STRUCTURED):
         inside = {kept[(s, e)] for s, e in zip(words.starts.tolist(), words.ends.tolist()) if start <= s < end}
         assert len(inside) == 1, f"cut inside {STRUCTURED[start:end]!r}"
         assert (STRUCTURED[start:end] in doc.text) == inside.pop()
@@ -157,9 +157,9 @@ def test_structure_is_kept_or_dropped_whole(compressor, rate) -> None:
 
 
 def test_structure_spans_cover_code_json_links_and_lists() -> None:
-    from ctxcomp import wordscore
+    from ctxcomp import text, wordscore
 
-    found = [STRUCTURED[s:e] for s, e in wordscore.structure_spans(STRUCTURED)]
+    found = [STRUCTURED[s:e] for s, e in text.structure_spans(STRUCTURED)]
     assert found[0].startswith("```bash") and found[0].endswith("```")
     assert '{"query": "capital of France", "rate": 0.33, "documents": [{"id": "a"}]}' in found
     assert "[the deployment guide](https://docs.example.com/deploy#grpc)" in found

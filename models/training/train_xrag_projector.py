@@ -1,6 +1,6 @@
 """Train the xRAG projector shipped as models/xrag_projector/.
 
-    python -m ctxcomp.models.train_xrag_projector [--paraphrase-steps 150] [--qa-steps 450]
+    python -m ctxcomp.models.training.train_xrag_projector [--paraphrase-steps 150] [--qa-steps 450]
 
 Encoder (all-MiniLM-L6-v2) and LLM (SmolLM2-135M-Instruct) stay frozen; the
 loss is the LLM's next-token loss on the target, and only the projector gets
@@ -10,7 +10,7 @@ gradients (through the LLM's input embeddings).
     --paraphrase-tokens tokens back;
   stage 2, QA tuning: from "Background: <xRAG>\\nQuestion: q\\nAnswer:" it must
     write the gold answer.
-Data: SQuAD v1.1 dev training articles (models/squad.py). The default run
+Data: SQuAD v1.1 dev training articles (models/training/squad.py). The default run
 takes ~25 minutes on 2 CPU cores (bf16 autocast on CPUs that have it); the
 tests run a tiny configuration (--tiny) in seconds.
 """
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctxcomp.models import registry, squad, xrag_projector
+from ctxcomp.models import registry, xrag_projector
+from ctxcomp.models.training import squad
 from ctxcomp.models.xrag_projector import PARAPHRASE_TEMPLATE, QA_TEMPLATE, Projector
 from ctxcomp.soft import prompt_pieces, splice
 
@@ -131,7 +132,7 @@ def train(args: argparse.Namespace) -> dict:
         "llm_dim": int(llm.model.config.hidden_size),
         "hidden": args.hidden,
         "templates": {"paraphrase": PARAPHRASE_TEMPLATE, "qa": QA_TEMPLATE},
-        "data": "SQuAD v1.1 dev training articles (models/squad.py)",
+        "data": "SQuAD v1.1 dev training articles (models/training/squad.py)",
         "train_paragraphs": len(train_paras),
         "stage1": {"steps": args.paraphrase_steps, "target_tokens": args.paraphrase_tokens,
                    "loss_first": round(float(np.mean(stage1[:10])), 4) if stage1 else None,

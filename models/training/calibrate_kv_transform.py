@@ -1,6 +1,6 @@
 """Calibrate the KV transform of the "transform" codec for the downstream LLM.
 
-    python -m ctxcomp.models.calibrate_kv_transform [--tiny] [--out FOLDER]
+    python -m ctxcomp.models.training.calibrate_kv_transform [--tiny] [--out FOLDER]
 
 On SQuAD training articles (never the held-out ones the benches use):
 1. prefill each paragraph; keep every layer's keys (before RoPE) and values,
@@ -29,7 +29,8 @@ import torch
 from ctxcomp import models
 from ctxcomp.kv.prefill import prefill, rope_params
 from ctxcomp.kv.transform import heads_together, to_post_rope, to_pre_rope
-from ctxcomp.models import kv_transform, squad
+from ctxcomp.models import kv_transform
+from ctxcomp.models.training import squad
 
 SINK_TOKENS = 4  # kept exactly by the codec, so left out of the statistics
 DEFAULT_STEP = 8e-4  # 4.1x smaller than fp16 on ~150-token SQuAD paragraphs, 99.5% top-1 on 200 held-out questions
