@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 from ctxcomp.errors import NotAvailable
@@ -9,14 +10,21 @@ from ctxcomp.kv import blob
 from ctxcomp.kv.prefill import PrefillResult, rope_params
 
 
+@functools.lru_cache(maxsize=1)
+def default_kv_transform() -> Any:
+    """The shipped (or CTXCOMP_KV_TRANSFORM) transform for library calls without a hub, loaded
+    once: its inverse matrices are computed on first use and are costly to redo per blob."""
+    from ctxcomp import models
+
+    return models.load_kv_transform()
+
+
 def kv_transform_for(llm: Any, transform: Any = None) -> Any:
     """The "transform" codec's KvTransform checked against this LLM (default: the shipped one,
     loaded here; a server passes its hub's, so CTXCOMP_KV_TRANSFORM and hub overrides apply).
     NotAvailable when it was calibrated for another LLM."""
     if transform is None:
-        from ctxcomp import models
-
-        transform = models.load_kv_transform()
+        transform = default_kv_transform()
     if transform.llm_fingerprint != llm.fingerprint:
         raise NotAvailable(
             f"the KV transform was calibrated for {transform.meta.get('llm_id', '?')} (fingerprint "
