@@ -1,0 +1,166 @@
+"""Bad input, limits, auth, TLS, deadlines and shutdown against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
+from ctxcomp.service.server import BackgroundServer, ServerConfig
+from ctxcomp.types import Document
+from ctxcomp.v1 import ctxcomp_pb2 as pb
+
+TEXT = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris, France."
+FIELD_PATHS = ("query", "documents", "method", "rate", "target_tokens", "options", "target", "request", "return_kv")
+
+
+def test_auth_required_when_configured(compressor) -> None:
+    with BackgroundServer(compressor, ServerConfig(port=0, auth_token="s3cret")) as server:
+        for token, code in [(None, grpc.StatusCode.UNAUTHENTICATED), ("wrong", grpc.StatusCode.UNAUTHENTICATED)]:
+            with CtxcompClient(server.address, token=token) as client, pytest.raises(grpc.RpcError) as caught:
+                client.compress("q", [TEXT], rate=0.5)
+            assert caught.value.code() == code
+        with CtxcompClient(server.address, token="s3cret") as client:
+            assert client.compress("q", [TEXT], rate=0.5).tokens_after > 0
+        with CtxcompClient(server.address) as client:
+            assert client.health() == "SERVING"  # probes need no token
+
+
+def test_tls_round_trip(compressor, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    config = ServerConfig(host="localhost", port=0, tls_cert_file=str(cert), tls_key_file=str(key), auth_token="t")
+    with BackgroundServer(compressor, config) as server:
+        with CtxcompClient(f"localhost:{server.server.port}", root_certificates=cert.read_bytes(), token="t") as client:
+            assert client.compress("q", [TEXT], rate=0.5).documents[0].text
+        with CtxcompClient(f"localhost:{server.server.port}", timeout=5) as plain, pytest.raises(grpc.RpcError):
+            plain.compress("q", [TEXT], rate=0.5)
+
+
+def test_invalid_utf8_names_the_field(server) -> None:
+    good = pb.CompressRequest(documents=[pb.Document(id="a", text="fine"), pb.Document(id="b", text="XYZ")], rate=0.5)
+    raw = good.SerializeToString().replace(b"XYZ", b"X\xffZ")
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary("/ctxcomp.v1.Compressor/Compress")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(raw, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "documents[1].text: not valid UTF-8"
+
+
+def test_oversize_request_is_refused_with_the_limit(server, compressor) -> None:
+    limit = compressor.limits.max_message_bytes
+    with CtxcompClient(server.address, max_message_bytes=200 * 1024 * 1024) as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.compress("q", [Document("big", "x" * (100 * 1024 * 1024))])
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert str(limit) in caught.value.details()
+        assert client.compress("q", [TEXT], rate=0.5).tokens_after > 0  # the server is fine
+
+
+def test_expired_deadline_is_deadline_exceeded(server) -> None:
+    with CtxcompClient(server.address, timeout=0.001) as hurried:
+        with pytest.raises(grpc.RpcError) as caught:
+            hurried.compress("q", [TEXT * 200], rate=0.5)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file), "--grace", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        address = f"127.0.0.1:{port_file.read_text()}"
+
+        async def load() -> list:
+            client = AsyncCtxcompClient(address, timeout=60)
+            try:
+                calls = [asyncio.ensure_future(client.compress("q", [f"{i} {TEXT * 30}"], rate=0.4)) for i in range(16)]
+                await asyncio.sleep(0.5)  # all sent and accepted; most still queued behind the model
+                proc.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*calls, return_exceptions=True)
+            finally:
+                await client.close()
+
+        outcomes = asyncio.run(load())
+        assert all(not isinstance(o, Exception) for o in outcomes), [o for o in outcomes if isinstance(o, Exception)][:1]
+        assert proc.wait(timeout=40) == 0
+        log = proc.stdout.read()
+        assert "draining" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers(-(2**40), 2**40) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+documents = st.lists(
+    st.builds(
+        lambda i, t, m: pb.Document(id=i, text=t, metadata=m),
+        st.text(max_size=6),
+        st.text(max_size=200),
+        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+    ),
+    max_size=5,
+)
+
+
+@st.composite
+def compress_requests(draw) -> pb.CompressRequest:
+    request = pb.CompressRequest(
+        query=draw(st.text(max_size=50)),
+        documents=draw(documents),
+        method=draw(st.sampled_from(["", "cascade", "llmlingua2", "nope", "LLMLINGUA2"])),
+        return_word_labels=draw(st.booleans()),
+        return_kv=draw(st.booleans()),
+    )
+    target = draw(st.sampled_from(["none", "rate", "tokens"]))
+    if target == "rate":
+        request.rate = draw(st.floats(allow_nan=True, allow_infinity=True))
+    elif target == "tokens":
+        request.target_tokens = draw(st.integers(-(2**62), 2**62))
+    options = draw(st.dictionaries(
+        st.sampled_from(["rate", "mode", "force_tokens", "precision", "max_batch_tokens", "query_weight", "zzz"]),
+        json_values, max_size=3,
+    ))
+    try:
+        request.options.update(options)
+    except (ValueError, TypeError):
+        pass
+    return request
+
+
+@settings(max_examples=int(os.environ.get("CTXCOMP_FUZZ_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(request=compress_requests())
+def test_fuzzed_requests_never_fail_internally(client, request) -> None:
+    try:
+        client.stub.Compress(request, timeout=60)
+    except grpc.RpcError as error:
+        assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED), error.details()
+        field = error.details().split(":", 1)[0]
+        assert field.startswith(FIELD_PATHS), error.details()
