@@ -1,55 +1,163 @@
-"""Selective augmentation: judge whether any document is relevant to the query at all.
+"""Query-aware relevance: one cross-encoder pass scores documents, sentences and words.
 
-RECOMP returns an empty summary when nothing in the retrieved documents helps,
-so the downstream LLM answers from its own knowledge instead of from noise.
-Every method can do the same (its config's `selective` option): before the
-method runs, each document is scored by its sentence closest to the query
-(cosine under the sentence encoder), and if no document reaches the threshold
-(calibrated on SQuAD training articles, models/sentence_classifier/config.json)
-the request comes back empty with a note giving the scores.
+Every relevance judgement of the service goes through here: the coarse-to-fine
+method, EXIT's sentence decisions, LLMLingua-2's query-aware word scores,
+MIG's relevance term, the selective-augmentation gate and each document's
+reported score. Stages: segment (words, spaCy sentences) -> windows (query +
+at most `window` encoder tokens of one document, cut at sentence starts) ->
+encode (windows of all documents of all requests together, length-sorted,
+dynamically padded) -> gather (a document's relevance is its best window's; a
+sentence's logit pools its tokens; a word's is its sub-tokens' mean).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from ctxcomp import sentences as sentence_split
+from ctxcomp import windows as win
+from ctxcomp.batching import batches_by_length
 from ctxcomp.hub import ModelHub
-from ctxcomp.methods import MethodOutput
-from ctxcomp.types import CompressRequest, DocumentResult
+from ctxcomp.method import MethodOutput
+from ctxcomp.selection import empty_results
+from ctxcomp.text import TextSpans, segment_words, sentence_of_word, split_sentences
+from ctxcomp.types import CompressRequest
+
+MAX_BATCH_TOKENS = 4096  # padded encoder tokens per forward
+
+
+@dataclass(frozen=True)
+class DocumentScores:
+    """One document's units and their relevance to the request's query (logits)."""
+
+    words: TextSpans
+    sentences: TextSpans
+    sentence_of_word: np.ndarray  # [W] int64
+    relevance: float  # document head, best window
+    sentence_logits: np.ndarray  # [S]
+    word_logits: np.ndarray  # [W]
+
+    @property
+    def probability(self) -> float:
+        return float(1.0 / (1.0 + np.exp(-self.relevance)))
+
+
+@dataclass
+class _Segmented:
+    words: TextSpans
+    sentences: TextSpans
+    owner: np.ndarray  # [W] sentence of each word
+    windows: list[win.Window]
+
+
+def score(hub: ModelHub, requests: Sequence[CompressRequest]) -> list[tuple[DocumentScores, ...]]:
+    """Per request, per document (request order): relevance of documents, sentences and words."""
+    scorer = hub.get("relevance")
+    texts = [d.text for r in requests for d in r.documents]
+    segmented = segment(hub, scorer, requests, texts)
+    windows = [w for s in segmented for w in s.windows]
+    doc_logits, sent_logits, word_logits = encode(scorer, segmented, windows)
+    flat = [
+        DocumentScores(s.words, s.sentences, s.owner, float(doc_logits[d]), sent_logits[d], word_logits[d])
+        for d, s in enumerate(segmented)
+    ]
+    bounds = np.cumsum([0] + [len(r.documents) for r in requests])
+    return [tuple(flat[bounds[i] : bounds[i + 1]]) for i in range(len(requests))]
+
+
+def segment(hub: ModelHub, scorer: Any, requests: Sequence[CompressRequest], texts: Sequence[str]) -> list[_Segmented]:
+    """Words, sentences and windows of every document of every request (one spaCy pass)."""
+    tokenizer = scorer.tokenizer
+    sentences = split_sentences(hub.get("spacy"), texts)
+    queries = [win.query_ids(tokenizer, r.query, scorer.max_length) for r in requests for _ in r.documents]
+    out = []
+    for d, (text, sents, query) in enumerate(zip(texts, sentences, queries)):
+        words = segment_words(text)
+        owner = sentence_of_word(words, sents)
+        ids = win.word_ids(tokenizer, words.strings())
+        out.append(_Segmented(words, sents, owner, win.document_windows(tokenizer, query, ids, owner, d, scorer.max_length)))
+    return out
+
+
+@torch.inference_mode()
+def encode(scorer: Any, segmented: Sequence[_Segmented], windows: Sequence[win.Window]) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """([D] document logits, per document [S_d] sentence logits, per document [W_d] word logits)."""
+    model, pad_id = scorer.model, scorer.tokenizer.pad_token_id
+    sentence_base = np.cumsum([0] + [max(len(s.sentences), 1) for s in segmented])
+    word_base = np.cumsum([0] + [len(s.words) for s in segmented])
+    documents = torch.full((len(segmented),), -torch.inf)
+    sentences = torch.full((int(sentence_base[-1]),), -torch.inf)
+    word_sums, word_counts = torch.zeros(int(word_base[-1])), torch.zeros(int(word_base[-1]))
+    for batch in batches_by_length([len(w.input_ids) for w in windows], MAX_BATCH_TOKENS):
+        members = [windows[i] for i in batch]
+        padded = win.pad_windows(members, pad_id)
+        out = model(padded.input_ids, padded.attention_mask, padded.token_type_ids)
+        doc = torch.tensor([w.doc for w in members])
+        documents.scatter_reduce_(0, doc, out.document.float(), "amax")
+        owner = padded.word_of_token  # [B, T], -1 outside the document part
+        valid = owner >= 0
+        global_word = (owner + torch.from_numpy(word_base[doc.numpy()]).unsqueeze(1))[valid]
+        word_sums.index_add_(0, global_word, out.token.float()[valid])
+        word_counts.index_add_(0, global_word, torch.ones_like(global_word, dtype=torch.float))
+        local_sentence = _sentence_ids(members, segmented, owner, sentence_base)
+        present, local = torch.unique(local_sentence[valid], return_inverse=True)
+        ids = torch.full_like(owner, -1)
+        ids[valid] = local
+        logits = model.sentence_logits(out, ids, len(present)).float()
+        sentences.scatter_reduce_(0, present, logits, "amax")
+    words = (word_sums / word_counts.clamp(min=1)).numpy()
+    return (
+        documents.numpy(),
+        [sentences[sentence_base[d] : sentence_base[d] + len(s.sentences)].numpy() for d, s in enumerate(segmented)],
+        [words[word_base[d] : word_base[d + 1]] for d in range(len(segmented))],
+    )
+
+
+def _sentence_ids(
+    members: Sequence[win.Window], segmented: Sequence[_Segmented], owner: torch.Tensor, base: np.ndarray
+) -> torch.Tensor:
+    """[B, T] batch-wide sentence id of each document token (meaningless where owner < 0).
+
+    base: [D + 1] first sentence id of each document."""
+    rows = []
+    for row, window in enumerate(members):
+        sentence_of = torch.from_numpy(segmented[window.doc].owner + base[window.doc])
+        rows.append(sentence_of[owner[row].clamp(min=0)] if len(sentence_of) else torch.zeros_like(owner[row]))
+    return torch.stack(rows)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+
+
+# --- selective augmentation -------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Verdict:
     relevant: bool
-    document_scores: np.ndarray  # [D] best query-sentence cosine per document
+    document_scores: np.ndarray  # [D] document relevance (probability)
     threshold: float
 
 
 def judge(hub: ModelHub, request: CompressRequest, threshold: float = -1.0) -> Verdict:
-    """Score each document by its most query-relevant sentence; threshold < 0 = calibrated."""
-    classifier = hub.sentence_classifier()
+    """Is any document relevant to the query? threshold < 0 = the model's calibrated one."""
     if threshold < 0:
-        threshold = classifier.relevance_threshold
-    split = sentence_split.split(hub.spacy(), [d.text for d in request.documents])
-    scores = classifier.best_similarity(request.query, [s.strings() for s in split])
+        threshold = float(hub.get("relevance").meta["document_threshold"])
+    scores = np.asarray([d.probability for d in score(hub, [request])[0]])
     return Verdict(bool((scores > threshold).any()), scores, threshold)
 
 
-def empty_output(request: CompressRequest, verdict: Verdict, tokens_before: list[int] | tuple[int, ...]) -> MethodOutput:
+def empty_output(request: CompressRequest, verdict: Verdict, tokens_before: Sequence[int]) -> MethodOutput:
     """Every document dropped, with the reason in the note and each document's score."""
-    documents = tuple(
-        DocumentResult(
-            id=d.id, text="", kept_spans=(), tokens_before=before, tokens_after=0, score=float(score),
-            metadata=dict(d.metadata),
-        )
-        for d, before, score in zip(request.documents, tokens_before, verdict.document_scores)
-    )
+    zeros = [0] * len(request.documents)
+    documents = empty_results(request, tokens_before, zeros, verdict.document_scores.tolist())
     best = float(verdict.document_scores.max()) if len(verdict.document_scores) else 0.0
     note = (
         f"selective augmentation: no document is relevant to the query "
-        f"(best sentence score {best:.3f} <= threshold {verdict.threshold:.3f}); context left empty"
+        f"(best document relevance {best:.3f} <= threshold {verdict.threshold:.3f}); context left empty"
     )
     return MethodOutput(documents, note)

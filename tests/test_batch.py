@@ -41,8 +41,8 @@ def read_output(folder: Path):
 def test_killed_run_resumes_without_duplicates(tmp_path) -> None:
     corpus = write_corpus(tmp_path / "corpus.jsonl", 2000)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "ctxcomp.cli", "batch", str(corpus), str(out), "--rate", "0.5",
-               "--batch-size", "50", "--no-progress"]
+    command = [sys.executable, "-m", "ctxcomp.cli", "batch", str(corpus), str(out), "--method", "llmlingua2",
+               "--rate", "0.5", "--batch-size", "50", "--no-progress"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while len(list(out.glob("part-*.parquet"))) < 4:

@@ -43,7 +43,7 @@ def test_demo_serves_and_prints_a_compressed_context() -> None:
     done = run_cli("demo")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "server health: SERVING" in done.stdout
-    assert "# method=llmlingua2 tokens" in done.stdout
+    assert "# method=cascade tokens" in done.stdout
     assert "Vasa" in done.stdout
 
 

@@ -1,12 +1,12 @@
 """EXIT: context-aware extractive compression (Hwang et al., 2024).
 
-Stages: split (spaCy sentences) -> classify (every sentence of the request in
-one batched pass, each seen with its neighbours and document) -> keep the
-sentences whose probability exceeds the threshold (adaptive: how many follows
-the scores) -> optional token budget on top -> render in original order.
-EXIT's reference code runs one classifier forward per sentence; here the
-encoder embeds all sentences of a request in one batch and the head scores all
-rows at once.
+Stages: classify (the relevance model's sentence head: each sentence is read
+inside its document window, next to the query, as EXIT's classifier reads it)
+-> keep the sentences whose probability exceeds the threshold (adaptive: how
+many follows the scores) -> optional token budget on top -> render in original
+order. EXIT's reference code runs one classifier forward per sentence; here one
+cross-encoder pass over each document window scores all its sentences, and the
+windows of all requests of a batch share the encoder batches.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ctxcomp import sentences as sentence_split
+from ctxcomp import relevance
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
-from ctxcomp.methods import MethodOutput, SelectiveOptions, token_budget
-from ctxcomp.types import CompressRequest
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.selection import keep_sentences, token_budget
+from ctxcomp.types import DocumentResult
 
 
 @dataclass(frozen=True)
@@ -44,34 +45,32 @@ class ExitConfig(SelectiveOptions):
             raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
 
 
-PRESETS = {
-    "default": ExitConfig(),
-    "strict": ExitConfig(threshold=0.5),
-}
-
-
-class Exit:
+class Exit(MethodBase):
     name: ClassVar[str] = "exit"
     description: ClassVar[str] = (
         "context-aware sentence classification (EXIT): keeps the sentences useful for the query, adaptive count"
     )
-    config_type: ClassVar[type] = ExitConfig
-    requires: ClassVar[tuple[str, ...]] = ("sentence_classifier", "spacy", "downstream_llm")
+    requires: ClassVar[tuple[str, ...]] = ("relevance", "spacy", "downstream_llm")
     needs_query: ClassVar[bool] = True
-    presets: ClassVar[dict[str, ExitConfig]] = PRESETS
+    presets: ClassVar[dict[str, ExitConfig]] = {"default": ExitConfig()}
 
-    def __init__(self, hub: ModelHub) -> None:
-        self.hub = hub
+    def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
+        scored = relevance.score(self.hub, [item.request for item in items])
+        calibrated = float(self.hub.get("relevance").meta["sentence_threshold"])
+        return [MethodOutput(keep_useful(self.hub, item, scores, calibrated)) for item, scores in zip(items, scored)]
 
-    def compress(self, request: CompressRequest, config: ExitConfig, tokens_before: Sequence[int]) -> MethodOutput:
-        split = sentence_split.split(self.hub.spacy(), [d.text for d in request.documents])
-        classifier = self.hub.sentence_classifier()
-        probs = classifier.probabilities(request.query, [s.strings() for s in split])
-        threshold = classifier.threshold if config.threshold < 0 else config.threshold
-        priority = adaptive_priority(probs, threshold, config.min_sentences)
-        budget = token_budget(request, config.rate, tokens_before)
-        documents = sentence_split.keep_sentences(self.hub, request, split, priority, budget, tokens_before, probs)
-        return MethodOutput(documents)
+
+def keep_useful(
+    hub: ModelHub, item: MethodItem, scores: Sequence[relevance.DocumentScores], calibrated: float
+) -> tuple[DocumentResult, ...]:
+    """The sentences the head finds useful (at least min_sentences), within the token cap;
+    each document reports its relevance as its score."""
+    config: ExitConfig = item.config
+    probs = [relevance.sigmoid(d.sentence_logits) for d in scores]
+    priority = adaptive_priority(probs, calibrated if config.threshold < 0 else config.threshold, config.min_sentences)
+    budget = token_budget(item.request, config.rate, item.tokens_before)
+    document_scores = [np.asarray([d.probability]) for d in scores]
+    return keep_sentences(hub, item.request, [d.sentences for d in scores], priority, budget, item.tokens_before, document_scores)
 
 
 def adaptive_priority(probs: Sequence[np.ndarray], threshold: float, min_sentences: int) -> list[np.ndarray]:

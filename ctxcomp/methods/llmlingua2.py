@@ -10,19 +10,18 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 
-from ctxcomp import wordscore
+from ctxcomp import relevance, text, wordscore
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.hub import ModelHub
-from ctxcomp.methods import MethodOutput, SelectiveOptions, token_budget
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
 from ctxcomp.methods import llmlingua2_compat as compat
-from ctxcomp.types import CompressRequest, DocumentResult, Span, WordLabel
+from ctxcomp.selection import Selection, document_results, fit_budget, render, token_budget
+from ctxcomp.types import CompressRequest, WordLabel
 
 _DIGIT = re.compile(r"\d")
-_MAX_FIT_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,14 @@ class LLMLingua2Config(SelectiveOptions):
             "package's decisions (encoder words, per-chunk percentile threshold)"
         },
     )
+    query_aware: bool = field(
+        default=True,
+        metadata={"help": "budget mode with a query: score words by the relevance model's query-aware token head "
+                          "(false, or no query: the query-agnostic token classifier)"},
+    )
     query_weight: float = field(
         default=0.0,
-        metadata={"help": "budget mode: add this times the query-sentence similarity to each word's score (0 = off)"},
+        metadata={"help": "budget mode with a query: add this times the relevance of the word's sentence (0 = off)"},
     )
     coarse_rate: float = field(
         default=1.0,
@@ -73,13 +77,6 @@ class LLMLingua2Config(SelectiveOptions):
             raise InvalidRequest("options.query_weight", f"must be in [0, 10], got {self.query_weight}")
 
 
-PRESETS: dict[str, LLMLingua2Config] = {
-    "default": LLMLingua2Config(),
-    "light": LLMLingua2Config(rate=0.5),
-    "aggressive": LLMLingua2Config(rate=0.2),
-}
-
-
 @dataclass
 class _Prepared:
     """One request after segmentation, waiting for its word scores."""
@@ -87,50 +84,56 @@ class _Prepared:
     request: CompressRequest
     config: LLMLingua2Config
     tokens_before: Sequence[int]
-    words: list[wordscore.Words]
-    chunks: list[wordscore.Chunk]  # doc indices local to the request
+    words: list[text.TextSpans]
+    chunks: list[wordscore.Chunk]  # doc indices local to the request (none when query-aware)
     encoded: list[compat.EncodedDocument] | None = None  # compat mode only
+    relevance: tuple[relevance.DocumentScores, ...] | None = None  # query-aware only
+
+    @property
+    def query_aware(self) -> bool:
+        return self.config.mode == "budget" and self.config.query_aware and bool(self.request.query.strip())
 
     @property
     def scoring_key(self) -> tuple[str, str, int]:
         return (self.config.precision, self.config.aggregation, self.config.max_batch_tokens)
 
 
-class LLMLingua2:
+class LLMLingua2(MethodBase):
     name: ClassVar[str] = "llmlingua2"
     description: ClassVar[str] = "extractive token classification (LLMLingua-2), one LLM-token budget over all documents"
-    config_type: ClassVar[type] = LLMLingua2Config
-    requires: ClassVar[tuple[str, ...]] = ("token_classifier", "downstream_llm")
-    needs_query: ClassVar[bool] = False  # query-agnostic, like LLMLingua-2
-    presets: ClassVar[dict[str, LLMLingua2Config]] = PRESETS
+    requires: ClassVar[tuple[str, ...]] = ("token_classifier", "relevance", "spacy", "downstream_llm")
+    needs_query: ClassVar[bool] = False  # without a query it is query-agnostic, like LLMLingua-2
+    presets: ClassVar[dict[str, LLMLingua2Config]] = {"default": LLMLingua2Config()}
 
-    def __init__(self, hub: ModelHub) -> None:
-        self.hub = hub
-
-    def compress(self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]) -> MethodOutput:
-        return self.compress_many([(request, config, tokens_before)])[0]
-
-    def compress_many(
-        self, items: Sequence[tuple[CompressRequest, LLMLingua2Config, Sequence[int]]]
-    ) -> list[MethodOutput]:
+    def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
         """Several requests at once: their chunks share length-sorted encoder batches."""
-        prepared = [self._segment(request, config, before) for request, config, before in items]
-        scores = self._score(prepared)
-        return [self._finish(p, s) for p, s in zip(prepared, scores)]
+        prepared = [self._segment(item.request, item.config, item.tokens_before) for item in items]
+        aware = [p for p in prepared if p.query_aware]
+        for p, scored in zip(aware, relevance.score(self.hub, [p.request for p in aware]) if aware else []):
+            p.relevance = scored
+        scores = self._score([p for p in prepared if not p.query_aware])
+        return [self._finish(p, self._word_scores(p) if p.query_aware else next(scores)) for p in prepared]
 
     def _segment(self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]) -> _Prepared:
-        classifier = self.hub.token_classifier(config.precision)
+        classifier = self.hub.get("token_classifier", config.precision)
         tokenizer, max_length = classifier.tokenizer, classifier.max_length
         if config.mode == "compat":
             encoded = [compat.encode(tokenizer, d.text) for d in request.documents]
             chunks = [c for d, doc in enumerate(encoded) for c in compat.reference_chunks(tokenizer, doc, d, max_length)]
             return _Prepared(request, config, tokens_before, [doc.words for doc in encoded], chunks, encoded)
-        words = [wordscore.segment(d.text) for d in request.documents]
-        chunks = [c for d, w in enumerate(words) for c in wordscore.chunk_words(tokenizer, w.strings(), d, max_length)]
-        return _Prepared(request, config, tokens_before, words, chunks)
+        words = [text.segment_words(d.text) for d in request.documents]
+        prepared = _Prepared(request, config, tokens_before, words, [])
+        if not prepared.query_aware:
+            prepared.chunks = [c for d, w in enumerate(words) for c in wordscore.chunk_words(tokenizer, w.strings(), d, max_length)]
+        return prepared
 
-    def _score(self, prepared: list[_Prepared]) -> list[list[np.ndarray]]:
-        """Word scores per request and document; one encoder pass per scoring setting."""
+    @staticmethod
+    def _word_scores(prepared: _Prepared) -> list[np.ndarray]:
+        """[W_d] per document: the token head's keep probability of each word."""
+        return [relevance.sigmoid(d.word_logits) for d in prepared.relevance or ()]
+
+    def _score(self, prepared: list[_Prepared]) -> Iterator[list[np.ndarray]]:
+        """Token-classifier word scores per request and document, in order; one encoder pass per scoring setting."""
         out: list[list[np.ndarray]] = [[] for _ in prepared]
         for key in dict.fromkeys(p.scoring_key for p in prepared):
             members = [i for i, p in enumerate(prepared) if p.scoring_key == key]
@@ -143,52 +146,40 @@ class LLMLingua2:
             ]
             sizes = [len(w) for i in members for w in prepared[i].words]
             scores = wordscore.score_chunks(
-                self.hub.token_classifier(precision), chunks, sizes, aggregation, max_batch_tokens  # type: ignore[arg-type]
+                self.hub.get("token_classifier", precision), chunks, sizes, aggregation, max_batch_tokens  # type: ignore[arg-type]
             )
             for n, i in enumerate(members):
                 out[i] = scores[first_doc[n] : first_doc[n + 1]]
-        return out
+        return iter(out)
 
     def _finish(self, prepared: _Prepared, scores: list[np.ndarray]) -> MethodOutput:
         select = self._select_compat if prepared.config.mode == "compat" else self._select_budgeted
         selection = select(prepared, scores)
         request = prepared.request
-        results = tuple(
-            DocumentResult(
-                id=doc.id,
-                text=text,
-                kept_spans=spans,
-                tokens_before=before,
-                tokens_after=after,
-                score=float(score.mean()) if len(score) else 0.0,
-                metadata=dict(doc.metadata),
-                word_labels=word_labels(w, score, k) if request.return_word_labels else (),
-            )
-            for doc, w, score, k, (text, spans), before, after in zip(
-                request.documents,
-                prepared.words,
-                scores,
-                selection.masks,
-                selection.rendered,
-                prepared.tokens_before,
-                selection.counts,
-            )
-        )
-        return MethodOutput(results)
+        labels = None
+        if request.return_word_labels:
+            labels = [word_labels(w, score, k) for w, score, k in zip(prepared.words, scores, selection.masks)]
+        if prepared.relevance:  # query-aware: a document's score is its relevance
+            doc_scores = [d.probability for d in prepared.relevance]
+        else:
+            doc_scores = [float(score.mean()) if len(score) else 0.0 for score in scores]
+        return MethodOutput(document_results(request, selection, prepared.tokens_before, doc_scores, labels))
 
     def _select_budgeted(self, prepared: _Prepared, scores: list[np.ndarray]) -> Selection:
         request, config, words = prepared.request, prepared.config, prepared.words
         flat_words = [w for doc in words for w in doc.strings()]
         priority = np.concatenate(scores).astype(np.float64) if flat_words else np.zeros(0)
-        if config.query_weight > 0 and request.query.strip() and flat_words:
-            priority += config.query_weight * np.concatenate(self._sentence_relevance(request.query, words))
+        if config.query_weight > 0 and prepared.relevance and flat_words:
+            sentence = [relevance.sigmoid(d.sentence_logits)[d.sentence_of_word] if len(d.sentence_logits) else
+                        np.zeros(len(d.words)) for d in prepared.relevance]
+            priority += config.query_weight * np.concatenate(sentence)
         forced = forced_words(flat_words, config)
         priority[forced] = np.inf
         if config.coarse_rate < 1.0:
             priority[~np.repeat(coarse_filter(priority, words, config.coarse_rate), [len(w) for w in words])] = -np.inf
         units = None
         if config.keep_structure and flat_words:
-            per_doc = [wordscore.unit_ids(w) for w in words]
+            per_doc = [text.unit_ids(w) for w in words]
             offsets = np.cumsum([0] + [int(u[-1]) + 1 if len(u) else 0 for u in per_doc])
             units = np.concatenate([u + off for u, off in zip(per_doc, offsets)])
 
@@ -206,23 +197,10 @@ class LLMLingua2:
             after_select=drop_repeats if config.drop_consecutive else None,
         )
 
-    def _sentence_relevance(self, query: str, words: list[wordscore.Words]) -> list[np.ndarray]:
-        """[W_d] per document: cosine similarity between each word's sentence and the query."""
-        sentence_of_word = [wordscore.sentence_ids(w) for w in words]
-        sentences = []
-        for w, ids in zip(words, sentence_of_word):
-            for piece in np.split(np.arange(len(w)), np.flatnonzero(np.diff(ids)) + 1) if len(w) else []:
-                sentences.append(w.text[w.starts[piece[0]] : w.ends[piece[-1]]])
-        encoder = self.hub.sentence_encoder()
-        embedded = encoder.encode([query, *sentences], convert_to_numpy=True, normalize_embeddings=True)
-        similarity = embedded[1:] @ embedded[0]  # [S]
-        firsts = np.cumsum([0] + [int(ids[-1]) + 1 if len(ids) else 0 for ids in sentence_of_word])
-        return [similarity[first + ids] for first, ids in zip(firsts, sentence_of_word)]
-
     def _select_compat(self, prepared: _Prepared, scores: list[np.ndarray]) -> Selection:
         """The llmlingua package's LLMLingua-2 decisions: per-chunk percentile thresholds."""
         config = prepared.config
-        tokenizer = self.hub.token_classifier(config.precision).tokenizer
+        tokenizer = self.hub.get("token_classifier", config.precision).tokenizer
         rate = compat_rate(prepared.request, config, prepared.tokens_before)
         masks = []
         for doc, score in zip(prepared.encoded or [], scores):
@@ -234,71 +212,10 @@ class LLMLingua2:
                 keep &= ~repeated_force_tokens(strings, keep, forced)
             masks.append(keep)
         rendered = [render(w, keep) for w, keep in zip(prepared.words, masks)]
-        return Selection(masks, rendered, self.hub.count_tokens([text for text, _ in rendered]))
+        return Selection(masks, rendered, self.hub.count_tokens([t for t, _ in rendered]))
 
 
-@dataclass(frozen=True)
-class Selection:
-    masks: list[np.ndarray]  # per document, [W_d] bool
-    rendered: list[tuple[str, tuple[Span, ...]]]  # per document: text and kept spans
-    counts: list[int]  # per document: downstream-LLM tokens of the text
-
-
-def fit_budget(
-    words: list[wordscore.Words],
-    priority: np.ndarray,
-    count_tokens: Callable[[Sequence[str]], list[int]],
-    budget: int,
-    *,
-    total_tokens: int,
-    units: np.ndarray | None = None,
-    after_select: Callable[[np.ndarray], np.ndarray] | None = None,
-    count_pieces: Callable[[Sequence[str]], list[int]] | None = None,
-) -> Selection:
-    """Keep the highest-priority units of all documents within `budget` LLM tokens, never above.
-
-    priority: [sum W_d] float per word, documents concatenated; +inf marks
-    must-keep words, -inf words that may not be kept. units: [sum W_d] int,
-    increasing; words of one unit (a code block, a JSON value...) are kept or
-    dropped together, by their mean priority. Word costs give a first
-    selection; the rendered texts are then counted for real (BPE merges across
-    word boundaries differ) and the lowest-priority units dropped until the
-    total fits.
-    """
-    flat_words = [w for doc in words for w in doc.strings()]
-    bounds = np.cumsum([0] + [len(doc) for doc in words])
-    units = np.arange(len(flat_words)) if units is None else units
-    # A word costs its tokens as it appears in running text: after a space unless
-    # the original had none before it (CJK, punctuation glued to a word).
-    spaced = np.concatenate([preceded_by_space(w) for w in words]) if flat_words else np.zeros(0, bool)
-    pieces = [(" " + w) if sp else w for w, sp in zip(flat_words, spaced.tolist())]
-    costs = np.asarray((count_pieces or count_tokens)(pieces), np.int64)
-    n_units = int(units[-1]) + 1 if len(units) else 0
-    size = np.bincount(units, minlength=n_units)
-    with np.errstate(invalid="ignore"):
-        unit_priority = np.bincount(units, priority, minlength=n_units) / np.maximum(size, 1)
-    unit_cost = np.bincount(units, costs, minlength=n_units).astype(np.int64)
-    if budget >= total_tokens:
-        keep_unit = unit_priority > -np.inf  # everything allowed fits: nothing to choose
-    else:
-        keep_unit = select_by_priority(unit_priority, unit_cost, budget)
-    if after_select is not None:
-        kept_words = after_select(keep_unit[units])
-        keep_unit = np.bincount(units, kept_words, minlength=n_units) == size
-    for _ in range(_MAX_FIT_ROUNDS):
-        keep = keep_unit[units]
-        masks = [keep[bounds[d] : bounds[d + 1]] for d in range(len(words))]
-        rendered = [render(w, m) for w, m in zip(words, masks)]
-        counts = count_tokens([text for text, _ in rendered])
-        overshoot = sum(counts) - budget
-        if overshoot <= 0:
-            return Selection(masks, rendered, counts)
-        keep_unit = drop_lowest(keep_unit, unit_priority, unit_cost, overshoot)
-    masks = [np.zeros(len(w), bool) for w in words]
-    return Selection(masks, [render(w, m) for w, m in zip(words, masks)], [0] * len(words))
-
-
-def coarse_filter(priority: np.ndarray, words: list[wordscore.Words], rate: float) -> np.ndarray:
+def coarse_filter(priority: np.ndarray, words: list[text.TextSpans], rate: float) -> np.ndarray:
     """[D] bool: the documents with the highest mean word priority, ceil(rate * D) of them
     (LLMLingua-2's context-level filter). Must-keep words count as priority 1."""
     sizes = np.asarray([len(w) for w in words])
@@ -330,47 +247,6 @@ def forced_words(words: list[str], config: LLMLingua2Config) -> np.ndarray:
     return forced
 
 
-def preceded_by_space(words: wordscore.Words) -> np.ndarray:
-    """[W] bool: whether whitespace stands right before each word in the original text.
-
-    Words are maximal non-space runs (or single CJK characters), so a gap between
-    the previous word's end and this word's start can only be whitespace.
-    """
-    previous_end = np.concatenate([[0], words.ends[:-1]])
-    return words.starts > previous_end
-
-
-def select_by_priority(priority: np.ndarray, costs: np.ndarray, budget: int, passes: int = 4) -> np.ndarray:
-    """[U] bool: greedy by priority (ties: earlier first) within the budget; -inf never kept.
-
-    Each pass takes the longest priority-ordered prefix of the remaining
-    candidates that fits; units too large for what is left are skipped, so one
-    big code block does not stop smaller units behind it from being kept.
-    """
-    keep = np.zeros(len(priority), bool)
-    order = np.argsort(-priority, kind="stable")
-    left = budget
-    for _ in range(passes):
-        candidates = order[~keep[order] & (costs[order] <= left) & (priority[order] > -np.inf)]
-        taken = candidates[np.cumsum(costs[candidates]) <= left]
-        if not len(taken):
-            break
-        keep[taken] = True
-        left -= int(costs[taken].sum())
-    return keep
-
-
-def drop_lowest(keep: np.ndarray, priority: np.ndarray, costs: np.ndarray, overshoot: int) -> np.ndarray:
-    """Unkeep the lowest-priority kept words until their costs cover `overshoot` (at least one)."""
-    kept = np.flatnonzero(keep)
-    order = kept[np.argsort(priority[kept], kind="stable")]
-    covered = np.cumsum(costs[order])
-    n = int(np.searchsorted(covered, overshoot)) + 1
-    out = keep.copy()
-    out[order[:n]] = False
-    return out
-
-
 def repeated_force_tokens(words: list[str], keep: np.ndarray, forced: np.ndarray) -> np.ndarray:
     """[W] bool: kept force tokens equal to the previous kept word (LLMLingua's drop_consecutive)."""
     kept = np.flatnonzero(keep)
@@ -383,36 +259,7 @@ def repeated_force_tokens(words: list[str], keep: np.ndarray, forced: np.ndarray
     return out
 
 
-def _runs(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First and last word index of each run of consecutive kept words."""
-    idx = np.flatnonzero(keep)
-    if len(idx) == 0:
-        return idx, idx
-    breaks = np.flatnonzero(np.diff(idx) > 1)
-    return idx[np.r_[0, breaks + 1]], idx[np.r_[breaks, len(idx) - 1]]
-
-
-def _separator(gap: str) -> str:
-    """What stands for dropped text: a newline if it held one, a space if it held any, else nothing (CJK)."""
-    if "\n" in gap:
-        return "\n"
-    return " " if any(c.isspace() for c in gap) else ""
-
-
-def render(words: wordscore.Words, keep: np.ndarray) -> tuple[str, tuple[Span, ...]]:
-    """The kept runs of the original text (inner whitespace intact), joined by separators."""
-    first, last = _runs(keep)
-    starts, ends = words.starts[first].tolist(), words.ends[last].tolist()
-    text = words.text
-    parts: list[str] = []
-    for i, (s, e) in enumerate(zip(starts, ends)):
-        if i:
-            parts.append(_separator(text[ends[i - 1] : s]))
-        parts.append(text[s:e])
-    return "".join(parts), tuple(Span(s, e) for s, e in zip(starts, ends))
-
-
-def word_labels(words: wordscore.Words, scores: np.ndarray, keep: np.ndarray) -> tuple[WordLabel, ...]:
+def word_labels(words: text.TextSpans, scores: np.ndarray, keep: np.ndarray) -> tuple[WordLabel, ...]:
     return tuple(
         WordLabel(int(s), int(e), float(p), bool(k))
         for s, e, p, k in zip(words.starts.tolist(), words.ends.tolist(), scores.tolist(), keep.tolist())

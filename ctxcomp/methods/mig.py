@@ -1,10 +1,11 @@
 """MIG selection: the coarse stage of COMI (Marginal Information Gain).
 
-MIG of a unit = its relevance to the query minus its redundancy: the highest
-similarity to any unit in another group (a fact stated twice gains once).
-Units are sentences, groups are documents.
+MIG of a unit = its relevance to the query (the relevance model's sentence
+head) minus its redundancy: the highest embedding similarity to any unit in
+another group (a fact stated twice gains once). Units are sentences, groups
+are documents.
 
-Stages: split -> embed (sentence encoder) -> drop near-duplicate documents
+Stages: score (ctxcomp.relevance) -> embed (sentence encoder) -> drop near-duplicate documents
 (the less relevant copy) -> group budgets (the token budget spread over
 documents by softmax of their best units' MIG: high-MIG groups keep more) ->
 greedy selection within each group's budget by dynamic MIG (relevance minus
@@ -19,12 +20,11 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ctxcomp import sentences as sentence_split
+from ctxcomp import relevance
+from ctxcomp.embedding import cross_document_redundancy, per_document, query_and_sentences
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.hub import ModelHub
-from ctxcomp.methods import MethodOutput, SelectiveOptions, token_budget
-from ctxcomp.methods.recomp_extractive import embed
-from ctxcomp.types import CompressRequest
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.selection import keep_sentences, split_budget, token_budget
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,6 @@ class MigConfig(SelectiveOptions):
             raise InvalidRequest("options.duplicate_similarity", f"must be in (0, 1], got {self.duplicate_similarity}")
 
 
-PRESETS = {"default": MigConfig()}
-
-
 @dataclass(frozen=True)
 class Units:
     """Sentences of a request as MIG sees them."""
@@ -62,39 +59,37 @@ class Units:
     cost: np.ndarray  # [U] downstream-LLM tokens
 
 
-class MigSelection:
+class MigSelection(MethodBase):
     name: ClassVar[str] = "mig"
     description: ClassVar[str] = (
         "COMI coarse stage: marginal information gain (relevance minus redundancy), group budgets, duplicates dropped"
     )
-    config_type: ClassVar[type] = MigConfig
-    requires: ClassVar[tuple[str, ...]] = ("sentence_encoder", "spacy", "downstream_llm")
+    requires: ClassVar[tuple[str, ...]] = ("relevance", "sentence_encoder", "spacy", "downstream_llm")
     needs_query: ClassVar[bool] = True
-    presets: ClassVar[dict[str, MigConfig]] = PRESETS
+    presets: ClassVar[dict[str, MigConfig]] = {"default": MigConfig()}
 
-    def __init__(self, hub: ModelHub) -> None:
-        self.hub = hub
+    def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
+        scored = relevance.score(self.hub, [item.request for item in items])
+        return [self._select(item, scores) for item, scores in zip(items, scored)]
 
-    def compress(self, request: CompressRequest, config: MigConfig, tokens_before: Sequence[int]) -> MethodOutput:
-        split = sentence_split.split(self.hub.spacy(), [d.text for d in request.documents])
-        flat = [t for s in split for t in s.strings()]
-        embedded = embed(self.hub, [request.query, *flat])
+    def _select(self, item: MethodItem, scores: Sequence[relevance.DocumentScores]) -> MethodOutput:
+        request, config, tokens_before = item.request, item.config, item.tokens_before
+        split = [d.sentences for d in scores]
+        _, sentences = query_and_sentences(self.hub, request.query, split)
         units = Units(
-            relevance=embedded[1:] @ embedded[0],
-            similarity=embedded[1:] @ embedded[1:].T,
+            relevance=np.concatenate([relevance.sigmoid(d.sentence_logits) for d in scores]) if scores else np.zeros(0),
+            similarity=sentences @ sentences.T,
             group=np.repeat(np.arange(len(split)), [len(s) for s in split]),
-            cost=np.asarray(self.hub.count_tokens(flat), np.int64),
+            cost=np.asarray(self.hub.count_tokens([t for s in split for t in s.strings()]), np.int64),
         )
         budget = token_budget(request, config.rate, tokens_before)
-        allowed = ~duplicate_documents(units, embedded[1:], config.duplicate_similarity)
+        allowed = ~duplicate_documents(units, sentences, config.duplicate_similarity)
         budgets = group_budgets(units, allowed, budget, config)
         order = greedy_mig(units, allowed, budgets, config)
-        priority = np.full(len(flat), -np.inf)
+        priority = np.full(len(units.group), -np.inf)
         priority[order] = len(order) - np.arange(len(order))  # chosen first = kept first
-        bounds = np.cumsum([0] + [len(s) for s in split])
-        per_doc = [priority[bounds[i] : bounds[i + 1]] for i in range(len(split))]
-        scores = [units.relevance[bounds[i] : bounds[i + 1]] for i in range(len(split))]
-        documents = sentence_split.keep_sentences(self.hub, request, split, per_doc, budget, tokens_before, scores)
+        document_scores = [np.asarray([d.probability]) for d in scores]
+        documents = keep_sentences(self.hub, request, split, per_document(priority, split), budget, tokens_before, document_scores)
         dropped = len(set(units.group[~allowed].tolist()))
         note = f"{dropped} near-duplicate document(s) dropped" if dropped else ""
         return MethodOutput(documents, note)
@@ -125,27 +120,13 @@ def group_budgets(units: Units, allowed: np.ndarray, budget: int, config: MigCon
     """[G] token budget per document: softmax over each group's best static MIG, capped at
     the group's size, with what a capped group cannot use passed on to the others."""
     n_groups = int(units.group.max()) + 1 if len(units.group) else 0
-    other_group = units.group[:, None] != units.group[None, :]
-    masked = np.where(other_group & allowed[None, :], units.similarity, -1.0)
-    redundancy = masked.max(axis=1) if len(units.group) else np.zeros(0)
-    mig = units.relevance - config.redundancy_weight * np.maximum(redundancy, 0.0)
+    redundancy = cross_document_redundancy(units.similarity, units.group, allowed)
+    mig = units.relevance - config.redundancy_weight * redundancy
     best = np.full(n_groups, -np.inf)
     np.maximum.at(best, units.group[allowed], mig[allowed])
     size = np.bincount(units.group[allowed], units.cost[allowed], minlength=n_groups).astype(float)
     weights = np.where(np.isfinite(best), np.exp((best - best[np.isfinite(best)].max(initial=0)) / config.group_temperature), 0.0)
-    budgets = np.zeros(n_groups)
-    left = float(budget)
-    open_groups = size > 0
-    while left > 0.5 and open_groups.any():
-        share = weights * open_groups
-        if share.sum() <= 0:
-            break
-        offer = left * share / share.sum()
-        take = np.minimum(offer, size - budgets)
-        budgets += take
-        left -= take.sum()
-        open_groups &= budgets < size - 0.5
-    return budgets
+    return split_budget(weights, size, budget)
 
 
 def greedy_mig(units: Units, allowed: np.ndarray, budgets: np.ndarray, config: MigConfig) -> np.ndarray:

@@ -142,7 +142,9 @@ def test_kv_request_errors_name_the_field(client) -> None:
 def pb_request(**fields):
     from ctxcomp.v1 import ctxcomp_pb2 as pb
 
-    return pb.CompressRequest(documents=[pb.Document(id="a", text="some text here")], return_kv=True, **fields)
+    return pb.CompressRequest(
+        documents=[pb.Document(id="a", text="some text here")], method="llmlingua2", return_kv=True, **fields
+    )
 
 
 def test_stores_give_the_same_key_and_bytes(tmp_path) -> None:

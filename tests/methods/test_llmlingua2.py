@@ -19,7 +19,7 @@ PARAGRAPH = (
 
 def request(*texts: str, **kwargs) -> CompressRequest:
     docs = tuple(Document(f"d{i}", t, {"n": str(i)}) for i, t in enumerate(texts))
-    return CompressRequest(query="", documents=docs, **kwargs)
+    return CompressRequest(query="", documents=docs, **{"method": "llmlingua2", **kwargs})
 
 
 @pytest.mark.parametrize("target", [10, 25, 40, 77])
@@ -195,26 +195,31 @@ def test_coarse_filter_drops_whole_documents(compressor) -> None:
     assert len(kept) == 1
 
 
-def test_query_weight_moves_the_budget_to_relevant_documents(compressor) -> None:
+def test_a_query_moves_the_budget_to_relevant_documents(compressor) -> None:
+    """With a query, words are scored by the relevance model's query-aware token head;
+    query_weight adds the relevance of each word's sentence on top."""
     docs = (
         Document("bowl", PARAGRAPH),
         Document("bananas", "Bananas are berries that grow in tropical regions; they are rich in potassium and "
                  "are one of the most widely traded fruits, shipped green and ripened in warehouses."),
     )
-    plain = compressor.compress(CompressRequest("Who won Super Bowl 50?", docs, rate=0.3))
-    guided = compressor.compress(
-        CompressRequest("Who won Super Bowl 50?", docs, rate=0.3, options={"query_weight": 2.0})
-    )
+
+    def run(**options):
+        return compressor.compress(CompressRequest("Who won Super Bowl 50?", docs, method="llmlingua2", rate=0.3, options=options))
+
+    agnostic, aware, guided = run(query_aware=False), run(), run(query_weight=2.0)
     share = lambda r: r.documents[0].tokens_after / max(r.tokens_after, 1)  # noqa: E731
-    assert share(guided) > share(plain)
-    assert "Broncos" in guided.documents[0].text
+    assert share(aware) > share(agnostic)
+    assert share(guided) >= share(aware)
+    assert "Broncos" in aware.documents[0].text
+    assert aware.documents[0].score > aware.documents[1].score  # a document's score is its relevance
 
 
 @pytest.mark.parametrize("mode", ["budget", "compat"])
 def test_batch_of_requests_equals_one_by_one(compressor, mode) -> None:
     texts = [PARAGRAPH, STRUCTURED, "Short one.", PARAGRAPH.lower()]
     requests = [
-        CompressRequest("", (Document("x", t),), rate=r, options={"mode": mode})
+        CompressRequest("", (Document("x", t),), method="llmlingua2", rate=r, options={"mode": mode})
         for t, r in zip(texts, [0.3, 0.5, 0.9, 0.4])
     ]
     together = compressor.compress_batch(requests)

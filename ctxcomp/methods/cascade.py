@@ -1,0 +1,132 @@
+"""Cascade: coarse-to-fine compression from one query-aware relevance pass.
+
+Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
+(query, document window) of the batch):
+1. rank: documents by relevance; a document whose relevance probability is
+   below `drop_below` goes whole (the best one always stays);
+2. split: the exact LLM-token budget over the documents left, in proportion
+   to softmax(relevance / temperature) (LongLLMLingua's dynamic ratio), each
+   capped at its size, what a capped document cannot use passed on;
+3. keep sentences by the sentence head, each document within its budget;
+4. drop tokens by the token head only where the budget demands it: a word's
+   priority is its sentence's logit plus `token_weight` times its own, so
+   whole sentences go in order and only the sentence at the budget's edge is
+   cut to its best words (code blocks, JSON, links stay whole units).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from ctxcomp import relevance
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.hub import ModelHub
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.selection import Selection, document_results, fit_budget, split_budget, token_budget
+from ctxcomp.text import unit_ids
+
+
+@dataclass(frozen=True)
+class CascadeConfig(SelectiveOptions):
+    rate: float = field(default=0.33, metadata={"help": "kept share of tokens when the request sets no target"})
+    # temperature and token_weight: the best of a 3x3 grid on the relevance model's dev articles
+    # (models/training/calibrate_relevance.py; figures in models/relevance/config.json "cascade_dev").
+    temperature: float = field(
+        default=2.0, metadata={"help": "softmax temperature of the budget split over documents (relevance logits)"}
+    )
+    drop_below: float = field(
+        default=0.05, metadata={"help": "documents whose relevance probability is below this go whole (never the best)"}
+    )
+    token_weight: float = field(
+        default=0.3, metadata={"help": "word priority = sentence logit + this x token logit (0 = whole sentences only)"}
+    )
+
+    def check(self) -> None:
+        if not 0.0 < self.rate <= 1.0:
+            raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
+        if not 0.01 <= self.temperature <= 100.0:
+            raise InvalidRequest("options.temperature", f"must be in [0.01, 100], got {self.temperature}")
+        if not 0.0 <= self.drop_below < 1.0:
+            raise InvalidRequest("options.drop_below", f"must be in [0, 1), got {self.drop_below}")
+        if not 0.0 <= self.token_weight <= 10.0:
+            raise InvalidRequest("options.token_weight", f"must be in [0, 10], got {self.token_weight}")
+
+
+class Cascade(MethodBase):
+    name: ClassVar[str] = "cascade"
+    description: ClassVar[str] = (
+        "coarse-to-fine from one query-aware cross-encoder pass: rank documents, split the budget by "
+        "relevance, keep sentences, cut tokens only where the budget demands"
+    )
+    requires: ClassVar[tuple[str, ...]] = ("relevance", "spacy", "downstream_llm")
+    needs_query: ClassVar[bool] = True
+    presets: ClassVar[dict[str, CascadeConfig]] = {"default": CascadeConfig()}
+
+    def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
+        """All items' windows share one relevance pass; each item keeps its own config."""
+        scored = relevance.score(self.hub, [item.request for item in items])
+        return [compress_scored(self.hub, item, scores) for item, scores in zip(items, scored)]
+
+
+def compress_scored(hub: ModelHub, item: MethodItem, scores: Sequence[relevance.DocumentScores]) -> MethodOutput:
+    config: CascadeConfig = item.config
+    budget = token_budget(item.request, config.rate, item.tokens_before)
+    budgets = document_budgets(scores, item.tokens_before, budget, config)
+    selections = [
+        keep_in_document(hub, doc, int(doc_budget), config.token_weight, before)
+        for doc, doc_budget, before in zip(scores, budgets, item.tokens_before)
+    ]
+    spend_leftover(hub, scores, budgets, selections, budget, config.token_weight, item.tokens_before)
+    merged = Selection(
+        [m for s in selections for m in s.masks],
+        [r for s in selections for r in s.rendered],
+        [c for s in selections for c in s.counts],
+    )
+    probabilities = [doc.probability for doc in scores]
+    dropped = sum(1 for b in budgets if b < 1)
+    note = f"{dropped} document(s) judged irrelevant and dropped whole" if dropped else ""
+    return MethodOutput(document_results(item.request, merged, item.tokens_before, probabilities), note)
+
+
+def document_budgets(
+    scores: Sequence[relevance.DocumentScores], sizes: Sequence[int], budget: int, config: CascadeConfig
+) -> np.ndarray:
+    """[D] LLM-token budget per document: softmax(relevance / temperature) shares of the
+    budget, capped at each document's size; irrelevant documents get none (the best always some)."""
+    logits = np.asarray([d.relevance for d in scores], np.float64)
+    keep = relevance.sigmoid(logits) >= config.drop_below
+    keep[int(np.argmax(logits))] = True
+    weights = np.where(keep, np.exp((logits - logits.max()) / config.temperature), 0.0)
+    return split_budget(weights, np.asarray(sizes, np.float64), budget)
+
+
+def spend_leftover(
+    hub: ModelHub, scores: Sequence[relevance.DocumentScores], budgets: np.ndarray, selections: list[Selection],
+    budget: int, token_weight: float, sizes: Sequence[int],
+) -> None:
+    """Give the tokens the per-document fits left unspent (whole units rarely fill a budget
+    exactly) to the kept documents in relevance order, refitting each with its share plus them."""
+    for d in np.argsort([-doc.relevance for doc in scores], kind="stable"):
+        left = budget - sum(sum(s.counts) for s in selections)
+        if left <= 0 or budgets[d] < 1:
+            continue
+        if sum(selections[d].counts) < sizes[d]:
+            grown = keep_in_document(hub, scores[d], sum(selections[d].counts) + left, token_weight, sizes[d])
+            if sum(grown.counts) > sum(selections[d].counts):
+                selections[d] = grown
+
+
+def keep_in_document(hub: ModelHub, doc: relevance.DocumentScores, budget: int, token_weight: float, size: int) -> Selection:
+    """The best units of one document within `budget` tokens: sentences by the sentence head,
+    the edge sentence cut to its best words by the token head."""
+    if not len(doc.words):
+        return fit_budget([doc.words], np.zeros(0), hub.count_tokens, 0, total_tokens=0)
+    sentence_logits = doc.sentence_logits if len(doc.sentence_logits) else np.zeros(1)
+    priority = sentence_logits[doc.sentence_of_word] + token_weight * doc.word_logits
+    return fit_budget(
+        [doc.words], priority.astype(np.float64), hub.count_tokens, budget,
+        total_tokens=size, count_pieces=hub.count_piece_tokens, units=unit_ids(doc.words),
+    )

@@ -1,0 +1,81 @@
+"""Cascade, the default method: documents ranked, budget split by relevance, sentences kept,
+tokens cut only at the budget's edge."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+
+import pytest
+
+from ctxcomp.cli import DEMO_RATE
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.types import CompressRequest, Document
+
+
+def demo_request(**kwargs) -> CompressRequest:
+    sample = json.loads(resources.files("ctxcomp.samples").joinpath("rag_request.json").read_text())
+    documents = tuple(Document(d["id"], d["text"], d.get("metadata", {})) for d in sample["documents"])
+    return CompressRequest(sample["query"], documents, **kwargs)
+
+
+def test_the_demo_drops_the_weather_and_keeps_why_the_vasa_sank(compressor) -> None:
+    """`make demo`: the default method on the embedded sample at the demo's rate."""
+    result = compressor.compress(demo_request(rate=DEMO_RATE))
+    assert result.method == "cascade"
+    by_id = {d.id: d for d in result.documents}
+    assert by_id["stockholm-weather"].text == ""
+    assert "top-heavy" in result.context and "10 August 1628" in result.context
+    assert result.tokens_after <= int(result.tokens_before * DEMO_RATE)
+    assert by_id["vasa-1"].score > by_id["stockholm-weather"].score
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.2, 0.1])
+def test_the_budget_is_never_exceeded_and_documents_keep_their_order(compressor, rate) -> None:
+    result = compressor.compress(demo_request(method="cascade", rate=rate))
+    assert 0 < result.tokens_after <= int(result.tokens_before * rate)
+    assert [d.id for d in result.documents] == [d.id for d in demo_request().documents]
+    for doc, original in zip(result.documents, demo_request().documents):
+        assert all(original.text[s.start : s.end] in doc.text for s in doc.kept_spans)
+
+
+def test_token_weight_zero_keeps_whole_sentences(compressor, hub) -> None:
+    from ctxcomp.text import split_sentences
+
+    request = demo_request(method="cascade", rate=0.3, options={"token_weight": 0.0})
+    result = compressor.compress(request)
+    split = split_sentences(hub.get("spacy"), [d.text for d in request.documents])
+    assert result.tokens_after > 0
+    for doc, sentences in zip(result.documents, split):
+        for span in doc.kept_spans:  # adjacent kept sentences merge into one span
+            assert span.start in sentences.starts.tolist() and span.end in sentences.ends.tolist()
+
+
+def test_each_request_of_a_batch_keeps_its_own_options(compressor) -> None:
+    requests = [
+        demo_request(method="cascade", rate=0.5, options={"token_weight": 0.0}),
+        demo_request(method="cascade", rate=0.5, options={"drop_below": 0.9}),
+        demo_request(method="cascade", rate=0.15),
+    ]
+    assert [r.context for r in compressor.compress_batch(requests)] == [compressor.compress(r).context for r in requests]
+
+
+def test_a_strict_drop_threshold_keeps_only_the_best_document(compressor) -> None:
+    result = compressor.compress(demo_request(method="cascade", rate=0.9, options={"drop_below": 0.9999}))
+    kept = [d.id for d in result.documents if d.text]
+    assert kept == ["vasa-1"] and "dropped whole" in result.note
+
+
+@pytest.mark.parametrize("options, field", [({"temperature": 0}, "options.temperature"), ({"drop_below": 1.0}, "options.drop_below"),
+                                            ({"token_weight": -1}, "options.token_weight")])
+def test_bad_options_name_the_field(compressor, options, field) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        compressor.plan(demo_request(method="cascade", options=options))
+    assert err.value.field == field
+
+
+def test_cascade_needs_a_query(compressor) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        compressor.plan(dataclasses.replace(demo_request(method="cascade"), query=" "))
+    assert err.value.field == "query"
