@@ -39,7 +39,7 @@ from ctxcomp.hub import ModelHub
 from ctxcomp.methods import llmlingua2_compat as compat
 from ctxcomp.pipeline import Compressor
 from ctxcomp.types import CompressRequest, Document
-from ctxcomp.models import squad
+from ctxcomp.models.training import squad
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
@@ -91,7 +91,7 @@ def reference_labels(reference, group: list[str]) -> list[np.ndarray]:
 def ours_labels(compressor: Compressor, group: list[str], precision: str) -> np.ndarray:
     docs = tuple(Document(str(i), t) for i, t in enumerate(group))
     options = {"mode": "compat", "precision": precision}
-    result = compressor.compress(CompressRequest("", docs, rate=RATE, options=options, return_word_labels=True))
+    result = compressor.compress(CompressRequest("", docs, method="llmlingua2", rate=RATE, options=options, return_word_labels=True))
     return np.concatenate([np.asarray([w.kept for w in d.word_labels], dtype=bool) for d in result.documents])
 
 
@@ -103,7 +103,7 @@ def timed(fn, items) -> tuple[list, float]:
 
 def forward_share(compressor: Compressor, groups: list[list[str]], precision: str) -> float:
     """Share of ctxcomp's compat-mode time spent inside the encoder forward."""
-    model = compressor.hub.token_classifier(precision).model
+    model = compressor.hub.get("token_classifier", precision).model
     spent = [0.0]
     original = model.forward
 
@@ -132,14 +132,14 @@ def main() -> None:
     provide_cl100k(work / "tiktoken")
     hub = ModelHub()
     compressor = Compressor(hub)
-    classifier = hub.token_classifier()
+    classifier = hub.get("token_classifier")
     # The reference picks its word rules by the model *name*: WordPiece needs this string in the path.
     checkpoint = work / "bert-base-multilingual-cased-ctxcomp"
     classifier.model.save_pretrained(checkpoint)
     classifier.tokenizer.save_pretrained(checkpoint)
     reference = PromptCompressor(model_name=str(checkpoint), use_llmlingua2=True, device_map="cpu")
     stock_oai = reference.oai_tokenizer
-    same_tokenizer = LLMTokenizerAsTiktoken(hub.llm_tokenizer())
+    same_tokenizer = LLMTokenizerAsTiktoken(hub.get("downstream_llm", "tokenizer"))
 
     held_out = squad.split_articles(squad.load_paragraphs())[1]
     settings = [
@@ -185,7 +185,7 @@ def measure_batched(name, compressor, reference, same_tokenizer, stock_oai, grou
     ref_cl100k = [reference_labels(reference, [c]) for c in contexts]
     for precision in ("fp32", "bf16"):
         batch = [
-            CompressRequest("", (Document("0", t),), rate=RATE, options={"mode": "compat", "precision": precision},
+            CompressRequest("", (Document("0", t),), method="llmlingua2", rate=RATE, options={"mode": "compat", "precision": precision},
                             return_word_labels=True)
             for t in contexts
         ]

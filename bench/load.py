@@ -27,9 +27,11 @@ from pathlib import Path
 import grpc
 
 from ctxcomp.client import AsyncCtxcompClient
-from ctxcomp.models import squad
+from ctxcomp.models.training import squad
 
-OPTION_MIX = [{}, {"mode": "compat"}, {"precision": "bf16"}, {"query_weight": 1.0}, {"force_reserve_digit": True}]
+# (method, options): the default method and LLMLingua-2 in its settings.
+OPTION_MIX = [("", {}), ("llmlingua2", {}), ("llmlingua2", {"mode": "compat"}), ("llmlingua2", {"precision": "bf16"}),
+              ("llmlingua2", {"query_weight": 1.0}), ("llmlingua2", {"force_reserve_digit": True})]
 
 
 def rss_mb(pid: int) -> float:
@@ -46,8 +48,9 @@ def make_requests(count: int, seed: int) -> list[dict]:
     for _ in range(count):
         docs = [p.context for p in rng.sample(paragraphs, rng.choice([1, 1, 3, 10]))]
         question = rng.choice(paragraphs).questions[0].text
+        method, options = rng.choice(OPTION_MIX)
         out.append({"query": question, "documents": docs, "rate": rng.choice([0.2, 0.33, 0.5]),
-                    "options": rng.choice(OPTION_MIX)})
+                    "method": method, "options": options})
     return out
 
 
@@ -65,7 +68,7 @@ async def run_phase(address: str, clients: int, seconds: float, deadline: float,
                 i += clients
                 start = time.perf_counter()
                 try:
-                    await client.compress(req["query"], req["documents"], rate=req["rate"], options=req["options"])
+                    await client.compress(req["query"], req["documents"], method=req["method"], rate=req["rate"], options=req["options"])
                     statuses["OK"] += 1
                     latencies.append(time.perf_counter() - start)
                 except grpc.RpcError as error:
