@@ -86,7 +86,7 @@ def compress_scored(hub: ModelHub, item: MethodItem, scores: Sequence[relevance.
         [c for s in selections for c in s.counts],
     )
     probabilities = [doc.probability for doc in scores]
-    dropped = sum(1 for b in budgets if b < 1)
+    dropped = int((~kept_documents(scores, config.drop_below)).sum())
     note = f"{dropped} document(s) judged irrelevant and dropped whole" if dropped else ""
     return MethodOutput(document_results(item.request, merged, item.tokens_before, probabilities), note)
 
@@ -97,10 +97,18 @@ def document_budgets(
     """[D] LLM-token budget per document: softmax(relevance / temperature) shares of the
     budget, capped at each document's size; irrelevant documents get none (the best always some)."""
     logits = np.asarray([d.relevance for d in scores], np.float64)
-    keep = relevance.sigmoid(logits) >= config.drop_below
-    keep[int(np.argmax(logits))] = True
+    keep = kept_documents(scores, config.drop_below)
     weights = np.where(keep, np.exp((logits - logits.max()) / config.temperature), 0.0)
     return split_budget(weights, np.asarray(sizes, np.float64), budget)
+
+
+def kept_documents(scores: Sequence[relevance.DocumentScores], drop_below: float) -> np.ndarray:
+    """[D] bool: documents relevant enough to keep; the best one always is."""
+    logits = np.asarray([d.relevance for d in scores], np.float64)
+    keep = relevance.sigmoid(logits) >= drop_below
+    if len(keep):
+        keep[int(np.argmax(logits))] = True
+    return keep
 
 
 def spend_leftover(
