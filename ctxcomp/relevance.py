@@ -42,7 +42,7 @@ class DocumentScores:
 
     @property
     def probability(self) -> float:
-        return float(1.0 / (1.0 + np.exp(-self.relevance)))
+        return float(sigmoid(np.asarray(self.relevance)))
 
 
 @dataclass

@@ -31,7 +31,7 @@ from ctxcomp.method import MethodItem
 from ctxcomp.methods.cascade import CascadeConfig, compress_scored
 from ctxcomp.models import relevance_model
 from ctxcomp.models.training import squad
-from ctxcomp.models.training.train_relevance import SEED, split_dev
+from ctxcomp.models.training.train_relevance import SEED, overlaps, split_dev
 from ctxcomp.types import CompressRequest, Document
 
 OTHERS = 4
@@ -65,10 +65,9 @@ def as_request(query: str, paragraphs: list[squad.Paragraph]) -> CompressRequest
 
 
 def answer_sentences(doc: relevance.DocumentScores, question: squad.Question) -> set[int]:
-    words = doc.words
-    hit = np.zeros(len(words), bool)
+    hit = np.zeros(len(doc.words), bool)
     for text, start in zip(question.answers, question.answer_starts):
-        hit |= (words.starts < start + len(text)) & (words.ends > start)
+        hit |= overlaps(doc.words, start, text)
     return set(doc.sentence_of_word[hit].tolist())
 
 
