@@ -137,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.kv_store:
         from ctxcomp.kv.store import open_store
 
-        kv_store = open_store(args.kv_store)
+        kv_store = open_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after)
     asyncio.run(serve(Compressor(kv_store=kv_store), config, on_ready=on_ready))
     return 0
 
@@ -256,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before RESOURCE_EXHAUSTED")
     p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys")
+    p.add_argument("--kv-store-timeout", type=float, default=0.5,
+                   help="seconds a KV store call may take before the request gets UNAVAILABLE")
+    p.add_argument("--kv-store-retry-after", type=float, default=1.0,
+                   help="after a store failure, seconds during which store calls fail at once")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS only)")
     p.add_argument("--tls-key", help="PEM private key")
     metrics_port = os.environ.get("CTXCOMP_METRICS_PORT")

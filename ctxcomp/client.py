@@ -31,9 +31,11 @@ def build_request(
     return_word_labels: bool = False,
     return_kv: bool = False,
     kv_codec: str = "",
+    kv_best_effort: bool = False,
 ) -> pb.CompressRequest:
     """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
-    (compress_with_kv streams the bytes instead)."""
+    (compress_with_kv streams the bytes instead). kv_best_effort: if that store is down, the
+    text comes back without a blob and result.note says so, instead of UNAVAILABLE."""
     request = CompressRequest(
         query=query,
         documents=as_documents(documents),
@@ -44,6 +46,7 @@ def build_request(
         return_word_labels=return_word_labels,
         return_kv=return_kv,
         kv_codec=kv_codec,
+        kv_best_effort=kv_best_effort,
     )
     return wire.request_to_proto(request)
 

@@ -31,3 +31,7 @@ class ModelUnavailable(CtxcompError):
 
 class NotAvailable(CtxcompError):
     """A feature was asked for that this server does not provide (yet)."""
+
+
+class StoreUnavailable(CtxcompError):
+    """The KV store cannot be reached now (down, frozen, full); the client should retry."""

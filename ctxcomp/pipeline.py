@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ctxcomp import methods, relevance
-from ctxcomp.errors import InvalidRequest
+from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
 from ctxcomp.types import CompressRequest, CompressResult
@@ -135,7 +135,19 @@ class Compressor:
         return Plan(request, name, config, codec, (time.perf_counter() - started) * 1000.0)
 
     def run(self, plans: Sequence[Plan]) -> list[CompressResult]:
-        """Run planned requests together. Stage timings are the batch's, reported on every result."""
+        """Run planned requests together; the first request's error, if any, is raised."""
+        outcomes = self.run_each(plans)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+    def run_each(self, plans: Sequence[Plan]) -> list[CompressResult | CtxcompError]:
+        """Run planned requests together. Stage timings are the batch's, reported on every result.
+
+        The KV stage runs per request, so its errors (an empty context, a store that is down)
+        are that request's outcome; the others still get their results.
+        """
         timings: dict[str, float] = {}
         with _timed(timings, "count"):
             tokens_before = count_documents(self.hub, plans)
@@ -147,11 +159,14 @@ class Compressor:
             outputs = self._compress(plans, tokens_before, outputs)
         with _timed(timings, "join"):
             contexts = [CONTEXT_SEPARATOR.join(d.text for d in out.documents if d.text) for out in outputs]
-        kv_blobs: list[Any] = [None] * len(plans)
+        kv_outcomes: list[Any] = [None] * len(plans)
         if any(plan.kv_codec for plan in plans):
             with _timed(timings, "kv"):
-                kv_blobs = self._kv(plans, contexts)
-        return [result(plan, out, context, kv, timings) for plan, out, context, kv in zip(plans, outputs, contexts, kv_blobs)]
+                kv_outcomes = [self._kv(plan, context) for plan, context in zip(plans, contexts)]
+        return [
+            kv if isinstance(kv, CtxcompError) else result(plan, out, context, kv, timings)
+            for plan, out, context, kv in zip(plans, outputs, contexts, kv_outcomes)
+        ]
 
     def _compress(
         self, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]], outputs: Sequence[MethodOutput | None]
@@ -167,13 +182,19 @@ class Compressor:
                     done[i] = output
         return done  # type: ignore[return-value]
 
-    def _kv(self, plans: Sequence[Plan], contexts: Sequence[str]) -> list[Any]:
+    def _kv(self, plan: Plan, context: str) -> Any:
+        """The request's KvBlob; None without return_kv; its CtxcompError when it failed.
+        With kv_best_effort, a store outage is a note, not an error."""
         from ctxcomp.kv.stage import compute_kv
 
-        return [
-            compute_kv(self.hub, context, plan.kv_codec, self.kv_store) if plan.kv_codec else None
-            for plan, context in zip(plans, contexts)
-        ]
+        if not plan.kv_codec:
+            return None
+        try:
+            return compute_kv(self.hub, context, plan.kv_codec, self.kv_store)
+        except StoreUnavailable as error:
+            return f"served without the KV blob: {error}" if plan.request.return_kv and plan.request.kv_best_effort else error
+        except CtxcompError as error:
+            return error
 
     def describe_methods(self) -> list[dict[str, Any]]:
         """Every registered method: description, options with defaults, models, and why it cannot run here."""
@@ -212,6 +233,10 @@ def gate(hub: ModelHub, plans: Sequence[Plan], tokens_before: Sequence[tuple[int
 
 
 def result(plan: Plan, output: MethodOutput, context: str, kv: Any, timings: dict[str, float]) -> CompressResult:
+    """kv: the request's KvBlob, None, or a note saying why the blob is missing."""
+    note = output.note
+    if isinstance(kv, str):
+        note, kv = "; ".join(n for n in (note, kv) if n), None
     stored = (kv.key,) if kv is not None and kv.data is None else ()
     return CompressResult(
         method=plan.name,
@@ -220,7 +245,7 @@ def result(plan: Plan, output: MethodOutput, context: str, kv: Any, timings: dic
         tokens_before=sum(d.tokens_before for d in output.documents),
         tokens_after=sum(d.tokens_after for d in output.documents),
         timings_ms={"validate": plan.planned_ms, **timings},
-        note=output.note,
+        note=note,
         kv=kv,
         kv_keys=stored,
         soft=output.soft,

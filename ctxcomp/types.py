@@ -32,6 +32,7 @@ class CompressRequest:
     return_word_labels: bool = False
     kv_codec: str = ""  # with return_kv: fp16 (default), bf16, int8, int4, transform
     kv_model: str = ""  # with return_kv: fingerprint or id of the model; empty = the server's
+    kv_best_effort: bool = False  # with return_kv: a KV store outage gives the text without a blob, not an error
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
         return_word_labels=request.return_word_labels,
         kv_codec=request.kv_codec,
         kv_model=request.kv_model,
+        kv_best_effort=request.kv_best_effort,
     )
     if request.rate is not None:
         message.rate = request.rate
@@ -50,6 +51,7 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
         return_word_labels=message.return_word_labels,
         kv_codec=message.kv_codec,
         kv_model=message.kv_model,
+        kv_best_effort=message.kv_best_effort,
     )
 
 

@@ -111,7 +111,7 @@ class MicroBatcher:
         """Results of the batch, or, when it fails, of each request alone: one request's
         error is its own, never its batch-mates'."""
         try:
-            return list(self.compressor.run(plans))
+            return list(self.compressor.run_each(plans))
         except Exception:  # noqa: BLE001 - find whose error it is
             return [self._alone(plan) for plan in plans]
         finally:
@@ -121,7 +121,7 @@ class MicroBatcher:
 
     def _alone(self, plan: Plan) -> CompressResult | Exception:
         try:
-            return self.compressor.run([plan])[0]
+            return self.compressor.run_each([plan])[0]
         except Exception as error:  # noqa: BLE001 - delivered to this request's caller
             return error
 

@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from ctxcomp.errors import CtxcompError, InvalidRequest, ModelUnavailable, NotAvailable
+from ctxcomp.errors import CtxcompError, InvalidRequest, ModelUnavailable, NotAvailable, StoreUnavailable
 from ctxcomp.service.batcher import Overloaded
 
 log = logging.getLogger("ctxcomp.service")
@@ -16,6 +16,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotAvailable, grpc.StatusCode.UNIMPLEMENTED),
     (ModelUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from ctxcomp.methods import is_method_name
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RATIO_BUCKETS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -41,11 +43,18 @@ class Metrics:
             "ctxcomp_batch_size", "Requests per model batch", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.kv_bytes = Counter("ctxcomp_kv_bytes", "KV blob bytes produced", ["codec"], registry=self.registry)
+        self.kv_store_lookups = Counter(
+            "ctxcomp_kv_store_lookups", "KV store reads before a prefill: hit, miss, or corrupt (deleted and recomputed)",
+            ["outcome"], registry=self.registry,
+        )
         self._http: Any = None
 
     def observe_request(self, method: str, rpc: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, rpc, code).inc()
-        self.latency.labels(method, rpc).observe(seconds)
+        """method: what the client asked for; only real method and chain names become labels,
+        anything else counts as "invalid" (a client must not grow /metrics at will)."""
+        label = method if is_method_name(method) else "invalid"
+        self.requests.labels(label, rpc, code).inc()
+        self.latency.labels(label, rpc).observe(seconds)
 
     def observe_result(self, result: Any) -> None:
         """result: ctxcomp.types.CompressResult."""
@@ -55,6 +64,8 @@ class Metrics:
             self.ratio.labels(result.method).observe(result.tokens_before / result.tokens_after)
         if result.kv is not None:
             self.kv_bytes.labels(result.kv.codec).inc(result.kv.size)
+            if result.kv.store_lookup:
+                self.kv_store_lookups.labels(result.kv.store_lookup).inc()
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

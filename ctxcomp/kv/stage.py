@@ -24,6 +24,7 @@ class KvBlob:
     codec: str
     size: int
     data: bytes | None  # None when only the store holds it
+    store_lookup: str = ""  # with a store: "hit", "miss", or "corrupt" (a bad stored blob, replaced)
 
 
 def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
@@ -43,16 +44,18 @@ def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
 
 
 def compute_kv(hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3) -> KvBlob:
-    """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored blob of the same key."""
+    """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored
+    blob of the same key only after checking it (see `stored_blob`)."""
     import torch
 
     llm = hub.get("downstream_llm")
     ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
     key = blob_key(llm.fingerprint, ids, codec)
+    lookup = ""
     if store is not None:
-        cached = store.get(key)
+        cached, lookup = stored_blob(store, key, llm.fingerprint, ids, codec)
         if cached is not None:
-            return KvBlob(key, len(ids), codec, len(cached), None)
+            return KvBlob(key, len(ids), codec, len(cached), None, lookup)
     if not ids:
         raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
     result = prefill(llm.model, torch.tensor([ids]))
@@ -60,6 +63,26 @@ def compute_kv(hub: ModelHub, context: str, codec: str, store: BlobStore | None,
     data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level, transform=transform)  # type: ignore[arg-type]
     if store is not None:
         store.put(key, data)
-        return KvBlob(key, len(ids), codec, len(data), None)
+        return KvBlob(key, len(ids), codec, len(data), None, lookup)
     return KvBlob(key, len(ids), codec, len(data), data)
 
+
+def stored_blob(store: BlobStore, key: str, fingerprint: str, ids: list[int], codec: str) -> tuple[bytes | None, str]:
+    """The stored blob under `key` and "hit", or None and "miss" / "corrupt".
+
+    A stored blob is served only when it is intact (format, size and the SHA-256 in its own
+    header) and is the one the key promises (model, token ids, codec). Anything else is
+    deleted, so the caller recomputes it and the next request finds a good one.
+    """
+    cached = store.get(key)
+    if cached is None:
+        return None, "miss"
+    try:
+        meta = blob.inspect(cached)
+    except blob.BlobRefused:
+        store.delete(key)
+        return None, "corrupt"
+    if (meta.model_fingerprint, meta.token_ids_sha256, meta.codec) != (fingerprint, blob.token_ids_digest(ids), codec):
+        store.delete(key)
+        return None, "corrupt"
+    return cached, "hit"

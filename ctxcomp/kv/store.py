@@ -6,6 +6,11 @@
 Keys are content addresses: SHA-256 over the model fingerprint and the
 token-id digest, so the same tokens for the same model give the same key in
 any process on any machine (no Python hash(), no pickles, no timestamps).
+
+A store that cannot be reached raises StoreUnavailable within `timeout_s`,
+never a backend's own exception, and `open_store` wraps every backend in a
+breaker: after one failure, calls fail at once for `retry_after_s`, so a
+frozen store costs the model worker one timeout, not one per request.
 """
 
 from __future__ import annotations
@@ -13,11 +18,17 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 from urllib.parse import urlparse
 
+from ctxcomp.errors import StoreUnavailable
 from ctxcomp.kv.blob import token_ids_digest
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 0.5
+DEFAULT_RETRY_AFTER_S = 1.0
 
 
 def blob_key(model_fingerprint: str, token_ids: Sequence[int], codec: str) -> str:
@@ -27,14 +38,19 @@ def blob_key(model_fingerprint: str, token_ids: Sequence[int], codec: str) -> st
 
 class BlobStore(Protocol):
     url: str
+    kind: str  # "file", "redis": names the store in errors without its address or credentials
 
     def put(self, key: str, data: bytes) -> None: ...
 
     def get(self, key: str) -> bytes | None: ...
 
+    def delete(self, key: str) -> None: ...
+
 
 class FileStore:
     """One file per blob under a root folder, written atomically (temp file + rename)."""
+
+    kind = "file"
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -48,38 +64,109 @@ class FileStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as err:
+            raise StoreUnavailable(f"KV store (file) could not write a blob: {err.strerror or type(err).__name__}") from err
 
     def get(self, key: str) -> bytes | None:
-        path = self._path(key)
-        return path.read_bytes() if path.exists() else None
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StoreUnavailable(f"KV store (file) could not read a blob: {err.strerror or type(err).__name__}") from err
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as err:
+            raise StoreUnavailable(f"KV store (file) could not delete a blob: {err.strerror or type(err).__name__}") from err
 
 
 class RedisStore:
-    """Blobs as Redis string values under 'ctxcomp:kv:<key>', optionally expiring."""
+    """Blobs as Redis string values under 'ctxcomp:kv:<key>', optionally expiring.
 
-    def __init__(self, url: str, ttl_s: int | None = None) -> None:
+    Every call gives up after `timeout_s` (connect and socket), with no retries of its own.
+    """
+
+    kind = "redis"
+
+    def __init__(self, url: str, ttl_s: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         import redis
 
         self.url = url
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=None, retry_on_timeout=False
+        )
         self.ttl_s = ttl_s
+        self._errors = (redis.RedisError, OSError)
+
+    def _call(self, action: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except self._errors as err:
+            raise StoreUnavailable(f"KV store (redis) did not answer a {action}: {type(err).__name__}") from err
 
     def put(self, key: str, data: bytes) -> None:
-        self.client.set(f"ctxcomp:kv:{key}", data, ex=self.ttl_s)
+        self._call("write", lambda: self.client.set(f"ctxcomp:kv:{key}", data, ex=self.ttl_s))
 
     def get(self, key: str) -> bytes | None:
-        return self.client.get(f"ctxcomp:kv:{key}")
+        return self._call("read", lambda: self.client.get(f"ctxcomp:kv:{key}"))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", lambda: self.client.delete(f"ctxcomp:kv:{key}"))
 
 
-def open_store(url: str) -> BlobStore:
+class GuardedStore:
+    """A breaker around a store: after a StoreUnavailable, every call fails at once
+    for `retry_after_s`; the first call after that tries the backend again."""
+
+    def __init__(
+        self, store: BlobStore, retry_after_s: float = DEFAULT_RETRY_AFTER_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.store = store
+        self.url = store.url
+        self.kind = store.kind
+        self.retry_after_s = retry_after_s
+        self._clock = clock
+        self._down_until = 0.0
+        self._reason = ""
+
+    def _call(self, call: Callable[[], T]) -> T:
+        if self._clock() < self._down_until:
+            raise StoreUnavailable(f"{self._reason} (not retried for {self.retry_after_s:g} s)")
+        try:
+            return call()
+        except StoreUnavailable as err:
+            self._down_until = self._clock() + self.retry_after_s
+            self._reason = str(err)
+            raise
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call(lambda: self.store.put(key, data))
+
+    def get(self, key: str) -> bytes | None:
+        return self._call(lambda: self.store.get(key))
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self.store.delete(key))
+
+
+def open_store(url: str, timeout_s: float = DEFAULT_TIMEOUT_S, retry_after_s: float = DEFAULT_RETRY_AFTER_S) -> GuardedStore:
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
-        return FileStore(Path(parsed.path if parsed.scheme else url).expanduser())
-    if parsed.scheme in ("redis", "rediss"):
-        return RedisStore(url)
-    raise ValueError(f"unknown blob store scheme {parsed.scheme!r} in {url!r}; valid: file://, redis://")
+        backend: BlobStore = FileStore(Path(parsed.path if parsed.scheme else url).expanduser())
+    elif parsed.scheme in ("redis", "rediss"):
+        backend = RedisStore(url, timeout_s=timeout_s)
+    else:
+        raise ValueError(f"unknown blob store scheme {parsed.scheme!r} in {url!r}; valid: file://, redis://")
+    return GuardedStore(backend, retry_after_s)

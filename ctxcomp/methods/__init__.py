@@ -32,6 +32,13 @@ def method_names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def is_method_name(name: str) -> bool:
+    """A registered method, or a chain of distinct registered methods: the names that may
+    become a metrics label (anything a client invents must not)."""
+    names = name.split(CHAIN_SEPARATOR)
+    return all(n in REGISTRY for n in names) and len(set(names)) == len(names)
+
+
 def method_class(name: str) -> type[Method]:
     if name not in REGISTRY:
         raise InvalidRequest("method", f"unknown method {name!r}; valid methods: {', '.join(method_names())}")

@@ -160,41 +160,20 @@ def test_stores_give_the_same_key_and_bytes(tmp_path) -> None:
         open_store("s3://bucket/x")
 
 
-def test_redis_store_against_a_real_server(tmp_path) -> None:
-    import shutil
-    import socket
-    import subprocess
-    import time
-
+def test_redis_store_against_a_real_server(redis_server) -> None:
     from ctxcomp.kv.store import blob_key, open_store
 
-    server_bin = shutil.which("redis-server")
-    if server_bin is None:
-        pytest.skip("redis-server is not installed (CI installs Debian's redis-server in .ci/run)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        store = open_store(f"redis://127.0.0.1:{port}/0")
-        for _ in range(100):
-            try:
-                store.client.ping()
-                break
-            except Exception:  # noqa: BLE001 - still starting
-                time.sleep(0.05)
-        k, v = tensors()
-        data = blob.encode(k, v, meta(), codec="int8", zstd_level=3)
-        key = blob_key("fp-abc", range(S), "int8")
-        assert store.get(key) is None
-        store.put(key, data)
-        again = open_store(f"redis://127.0.0.1:{port}/0").get(key)  # a second connection sees it
-        assert again == data
-        blob.decode(again, expect_fingerprint="fp-abc")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    store = open_store(redis_server.url)
+    k, v = tensors()
+    data = blob.encode(k, v, meta(), codec="int8", zstd_level=3)
+    key = blob_key("fp-abc", range(S), "int8")
+    assert store.get(key) is None
+    store.put(key, data)
+    again = open_store(redis_server.url).get(key)  # a second connection sees it
+    assert again == data
+    blob.decode(again, expect_fingerprint="fp-abc")
+    store.delete(key)
+    assert store.get(key) is None
 
 
 def test_stream_reassembly_is_bit_exact_and_checked() -> None:
@@ -242,3 +221,28 @@ def test_compress_returns_a_transform_blob_for_the_compressed_context(compressor
     ids = llm.tokenizer(result.context, add_special_tokens=False)["input_ids"]
     assert meta.codec == "transform" and meta.k_rope == "pre" and meta.tokens == len(ids)
     assert cache.get_seq_length() == len(ids)
+
+
+def test_an_unreachable_store_fails_fast_with_store_unavailable(redis_server) -> None:
+    import time
+
+    from ctxcomp.errors import StoreUnavailable
+    from ctxcomp.kv.store import open_store
+
+    store = open_store(redis_server.url, timeout_s=0.3, retry_after_s=0.5)
+    assert store.get("ab12") is None
+    for outage, resume in ((redis_server.freeze, redis_server.thaw), (redis_server.kill, redis_server.start)):
+        outage()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"KV store \(redis\)"):
+            store.get("ab12")
+        assert time.monotonic() - started < 1.5  # the timeout, not redis-py's 5 s default and retries
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="not retried"):
+            store.put("ab12", b"x")  # the breaker is open: no second wait
+        assert time.monotonic() - started < 0.05
+        resume()
+        time.sleep(0.6)
+        store.put("ab12", b"x")
+        assert store.get("ab12") == b"x"
+        store.delete("ab12")

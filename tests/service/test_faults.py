@@ -1,0 +1,152 @@
+"""Faults and isolation through real servers (and a real redis-server): a corrupt stored blob,
+a store that is down or frozen, batch-mates that share neither options nor errors, and
+client-invented method names in /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
+from ctxcomp.kv import blob
+from ctxcomp.kv.store import open_store
+from ctxcomp.pipeline import Compressor
+from ctxcomp.service.batcher import BatcherConfig
+from ctxcomp.service.server import BackgroundServer, ServerConfig
+from ctxcomp.types import CompressRequest, Document
+
+QUERY = "Why did the Vasa sink?"
+TEXT = (
+    "The Vasa sank in 1628 because it was top-heavy: its upper gun deck carried too many heavy cannons. "
+    "A gust of wind heeled it over and water poured in through the open gun ports."
+)
+# Batch-mates must arrive while the worker waits for company.
+TOGETHER = ServerConfig(port=0, batching=BatcherConfig(max_wait_ms=300))
+
+
+def sample(server: BackgroundServer, name: str, **labels: str) -> float:
+    return server.server.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def side_by_side(address: str, *calls: dict) -> list:
+    """Send the calls at once (one micro-batch); each outcome is a result or an RpcError."""
+    client = AsyncCtxcompClient(address, timeout=120)
+    try:
+        return await asyncio.gather(
+            *(client.compress(c.pop("query", QUERY), c.pop("documents", [TEXT]), **c) for c in calls),
+            return_exceptions=True,
+        )
+    finally:
+        await client.close()
+
+
+DAMAGES = {
+    "one flipped byte": lambda data: data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :],
+    "truncated to 10 bytes": lambda data: data[:10],
+    "emptied": lambda data: b"",
+}
+
+
+def test_a_corrupt_stored_blob_is_replaced_not_served(hub, tmp_path) -> None:
+    store = open_store(f"file://{tmp_path}/kv")
+    args = dict(method="llmlingua2", rate=0.5, return_kv=True, kv_codec="int8")
+    with BackgroundServer(Compressor(hub, kv_store=store), ServerConfig(port=0)) as server:
+        with CtxcompClient(server.address, timeout=120) as client:
+            key = client.compress(QUERY, [TEXT], **args).kv_keys[0]
+            path = store.store._path(key)
+            good = blob.inspect(path.read_bytes())
+            for damage in DAMAGES.values():
+                path.write_bytes(damage(path.read_bytes()))
+                assert client.compress(QUERY, [TEXT], **args).kv_keys == (key,)
+                assert blob.inspect(path.read_bytes()) == good  # recomputed and stored anew
+            assert client.compress(QUERY, [TEXT], **args).kv_keys == (key,)
+        assert sample(server, "ctxcomp_kv_store_lookups_total", outcome="corrupt") == len(DAMAGES)
+        assert sample(server, "ctxcomp_kv_store_lookups_total", outcome="hit") == 1
+        assert sample(server, "ctxcomp_kv_store_lookups_total", outcome="miss") == 1
+
+
+def test_a_blob_under_the_wrong_key_in_redis_is_replaced(hub, redis_server) -> None:
+    store = open_store(redis_server.url)
+    args = dict(method="llmlingua2", rate=0.5, return_kv=True)
+    with BackgroundServer(Compressor(hub, kv_store=store), ServerConfig(port=0)) as server:
+        with CtxcompClient(server.address, timeout=120) as client:
+            key = client.compress(QUERY, [TEXT], **args).kv_keys[0]
+            other = client.compress(QUERY, ["Stockholm weather: rain."], **args).kv_keys[0]
+            right = store.get(key)
+            store.put(key, store.get(other))  # intact, but the tokens of another context
+            assert client.compress(QUERY, [TEXT], **args).kv_keys == (key,)
+            assert blob.inspect(store.get(key)) == blob.inspect(right)
+            store.store.client.set(f"ctxcomp:kv:{key}", b"garbage")  # what a stray SET leaves
+            assert client.compress(QUERY, [TEXT], **args).kv_keys == (key,)
+            assert blob.inspect(store.get(key)) == blob.inspect(right)
+        assert sample(server, "ctxcomp_kv_store_lookups_total", outcome="corrupt") == 2
+
+
+def test_a_store_outage_is_unavailable_for_kv_requests_only(hub, redis_server) -> None:
+    store = open_store(redis_server.url, timeout_s=0.3, retry_after_s=0.5)
+    kv = dict(method="llmlingua2", rate=0.5, return_kv=True)
+    plain = dict(method="exit")
+    with BackgroundServer(Compressor(hub, kv_store=store), TOGETHER) as server:
+        alone = asyncio.run(side_by_side(server.address, dict(plain)))[0]
+        for outage, resume in ((redis_server.freeze, redis_server.thaw), (redis_server.kill, redis_server.start)):
+            outage()
+            started = time.monotonic()
+            failed, served, best_effort = asyncio.run(
+                side_by_side(server.address, dict(kv), dict(plain), dict(kv, kv_best_effort=True))
+            )
+            assert time.monotonic() - started < 5
+            assert failed.code() == grpc.StatusCode.UNAVAILABLE, failed
+            assert "KV store (redis)" in failed.details() and "127.0.0.1" not in failed.details()
+            assert served.context == alone.context
+            assert best_effort.kv_keys == () and "served without the KV blob" in best_effort.note
+            assert best_effort.context  # the text still comes back
+            resume()
+            time.sleep(0.6)  # the breaker's retry_after_s
+            assert asyncio.run(side_by_side(server.address, dict(kv)))[0].kv_keys
+        assert max(server.server.batcher.batch_sizes) >= 3
+        assert sample(server, "ctxcomp_requests_total", method="llmlingua2", rpc="Compress", code="UNAVAILABLE") == 2
+
+
+def test_batch_mates_keep_their_own_options_and_errors(hub, tmp_path) -> None:
+    compressor = Compressor(hub, kv_store=open_store(f"file://{tmp_path}/kv"))
+    chain = "exit>llmlingua2"
+    loose = {"exit": {"threshold": 0.05}, "llmlingua2": {"rate": 0.9}}
+    tight = {"exit": {"threshold": 0.5}, "llmlingua2": {"rate": 0.2}}
+    with BackgroundServer(compressor, TOGETHER) as server:
+        outcomes = asyncio.run(
+            side_by_side(
+                server.address,
+                dict(method=chain, options=loose),
+                dict(method=chain, options=tight),
+                dict(method="llmlingua2", documents=[" "], return_kv=True),  # an empty context: no KV to compute
+                dict(method="exit"),
+            )
+        )
+        assert max(server.server.batcher.batch_sizes) == 4
+    for outcome, options in zip(outcomes[:2], (loose, tight)):
+        alone = compressor.compress(CompressRequest(QUERY, (Document("0", TEXT),), method=chain, options=options))
+        assert outcome.context == alone.context
+    assert outcomes[0].tokens_after > outcomes[1].tokens_after
+    assert outcomes[2].code() == grpc.StatusCode.INVALID_ARGUMENT and outcomes[2].details().startswith("return_kv:")
+    assert outcomes[3].context == compressor.compress(CompressRequest(QUERY, (Document("0", TEXT),), method="exit")).context
+
+
+def test_only_real_method_names_become_metric_labels(server, client) -> None:
+    invented = [f"made-up-{i}" for i in range(30)]
+    for name in invented:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.compress(QUERY, [TEXT], method=name)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    client.compress(QUERY, [TEXT], method="exit>llmlingua2")
+    names = {
+        s.labels.get("method")
+        for family in server.server.metrics.registry.collect()
+        for s in family.samples
+        if "method" in s.labels
+    }
+    assert not names & set(invented)
+    assert {"invalid", "exit>llmlingua2"} <= names
+    assert sample(server, "ctxcomp_requests_total", method="invalid", rpc="Compress", code="INVALID_ARGUMENT") >= 30
