@@ -10,15 +10,24 @@ from typing import Sequence
 
 import numpy as np
 
+from ctxcomp.cancellation import checkpoint
 from ctxcomp.hub import ModelHub
 from ctxcomp.selection import keep_sentences
 from ctxcomp.text import TextSpans, split_sentences
 from ctxcomp.types import CompressRequest, DocumentResult
 
 
+EMBED_CHUNK = 256  # texts per encode call: the cancellation checkpoint's granularity
+
+
 def embed(hub: ModelHub, texts: list[str]) -> np.ndarray:
     """[N, E] float32 L2-normalised sentence-encoder embeddings."""
-    return hub.get("sentence_encoder").encode(texts, convert_to_numpy=True, normalize_embeddings=True, batch_size=64)
+    encoder = hub.get("sentence_encoder")
+    parts = []
+    for start in range(0, len(texts), EMBED_CHUNK):
+        checkpoint()
+        parts.append(encoder.encode(texts[start : start + EMBED_CHUNK], convert_to_numpy=True, normalize_embeddings=True, batch_size=64))
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.get_sentence_embedding_dimension()), dtype=np.float32)
 
 
 def query_and_sentences(hub: ModelHub, query: str, split: Sequence[TextSpans]) -> tuple[np.ndarray, np.ndarray]:

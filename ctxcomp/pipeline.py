@@ -1,4 +1,4 @@
-"""The request path: validate -> count -> relevance (selective) -> compress (method or chain) -> join -> KV.
+"""The request path: validate and count -> relevance (selective) -> compress (method or chain) -> join -> KV.
 
 `Compressor` is the one object a server, CLI or library user holds: it owns the
 loaded models (ModelHub) and one instance of each method used so far. `plan`
@@ -13,8 +13,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
-
-import numpy as np
 
 from ctxcomp import methods, relevance
 from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable
@@ -34,6 +32,9 @@ class Limits:
     max_document_chars: int = 1_000_000
     max_total_chars: int = 8_000_000
     max_message_bytes: int = 64 * 1024 * 1024
+    # Downstream-LLM tokens over all documents: a request's cost, bounded up front so that
+    # one request cannot hold the model worker for minutes (one 128k-token LLM context).
+    max_request_tokens: int = 131_072
 
 
 def validate(request: CompressRequest, limits: Limits) -> None:
@@ -79,7 +80,12 @@ class Plan:
     name: str  # method name, or stage names joined by ">"
     config: Any  # the method's config with this request's options (a ChainConfig for a chain)
     kv_codec: str  # "" unless return_kv
-    planned_ms: float = 0.0  # time spent validating and planning (reported as the "validate" stage)
+    tokens_before: tuple[int, ...] = ()  # downstream-LLM tokens of each document: the request's cost
+    planned_ms: float = 0.0  # time spent validating, counting and planning (the "validate" stage)
+
+    @property
+    def cost_tokens(self) -> int:
+        return sum(self.tokens_before)
 
 
 class Compressor:
@@ -132,7 +138,12 @@ class Compressor:
             from ctxcomp.kv.stage import check_kv_request
 
             codec = check_kv_request(request.kv_codec, request.kv_model, self.hub)
-        return Plan(request, name, config, codec, (time.perf_counter() - started) * 1000.0)
+        tokens = tuple(self.hub.count_tokens([d.text for d in request.documents]))
+        if sum(tokens) > self.limits.max_request_tokens:
+            raise InvalidRequest(
+                "documents", f"{sum(tokens)} tokens in all, this server's max_request_tokens is {self.limits.max_request_tokens}"
+            )
+        return Plan(request, name, config, codec, tokens, (time.perf_counter() - started) * 1000.0)
 
     def run(self, plans: Sequence[Plan]) -> list[CompressResult]:
         """Run planned requests together; the first request's error, if any, is raised."""
@@ -149,8 +160,7 @@ class Compressor:
         are that request's outcome; the others still get their results.
         """
         timings: dict[str, float] = {}
-        with _timed(timings, "count"):
-            tokens_before = count_documents(self.hub, plans)
+        tokens_before = [plan.tokens_before for plan in plans]
         outputs: list[MethodOutput | None] = [None] * len(plans)
         if any(plan.config.selective for plan in plans):
             with _timed(timings, "relevance"):
@@ -211,13 +221,6 @@ class Compressor:
                 }
             )
         return rows
-
-
-def count_documents(hub: ModelHub, plans: Sequence[Plan]) -> list[tuple[int, ...]]:
-    """Downstream-LLM tokens of every document of every request, in one tokenizer call."""
-    counts = hub.count_tokens([d.text for plan in plans for d in plan.request.documents])
-    bounds = np.cumsum([0] + [len(plan.request.documents) for plan in plans])
-    return [tuple(counts[bounds[i] : bounds[i + 1]]) for i in range(len(plans))]
 
 
 def gate(hub: ModelHub, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]]) -> list[MethodOutput | None]:

@@ -20,6 +20,7 @@ import torch
 
 from ctxcomp import windows as win
 from ctxcomp.batching import batches_by_length
+from ctxcomp.cancellation import checkpoint
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodOutput
 from ctxcomp.selection import empty_results
@@ -75,6 +76,7 @@ def segment(hub: ModelHub, scorer: Any, requests: Sequence[CompressRequest], tex
     queries = [win.query_ids(tokenizer, r.query, scorer.max_length) for r in requests for _ in r.documents]
     out = []
     for d, (text, sents, query) in enumerate(zip(texts, sentences, queries)):
+        checkpoint()
         words = segment_words(text)
         owner = sentence_of_word(words, sents)
         ids = win.word_ids(tokenizer, words.strings())
@@ -92,6 +94,7 @@ def encode(scorer: Any, segmented: Sequence[_Segmented], windows: Sequence[win.W
     sentences = torch.full((int(sentence_base[-1]),), -torch.inf)
     word_sums, word_counts = torch.zeros(int(word_base[-1])), torch.zeros(int(word_base[-1]))
     for batch in batches_by_length([len(w.input_ids) for w in windows], MAX_BATCH_TOKENS):
+        checkpoint()
         members = [windows[i] for i in batch]
         padded = win.pad_windows(members, pad_id)
         out = model(padded.input_ids, padded.attention_mask, padded.token_type_ids)

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ctxcomp.cancellation import checkpoint
+
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u3000-\u303f\uff00-\uffef"
 _WORD = re.compile(rf"https?://\S+|www\.\S+|[{_CJK}]|[^\s{_CJK}]+")
 SENTENCE_END = re.compile(r"[.!?;:。！？]['\")\]]*$")
@@ -102,11 +104,15 @@ def unit_ids(words: TextSpans) -> np.ndarray:
 _BLOCK = re.compile(r"\S(?:.*?\S)?(?=\s*\n\s*\n|\s*$)", re.S)
 
 
+SPACY_BATCH = 16  # blocks per spaCy batch: also the cancellation checkpoint's granularity
+
+
 def split_sentences(nlp: Any, texts: Sequence[str]) -> list[TextSpans]:
     """Split each text into sentences with a spaCy pipeline (one nlp.pipe over all blocks)."""
     blocks = [(t, m.start(), m.group()) for t, text in enumerate(texts) for m in _BLOCK.finditer(text)]
     spans: list[list[tuple[int, int]]] = [[] for _ in texts]
-    for (t, offset, _), doc in zip(blocks, nlp.pipe((b for _, _, b in blocks), batch_size=64)):
+    for (t, offset, _), doc in zip(blocks, nlp.pipe((b for _, _, b in blocks), batch_size=SPACY_BATCH)):
+        checkpoint()
         for sent in doc.sents:
             raw = sent.text
             lead = len(raw) - len(raw.lstrip())

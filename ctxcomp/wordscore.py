@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ctxcomp.batching import batches_by_length, pad_rows, padded_width
+from ctxcomp.cancellation import checkpoint
 from ctxcomp.text import SENTENCE_END
 
 
@@ -112,6 +113,7 @@ def score_chunks(
     sums = torch.zeros(int(offsets[-1]))
     counts = torch.zeros(int(offsets[-1]))
     for batch in batches_by_length([len(c.input_ids) for c in chunks], max_batch_tokens):
+        checkpoint()
         members = [chunks[i] for i in batch]
         ids, mask, owner = pad_batch(members, tokenizer.pad_token_id)
         probs = model(input_ids=ids, attention_mask=mask).logits.float().softmax(-1)[..., 1]  # [B, T]

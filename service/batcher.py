@@ -1,6 +1,10 @@
 """Micro-batching in front of the model worker: requests that arrive while a batch
-is computing are compressed together in the next one (one encoder pass), with a
-bounded queue so overload is refused at once instead of piling up."""
+is computing are compressed together in the next one (one encoder pass).
+
+Admission counts cost, not only requests: the queue is bounded in requests and in
+downstream-LLM tokens, and a request that would not be served before its deadline
+is refused at once. A batch whose requests are cancelled or expire stops at the
+next model batch (ctxcomp.cancellation); its other requests run again without them."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from ctxcomp.cancellation import Cancelled, cancellable
 from ctxcomp.errors import CtxcompError
 from ctxcomp.pipeline import Compressor, Plan
 from ctxcomp.types import CompressRequest, CompressResult
@@ -36,6 +41,7 @@ class BatcherConfig:
     max_batch: int = 32  # requests per compress_batch call
     max_queue: int = 256  # waiting requests before new ones are refused
     max_wait_ms: float = 0.0  # extra wait for company; 0 = take whatever queued meanwhile
+    max_queued_tokens: int = 1 << 20  # downstream-LLM tokens waiting before new requests are refused
 
 
 @dataclass
@@ -55,7 +61,9 @@ class MicroBatcher:
         self.config = config
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
         self.batch_sizes: list[int] = []  # recent batch sizes, for metrics and tests
-        self.seconds_per_request = 0.0  # moving average of model time per request
+        self.seconds_per_token = 0.0  # moving average of model time per downstream-LLM token
+        self.queued_tokens = 0  # cost of the requests waiting in the queue
+        self.cancelled_batches = 0  # batches stopped early because a request left (tests, metrics)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -71,13 +79,18 @@ class MicroBatcher:
         which must not block the event loop), then wait for the batch holding this request.
 
         With a deadline, a request that would wait longer than it has left (by the
-        queue length and the recent time per request) is refused at once: queued,
-        it would only expire and delay the requests behind it. An empty queue admits
-        everything: then only the request's own work stands between it and its deadline.
+        tokens queued ahead of it and the recent time per token) is refused at once:
+        queued, it would only expire and delay the requests behind it. An empty queue
+        admits everything: then only the request's own work stands between it and its deadline.
         """
         plan = await asyncio.to_thread(self.compressor.plan, request)
+        cost = plan.cost_tokens
+        if self.queue.qsize() and self.queued_tokens + cost > self.config.max_queued_tokens:
+            raise Overloaded(
+                f"server busy: {self.queued_tokens} tokens already queued, limit {self.config.max_queued_tokens}; retry later"
+            )
         if deadline_s is not None and self.queue.qsize():
-            expected = (self.queue.qsize() + 1) * self.seconds_per_request
+            expected = (self.queued_tokens + cost) * self.seconds_per_token
             if expected > deadline_s:
                 raise Overloaded(
                     f"server busy: expected wait {expected:.2f} s exceeds the {deadline_s:.2f} s left before the deadline"
@@ -87,41 +100,60 @@ class MicroBatcher:
             self.queue.put_nowait(pending)
         except asyncio.QueueFull:
             raise Overloaded(f"server busy: {self.config.max_queue} requests already queued; retry later") from None
+        self.queued_tokens += cost
         return await pending.future
 
+    def _take(self, pending: _Pending) -> _Pending:
+        self.queued_tokens -= pending.plan.cost_tokens
+        return pending
+
     async def _collect(self) -> list[_Pending]:
-        batch = [await self.queue.get()]
+        batch = [self._take(await self.queue.get())]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.max_wait_ms / 1000.0
         while len(batch) < self.config.max_batch:
             try:
-                batch.append(self.queue.get_nowait())
+                batch.append(self._take(self.queue.get_nowait()))
             except asyncio.QueueEmpty:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                    batch.append(self._take(await asyncio.wait_for(self.queue.get(), left)))
                 except TimeoutError:
                     break
         # A caller that gave up (deadline, cancellation) costs no model time.
         return [p for p in batch if not p.future.done()]
 
-    def _compress(self, plans: list[Plan]) -> list[CompressResult | Exception]:
-        """Results of the batch, or, when it fails, of each request alone: one request's
-        error is its own, never its batch-mates'."""
+    def _compress(self, batch: list[_Pending]) -> list[CompressResult | Exception | None]:
+        """Outcomes of the batch, in its order; None for a request that left (cancelled,
+        expired) before its result. When a request leaves mid-batch, the work stops at the
+        next model batch and the others run again without it. When the batch fails, each
+        request runs alone: one request's error is its own, never its batch-mates'."""
+        outcomes: dict[int, CompressResult | Exception] = {}
+        live = list(range(len(batch)))
         try:
-            return list(self.compressor.run_each(plans))
-        except Exception:  # noqa: BLE001 - find whose error it is
-            return [self._alone(plan) for plan in plans]
+            while live := [i for i in live if not batch[i].future.done()]:
+                try:
+                    with cancellable(lambda: any(batch[i].future.done() for i in live)):
+                        outcomes.update(zip(live, self.compressor.run_each([batch[i].plan for i in live])))
+                    break
+                except Cancelled:
+                    self.cancelled_batches += 1
+                except Exception:  # noqa: BLE001 - find whose error it is
+                    for i in live:
+                        outcomes[i] = self._alone(batch[i])
+                    break
         finally:
             # Batches allocate many differently sized tensors; hand freed heap back to the
             # OS so the server's RSS tracks its working set instead of its high-water mark.
             _release_free_heap()
+        return [outcomes.get(i) for i in range(len(batch))]
 
-    def _alone(self, plan: Plan) -> CompressResult | Exception:
+    def _alone(self, pending: _Pending) -> CompressResult | Exception:
         try:
-            return self.compressor.run_each([plan])[0]
+            with cancellable(pending.future.done):
+                return self.compressor.run_each([pending.plan])[0]
         except Exception as error:  # noqa: BLE001 - delivered to this request's caller
             return error
 
@@ -135,11 +167,12 @@ class MicroBatcher:
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             started = loop.time()
-            results = await loop.run_in_executor(self.executor, self._compress, [p.plan for p in batch])
-            per_request = (loop.time() - started) / len(batch)
-            self.seconds_per_request = 0.8 * self.seconds_per_request + 0.2 * per_request
+            results = await loop.run_in_executor(self.executor, self._compress, batch)
+            served = sum(p.plan.cost_tokens for p, outcome in zip(batch, results) if outcome is not None)
+            if served:
+                self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (loop.time() - started) / served
             for p, outcome in zip(batch, results):
-                if p.future.done():
+                if p.future.done() or outcome is None:
                     continue
                 if isinstance(outcome, Exception):
                     p.future.set_exception(outcome)

@@ -14,7 +14,7 @@ from ctxcomp.models import describe_roles
 from ctxcomp.pipeline import Compressor
 from ctxcomp.service.batcher import MicroBatcher
 from ctxcomp.service.metrics import Metrics
-from ctxcomp.service.wire_guard import parse_compress_request
+from ctxcomp.service.wire_guard import parse_compress_request, parse_list_methods_request
 from ctxcomp.types import CompressResult
 from ctxcomp.service.errors import status_for
 from ctxcomp.v1 import ctxcomp_pb2 as pb
@@ -81,7 +81,11 @@ class CompressorServicer(pb_grpc.CompressorServicer):
                 kv=pb.KvChunk(blob_id=result.kv.key, offset=offset, data=piece, total_bytes=len(data), last=last)
             )
 
-    async def ListMethods(self, request: pb.ListMethodsRequest, context: grpc.aio.ServicerContext) -> pb.ListMethodsResponse:
+    async def ListMethods(
+        self, request: pb.ListMethodsRequest | InvalidRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMethodsResponse:
+        if isinstance(request, InvalidRequest):  # the bytes did not parse (see wire_guard)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request))
         limits = self.compressor.limits
         loaded = self.compressor.hub.loaded_roles()
         return pb.ListMethodsResponse(
@@ -106,14 +110,15 @@ class CompressorServicer(pb_grpc.CompressorServicer):
                 max_document_chars=limits.max_document_chars,
                 max_total_chars=limits.max_total_chars,
                 max_message_bytes=limits.max_message_bytes,
+                max_request_tokens=limits.max_request_tokens,
             ),
             default_method=self.compressor.default_method,
         )
 
 
 def add_to_server(servicer: CompressorServicer, server: grpc.aio.Server) -> None:
-    """Like the generated add_CompressorServicer_to_server, but Compress requests are
-    parsed by wire_guard, so bad bytes get INVALID_ARGUMENT naming the field."""
+    """Like the generated add_CompressorServicer_to_server, but requests are parsed by
+    wire_guard, so bad bytes get INVALID_ARGUMENT naming the field."""
     handlers = {
         "Compress": grpc.unary_unary_rpc_method_handler(
             servicer.Compress,
@@ -127,7 +132,7 @@ def add_to_server(servicer: CompressorServicer, server: grpc.aio.Server) -> None
         ),
         "ListMethods": grpc.unary_unary_rpc_method_handler(
             servicer.ListMethods,
-            request_deserializer=pb.ListMethodsRequest.FromString,
+            request_deserializer=parse_list_methods_request,
             response_serializer=pb.ListMethodsResponse.SerializeToString,
         ),
     }

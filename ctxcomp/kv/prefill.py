@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ctxcomp.cancellation import checkpoint
 from ctxcomp.errors import NotAvailable
 from ctxcomp.kernels.attention import Backend, RopeParams, prefill_attention
 
@@ -47,6 +48,7 @@ def prefill(model: Any, input_ids: torch.Tensor, *, start_pos: int = 0, backend:
     hidden = inner.embed_tokens(input_ids)  # [B, S, hidden]
     keys, values, used = [], [], "reference"
     for layer in inner.layers:
+        checkpoint()
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
         q = attn.q_proj(x).view(batch, seq, -1, head_dim)  # [B, S, Hq, D]

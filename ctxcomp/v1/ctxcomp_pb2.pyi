@@ -215,18 +215,20 @@ class ModelInfo(_message.Message):
     def __init__(self, role: _Optional[str] = ..., source: _Optional[str] = ..., loaded: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_query_chars", "max_documents", "max_document_chars", "max_total_chars", "max_message_bytes")
+    __slots__ = ("max_query_chars", "max_documents", "max_document_chars", "max_total_chars", "max_message_bytes", "max_request_tokens")
     MAX_QUERY_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     MAX_DOCUMENT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOTAL_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_query_chars: int
     max_documents: int
     max_document_chars: int
     max_total_chars: int
     max_message_bytes: int
-    def __init__(self, max_query_chars: _Optional[int] = ..., max_documents: _Optional[int] = ..., max_document_chars: _Optional[int] = ..., max_total_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_request_tokens: int
+    def __init__(self, max_query_chars: _Optional[int] = ..., max_documents: _Optional[int] = ..., max_document_chars: _Optional[int] = ..., max_total_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_request_tokens: _Optional[int] = ...) -> None: ...
 
 class ListMethodsResponse(_message.Message):
     __slots__ = ("methods", "models", "limits", "default_method")

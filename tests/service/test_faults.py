@@ -150,3 +150,85 @@ def test_only_real_method_names_become_metric_labels(server, client) -> None:
     assert not names & set(invented)
     assert {"invalid", "exit>llmlingua2"} <= names
     assert sample(server, "ctxcomp_requests_total", method="invalid", rpc="Compress", code="INVALID_ARGUMENT") >= 30
+
+
+def many_documents(count: int) -> list[str]:
+    """About 1,350 downstream-LLM tokens a document; 40 of them keep the worker busy ~9 s on 2 cores."""
+    return [f"Part {i}. " + TEXT * 30 for i in range(count)]
+
+
+def test_a_request_over_the_token_limit_is_refused_up_front(hub) -> None:
+    from ctxcomp.pipeline import Limits
+
+    compressor = Compressor(hub, limits=Limits(max_request_tokens=2_000))
+    with BackgroundServer(compressor, ServerConfig(port=0)) as server, CtxcompClient(server.address, timeout=60) as client:
+        assert client.list_methods().limits.max_request_tokens == 2_000
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            client.compress(QUERY, many_documents(2))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith("documents:") and "max_request_tokens is 2000" in caught.value.details()
+        assert time.monotonic() - started < 2
+        assert client.compress(QUERY, many_documents(1)).tokens_after > 0
+
+
+def test_expired_and_cancelled_work_stops_within_a_model_batch(hub) -> None:
+    """A request worth ~9 s of model time whose deadline passes after 1 s (the server's own
+    deadline handling: the client waits on), or whose caller cancels, frees the worker for
+    the request queued behind it within about one model batch."""
+    big = many_documents(40)
+
+    async def scenario(leave) -> float:
+        client = AsyncCtxcompClient(server.address, timeout=60)
+        try:
+            started = time.monotonic()
+            heavy = asyncio.ensure_future(leave(client))
+            await asyncio.sleep(0.3)  # the heavy batch is running
+            await client.compress(QUERY, [TEXT], method="cascade")
+            waited = time.monotonic() - started
+            outcome = (await asyncio.gather(heavy, return_exceptions=True))[0]
+            assert isinstance(outcome, (grpc.RpcError, asyncio.CancelledError)), outcome
+            return waited
+        finally:
+            await client.close()
+
+    async def expire(client: AsyncCtxcompClient) -> None:
+        await client.stub.Compress(client_request(big), timeout=1.0)
+
+    async def cancel(client: AsyncCtxcompClient) -> None:
+        call = client.stub.Compress(client_request(big), timeout=60)
+        await asyncio.sleep(1.0)
+        call.cancel()
+        await call
+
+    with BackgroundServer(Compressor(hub), ServerConfig(port=0)) as server:
+        for leave in (expire, cancel):
+            assert asyncio.run(scenario(leave)) < 4.0, leave.__name__
+        assert server.server.batcher.cancelled_batches >= 2
+
+
+def client_request(documents: list[str]):
+    from ctxcomp.client import build_request
+
+    return build_request(QUERY, documents, method="cascade")
+
+
+def test_admission_counts_queued_tokens_not_only_requests(hub) -> None:
+    config = ServerConfig(port=0, batching=BatcherConfig(max_queued_tokens=10_000))
+    with BackgroundServer(Compressor(hub), config) as server:
+
+        async def scenario() -> list:
+            client = AsyncCtxcompClient(server.address, timeout=3)
+            try:
+                first = asyncio.ensure_future(client.compress(QUERY, many_documents(10)))  # ~13.5k tokens: runs
+                await asyncio.sleep(0.3)
+                second = asyncio.ensure_future(client.compress(QUERY, many_documents(10)))  # waits: the queue was empty
+                await asyncio.sleep(0.3)
+                third = client.compress(QUERY, [TEXT])  # would wait behind 13.5k queued tokens
+                return await asyncio.gather(third, first, second, return_exceptions=True)
+            finally:
+                await client.close()
+
+        refused = asyncio.run(scenario())[0]
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "tokens already queued" in refused.details()
