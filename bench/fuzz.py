@@ -2,7 +2,7 @@
 
     python bench/fuzz.py [--quick]
 
-Runs tests/test_reliability.py::test_fuzzed_requests_never_fail_internally against
+Runs tests/service/test_reliability.py::test_fuzzed_requests_never_fail_internally against
 a real loopback server and prints one JSON object: cases, outcome and seconds.
 A failure means a request produced INTERNAL (or a rejection not naming its field).
 """
@@ -27,7 +27,7 @@ def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "tests/test_reliability.py::test_fuzzed_requests_never_fail_internally",
+        [sys.executable, "-m", "pytest", "-q", "-x", "tests/service/test_reliability.py::test_fuzzed_requests_never_fail_internally",
          "-p", "no:randomly", "--hypothesis-seed=0"],
         cwd=repo, env={**os.environ, "CTXCOMP_FUZZ_EXAMPLES": str(cases)}, capture_output=True, text=True,
     )

@@ -27,10 +27,12 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         if details.method.startswith(OPEN_SERVICES):
             return await continuation(details)
-        presented = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(presented).encode(), self._expected):
+        presented = [value for key, value in details.invocation_metadata or () if key == "authorization"]
+        if len(presented) == 1 and hmac.compare_digest(str(presented[0]).encode(), self._expected):
             return await continuation(details)
         handler = await continuation(details)
+        if len(presented) > 1:  # which one a proxy or a server reads differs: accept neither
+            return _refusing(handler, f"{len(presented)} authorization headers; send exactly one")
         return _refusing(handler, "missing bearer token" if not presented else "invalid bearer token")
 
 

@@ -28,19 +28,85 @@ def parse_compress_request(data: bytes) -> pb.CompressRequest | InvalidRequest:
             field = None
         if field:
             return InvalidRequest(field, "not valid UTF-8")
+        problem = options_problem(data)
+        if problem:
+            return InvalidRequest("options", problem)
         return InvalidRequest("request", f"malformed CompressRequest message ({err})")
 
 
+def parse_list_methods_request(data: bytes) -> pb.ListMethodsRequest | InvalidRequest:
+    """The parsed request, or the InvalidRequest to answer with (never raises)."""
+    try:
+        return pb.ListMethodsRequest.FromString(data)
+    except DecodeError:
+        return InvalidRequest("request", "malformed ListMethodsRequest message")
+
+
+# protobuf refuses messages nested deeper than this (CompressRequest, Struct, map entry,
+# Value, Struct, ...): about 32 levels of objects in the options.
+MAX_MESSAGE_DEPTH = 100
+
+
+def options_problem(data: bytes) -> str | None:
+    """Why a CompressRequest's options do not parse (invalid UTF-8, or nested too deeply), if they are the cause."""
+    try:
+        for number, wire_type, value in _fields(data):
+            if number == 6 and wire_type == _LENGTH_DELIMITED:
+                problem = _struct_problem(value, depth=2)
+                if problem:
+                    return problem
+    except ValueError:
+        return None
+    return None
+
+
+def _struct_problem(data: bytes, depth: int) -> str | None:
+    """Struct { map<string, Value> fields = 1 } at message depth `depth`."""
+    if depth > MAX_MESSAGE_DEPTH:
+        return f"nested too deeply (protobuf allows {MAX_MESSAGE_DEPTH} message levels: about 32 levels of objects)"
+    for number, wire_type, entry in _fields(data):
+        if number != 1 or wire_type != _LENGTH_DELIMITED:
+            continue
+        for part_number, part_type, part in _fields(entry):
+            if part_type != _LENGTH_DELIMITED:
+                continue
+            problem = "not valid UTF-8 (a key)" if part_number == 1 and not _utf8(part) else None
+            problem = problem or (_value_problem(part, depth + 2) if part_number == 2 else None)
+            if problem:
+                return problem
+    return None
+
+
+def _value_problem(data: bytes, depth: int) -> str | None:
+    """Value { string_value = 3; Struct struct_value = 5; ListValue list_value = 6 } at `depth`."""
+    if depth > MAX_MESSAGE_DEPTH:
+        return f"nested too deeply (protobuf allows {MAX_MESSAGE_DEPTH} message levels: about 32 levels of objects)"
+    for number, wire_type, part in _fields(data):
+        if wire_type != _LENGTH_DELIMITED:
+            continue
+        if number == 3 and not _utf8(part):
+            return "not valid UTF-8 (a value)"
+        if number == 5:
+            problem = _struct_problem(part, depth + 1)
+            if problem:
+                return problem
+        if number == 6:  # ListValue { repeated Value values = 1 }
+            for item_number, item_type, item in _fields(part):
+                problem = _value_problem(item, depth + 2) if item_number == 1 and item_type == _LENGTH_DELIMITED else None
+                if problem:
+                    return problem
+    return None
+
+
 def invalid_utf8_field(data: bytes) -> str | None:
-    """Proto path of the first string field of a CompressRequest holding invalid UTF-8."""
+    """Proto path of the first string field of a CompressRequest holding invalid UTF-8
+    (the options, a Struct, are options_problem's)."""
     document = -1
     for number, wire_type, value in _fields(data):
         if wire_type != _LENGTH_DELIMITED:
             continue
         if number in (1, 3) and not _utf8(value):
             return "query" if number == 1 else "method"
-        if number == 6 and not _struct_ok(value):
-            return "options"
         if number == 2:
             document += 1
             found = _document_field(value, document)
@@ -60,14 +126,6 @@ def _document_field(data: bytes, index: int) -> str | None:
                 if not _utf8(entry):
                     return f"documents[{index}].metadata" + (" (a key)" if entry_number == 1 else " (a value)")
     return None
-
-
-def _struct_ok(data: bytes) -> bool:
-    try:
-        pb.CompressRequest.FromString(b"\x32" + _varint_bytes(len(data)) + data)
-        return True
-    except DecodeError:
-        return False
 
 
 def _utf8(value: bytes) -> bool:

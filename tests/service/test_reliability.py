@@ -37,6 +37,47 @@ def test_auth_required_when_configured(compressor) -> None:
             assert client.health() == "SERVING"  # probes need no token
 
 
+def test_two_authorization_headers_are_refused(compressor) -> None:
+    with BackgroundServer(compressor, ServerConfig(port=0, auth_token="s3cret")) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            call = channel.unary_unary(
+                "/ctxcomp.v1.Compressor/ListMethods",
+                request_serializer=pb.ListMethodsRequest.SerializeToString,
+                response_deserializer=pb.ListMethodsResponse.FromString,
+            )
+            assert call(pb.ListMethodsRequest(), metadata=[("authorization", "Bearer s3cret")], timeout=30).methods
+            for pair in (["Bearer wrong", "Bearer s3cret"], ["Bearer s3cret", "Bearer wrong"], ["Bearer s3cret"] * 2):
+                with pytest.raises(grpc.RpcError) as caught:
+                    call(pb.ListMethodsRequest(), metadata=[("authorization", v) for v in pair], timeout=30)
+                assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert caught.value.details() == "2 authorization headers; send exactly one"
+
+
+def test_garbage_bytes_name_the_problem_on_every_rpc(server) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        for rpc in ("ListMethods", "Compress"):
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(f"/ctxcomp.v1.Compressor/{rpc}")(b"\xff\xff\xff\x07garbage", timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert caught.value.details().startswith("request: malformed"), caught.value.details()
+
+
+def test_deeply_nested_options_are_called_that(client) -> None:
+    deep: dict = {"x": 1}
+    for _ in range(40):
+        deep = {"a": deep}
+    with pytest.raises(grpc.RpcError) as caught:
+        client.compress("q", [TEXT], options={"rate": deep})
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("options: nested too deeply")
+    shallow: dict = {"x": 1}
+    for _ in range(30):
+        shallow = {"a": shallow}
+    with pytest.raises(grpc.RpcError) as caught:  # parses; then refused by the method's own check
+        client.compress("q", [TEXT], options={"zzz": shallow})
+    assert caught.value.details().startswith("options.zzz")
+
+
 def test_tls_round_trip(compressor, tmp_path: Path) -> None:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
