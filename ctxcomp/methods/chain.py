@@ -89,6 +89,13 @@ class Chain:
             for i, output in enumerate(outputs):
                 history[i].append(output.documents)
                 notes[i] += [f"{stage.name}: {output.note}"] if output.note else []
+                given, kept = sum(before[i]), sum(r.tokens_after for r in output.documents)
+                if given and not kept:
+                    later = ", ".join(s.name for s in self.stages[position + 1 :])
+                    notes[i].append(
+                        f"{stage.name} kept none of the {given} tokens it was given (a stage applies its own rate "
+                        f"to what the stage before kept)" + (f", so {later} had no text" if later else "")
+                    )
                 current[i] = with_texts(current[i], output.documents)
                 before[i] = [r.tokens_after for r in output.documents]
         return [

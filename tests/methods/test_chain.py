@@ -75,3 +75,11 @@ def test_compose_maps_inner_spans_back_to_the_original() -> None:
     outer_text = "alpha beta delta epsilon"
     inner = (Span(6, 16),)  # "beta delta" across the joint
     assert [original[s.start : s.end] for s in compose(outer, outer_text, original, inner)] == ["beta", "delta"]
+
+
+def test_a_stage_that_keeps_nothing_says_so(compressor) -> None:
+    options = {"exit": {"threshold": 0.99, "min_sentences": 1}, "recomp_extractive": {"rate": 0.05}}
+    request = chain_request(options)
+    result = compressor.compress(CompressRequest(request.query, request.documents, "exit>recomp_extractive>llmlingua2", options=options))
+    assert result.context == ""
+    assert "recomp_extractive kept none of the" in result.note and "so llmlingua2 had no text" in result.note
