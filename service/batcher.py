@@ -36,6 +36,10 @@ class Overloaded(CtxcompError):
     """The admission queue is full; the client should back off and retry."""
 
 
+class ShuttingDown(CtxcompError):
+    """The server is stopping and its grace period is over; the client should retry elsewhere."""
+
+
 @dataclass(frozen=True)
 class BatcherConfig:
     max_batch: int = 32  # requests per compress_batch call
@@ -64,6 +68,7 @@ class MicroBatcher:
         self.seconds_per_token = 0.0  # moving average of model time per downstream-LLM token
         self.queued_tokens = 0  # cost of the requests waiting in the queue
         self.cancelled_batches = 0  # batches stopped early because a request left (tests, metrics)
+        self._unanswered: set[asyncio.Future] = set()  # admitted requests without an outcome yet
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -101,7 +106,20 @@ class MicroBatcher:
         except asyncio.QueueFull:
             raise Overloaded(f"server busy: {self.config.max_queue} requests already queued; retry later") from None
         self.queued_tokens += cost
+        self._unanswered.add(pending.future)
+        pending.future.add_done_callback(self._unanswered.discard)
         return await pending.future
+
+    async def drain(self, grace_s: float) -> int:
+        """Wait up to grace_s for every admitted request to be answered; then answer the rest
+        with ShuttingDown (their batch stops at its next checkpoint). Returns how many were
+        cut short. Handlers so end with a status of ours, not a cancellation by grpc."""
+        if self._unanswered:
+            await asyncio.wait(set(self._unanswered), timeout=grace_s)
+        left = [f for f in self._unanswered if not f.done()]
+        for future in left:
+            future.set_exception(ShuttingDown("the server is shutting down and its grace period is over; retry"))
+        return len(left)
 
     def _take(self, pending: _Pending) -> _Pending:
         self.queued_tokens -= pending.plan.cost_tokens

@@ -7,13 +7,14 @@ import logging
 import grpc
 
 from ctxcomp.errors import CtxcompError, InvalidRequest, ModelUnavailable, NotAvailable, StoreUnavailable
-from ctxcomp.service.batcher import Overloaded
+from ctxcomp.service.batcher import Overloaded, ShuttingDown
 
 log = logging.getLogger("ctxcomp.service")
 
 STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (NotAvailable, grpc.StatusCode.UNIMPLEMENTED),
     (ModelUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),

@@ -100,9 +100,15 @@ class Server:
         log.info("serving")
 
     async def stop(self) -> None:
-        """NOT_SERVING first, so balancers drain us; then let in-flight calls finish."""
+        """NOT_SERVING first, so balancers drain us; refuse new calls and let in-flight ones
+        finish for grace_s; the ones still waiting then get UNAVAILABLE from us (grpc's own
+        cancellation at the end of its grace would log a CancelledError traceback for each)."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.grpc.stop(self.config.grace_s)
+        stopping = asyncio.ensure_future(self.grpc.stop(self.config.grace_s + 5.0))
+        cut = await self.batcher.drain(self.config.grace_s)
+        if cut:
+            log.warning("grace period over: %d requests answered UNAVAILABLE", cut)
+        await stopping
         await self.batcher.stop()
         self.metrics.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -121,37 +121,57 @@ def test_expired_deadline_is_deadline_exceeded(server) -> None:
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path) -> None:
+def serve_in_subprocess(tmp_path: Path, grace_s: float) -> tuple[subprocess.Popen, str]:
+    """`ctxcomp serve` as a real process (its stdout is the log); returns it and its address."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file), "--grace", "30"],
+        [sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file), "--grace", str(grace_s)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+    return proc, f"127.0.0.1:{port_file.read_text()}"
+
+
+async def sigterm_under_load(proc: subprocess.Popen, address: str, documents: list[str], calls: int) -> list:
+    client = AsyncCtxcompClient(address, timeout=60)
     try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        address = f"127.0.0.1:{port_file.read_text()}"
+        sent = [asyncio.ensure_future(client.compress("q", documents, rate=0.4)) for _ in range(calls)]
+        await asyncio.sleep(0.5)  # all sent and accepted; most still queued behind the model
+        proc.send_signal(signal.SIGTERM)
+        return await asyncio.gather(*sent, return_exceptions=True)
+    finally:
+        await client.close()
 
-        async def load() -> list:
-            client = AsyncCtxcompClient(address, timeout=60)
-            try:
-                calls = [asyncio.ensure_future(client.compress("q", [f"{i} {TEXT * 30}"], rate=0.4)) for i in range(16)]
-                await asyncio.sleep(0.5)  # all sent and accepted; most still queued behind the model
-                proc.send_signal(signal.SIGTERM)
-                return await asyncio.gather(*calls, return_exceptions=True)
-            finally:
-                await client.close()
 
-        outcomes = asyncio.run(load())
+def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path) -> None:
+    proc, address = serve_in_subprocess(tmp_path, grace_s=30)
+    try:
+        outcomes = asyncio.run(sigterm_under_load(proc, address, [TEXT * 30], calls=16))
         assert all(not isinstance(o, Exception) for o in outcomes), [o for o in outcomes if isinstance(o, Exception)][:1]
         assert proc.wait(timeout=40) == 0
-        log = proc.stdout.read()
-        assert "draining" in log
+        assert "draining" in proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_requests_cut_by_the_end_of_grace_get_unavailable_and_no_traceback(tmp_path: Path) -> None:
+    proc, address = serve_in_subprocess(tmp_path, grace_s=1)
+    try:
+        heavy = [f"Part {i}. {TEXT * 40}" for i in range(40)]  # ~9 s of model time each
+        outcomes = asyncio.run(sigterm_under_load(proc, address, heavy, calls=3))
+        assert proc.wait(timeout=30) == 0
+        log = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [o.code() for o in outcomes] == [grpc.StatusCode.UNAVAILABLE] * 3
+    assert all("shutting down" in o.details() for o in outcomes)
+    assert "Traceback" not in log and "CancelledError" not in log
+    assert "grace period over: 3 requests answered UNAVAILABLE" in log
 
 
 json_values = st.recursive(
