@@ -112,7 +112,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ctxcomp.service.server import ServerConfig, serve
 
     logs.configure(logging.INFO)
+    from ctxcomp import threads
     from ctxcomp.service.batcher import BatcherConfig
+
+    thread_plan = threads.plan_threads(args.workers, args.threads)
+    threads.apply(thread_plan)
+    logging.getLogger("ctxcomp.service").info(thread_plan.describe())
 
     config = ServerConfig(
         batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue),
@@ -225,7 +230,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         options=options, kv_store=args.kv_store or "", kv_codec=args.kv_codec, embeddings=args.embeddings,
     )
     figures = run(Path(args.input), Path(args.output), config, engine=args.engine, batch_size=args.batch_size,
-                  workers=args.workers, progress=not args.no_progress)
+                  workers=args.workers, threads=args.threads, progress=not args.no_progress)
     print(json.dumps(figures), flush=True)
     return 0
 
@@ -251,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=os.environ.get("CTXCOMP_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("CTXCOMP_PORT", "50051")), help="0 picks a free one")
     p.add_argument("--workers", type=int, default=1, help="threads running model work")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads per worker (default 0: the cores this process may use / workers)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")
@@ -283,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--batch-size", type=int, default=64, help="records per batch")
     p.add_argument("--workers", type=int, default=2, help="Ray actors (--engine ray)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads per worker (default 0: the cores this process may use / workers)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_batch)
 

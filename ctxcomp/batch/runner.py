@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 
 from ctxcomp.batch.job import CompressBatch, JobConfig
 from ctxcomp.errors import InvalidRequest
+from ctxcomp.threads import ThreadPlan, plan_threads
+from ctxcomp.threads import apply as apply_threads
 
 MANIFEST = "_job.json"
 
@@ -143,9 +145,13 @@ def run(
     engine: Literal["local", "ray"] = "local",
     batch_size: int = 64,
     workers: int = 2,
+    threads: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Compress every record of input_path not yet in output; returns run figures."""
+    """Compress every record of input_path not yet in output; returns run figures.
+
+    threads: torch intra-op threads per worker; 0 splits this process's cores between the
+    workers (one local worker, or `workers` Ray actors). Said on stderr at the start."""
     import time
 
     from tqdm import tqdm
@@ -158,7 +164,13 @@ def run(
     bar = tqdm(total=total, initial=min(already, total), unit="rec", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()
     written = 0
-    tables = _run_local(input_path, folder, config, batch_size) if engine == "local" else _run_ray(input_path, folder, config, batch_size, workers)
+    thread_plan = plan_threads(1 if engine == "local" else workers, threads)
+    print(f"ctxcomp batch: {thread_plan.describe()}", file=sys.stderr, flush=True)
+    tables = (
+        _run_local(input_path, folder, config, batch_size, thread_plan)
+        if engine == "local"
+        else _run_ray(input_path, folder, config, batch_size, workers, thread_plan)
+    )
     for table in tables:
         count = folder.write(table)
         written += count
@@ -171,7 +183,10 @@ def run(
             "indexed": indexed}
 
 
-def _run_local(input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int) -> Iterator[pa.Table]:
+def _run_local(
+    input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int, thread_plan: ThreadPlan
+) -> Iterator[pa.Table]:
+    apply_threads(thread_plan)
     worker: CompressBatch | None = None
     for batch in read_batches(input_path, batch_size):
         todo = folder.pending(batch)
@@ -181,14 +196,19 @@ def _run_local(input_path: Path, folder: OutputFolder, config: JobConfig, batch_
         yield worker(todo)
 
 
-def _run_ray(input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int, workers: int) -> Iterator[pa.Table]:
+def _run_ray(
+    input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int, workers: int, thread_plan: ThreadPlan
+) -> Iterator[pa.Table]:
     """Ray Data: the same CompressBatch as an actor pool of `workers`, results streamed back
     to this process, which writes the parts (one writer keeps the parts atomic)."""
     import ray
 
     if not ray.is_initialized():
         # One CPU per actor plus one for reading; a local instance unless RAY_ADDRESS says otherwise.
-        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        ray.init(
+            num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(thread_plan.threads), "OMP_WAIT_POLICY": "PASSIVE"}},
+        )
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # our own bar counts written records
     logging.getLogger("ray.data").setLevel(logging.WARNING)
