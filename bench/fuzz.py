@@ -1,29 +1,43 @@
-"""The proto-field fuzz test at bench scale: 10,000 hypothesis cases (CI runs 150).
+"""Fuzzing at bench scale: the proto fields, and batch-mates that must not touch each other.
 
     python bench/fuzz.py [--quick]
 
-Runs tests/service/test_reliability.py::test_fuzzed_requests_never_fail_internally against
-a real loopback server and prints one JSON object: cases, outcome and seconds.
-A failure means a request produced INTERNAL (or a rejection not naming its field).
+proto   runs tests/service/test_reliability.py::test_fuzzed_requests_never_fail_internally
+        against a real loopback server with 10,000 hypothesis cases (CI runs 150). A
+        failure means a request produced INTERNAL (or a rejection not naming its field).
+batches sends random valid requests (methods, chains with per-stage options, rates,
+        budgets, KV into a file store, a few invalid ones) in concurrent waves to a
+        server that waits for company, so they share micro-batches; each outcome must
+        equal that request's outcome alone (same context, tokens, KV key, or the
+        same error). Mismatches are cross-request contamination.
+One JSON object per part.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+CHAIN_OPTIONS = {
+    "exit": [{}, {"threshold": 0.05, "min_sentences": 3}, {"threshold": 0.9}],
+    "llmlingua2": [{}, {"rate": 0.9}, {"rate": 0.2}, {"force_tokens": ["the"]}],
+    "recomp_extractive": [{}, {"rate": 0.5}, {"top_k": 1}],
+    "cascade": [{}, {"drop_below": 0.2}],
+    "mig": [{}],
+}
+METHODS = ["", "llmlingua2", "exit", "recomp_extractive", "cascade", "mig", "exit>llmlingua2",
+           "recomp_extractive>llmlingua2", "cascade>llmlingua2"]
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="500 cases (under a minute)")
-    parser.add_argument("--cases", type=int, default=10_000)
-    args = parser.parse_args()
-    cases = 500 if args.quick else args.cases
+
+def proto_part(cases: int) -> bool:
     repo = Path(__file__).resolve().parents[1]
     started = time.perf_counter()
     done = subprocess.run(
@@ -31,9 +45,105 @@ def main() -> None:
          "-p", "no:randomly", "--hypothesis-seed=0"],
         cwd=repo, env={**os.environ, "CTXCOMP_FUZZ_EXAMPLES": str(cases)}, capture_output=True, text=True,
     )
-    print(json.dumps({"cases": cases, "passed": done.returncode == 0, "seconds": round(time.perf_counter() - started, 1),
-                      "tail": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]}))
-    sys.exit(done.returncode)
+    print(json.dumps({"part": "proto", "cases": cases, "passed": done.returncode == 0,
+                      "seconds": round(time.perf_counter() - started, 1),
+                      "tail": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]}), flush=True)
+    return done.returncode == 0
+
+
+def random_request(rng: random.Random, paragraphs: list) -> dict:
+    from ctxcomp.types import Document
+
+    docs = tuple(Document(str(i), p.context) for i, p in enumerate(rng.sample(paragraphs, rng.choice([1, 2, 4]))))
+    method = rng.choice(METHODS)
+    options = {}
+    if ">" in method:
+        options = {stage: rng.choice(CHAIN_OPTIONS[stage]) for stage in method.split(">")}
+    elif method in CHAIN_OPTIONS:
+        options = rng.choice(CHAIN_OPTIONS[method])
+    request = {"query": rng.choice(paragraphs).questions[0].text, "documents": docs, "method": method, "options": options}
+    target = rng.choice(["rate", "rate", "tokens", "none"])
+    if target == "rate":
+        request["rate"] = rng.choice([0.2, 0.33, 0.5, 0.8])
+    elif target == "tokens":
+        request["target_tokens"] = rng.choice([20, 60, 150])
+    if rng.random() < 0.2:
+        request.update(return_kv=True, kv_codec=rng.choice(["fp16", "int8", "int4"]))
+    if rng.random() < 0.05:  # invalid: its error must stay its own
+        request.pop("target_tokens", None)
+        request["rate"] = 1.5
+    return request
+
+
+def outcome_of(result_or_error) -> tuple:
+    import grpc
+
+    from ctxcomp.errors import CtxcompError
+
+    if isinstance(result_or_error, grpc.RpcError):
+        return ("error", result_or_error.details())
+    if isinstance(result_or_error, CtxcompError):
+        return ("error", str(result_or_error))
+    return ("ok", result_or_error.context, result_or_error.tokens_after, tuple(result_or_error.kv_keys))
+
+
+def batches_part(count: int, wave: int, seed: int) -> bool:
+    from ctxcomp.client import AsyncCtxcompClient
+    from ctxcomp.kv.store import open_store
+    from ctxcomp.models.training import squad
+    from ctxcomp.pipeline import Compressor
+    from ctxcomp.service.batcher import BatcherConfig
+    from ctxcomp.service.server import BackgroundServer, ServerConfig
+    from ctxcomp.types import CompressRequest
+
+    rng = random.Random(seed)
+    paragraphs = squad.split_articles(squad.load_paragraphs())[1]
+    requests = [random_request(rng, paragraphs) for _ in range(count)]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        compressor = Compressor(kv_store=open_store(f"file://{folder}/kv"))
+        alone = []
+        for r in requests:
+            try:
+                alone.append(outcome_of(compressor.compress(CompressRequest(**r))))
+            except Exception as error:  # noqa: BLE001 - an invalid request's error is its outcome
+                alone.append(outcome_of(error))
+        config = ServerConfig(port=0, batching=BatcherConfig(max_wait_ms=200, max_batch=wave))
+        with BackgroundServer(compressor, config) as server:
+
+            async def send_waves() -> list:
+                client = AsyncCtxcompClient(server.address, timeout=300)
+                try:
+                    out: list = []
+                    for start in range(0, count, wave):
+                        calls = [client.compress(r["query"], r["documents"], **{k: v for k, v in r.items() if k not in ("query", "documents")})
+                                 for r in requests[start : start + wave]]
+                        out += await asyncio.gather(*calls, return_exceptions=True)
+                    return out
+                finally:
+                    await client.close()
+
+            together = [outcome_of(o) for o in asyncio.run(send_waves())]
+            sizes = list(server.server.batcher.batch_sizes)
+    mismatched = [i for i, (a, b) in enumerate(zip(alone, together)) if a != b]
+    print(json.dumps({"part": "batches", "requests": count, "wave": wave, "batches": len(sizes),
+                      "mean_batch": round(sum(sizes) / max(len(sizes), 1), 2), "max_batch": max(sizes, default=0),
+                      "errors": sum(1 for o in alone if o[0] == "error"), "kv_requests": sum(1 for r in requests if r.get("return_kv")),
+                      "contaminated": len(mismatched), "first_mismatch": requests[mismatched[0]]["method"] if mismatched else None,
+                      "seconds": round(time.perf_counter() - started, 1)}, default=str), flush=True)
+    return not mismatched
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="300 proto cases, 48 batched requests (under a minute)")
+    parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--batched", type=int, default=400)
+    args = parser.parse_args()
+    cases, batched = (300, 48) if args.quick else (args.cases, args.batched)
+    ok = proto_part(cases)
+    ok = batches_part(batched, wave=16, seed=11) and ok
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

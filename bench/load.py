@@ -1,14 +1,23 @@
 """Bounded loopback load test of `ctxcomp serve` (stops by itself).
 
-    python bench/load.py [--quick]
+    python bench/load.py [--quick] [--skip-threads]
 
-Starts the server as a subprocess on a free loopback port, then:
+Starts servers as subprocesses on free loopback ports (and a redis-server for the
+fault phase), then prints one JSON object per phase:
   baseline   one client, sequential requests (the same mix), for the ratio
-  steady     N concurrent clients for D seconds, mixed sizes and options
-  overload   many more clients with short deadlines, to see only
-             RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED (never INTERNAL)
-Prints one JSON object per phase: requests/s, p50/p99 latency, status counts,
-server RSS at start (after warm-up) and end, and the steady/baseline ratio.
+  steady     N concurrent clients, mixed sizes and options
+  overload   many more clients with short deadlines: only RESOURCE_EXHAUSTED /
+             DEADLINE_EXCEEDED beside OK, never INTERNAL
+  memory     server RSS after warm-up, after load and settled
+  faults     small requests (a third with return_kv into redis) while redis is
+             killed and restarted, a stored blob is overwritten with garbage, and one
+             8 MB request arrives: statuses, p99 of the small requests, seconds from
+             redis's restart to the first stored blob, and every stored key
+             re-read at the end (no corrupt blob may be served)
+  threads    EXIT requests, quiet and beside a competing process (a 2-thread torch
+             matmul loop, as another replica would be), for the start-up policy
+             (threads = cores / workers, passive OpenMP waits) against OpenMP's
+             default waits (CTXCOMP_OMP_PASSIVE=0) and against 1 thread
 """
 
 from __future__ import annotations
@@ -16,13 +25,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
+import os
 import random
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 
@@ -32,6 +46,7 @@ from ctxcomp.models.training import squad
 # (method, options): the default method and LLMLingua-2 in its settings.
 OPTION_MIX = [("", {}), ("llmlingua2", {}), ("llmlingua2", {"mode": "compat"}), ("llmlingua2", {"precision": "bf16"}),
               ("llmlingua2", {"query_weight": 1.0}), ("llmlingua2", {"force_reserve_digit": True})]
+COMPETITOR = "import torch\ntorch.set_num_threads(2)\na = torch.randn(512, 512)\nwhile True:\n    a @ a\n"
 
 
 def rss_mb(pid: int) -> float:
@@ -39,6 +54,56 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(*flags: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`ctxcomp serve` on a free loopback port until the block ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file), *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+        )
+        try:
+            while not port_file.exists():
+                if server.poll() is not None:
+                    raise SystemExit("server exited during start-up")
+                time.sleep(0.2)
+            yield server, f"127.0.0.1:{port_file.read_text()}"
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+class Redis:
+    """A redis-server on a free loopback port that the fault phase kills and restarts."""
+
+    def __init__(self, folder: str) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise SystemExit("the fault phase needs redis-server (apt-get install redis-server)")
+        self.port, self.folder, self.proc = free_port(), folder, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--dir", self.folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
 
 def make_requests(count: int, seed: int) -> list[dict]:
@@ -52,6 +117,11 @@ def make_requests(count: int, seed: int) -> list[dict]:
         out.append({"query": question, "documents": docs, "rate": rng.choice([0.2, 0.33, 0.5]),
                     "method": method, "options": options})
     return out
+
+
+def percentile(latencies: list[float], q: float) -> float | None:
+    ordered = sorted(latencies)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else None
 
 
 async def run_phase(address: str, clients: int, seconds: float, deadline: float, requests: list[dict]) -> dict:
@@ -81,50 +151,174 @@ async def run_phase(address: str, clients: int, seconds: float, deadline: float,
     started = time.monotonic()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     elapsed = time.monotonic() - started
-    latencies.sort()
-    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1) if latencies else None  # noqa: E731
     return {"clients": clients, "seconds": round(elapsed, 1), "ok_per_s": round(statuses["OK"] / elapsed, 2),
-            "p50_ms": pick(0.5), "p99_ms": pick(0.99), "statuses": dict(statuses)}
+            "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99), "statuses": dict(statuses)}
+
+
+def load_phases(clients: int, seconds: float, requests: list[dict]) -> None:
+    with serving("--max-queue", "64") as (server, address):
+        # Warm-up: every option path and request size once, then the concurrent mix briefly.
+        asyncio.run(run_phase(address, 1, 8.0, 60.0, requests))
+        asyncio.run(run_phase(address, clients, 8.0, 60.0, requests))
+        rss = {"after_warmup": rss_mb(server.pid)}
+        baseline = asyncio.run(run_phase(address, 1, seconds / 3, 60.0, requests))
+        print(json.dumps({"phase": "baseline", **baseline}), flush=True)
+        steady = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
+        steady["throughput_ratio_vs_baseline"] = round(steady["ok_per_s"] / max(baseline["ok_per_s"], 1e-9), 2)
+        print(json.dumps({"phase": "steady", **steady}), flush=True)
+        rss["after_steady"] = rss_mb(server.pid)
+        overload = asyncio.run(run_phase(address, clients * 6, seconds / 3, 1.0, requests))
+        print(json.dumps({"phase": "overload", **overload}), flush=True)
+        rss["after_overload"] = rss_mb(server.pid)
+        asyncio.run(run_phase(address, 1, 2.0, 60.0, requests))  # load over: a few requests, then measure
+        rss["settled"] = rss_mb(server.pid)
+        print(json.dumps({"phase": "memory", **{k: round(v, 1) for k, v in rss.items()},
+                          "rss_growth": round(rss["settled"] / rss["after_warmup"] - 1, 4)}), flush=True)
+
+
+async def fault_traffic(address: str, redis: Redis, clients: int, seconds: float, requests: list[dict]) -> dict:
+    """Small requests from `clients` clients for `seconds`, with the faults injected on a timeline."""
+    import redis as redis_client
+
+    statuses: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    latencies: list[float] = []
+    keys: dict[str, dict] = {}  # every stored key a client was given -> the request that made it
+    events: dict[str, float] = {}
+    first_stored_after_restart: list[float] = []
+    started = time.monotonic()
+    stop_at = started + seconds
+
+    async def worker(index: int) -> None:
+        client = AsyncCtxcompClient(address, timeout=30)
+        try:
+            i = index
+            while time.monotonic() < stop_at:
+                req = requests[i % len(requests)]
+                with_kv = i % 3 == 0
+                i += clients
+                begin = time.perf_counter()
+                kind = "small_kv" if with_kv else "small"
+                try:
+                    result = await client.compress(req["query"], req["documents"][:3], method="llmlingua2", rate=0.33,
+                                                   return_kv=with_kv)
+                    statuses[kind]["OK"] += 1
+                    latencies.append(time.perf_counter() - begin)
+                    keys.update(dict.fromkeys(result.kv_keys, req))
+                    if with_kv and "restarted" in events and not first_stored_after_restart:
+                        first_stored_after_restart.append(time.monotonic() - started)
+                except grpc.RpcError as error:
+                    statuses[kind][error.code().name] += 1
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.close()
+
+    async def faults() -> None:
+        client = AsyncCtxcompClient(address, timeout=60)
+        try:
+            await asyncio.sleep(seconds * 0.2)
+            redis.kill()
+            events["killed"] = time.monotonic() - started
+            await asyncio.sleep(seconds * 0.2)
+            redis.start()
+            events["restarted"] = time.monotonic() - started
+            await asyncio.sleep(seconds * 0.2)
+            stored = sorted(keys)
+            if stored:  # what a stray SET or a bad disk leaves under a live key; then that context again
+                redis_client.Redis.from_url(redis.url).set(f"ctxcomp:kv:{stored[0]}", b"garbage")
+                events["corrupted"] = time.monotonic() - started
+                req = keys[stored[0]]
+                again = await client.compress(req["query"], req["documents"][:3], method="llmlingua2", rate=0.33, return_kv=True)
+                served = redis_client.Redis.from_url(redis.url).get(f"ctxcomp:kv:{again.kv_keys[0]}")
+                events["corrupt_key_served_again"] = time.monotonic() - started
+                statuses["corrupted_context"]["OK" if again.kv_keys == (stored[0],) and intact(served) else "CORRUPT"] += 1
+            try:
+                await client.compress("q", ["x" * 1_000_000] * 8)  # 8 MB: refused up front by max_request_tokens
+                statuses["8MB"]["OK"] += 1
+            except grpc.RpcError as error:
+                statuses["8MB"][error.code().name] += 1
+            events["8MB_answered"] = time.monotonic() - started
+        finally:
+            await client.close()
+
+    await asyncio.gather(faults(), *(worker(i) for i in range(clients)))
+    return {"statuses": statuses, "latencies": latencies, "keys": keys, "events": events,
+            "first_stored_after_restart": first_stored_after_restart}
+
+
+def intact(data: bytes | None) -> bool:
+    from ctxcomp.kv import blob
+
+    try:
+        blob.inspect(data or b"")
+        return True
+    except blob.BlobRefused:
+        return False
+
+
+def fault_phase(clients: int, seconds: float, requests: list[dict]) -> None:
+    import redis as redis_client
+
+    with tempfile.TemporaryDirectory() as folder:
+        redis = Redis(folder)
+        redis.start()
+        try:
+            with serving("--kv-store", redis.url, "--kv-store-timeout", "0.5") as (_, address):
+                asyncio.run(run_phase(address, 1, 4.0, 60.0, requests))  # warm-up
+                run = asyncio.run(fault_traffic(address, redis, clients, seconds, requests))
+                store = redis_client.Redis.from_url(redis.url)
+                # Every key a client was given: intact, or gone (redis restarted empty).
+                found = [store.get(f"ctxcomp:kv:{key}") for key in run["keys"]]
+                corrupt = sum(1 for data in found if data is not None and not intact(data))
+        finally:
+            redis.kill()
+    restart = run["events"].get("restarted")
+    recovery = round(run["first_stored_after_restart"][0] - restart, 2) if run["first_stored_after_restart"] else None
+    internal = sum(c["INTERNAL"] for c in run["statuses"].values())
+    print(json.dumps({"phase": "faults", "clients": clients, "seconds": seconds,
+                      "statuses": {k: dict(v) for k, v in run["statuses"].items()},
+                      "small_p50_ms": percentile(run["latencies"], 0.5), "small_p99_ms": percentile(run["latencies"], 0.99),
+                      "events_s": {k: round(v, 2) for k, v in run["events"].items()},
+                      "kv_recovery_s_after_redis_restart": recovery, "internal": internal,
+                      "stored_keys_checked": len(run["keys"]), "corrupt_blobs_left": corrupt}), flush=True)
+
+
+def threads_phase(seconds: float, requests: list[dict]) -> None:
+    """EXIT throughput, quiet and beside a competitor, per CPU policy (one client: model time)."""
+    exit_requests = [dict(r, method="exit", options={}) for r in requests]
+    policies = {"auto (cores/workers, passive waits)": ([], {}),
+                "auto threads, OpenMP default waits": ([], {"CTXCOMP_OMP_PASSIVE": "0"}),
+                "1 thread, passive waits": (["--threads", "1"], {})}
+    for name, (flags, env) in policies.items():
+        with serving(*flags, env=env) as (_, address):
+            asyncio.run(run_phase(address, 2, 4.0, 60.0, exit_requests))  # warm-up
+            quiet = asyncio.run(run_phase(address, 2, seconds, 60.0, exit_requests))
+            competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ, "OMP_WAIT_POLICY": ""})
+            try:
+                time.sleep(1.0)
+                busy = asyncio.run(run_phase(address, 2, seconds, 60.0, exit_requests))
+            finally:
+                competitor.kill()
+                competitor.wait()
+        print(json.dumps({"phase": "threads", "policy": name, "quiet_ok_per_s": quiet["ok_per_s"],
+                          "quiet_p50_ms": quiet["p50_ms"], "competing_ok_per_s": busy["ok_per_s"],
+                          "competing_p50_ms": busy["p50_ms"], "cpus": os.cpu_count()}), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="8 clients, short phases (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="short phases, faults only (under a minute)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--skip-threads", action="store_true", help="leave out the threads phase")
     args = parser.parse_args()
-    clients, seconds = (8, 10.0) if args.quick else (args.clients, args.seconds)
     requests = make_requests(400, seed=5)
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        server = subprocess.Popen([sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file",
-                                   str(port_file), "--max-queue", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            while not port_file.exists():
-                if server.poll() is not None:
-                    raise SystemExit("server exited during start-up")
-                time.sleep(0.2)
-            address = f"127.0.0.1:{port_file.read_text()}"
-            # Warm-up: every option path and request size once, then the concurrent mix briefly.
-            asyncio.run(run_phase(address, 1, 8.0, 60.0, requests))
-            asyncio.run(run_phase(address, clients, 8.0, 60.0, requests))
-            rss = {"after_warmup": rss_mb(server.pid)}
-            baseline = asyncio.run(run_phase(address, 1, seconds / 3, 60.0, requests))
-            print(json.dumps({"phase": "baseline", **baseline}), flush=True)
-            steady = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
-            steady["throughput_ratio_vs_baseline"] = round(steady["ok_per_s"] / max(baseline["ok_per_s"], 1e-9), 2)
-            print(json.dumps({"phase": "steady", **steady}), flush=True)
-            rss["after_steady"] = rss_mb(server.pid)
-            overload = asyncio.run(run_phase(address, clients * 6, seconds / 3, 1.0, requests))
-            print(json.dumps({"phase": "overload", **overload}), flush=True)
-            rss["after_overload"] = rss_mb(server.pid)
-            asyncio.run(run_phase(address, 1, 2.0, 60.0, requests))  # load over: a few requests, then measure
-            rss["settled"] = rss_mb(server.pid)
-            print(json.dumps({"phase": "memory", **{k: round(v, 1) for k, v in rss.items()},
-                              "rss_growth": round(rss["settled"] / rss["after_warmup"] - 1, 4)}), flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    if args.quick:
+        fault_phase(4, 15.0, requests)
+        return
+    load_phases(args.clients, args.seconds, requests)
+    fault_phase(8, args.seconds / 2, requests)
+    if not args.skip_threads:
+        threads_phase(args.seconds / 4, requests)
 
 
 if __name__ == "__main__":

@@ -138,11 +138,7 @@ class Compressor:
             from ctxcomp.kv.stage import check_kv_request
 
             codec = check_kv_request(request.kv_codec, request.kv_model, self.hub)
-        tokens = tuple(self.hub.count_tokens([d.text for d in request.documents]))
-        if sum(tokens) > self.limits.max_request_tokens:
-            raise InvalidRequest(
-                "documents", f"{sum(tokens)} tokens in all, this server's max_request_tokens is {self.limits.max_request_tokens}"
-            )
+        tokens = count_within_limit(self.hub, [d.text for d in request.documents], self.limits.max_request_tokens)
         return Plan(request, name, config, codec, tokens, (time.perf_counter() - started) * 1000.0)
 
     def run(self, plans: Sequence[Plan]) -> list[CompressResult]:
@@ -221,6 +217,28 @@ class Compressor:
                 }
             )
         return rows
+
+
+COUNT_GROUP_CHARS = 262_144  # characters tokenized per call while counting a request's cost
+
+
+def count_within_limit(hub: ModelHub, texts: Sequence[str], limit: int) -> tuple[int, ...]:
+    """Downstream-LLM tokens of each text. Texts are counted in order, in groups of about
+    COUNT_GROUP_CHARS characters, so a request far over `limit` is refused (InvalidRequest
+    naming documents) after its first groups instead of after tokenizing megabytes."""
+    counts: list[int] = []
+    start = 0
+    while start < len(texts):
+        end, chars = start + 1, len(texts[start])
+        while end < len(texts) and chars + len(texts[end]) <= COUNT_GROUP_CHARS:
+            chars += len(texts[end])
+            end += 1
+        counts += hub.count_tokens(texts[start:end])
+        if sum(counts) > limit:
+            counted = f"at least {sum(counts)}" if end < len(texts) else f"{sum(counts)}"
+            raise InvalidRequest("documents", f"{counted} tokens in all, this server's max_request_tokens is {limit}")
+        start = end
+    return tuple(counts)
 
 
 def gate(hub: ModelHub, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]]) -> list[MethodOutput | None]:
