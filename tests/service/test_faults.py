@@ -232,3 +232,11 @@ def test_admission_counts_queued_tokens_not_only_requests(hub) -> None:
         refused = asyncio.run(scenario())[0]
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "tokens already queued" in refused.details()
+
+
+def test_a_chain_that_empties_the_context_says_why(client) -> None:
+    options = {"exit": {"threshold": 0.99, "min_sentences": 1}, "recomp_extractive": {"rate": 0.05}}
+    result = client.compress(QUERY, [TEXT, "Stockholm weather: rain, then sun."], method="exit>recomp_extractive>llmlingua2",
+                             options=options)
+    assert result.context == ""
+    assert "recomp_extractive kept none of the" in result.note and "so llmlingua2 had no text" in result.note
