@@ -198,7 +198,7 @@ class Compressor:
         try:
             return compute_kv(self.hub, context, plan.kv_codec, self.kv_store)
         except StoreUnavailable as error:
-            return f"served without the KV blob: {error}" if plan.request.return_kv and plan.request.kv_best_effort else error
+            return f"served without the KV blob: {error}" if plan.request.kv_best_effort else error
         except CtxcompError as error:
             return error
 
