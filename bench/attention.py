@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ctxcomp.kernels.attention import RopeParams, kernel_support, prefill_attention, reference_prefill
+from ctxcomp.kernels.attention import Rope, kernel_support, prefill_attention, reference_prefill
 
 
 def timeit(fn, device: str) -> float:
@@ -43,7 +43,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     shapes = [(1, 512), (1, 2048), (1, 4096)] if args.quick else [(1, 512), (1, 2048), (1, 4096), (1, 8192), (8, 2048), (32, 1024)]
     n_q, n_kv, head_dim = 9, 3, 64  # SmolLM2-135M
-    rope = RopeParams(theta=1e5)
+    rope = Rope.plain(1e5, head_dim)
     for batch, seq in shapes:
         q = torch.randn(batch, seq, n_q, head_dim, device=device, dtype=dtype)
         k = torch.randn(batch, seq, n_kv, head_dim, device=device, dtype=dtype)

@@ -26,7 +26,7 @@ import torch
 from ctxcomp import models
 from ctxcomp.kv import blob
 from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
-from ctxcomp.kv.prefill import prefill, rope_params
+from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.reuse import blend, concatenate
 from transformers import DynamicCache
 from ctxcomp.models.training import squad
@@ -83,7 +83,7 @@ def main() -> None:
             transform = models.load_kv_transform()
             for codec in CODECS:
                 meta = blob.BlobMeta(llm.fingerprint, "m", len(result.keys), result.keys[0].shape[1], result.keys[0].shape[3],
-                                     length, blob.token_ids_digest(ids[0].tolist()), 0, rope_params(llm.model.config).theta)
+                                     length, blob.token_ids_digest(ids[0].tolist()), 0, 0.0, **blob.rope_fields(result.rope))
                 encoded, enc_s = timed(lambda: blob.encode(result.keys, result.values, meta, codec=codec, transform=transform))
                 _, dec_s = timed(lambda: blob.decode(encoded, expect_fingerprint=llm.fingerprint, transform=transform))
                 print(json.dumps({"bench": "codec", "codec": codec, "encode_gb_s": round(raw / enc_s / 1e9, 2),
@@ -132,7 +132,7 @@ def reuse_agreement(llm, held, count: int) -> None:
         for ids in parts:
             r = prefill(llm.model, ids)
             cached.append((torch.stack([k[0] for k in r.keys]), torch.stack([v[0] for v in r.values]), 0))
-        k_cat, v_cat = concatenate(cached, theta=rope_params(llm.model.config).theta)
+        k_cat, v_cat = concatenate(cached, rope=r.rope)
         for ratio in ratios:
             k, v = blend(llm.model, context, k_cat, v_cat, ratio)
             cache = DynamicCache()

@@ -10,35 +10,28 @@ Two launches per layer:
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ctxcomp.kernels.attention import _LOG2E, PrefillOutput, RopeParams
+from ctxcomp.kernels.attention import _LOG2E, PrefillOutput, Rope
 
 
 @triton.jit
-def _rotate(x1, x2, pos, inv_freq):
-    """Rotate-half RoPE on a tile split into halves x1, x2 [M, D/2]; pos [M], inv_freq [D/2]."""
-    angle = pos[:, None].to(tl.float32) * inv_freq[None, :]
-    c = tl.cos(angle)
-    s = tl.sin(angle)
+def _rotate(x1, x2, COS, SIN, rows, ok, HALF: tl.constexpr):
+    """Rotate-half RoPE on a tile split into halves x1, x2 [M, D/2], with the host's cos/sin
+    tables [S, D/2] (the model's frequencies and scaling) read at rows [M]."""
+    half = tl.arange(0, HALF)
+    c = tl.load(COS + rows[:, None] * HALF + half[None, :], mask=ok, other=0.0)
+    s = tl.load(SIN + rows[:, None] * HALF + half[None, :], mask=ok, other=0.0)
     return x1 * c - x2 * s, x2 * c + x1 * s
 
 
 @triton.jit
-def _inv_freq(HALF: tl.constexpr, log2_theta):
-    # theta^(-2i/D) = exp2(-(2i/D) * log2(theta)): the Llama frequencies.
-    half = tl.arange(0, HALF)
-    return tl.exp2(-(2.0 * half.to(tl.float32) / (2 * HALF)) * log2_theta)
-
-
-@triton.jit
 def _rope_kv_to_blob(
-    K, V, KO, VO, start_pos, log2_theta,
+    K, V, KO, VO, COS, SIN,
     s_kb, s_ks, s_kh, s_vb, s_vs, s_vh,
     s_kob, s_koh, s_kos, s_vob, s_voh, s_vos,
     seq_len, n_kv_heads,
@@ -54,7 +47,7 @@ def _rope_kv_to_blob(
     k_base = K + b * s_kb + h * s_kh + rows[:, None] * s_ks
     k1 = tl.load(k_base + half[None, :], mask=ok, other=0.0).to(tl.float32)
     k2 = tl.load(k_base + HALF + half[None, :], mask=ok, other=0.0).to(tl.float32)
-    k1, k2 = _rotate(k1, k2, start_pos + rows, _inv_freq(HALF, log2_theta))
+    k1, k2 = _rotate(k1, k2, COS, SIN, rows, ok, HALF)
     ko_base = KO + b * s_kob + h * s_koh + rows[:, None] * s_kos
     tl.store(ko_base + half[None, :], k1.to(KO.dtype.element_ty), mask=ok)
     tl.store(ko_base + HALF + half[None, :], k2.to(KO.dtype.element_ty), mask=ok)
@@ -100,8 +93,8 @@ def _configs() -> list[triton.Config]:
 @triton.autotune(configs=_configs(), key=["seq_bucket", "HALF"])
 @triton.jit
 def _prefill_fwd(
-    Q, KO, VO, O,
-    qk_scale, start_pos, log2_theta,
+    Q, KO, VO, O, COS, SIN,
+    qk_scale,
     s_qb, s_qs, s_qh,
     s_kob, s_koh, s_kos,
     s_ob, s_os, s_oh,
@@ -121,7 +114,7 @@ def _prefill_fwd(
     q_base = Q + b * s_qb + h * s_qh + rows[:, None] * s_qs
     q1 = tl.load(q_base + half[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     q2 = tl.load(q_base + HALF + half[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    q1, q2 = _rotate(q1, q2, start_pos + rows, _inv_freq(HALF, log2_theta))
+    q1, q2 = _rotate(q1, q2, COS, SIN, rows, row_ok[:, None], HALF)
     # Scores in log2 units: q carries sm_scale / ln(2), so the softmax can use exp2.
     q1 = (q1 * qk_scale).to(KO.dtype.element_ty)
     q2 = (q2 * qk_scale).to(KO.dtype.element_ty)
@@ -143,7 +136,7 @@ def _prefill_fwd(
     tl.store(o_ptr, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
-def triton_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RopeParams, sm_scale: float) -> PrefillOutput:
+def triton_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope, sm_scale: float) -> PrefillOutput:
     # The kernels address the head dimension with unit stride.
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     batch, seq, n_q, head_dim = q.shape
@@ -151,10 +144,11 @@ def triton_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope
     o = torch.empty_like(q)
     k_out = torch.empty((batch, n_kv, seq, head_dim), dtype=k.dtype, device=k.device)
     v_out = torch.empty_like(k_out)
-    log2_theta = math.log2(rope.theta)
+    cos, sin = rope.tables(seq, q.device)  # [S, D], the halves repeated: the kernels read [S, D/2]
+    cos, sin = cos[:, : head_dim // 2].contiguous(), sin[:, : head_dim // 2].contiguous()
     rope_block = 16 if os.environ.get("TRITON_INTERPRET", "") == "1" else 64
     _rope_kv_to_blob[(triton.cdiv(seq, rope_block), batch * n_kv)](
-        k, v, k_out, v_out, rope.start_pos, log2_theta,
+        k, v, k_out, v_out, cos, sin,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         k_out.stride(0), k_out.stride(1), k_out.stride(2), v_out.stride(0), v_out.stride(1), v_out.stride(2),
         seq, n_kv, HALF=head_dim // 2, BLOCK=rope_block,
@@ -164,8 +158,8 @@ def triton_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope
         return (triton.cdiv(seq, meta["BLOCK_M"]), batch * n_q)
 
     _prefill_fwd[grid](
-        q, k_out, v_out, o,
-        sm_scale * _LOG2E, rope.start_pos, log2_theta,
+        q, k_out, v_out, o, cos, sin,
+        sm_scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         k_out.stride(0), k_out.stride(1), k_out.stride(2),
         o.stride(0), o.stride(1), o.stride(2),

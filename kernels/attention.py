@@ -1,7 +1,9 @@
 """Fused causal prefill attention for Llama-family models, with RoPE inside.
 
 One kernel does what a prefill layer's attention needs and nothing more:
-rotary embedding of Q and K on load (rotate-half convention, as Llama/HF),
+rotary embedding of Q and K on load (rotate-half convention, as Llama/HF; the
+cos/sin tables come from the host, computed once per prefill from the model's
+own frequencies, so every RoPE scaling (llama3, linear, yarn, dynamic) is exact),
 causal flash attention with online softmax (FlashAttention-2 style),
 grouped-query attention (query head h reads KV head h // group), and a
 write of the rotated K and of V straight into the KV-blob layout
@@ -29,10 +31,27 @@ Backend = Literal["auto", "triton", "reference"]
 _LOG2E = 1.4426950408889634  # 1/ln(2): the kernel's softmax works in base 2 (exp2 is cheaper)
 
 
-@dataclass(frozen=True)
-class RopeParams:
-    theta: float = 10000.0
+@dataclass(frozen=True, eq=False)
+class Rope:
+    """A model's rotary embedding: the inverse frequencies [D/2], with the model's RoPE
+    scaling already applied (llama3, linear, yarn, dynamic...), and the factor its cos and
+    sin carry (YaRN's attention scaling; 1 otherwise)."""
+
+    inv_freq: torch.Tensor  # [D/2] float32
+    attention_scaling: float = 1.0
     start_pos: int = 0  # position of the first token (non-zero for a context placed after others)
+
+    @classmethod
+    def plain(cls, theta: float, head_dim: int, start_pos: int = 0) -> "Rope":
+        """Unscaled RoPE with base theta (Llama's frequencies)."""
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        return cls(inv_freq, 1.0, start_pos)
+
+    def tables(self, seq: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [S, D] float32 for positions start_pos..start_pos+seq-1, scaled as the model's."""
+        positions = torch.arange(self.start_pos, self.start_pos + seq, device=device)
+        cos, sin = rope_cos_sin(positions, self.inv_freq)
+        return cos * self.attention_scaling, sin * self.attention_scaling
 
 
 @dataclass(frozen=True)
@@ -62,7 +81,7 @@ def kernel_support(q: torch.Tensor, k: torch.Tensor) -> list[str]:
     return reasons
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"expected q [B,S,Hq,D], k and v [B,S,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
@@ -71,6 +90,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} KV heads")
     if q.shape[3] % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {q.shape[3]}")
+    if rope.inv_freq.shape != (q.shape[3] // 2,):
+        raise ValueError(f"RoPE has {tuple(rope.inv_freq.shape)} frequencies; head_dim {q.shape[3]} needs {q.shape[3] // 2}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
 
@@ -79,13 +100,13 @@ def prefill_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    rope: RopeParams = RopeParams(),
+    rope: Rope,
     *,
     sm_scale: float | None = None,
     backend: Backend = "auto",
 ) -> PrefillOutput:
     """Causal GQA attention with RoPE applied to q and k; see the module doc for layouts."""
-    _check(q, k, v)
+    _check(q, k, v, rope)
     scale = sm_scale if sm_scale is not None else q.shape[-1] ** -0.5
     if backend == "reference":
         return reference_prefill(q, k, v, rope, scale)
@@ -102,10 +123,10 @@ def prefill_attention(
 # --- PyTorch reference --------------------------------------------------------
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [S, D] in fp32, Llama's layout (the half-dimension frequencies repeated twice)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
-    angles = positions.float()[:, None] * inv_freq[None, :]  # [S, D/2]
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [S, D] in fp32 of a pure rotation by `positions` (which may be negative), HF's
+    layout and arithmetic (the half-dimension angles repeated twice)."""
+    angles = positions.float()[:, None] * inv_freq.to(device=positions.device, dtype=torch.float)[None, :]  # [S, D/2]
     emb = torch.cat((angles, angles), dim=-1)
     return emb.cos(), emb.sin()
 
@@ -118,13 +139,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
-def reference_prefill(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RopeParams, sm_scale: float
-) -> PrefillOutput:
+def reference_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope, sm_scale: float) -> PrefillOutput:
     """The same computation in plain PyTorch (torch SDPA), used on CPU and as the test oracle."""
-    seq, head_dim = q.shape[1], q.shape[3]
-    positions = torch.arange(rope.start_pos, rope.start_pos + seq, device=q.device)
-    cos, sin = rope_cos_sin(positions, head_dim, rope.theta)
+    cos, sin = rope.tables(q.shape[1], q.device)
     qh = apply_rope(q.transpose(1, 2), cos, sin)  # [B, Hq, S, D]
     kh = apply_rope(k.transpose(1, 2), cos, sin)  # [B, Hkv, S, D]
     vh = v.transpose(1, 2).contiguous()

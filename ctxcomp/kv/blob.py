@@ -31,13 +31,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ctxcomp.errors import CtxcompError
+from ctxcomp.kernels.attention import Rope
 from ctxcomp.kv import transform as kv_transform
 
 if TYPE_CHECKING:
     from ctxcomp.models.kv_transform import KvTransform
 
-FORMAT_VERSION = 2  # 2 added the transform codec's fields; version 1 blobs still read
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2 added the transform codec's fields, 3 the model's RoPE frequencies; all still read
+READABLE_VERSIONS = (1, 2, 3)
 LAYOUT = "LHSD"
 ZSTD_MAGIC = b"CTXKVZ1\n"
 Codec = Literal["fp16", "bf16", "int8", "int4", "transform"]
@@ -68,9 +69,25 @@ class BlobMeta:
     sink_tokens: int = 0  # quantized codecs: leading tokens kept in fp16 (attention sinks)
     transform_sha256: str = ""  # codec "transform": the KvTransform the blob was coded with
     quant_step: float = 0.0  # codec "transform": the coefficients' quantization step
+    # The model's RoPE as K was rotated: inverse frequencies [D/2] with its scaling applied
+    # (llama3, yarn, ...) and the factor on cos/sin; empty = plain RoPE with rope_theta.
+    rope_inv_freq: tuple[float, ...] = ()
+    rope_attention_scaling: float = 1.0
     compression: str = "none"
     layout: str = LAYOUT
     format_version: int = FORMAT_VERSION
+
+
+def meta_rope(meta: BlobMeta) -> Rope:
+    """The RoPE the blob's K was rotated with, at its start position."""
+    if not meta.rope_inv_freq:  # written before format 3: plain RoPE
+        return Rope.plain(meta.rope_theta, meta.head_dim, meta.start_pos)
+    return Rope(torch.tensor(meta.rope_inv_freq, dtype=torch.float32), meta.rope_attention_scaling, meta.start_pos)
+
+
+def rope_fields(rope: Rope) -> dict[str, Any]:
+    """BlobMeta's RoPE fields for a Rope (float32 frequencies are exact in JSON's float64)."""
+    return {"rope_inv_freq": tuple(float(f) for f in rope.inv_freq.tolist()), "rope_attention_scaling": rope.attention_scaling}
 
 
 def token_ids_digest(token_ids: Sequence[int]) -> str:
@@ -82,7 +99,9 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+        tensor = tensors[name]
+        # An empty tensor (a transform blob without escapes) may carry a zero stride that view() refuses.
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -227,7 +246,7 @@ def _encode_transform(
         raise ValueError("codec 'transform' needs the model's KvTransform (ctxcomp.models.load_kv_transform())")
     _check_transform(transform, meta)
     sinks = _sinks(meta)
-    k_pre = kv_transform.to_pre_rope(k.float(), meta.start_pos, meta.rope_theta)
+    k_pre = kv_transform.to_pre_rope(k.float(), meta_rope(meta))
     k_codes = kv_transform.coefficients(k_pre[:, :, sinks:], transform.key_matrix, transform.key_offset, transform.step)
     v_codes = kv_transform.coefficients(v[:, :, sinks:], transform.value_matrix, transform.value_offset, transform.step)
     rows = torch.cat((k_codes, v_codes)).flatten(0, 1).numpy()  # [2 * L * C, S - sinks]
@@ -263,6 +282,8 @@ def _open(blob: bytes) -> tuple[dict[str, torch.Tensor], BlobMeta]:
         raise BlobRefused(f"KV blob: format version {fields.get('format_version')}, this reader knows {READABLE_VERSIONS}")
     if _checksum(tensors) != header.get("checksum_sha256"):
         raise BlobRefused("KV blob: checksum mismatch (the blob is corrupt or was altered)")
+    if "rope_inv_freq" in fields:
+        fields["rope_inv_freq"] = tuple(fields["rope_inv_freq"])
     return tensors, BlobMeta(**fields)
 
 
@@ -335,7 +356,7 @@ def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
     v = kv_transform.reconstruct(codes[1], transform.value_inverse, transform.value_offset, meta.quant_step, meta.kv_heads)
     k_pre = torch.cat((tensors["k_sink"].float(), k_pre), dim=2)
     v = torch.cat((tensors["v_sink"].float(), v), dim=2)
-    return kv_transform.to_post_rope(k_pre, meta.start_pos, meta.rope_theta), v
+    return kv_transform.to_post_rope(k_pre, meta_rope(meta)), v
 
 
 def _safetensors_metadata(blob: bytes) -> dict[str, str]:

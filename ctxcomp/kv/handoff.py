@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 from ctxcomp.errors import NotAvailable
 from ctxcomp.kv import blob
-from ctxcomp.kv.prefill import PrefillResult, rope_params
+from ctxcomp.kv.architectures import rope_theta_of
+from ctxcomp.kv.prefill import PrefillResult
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,7 +56,8 @@ def blob_from_prefill(
         tokens=first.shape[-2],
         token_ids_sha256=blob.token_ids_digest(token_ids),
         start_pos=result.start_pos,
-        rope_theta=rope_params(llm.model.config).theta,
+        rope_theta=rope_theta_of(llm.model.config),
+        **blob.rope_fields(result.rope),
     )
     checked = kv_transform_for(llm, transform) if codec == "transform" else None
     return blob.encode(result.keys, result.values, meta, codec=codec, zstd_level=zstd_level, transform=checked)

@@ -18,23 +18,24 @@ from typing import Any, Sequence
 
 import torch
 
-from ctxcomp.kernels.attention import apply_rope, rope_cos_sin
-from ctxcomp.kv.prefill import rope_params
+from ctxcomp.kernels.attention import Rope, apply_rope, rope_cos_sin
+from ctxcomp.kv.architectures import adapter_for, head_dim_of, model_rope
 
 
-def rerotate(k: torch.Tensor, delta: int, theta: float) -> torch.Tensor:
-    """Keys rotated for positions `delta` further on. k: [..., S, D]; returns the same shape."""
+def rerotate(k: torch.Tensor, delta: int, rope: Rope) -> torch.Tensor:
+    """Keys rotated for positions `delta` further on with the model's frequencies (a pure
+    rotation: the cos/sin scaling K already carries stays). k: [..., S, D]; same shape back."""
     if delta == 0:
         return k
-    cos, sin = rope_cos_sin(torch.tensor([delta]), k.shape[-1], theta)  # [1, D], broadcast over S
+    cos, sin = rope_cos_sin(torch.tensor([delta]), rope.inv_freq)  # [1, D], broadcast over S
     return apply_rope(k, cos, sin)
 
 
-def concatenate(parts: Sequence[tuple[torch.Tensor, torch.Tensor, int]], theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def concatenate(parts: Sequence[tuple[torch.Tensor, torch.Tensor, int]], rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
     """(K, V, start_pos) per document, in order -> one K, V for the documents back to back from position 0."""
     keys, values, offset = [], [], 0
     for k, v, start in parts:
-        keys.append(rerotate(k, offset - start, theta))
+        keys.append(rerotate(k, offset - start, rope))
         values.append(v)
         offset += k.shape[-2]
     return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
@@ -55,18 +56,17 @@ def blend(model: Any, input_ids: torch.Tensor, keys: torch.Tensor, values: torch
     if recompute_ratio == 0.0:
         return keys, values
     config, inner = model.config, model.model
-    theta = rope_params(config).theta
+    adapter = adapter_for(config)
     seq = input_ids.shape[1]
     positions = torch.arange(seq)
-    cos, sin = rope_cos_sin(positions, keys.shape[-1], theta)
+    cos, sin = model_rope(model, 0, seq).tables(seq)
     hidden = inner.embed_tokens(input_ids)[0]  # [S, hidden]
     selected = positions  # layer 0: every token
     for index, layer in enumerate(inner.layers):
         attn = layer.self_attn
-        x = layer.input_layernorm(hidden)
-        q = apply_rope(attn.q_proj(x).view(len(selected), -1, keys.shape[-1]).transpose(0, 1), cos[selected], sin[selected])
-        k = apply_rope(attn.k_proj(x).view(len(selected), -1, keys.shape[-1]).transpose(0, 1), cos[selected], sin[selected])
-        v = attn.v_proj(x).view(len(selected), -1, keys.shape[-1]).transpose(0, 1)
+        q, k, v = (t.transpose(0, 1) for t in adapter.qkv(attn, layer.input_layernorm(hidden), head_dim_of(config)))
+        q = apply_rope(q, cos[selected], sin[selected])  # [H, S_sel, D]
+        k = apply_rope(k, cos[selected], sin[selected])
         if index == 1:
             # Deviation of reused layer-1 values from fresh ones picks the tokens to keep recomputing.
             deviation = (v - values[1]).norm(dim=-1).sum(dim=0)  # [S]

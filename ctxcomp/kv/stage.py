@@ -8,6 +8,7 @@ from typing import Any
 from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable
 from ctxcomp.hub import ModelHub
 from ctxcomp.kv import blob
+from ctxcomp.kv.architectures import adapter_for
 from ctxcomp.kv.handoff import blob_from_prefill, kv_transform_for
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.store import BlobStore, blob_key
@@ -30,6 +31,7 @@ class KvBlob:
 def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
     """The codec to use; InvalidRequest naming kv_codec / kv_model otherwise."""
     llm = hub.get("downstream_llm")
+    adapter_for(llm.model.config)  # an architecture without an exact prefill is refused here, by name
     codec = codec or "fp16"
     if codec not in CODECS:
         raise InvalidRequest("kv_codec", f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")

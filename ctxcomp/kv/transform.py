@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ctxcomp.kernels.attention import apply_rope, rope_cos_sin
+from ctxcomp.kernels.attention import Rope, apply_rope, rope_cos_sin
 
 ZERO, LAPLACE, GAUSSIAN = 0, 1, 2
 MAX_RANGE = 1 << 15  # a component's table spans [-range, range]; beyond: escapes
@@ -31,14 +31,16 @@ _MAX_SCALE = 4096.0  # fp16-safe; wider tables would pass MAX_RANGE anyway
 _FIT_QUANTILE = 0.995  # models are fitted to the codes below this magnitude quantile
 
 
-def to_pre_rope(k: torch.Tensor, start_pos: int, theta: float) -> torch.Tensor:
-    """K [..., S, D] rotated at positions start_pos.. -> the same keys before RoPE."""
-    cos, sin = rope_cos_sin(-torch.arange(start_pos, start_pos + k.shape[-2]), k.shape[-1], theta)
-    return apply_rope(k, cos, sin)
+def to_pre_rope(k: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """K [..., S, D] rotated by `rope` at positions rope.start_pos.. -> the same keys before RoPE
+    (the inverse rotation, and the model's cos/sin scaling divided out)."""
+    cos, sin = rope_cos_sin(-torch.arange(rope.start_pos, rope.start_pos + k.shape[-2]), rope.inv_freq)
+    return (apply_rope(k.float(), cos, sin) / rope.attention_scaling).to(k.dtype)
 
 
-def to_post_rope(k: torch.Tensor, start_pos: int, theta: float) -> torch.Tensor:
-    cos, sin = rope_cos_sin(torch.arange(start_pos, start_pos + k.shape[-2]), k.shape[-1], theta)
+def to_post_rope(k: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Keys before RoPE [..., S, D] -> rotated as the model does at positions rope.start_pos.."""
+    cos, sin = rope.tables(k.shape[-2])
     return apply_rope(k, cos, sin)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ctxcomp import models
-from ctxcomp.kv.prefill import prefill, rope_params
+from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.transform import heads_together, to_post_rope, to_pre_rope
 from ctxcomp.models import kv_transform
 from ctxcomp.models.training import squad
@@ -39,7 +39,6 @@ DEFAULT_STEP = 8e-4  # 4.1x smaller than fp16 on ~150-token SQuAD paragraphs, 99
 def collect(llm, paragraphs, *, questions_per_paragraph: int, samples: int, seed: int):
     """Pre-RoPE keys and values [L, N, C] of the paragraphs and the Fisher matrices [L, C, C] of both."""
     tok, model = llm.tokenizer, llm.model
-    theta = rope_params(model.config).theta
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
@@ -51,14 +50,14 @@ def collect(llm, paragraphs, *, questions_per_paragraph: int, samples: int, seed
         if ids.shape[1] <= SINK_TOKENS:
             continue
         result = prefill(model, ids)
-        k_pre = to_pre_rope(torch.stack([k[0] for k in result.keys]), 0, theta)
+        k_pre = to_pre_rope(torch.stack([k[0] for k in result.keys]), result.rope)
         v = torch.stack([v[0] for v in result.values])
         keys.append(heads_together(k_pre[:, :, SINK_TOKENS:]))
         values.append(heads_together(v[:, :, SINK_TOKENS:]))
         for question in para.questions[:questions_per_paragraph]:
             qids = tok(f"\nQuestion: {question.text}\nAnswer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
             k_leaf, v_leaf = k_pre.clone().requires_grad_(True), v.clone().requires_grad_(True)
-            k_post = to_post_rope(k_leaf, 0, theta)
+            k_post = to_post_rope(k_leaf, result.rope)
             cache = DynamicCache()
             for layer in range(k_post.shape[0]):
                 cache.update(k_post[layer][None], v_leaf[layer][None], layer)

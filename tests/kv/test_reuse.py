@@ -5,15 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctxcomp.kernels.attention import apply_rope, rope_cos_sin
+from ctxcomp.kernels.attention import Rope, apply_rope
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.reuse import blend, concatenate, rerotate
 
 
-def test_rerotation_equals_rotating_at_the_new_position() -> None:
+@pytest.mark.parametrize("scaled", [False, True])
+def test_rerotation_equals_rotating_at_the_new_position(scaled) -> None:
     x = torch.randn(2, 9, 64)
-    at = lambda start: apply_rope(x, *rope_cos_sin(torch.arange(start, start + 9), 64, 1e5))  # noqa: E731
-    torch.testing.assert_close(rerotate(at(0), 37, 1e5), at(37), atol=1e-4, rtol=1e-4)
+    rope = Rope.plain(1e5, 64)
+    if scaled:  # the model's scaled frequencies and cos/sin factor (YaRN-like)
+        rope = Rope(torch.where(torch.arange(32) > 20, rope.inv_freq / 4, rope.inv_freq), attention_scaling=1.2)
+    at = lambda start: apply_rope(x, *Rope(rope.inv_freq, rope.attention_scaling, start).tables(9))  # noqa: E731
+    torch.testing.assert_close(rerotate(at(0), 37, rope), at(37), atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +44,10 @@ def reused(llm, two_docs):
     """Both documents prefilled apart and concatenated, and the full prefill of the pair."""
     a, b = two_docs
     both = torch.cat([a, b], 1)
-    ka, va = stack(prefill(llm.model, a, backend="reference"))
+    first = prefill(llm.model, a, backend="reference")
+    ka, va = stack(first)
     kb, vb = stack(prefill(llm.model, b, backend="reference"))
-    k_cat, v_cat = concatenate([(ka, va, 0), (kb, vb, 0)], theta=1e5)
+    k_cat, v_cat = concatenate([(ka, va, 0), (kb, vb, 0)], first.rope)
     k_full, v_full = stack(prefill(llm.model, both, backend="reference"))
     return both, a.shape[1], k_cat, v_cat, k_full, v_full
 

@@ -22,7 +22,8 @@ from ctxcomp.errors import InvalidRequest
 from ctxcomp.kv import blob
 from ctxcomp.kv import transform as kv_transform
 from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
-from ctxcomp.kv.prefill import prefill, rope_params
+from ctxcomp.kernels.attention import Rope
+from ctxcomp.kv.prefill import prefill
 from ctxcomp.models import kv_transform as transform_files
 
 
@@ -67,8 +68,10 @@ def test_model_tables_are_bit_identical_everywhere() -> None:
 
 def test_pre_and_post_rope_are_inverse() -> None:
     k = torch.randn(2, 3, 40, 64)
-    back = kv_transform.to_post_rope(kv_transform.to_pre_rope(k, 17, 1e5), 17, 1e5)
-    assert torch.allclose(back, k, atol=1e-5)
+    plain = Rope.plain(1e5, 64, start_pos=17)
+    for rope in (plain, Rope(plain.inv_freq / 3, attention_scaling=1.3, start_pos=17)):
+        back = kv_transform.to_post_rope(kv_transform.to_pre_rope(k, rope), rope)
+        assert torch.allclose(back, k, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +151,8 @@ def test_calibration_script_builds_a_working_transform(llm, tmp_path, squad_held
     assert made.llm_fingerprint == llm.fingerprint and made.meta["paragraphs"] == 3
     ids = llm.tokenizer(squad_held_out[0].context, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :64]
     result = prefill(llm.model, ids, backend="reference")
-    meta = blob.BlobMeta(llm.fingerprint, "m", len(result.keys), result.keys[0].shape[1], 64, ids.shape[1], "x", 0, rope_params(llm.model.config).theta)
+    meta = blob.BlobMeta(llm.fingerprint, "m", len(result.keys), result.keys[0].shape[1], 64, ids.shape[1], "x", 0, 0.0,
+                         **blob.rope_fields(result.rope))
     data = blob.encode(result.keys, result.values, meta, codec="transform", transform=made)
     _, v, _ = blob.decode(data, expect_fingerprint=llm.fingerprint, transform=made)
     want_v = torch.stack([t[0] for t in result.values])
