@@ -40,7 +40,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     CTXCOMP_METRICS_HOST=0.0.0.0 \
     CTXCOMP_METRICS_PORT=9090 \
     HF_HUB_OFFLINE=1 \
-    ONEDNN_PRIMITIVE_CACHE_CAPACITY=2
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY=2 \
+    CTXCOMP_DEVICE=cpu
+# On a GPU node: build with a CUDA torch (TORCH_INDEX above) and run with -e CTXCOMP_DEVICE=cuda.
 # A named volume starts with the image's converted models; overrides (CTXCOMP_LLM=...) convert into it.
 VOLUME ["/var/cache/ctxcomp"]
 USER 10001

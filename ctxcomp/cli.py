@@ -143,7 +143,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ctxcomp.kv.store import open_store
 
         kv_store = open_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after)
-    asyncio.run(serve(Compressor(kv_store=kv_store), config, on_ready=on_ready))
+    from ctxcomp.hub import ModelHub
+
+    hub = ModelHub(device=args.device)
+    logging.getLogger("ctxcomp.service").info("models run on %s%s", hub.device, " in bf16" if hub.device != "cpu" else "")
+    asyncio.run(serve(Compressor(hub, kv_store=kv_store), config, on_ready=on_ready))
     return 0
 
 
@@ -235,6 +239,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def device_arg(value: str) -> str:
+    """--device: cpu, cuda or cuda:N, present on this machine."""
+    from ctxcomp.models.registry import check_device
+
+    try:
+        return check_device(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxcomp", description="Context compression for RAG.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="threads running model work")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads per worker (default 0: the cores this process may use / workers)")
+    p.add_argument("--device", type=device_arg, default=os.environ.get("CTXCOMP_DEVICE", "cpu"),
+                   help="where the encoders and the LLM run: cpu (default), cuda or cuda:N (bf16 there)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")

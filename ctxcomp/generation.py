@@ -25,7 +25,7 @@ def greedy(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tok
     if max_new_tokens <= 0:
         return ["" for _ in prompts]
     embed = model.get_input_embeddings()
-    embedded = [embed(torch.tensor(ids, dtype=torch.long)) for ids in prompts]
+    embedded = [embed(torch.tensor(ids, dtype=torch.long, device=embed.weight.device)) for ids in prompts]
     return greedy_embeds(model, tokenizer, embedded, max_new_tokens, batch_size=batch_size)
 
 
@@ -48,10 +48,11 @@ def greedy_embeds(
         picked = order[at : at + batch_size]
         width = max(len(prompts[i]) for i in picked)
         hidden = prompts[picked[0]].shape[1]
-        embeds = torch.zeros(len(picked), width, hidden, dtype=prompts[picked[0]].dtype)  # [B, T, H]
-        mask = torch.zeros(len(picked), width, dtype=torch.long)
+        device = model.get_input_embeddings().weight.device
+        embeds = torch.zeros(len(picked), width, hidden, dtype=prompts[picked[0]].dtype, device=device)  # [B, T, H]
+        mask = torch.zeros(len(picked), width, dtype=torch.long, device=device)
         for row, i in enumerate(picked):
-            embeds[row, width - len(prompts[i]) :] = prompts[i]
+            embeds[row, width - len(prompts[i]) :] = prompts[i].to(device)
             mask[row, width - len(prompts[i]) :] = 1
         generated = model.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Sequence
 
@@ -16,11 +17,13 @@ class ModelHub:
 
     Roles and their loaders are the one table `ctxcomp.models.registry.ROLES`;
     `overrides` maps a role to a HF id or local path, as the CTXCOMP_* variables do,
-    and applies to every form of that role.
+    and applies to every form of that role. `device` ("cpu", "cuda", "cuda:N"; default
+    CTXCOMP_DEVICE, else cpu) is where the neural roles run, in bf16 on CUDA.
     """
 
-    def __init__(self, overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, overrides: dict[str, str] | None = None, device: str | None = None) -> None:
         self.overrides = dict(overrides or {})
+        self.device = models.registry.check_device(device or os.environ.get("CTXCOMP_DEVICE", "") or "cpu")
         for role in self.overrides:
             models.registry.role_spec(role)
         self._loaded: dict[tuple[str, str], Any] = {}
@@ -35,7 +38,10 @@ class ModelHub:
             raise ValueError(f"model role {role!r} has no form {form!r}; forms: {', '.join(spec.forms)}")
         with self._lock:
             if (role, form) not in self._loaded:
-                self._loaded[(role, form)] = spec.forms[form](self.overrides.get(role), self)
+                loaded = spec.forms[form](self.overrides.get(role), self)
+                if form in spec.accelerated:
+                    loaded = models.registry.place(loaded, self.device)
+                self._loaded[(role, form)] = loaded
             return self._loaded[(role, form)]
 
     def load(self, roles: Sequence[str]) -> None:

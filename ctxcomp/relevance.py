@@ -97,19 +97,20 @@ def encode(scorer: Any, segmented: Sequence[_Segmented], windows: Sequence[win.W
         checkpoint()
         members = [windows[i] for i in batch]
         padded = win.pad_windows(members, pad_id)
-        out = model(padded.input_ids, padded.attention_mask, padded.token_type_ids)
+        device = model.heads.document.weight.device
+        out = model(padded.input_ids.to(device), padded.attention_mask.to(device), padded.token_type_ids.to(device))
         doc = torch.tensor([w.doc for w in members])
-        documents.scatter_reduce_(0, doc, out.document.float(), "amax")
+        documents.scatter_reduce_(0, doc, out.document.float().cpu(), "amax")
         owner = padded.word_of_token  # [B, T], -1 outside the document part
         valid = owner >= 0
         global_word = (owner + torch.from_numpy(word_base[doc.numpy()]).unsqueeze(1))[valid]
-        word_sums.index_add_(0, global_word, out.token.float()[valid])
+        word_sums.index_add_(0, global_word, out.token.float().cpu()[valid])
         word_counts.index_add_(0, global_word, torch.ones_like(global_word, dtype=torch.float))
         local_sentence = _sentence_ids(members, segmented, owner, sentence_base)
         present, local = torch.unique(local_sentence[valid], return_inverse=True)
         ids = torch.full_like(owner, -1)
         ids[valid] = local
-        logits = model.sentence_logits(out, ids, len(present)).float()
+        logits = model.sentence_logits(out, ids.to(device), len(present)).float().cpu()
         sentences.scatter_reduce_(0, present, logits, "amax")
     words = (word_sums / word_counts.clamp(min=1)).numpy()
     return (

@@ -116,7 +116,8 @@ def score_chunks(
         checkpoint()
         members = [chunks[i] for i in batch]
         ids, mask, owner = pad_batch(members, tokenizer.pad_token_id)
-        probs = model(input_ids=ids, attention_mask=mask).logits.float().softmax(-1)[..., 1]  # [B, T]
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        probs = logits.float().softmax(-1)[..., 1].cpu()  # [B, T]
         base = torch.tensor([int(offsets[c.doc]) for c in members]).unsqueeze(1)  # [B, 1]
         valid = owner >= 0
         if aggregation == "first":

@@ -46,6 +46,7 @@ class Role:
     forms: Mapping[str, Callable[[str | None, Any], Any]]
     locate: Callable[[str | None], Any]
     preload: str = ""  # the form loaded at server start-up ("" = the first)
+    accelerated: tuple[str, ...] = ()  # forms that are neural models: they run on the hub's device (bf16 on CUDA)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,36 @@ def to_bfloat16(classifier: TokenClassifier) -> TokenClassifier:
 
     model = copy.deepcopy(classifier.model).to(torch.bfloat16).eval()
     return TokenClassifier(model, classifier.tokenizer, classifier.source, classifier.max_length)
+
+
+def place(loaded: Any, device: str) -> Any:
+    """A loaded model moved to `device`; on an accelerator in bf16. A wrapper (TokenClassifier,
+    RelevanceScorer, LoadedLLM) has its `.model` moved; a torch module moves itself."""
+    import torch
+
+    if device == "cpu":
+        return loaded
+    module = loaded if isinstance(loaded, torch.nn.Module) else getattr(loaded, "model", None)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"cannot place {type(loaded).__name__} on {device}: no torch module in it")
+    module.to(device=device, dtype=torch.bfloat16)
+    return loaded
+
+
+def check_device(device: str) -> str:
+    """`device` if this machine has it ("cpu", "cuda", "cuda:N"); a clear error otherwise."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return device
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device {device!r}: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device (torch {torch.__version__} sees none)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices here")
+    return device
 
 
 def encoder_path() -> Path:
@@ -410,6 +441,7 @@ ROLES: dict[str, Role] = {
         "to a token-classification checkpoint (HF id or local path)",
         {"fp32": lambda o, hub: load_token_classifier(o), "bf16": lambda o, hub: to_bfloat16(hub.get("token_classifier"))},
         _locate("token_classifier", _token_classifier_files),
+        accelerated=("fp32", "bf16"),
     ),
     "sentence_encoder": Role(
         "sentence_encoder",
@@ -419,6 +451,7 @@ ROLES: dict[str, Role] = {
         "to a sentence-transformers model (HF id or local path)",
         {"model": lambda o, hub: load_sentence_encoder(o)},
         _locate("sentence_encoder", encoder_path),
+        accelerated=("model",),
     ),
     "downstream_llm": Role(
         "downstream_llm",
@@ -429,6 +462,7 @@ ROLES: dict[str, Role] = {
         {"model": lambda o, hub: load_llm(o), "tokenizer": lambda o, hub: load_llm_tokenizer(o)},
         _locate("downstream_llm", default_llm_gguf),
         preload="tokenizer",  # counting needs only the tokenizer; the model waits for a KV request
+        accelerated=("model",),
     ),
     "xrag_projector": Role(
         "xrag_projector",
@@ -465,5 +499,6 @@ ROLES: dict[str, Role] = {
         "holding config.json and delta.safetensors (or encoder.safetensors)",
         {"model": lambda o, hub: load_relevance(o)},
         _trained("relevance", _relevance_dir, "config.json"),
+        accelerated=("model",),
     ),
 }

@@ -54,3 +54,55 @@ def test_count_tokens_matches_the_tokenizer(hub) -> None:
     expected = [len(ids) for ids in hub.get("downstream_llm", "tokenizer")(texts, add_special_tokens=False)["input_ids"]]
     assert hub.count_tokens(texts) == expected
     assert hub.count_piece_tokens([" world", " world", "Hello"]) == hub.count_tokens([" world", " world", "Hello"])
+
+
+def test_device_is_checked_and_cpu_by_default(monkeypatch) -> None:
+    import torch
+
+    from ctxcomp.hub import ModelHub
+
+    monkeypatch.delenv("CTXCOMP_DEVICE", raising=False)
+    assert ModelHub().device == "cpu"
+    monkeypatch.setenv("CTXCOMP_DEVICE", "cpu")
+    assert ModelHub().device == "cpu"
+    with pytest.raises(ValueError, match="use cpu, cuda or cuda:N"):
+        ModelHub(device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            ModelHub(device="cuda")
+
+
+def test_serve_refuses_a_device_it_does_not_have() -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: `--device cuda` is valid here")
+    done = subprocess.run([sys.executable, "-m", "ctxcomp.cli", "serve", "--device", "cuda", "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "argument --device: device 'cuda': this machine has no CUDA device" in done.stderr
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_methods_and_kv_agree_with_cpu(compressor) -> None:
+    from ctxcomp.hub import ModelHub
+    from ctxcomp.kv import blob
+    from ctxcomp.pipeline import Compressor
+    from ctxcomp.types import CompressRequest, Document
+
+    gpu = Compressor(ModelHub(device="cuda"))
+    request = CompressRequest(
+        "Why did the Vasa sink?",
+        (Document("a", "The Vasa sank in 1628 because it was top-heavy. A gust of wind heeled it over."),
+         Document("b", "Stockholm weather: rain, then sun.")),
+        rate=0.5,
+    )
+    for method in ("cascade", "llmlingua2", "exit", "recomp_extractive"):
+        on_gpu = gpu.compress(CompressRequest(request.query, request.documents, method=method, rate=0.5))
+        on_cpu = compressor.compress(CompressRequest(request.query, request.documents, method=method, rate=0.5))
+        assert abs(on_gpu.tokens_after - on_cpu.tokens_after) <= 3, method  # bf16 may move a near-tie
+    with_kv = gpu.compress(CompressRequest(request.query, request.documents, method="llmlingua2", rate=0.5, return_kv=True))
+    keys, _, meta = blob.decode(with_kv.kv.data, expect_fingerprint=gpu.hub.get("downstream_llm").fingerprint)
+    assert meta.tokens == keys.shape[2] > 0

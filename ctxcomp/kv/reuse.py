@@ -27,7 +27,7 @@ def rerotate(k: torch.Tensor, delta: int, rope: Rope) -> torch.Tensor:
     rotation: the cos/sin scaling K already carries stays). k: [..., S, D]; same shape back."""
     if delta == 0:
         return k
-    cos, sin = rope_cos_sin(torch.tensor([delta]), rope.inv_freq)  # [1, D], broadcast over S
+    cos, sin = rope_cos_sin(torch.tensor([delta], device=k.device), rope.inv_freq)  # [1, D], broadcast over S
     return apply_rope(k, cos, sin)
 
 
@@ -58,8 +58,8 @@ def blend(model: Any, input_ids: torch.Tensor, keys: torch.Tensor, values: torch
     config, inner = model.config, model.model
     adapter = adapter_for(config)
     seq = input_ids.shape[1]
-    positions = torch.arange(seq)
-    cos, sin = model_rope(model, 0, seq).tables(seq)
+    positions = torch.arange(seq, device=input_ids.device)
+    cos, sin = model_rope(model, 0, seq).tables(seq, input_ids.device)
     hidden = inner.embed_tokens(input_ids)[0]  # [S, hidden]
     selected = positions  # layer 0: every token
     for index, layer in enumerate(inner.layers):

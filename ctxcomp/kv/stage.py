@@ -60,7 +60,7 @@ def compute_kv(hub: ModelHub, context: str, codec: str, store: BlobStore | None,
             return KvBlob(key, len(ids), codec, len(cached), None, lookup)
     if not ids:
         raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
-    result = prefill(llm.model, torch.tensor([ids]))
+    result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))
     transform = hub.get("kv_transform") if codec == "transform" else None
     data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level, transform=transform)  # type: ignore[arg-type]
     if store is not None:

@@ -34,13 +34,13 @@ _FIT_QUANTILE = 0.995  # models are fitted to the codes below this magnitude qua
 def to_pre_rope(k: torch.Tensor, rope: Rope) -> torch.Tensor:
     """K [..., S, D] rotated by `rope` at positions rope.start_pos.. -> the same keys before RoPE
     (the inverse rotation, and the model's cos/sin scaling divided out)."""
-    cos, sin = rope_cos_sin(-torch.arange(rope.start_pos, rope.start_pos + k.shape[-2]), rope.inv_freq)
+    cos, sin = rope_cos_sin(-torch.arange(rope.start_pos, rope.start_pos + k.shape[-2], device=k.device), rope.inv_freq)
     return (apply_rope(k.float(), cos, sin) / rope.attention_scaling).to(k.dtype)
 
 
 def to_post_rope(k: torch.Tensor, rope: Rope) -> torch.Tensor:
     """Keys before RoPE [..., S, D] -> rotated as the model does at positions rope.start_pos.."""
-    cos, sin = rope.tables(k.shape[-2])
+    cos, sin = rope.tables(k.shape[-2], k.device)
     return apply_rope(k, cos, sin)
 
 
