@@ -58,11 +58,18 @@ class KvTransform:
 
     @cached_property
     def key_inverse(self) -> torch.Tensor:
-        return torch.linalg.inv(self.key_matrix.double()).float()
+        return inverse_per_layer(self.key_matrix)
 
     @cached_property
     def value_inverse(self) -> torch.Tensor:
-        return torch.linalg.inv(self.value_matrix.double()).float()
+        return inverse_per_layer(self.value_matrix)
+
+
+def inverse_per_layer(matrices: torch.Tensor) -> torch.Tensor:
+    """[L, C, C] inverses, one layer at a time. A batched torch.linalg.inv nests MKL's LAPACK
+    threads inside torch's own; after torch.set_num_threads(n > 1) (which `ctxcomp serve`
+    and `batch` call) that deadlocks on torch 2.13 CPU wheels ("DLASWP parameter 6" errors)."""
+    return torch.stack([torch.linalg.inv(m.double()) for m in matrices]).float()
 
 
 def _split(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,3 +38,17 @@ def test_batch_says_which_threads_it_uses(tmp_path) -> None:
     )
     assert "torch intra-op threads: 1 per worker (as configured" in done.stderr
     assert "OpenMP waits: PASSIVE" in done.stderr
+
+
+def test_the_kv_transform_inverts_after_torch_threads_were_set() -> None:
+    """torch.set_num_threads(2) then a batched LAPACK inverse deadlocked (torch 2.13 CPU, MKL)."""
+    probe = (
+        "import torch\n"
+        "torch.set_num_threads(2)\n"
+        "from ctxcomp.models.kv_transform import inverse_per_layer\n"
+        "m = torch.randn(30, 192, 192, generator=torch.Generator().manual_seed(0)) + 30 * torch.eye(192)\n"
+        "assert torch.allclose(inverse_per_layer(m) @ m, torch.eye(192).expand(30, 192, 192), atol=1e-4)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr[-500:]
