@@ -38,7 +38,6 @@ def blob_key(model_fingerprint: str, token_ids: Sequence[int], codec: str) -> st
 
 class BlobStore(Protocol):
     url: str
-    kind: str  # "file", "redis": names the store in errors without its address or credentials
 
     def put(self, key: str, data: bytes) -> None: ...
 
@@ -49,8 +48,6 @@ class BlobStore(Protocol):
 
 class FileStore:
     """One file per blob under a root folder, written atomically (temp file + rename)."""
-
-    kind = "file"
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -98,8 +95,6 @@ class RedisStore:
     Every call gives up after `timeout_s` (connect and socket), with no retries of its own.
     """
 
-    kind = "redis"
-
     def __init__(self, url: str, ttl_s: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         import redis
 
@@ -135,7 +130,6 @@ class GuardedStore:
     ) -> None:
         self.store = store
         self.url = store.url
-        self.kind = store.kind
         self.retry_after_s = retry_after_s
         self._clock = clock
         self._down_until = 0.0
