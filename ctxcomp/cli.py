@@ -107,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # ever-new lengths made the server's RSS grow ~27% under load (bench/load.py). A
     # cache of 2 keeps growth under 10% for ~5-10% throughput. Must be set before torch runs.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "2")
-    from ctxcomp.pipeline import Compressor
+    from ctxcomp.pipeline import Compressor, Limits
     from ctxcomp.service import logs
     from ctxcomp.service.server import ServerConfig, serve
 
@@ -120,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("ctxcomp.service").info(thread_plan.describe())
 
     config = ServerConfig(
-        batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue),
+        batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_queued_tokens=args.max_queued_tokens),
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -147,7 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     hub = ModelHub(device=args.device)
     logging.getLogger("ctxcomp.service").info("models run on %s%s", hub.device, " in bf16" if hub.device != "cpu" else "")
-    asyncio.run(serve(Compressor(hub, kv_store=kv_store), config, on_ready=on_ready))
+    limits = Limits(max_request_tokens=args.max_request_tokens)
+    asyncio.run(serve(Compressor(hub, limits, kv_store=kv_store), config, on_ready=on_ready))
     return 0
 
 
@@ -278,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-queued-tokens", type=int, default=1 << 20,
+                   help="downstream-LLM tokens waiting before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-request-tokens", type=int, default=131_072,
+                   help="downstream-LLM tokens one request may hold (more: INVALID_ARGUMENT naming documents)")
     p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys")
     p.add_argument("--kv-store-timeout", type=float, default=0.5,
                    help="seconds a KV store call may take before the request gets UNAVAILABLE")

@@ -121,11 +121,12 @@ def test_expired_deadline_is_deadline_exceeded(server) -> None:
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def serve_in_subprocess(tmp_path: Path, grace_s: float) -> tuple[subprocess.Popen, str]:
+def serve_in_subprocess(tmp_path: Path, grace_s: float, *flags: str) -> tuple[subprocess.Popen, str]:
     """`ctxcomp serve` as a real process (its stdout is the log); returns it and its address."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file), "--grace", str(grace_s)],
+        [sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file), "--grace", str(grace_s),
+         *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 120
@@ -158,6 +159,20 @@ def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_serve_takes_the_token_limits_from_its_flags(tmp_path: Path) -> None:
+    proc, address = serve_in_subprocess(tmp_path, 5, "--max-request-tokens", "100", "--max-queued-tokens", "1000")
+    try:
+        with CtxcompClient(address, timeout=60) as client:
+            assert client.list_methods().limits.max_request_tokens == 100
+            with pytest.raises(grpc.RpcError) as caught:
+                client.compress("q", [TEXT * 10])
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "max_request_tokens is 100" in caught.value.details()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_requests_cut_by_the_end_of_grace_get_unavailable_and_no_traceback(tmp_path: Path) -> None:
