@@ -11,11 +11,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from ctxcomp.methods import is_method_name
+from ctxcomp.methods import CHAIN_SEPARATOR, is_method_name
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RATIO_BUCKETS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MAX_CHAIN_LABELS = 32  # distinct chains labelled by name; later ones count as "chain"
 
 
 class Metrics:
@@ -48,20 +49,34 @@ class Metrics:
             ["outcome"], registry=self.registry,
         )
         self._http: Any = None
+        self._chain_labels: set[str] = set()
+
+    def method_label(self, method: str) -> str:
+        """A registered method's name; a chain's name for the first MAX_CHAIN_LABELS chains seen,
+        then "chain"; anything else "invalid". Valid chains alone number ~10^5: a client must
+        not grow /metrics at will."""
+        if not is_method_name(method):
+            return "invalid"
+        if CHAIN_SEPARATOR not in method or method in self._chain_labels:
+            return method
+        if len(self._chain_labels) < MAX_CHAIN_LABELS:
+            self._chain_labels.add(method)
+            return method
+        return "chain"
 
     def observe_request(self, method: str, rpc: str, code: str, seconds: float) -> None:
-        """method: what the client asked for; only real method and chain names become labels,
-        anything else counts as "invalid" (a client must not grow /metrics at will)."""
-        label = method if is_method_name(method) else "invalid"
+        """method: what the client asked for (see method_label)."""
+        label = self.method_label(method)
         self.requests.labels(label, rpc, code).inc()
         self.latency.labels(label, rpc).observe(seconds)
 
     def observe_result(self, result: Any) -> None:
         """result: ctxcomp.types.CompressResult."""
-        self.input_tokens.labels(result.method).inc(result.tokens_before)
-        self.output_tokens.labels(result.method).inc(result.tokens_after)
+        label = self.method_label(result.method)
+        self.input_tokens.labels(label).inc(result.tokens_before)
+        self.output_tokens.labels(label).inc(result.tokens_after)
         if result.tokens_after:
-            self.ratio.labels(result.method).observe(result.tokens_before / result.tokens_after)
+            self.ratio.labels(label).observe(result.tokens_before / result.tokens_after)
         if result.kv is not None:
             self.kv_bytes.labels(result.kv.codec).inc(result.kv.size)
             if result.kv.store_lookup:

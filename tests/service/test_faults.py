@@ -152,6 +152,21 @@ def test_only_real_method_names_become_metric_labels(server, client) -> None:
     assert sample(server, "ctxcomp_requests_total", method="invalid", rpc="Compress", code="INVALID_ARGUMENT") >= 30
 
 
+def test_chains_get_a_bounded_number_of_metric_labels() -> None:
+    """Valid chains number ~10^5 (ordered subsets of the methods): only the first few are named."""
+    from itertools import permutations
+
+    from ctxcomp.methods import method_names
+    from ctxcomp.service.metrics import MAX_CHAIN_LABELS, Metrics
+
+    metrics = Metrics()
+    chains = [">".join(p) for p in permutations(method_names(), 2)][: MAX_CHAIN_LABELS + 20]
+    labels = {metrics.method_label(chain) for chain in chains}
+    assert len(labels) == MAX_CHAIN_LABELS + 1 and "chain" in labels
+    assert metrics.method_label(chains[0]) == chains[0]  # a named chain keeps its label
+    assert metrics.method_label("exit") == "exit" and metrics.method_label("exit>exit") == "invalid"
+
+
 def many_documents(count: int) -> list[str]:
     """About 1,350 downstream-LLM tokens a document; 40 of them keep the worker busy ~9 s on 2 cores."""
     return [f"Part {i}. " + TEXT * 30 for i in range(count)]
