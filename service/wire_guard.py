@@ -45,6 +45,7 @@ def parse_list_methods_request(data: bytes) -> pb.ListMethodsRequest | InvalidRe
 # protobuf refuses messages nested deeper than this (CompressRequest, Struct, map entry,
 # Value, Struct, ...): about 32 levels of objects in the options.
 MAX_MESSAGE_DEPTH = 100
+TOO_DEEP = f"nested too deeply (protobuf allows {MAX_MESSAGE_DEPTH} message levels: about 32 levels of objects)"
 
 
 def options_problem(data: bytes) -> str | None:
@@ -63,7 +64,7 @@ def options_problem(data: bytes) -> str | None:
 def _struct_problem(data: bytes, depth: int) -> str | None:
     """Struct { map<string, Value> fields = 1 } at message depth `depth`."""
     if depth > MAX_MESSAGE_DEPTH:
-        return f"nested too deeply (protobuf allows {MAX_MESSAGE_DEPTH} message levels: about 32 levels of objects)"
+        return TOO_DEEP
     for number, wire_type, entry in _fields(data):
         if number != 1 or wire_type != _LENGTH_DELIMITED:
             continue
@@ -80,7 +81,7 @@ def _struct_problem(data: bytes, depth: int) -> str | None:
 def _value_problem(data: bytes, depth: int) -> str | None:
     """Value { string_value = 3; Struct struct_value = 5; ListValue list_value = 6 } at `depth`."""
     if depth > MAX_MESSAGE_DEPTH:
-        return f"nested too deeply (protobuf allows {MAX_MESSAGE_DEPTH} message levels: about 32 levels of objects)"
+        return TOO_DEEP
     for number, wire_type, part in _fields(data):
         if wire_type != _LENGTH_DELIMITED:
             continue
