@@ -56,7 +56,7 @@ def blend(model: Any, input_ids: torch.Tensor, keys: torch.Tensor, values: torch
     if recompute_ratio == 0.0:
         return keys, values
     config, inner = model.config, model.model
-    adapter = adapter_for(config)
+    adapter, head_dim = adapter_for(config), head_dim_of(config)
     seq = input_ids.shape[1]
     positions = torch.arange(seq, device=input_ids.device)
     cos, sin = model_rope(model, 0, seq).tables(seq, input_ids.device)
@@ -64,7 +64,7 @@ def blend(model: Any, input_ids: torch.Tensor, keys: torch.Tensor, values: torch
     selected = positions  # layer 0: every token
     for index, layer in enumerate(inner.layers):
         attn = layer.self_attn
-        q, k, v = (t.transpose(0, 1) for t in adapter.qkv(attn, layer.input_layernorm(hidden), head_dim_of(config)))
+        q, k, v = (t.transpose(0, 1) for t in adapter.qkv(attn, layer.input_layernorm(hidden), head_dim))
         q = apply_rope(q, cos[selected], sin[selected])  # [H, S_sel, D]
         k = apply_rope(k, cos[selected], sin[selected])
         if index == 1:

@@ -81,10 +81,10 @@ def stored_blob(store: BlobStore, key: str, fingerprint: str, ids: list[int], co
         return None, "miss"
     try:
         meta = blob.inspect(cached)
+        promised = (meta.model_fingerprint, meta.token_ids_sha256, meta.codec) == (fingerprint, blob.token_ids_digest(ids), codec)
     except blob.BlobRefused:
-        store.delete(key)
-        return None, "corrupt"
-    if (meta.model_fingerprint, meta.token_ids_sha256, meta.codec) != (fingerprint, blob.token_ids_digest(ids), codec):
+        promised = False
+    if not promised:
         store.delete(key)
         return None, "corrupt"
     return cached, "hit"
