@@ -97,7 +97,7 @@ def batches_part(count: int, wave: int, seed: int) -> bool:
     from ctxcomp.types import CompressRequest
 
     rng = random.Random(seed)
-    paragraphs = squad.split_articles(squad.load_paragraphs())[1]
+    paragraphs = squad.splits().test
     requests = [random_request(rng, paragraphs) for _ in range(count)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:

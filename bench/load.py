@@ -108,7 +108,7 @@ class Redis:
 
 def make_requests(count: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    paragraphs = squad.split_articles(squad.load_paragraphs())[1]
+    paragraphs = squad.splits().test
     out = []
     for _ in range(count):
         docs = [p.context for p in rng.sample(paragraphs, rng.choice([1, 1, 3, 10]))]

@@ -1,10 +1,10 @@
-"""Gold-answer preservation, rerank accuracy and cost of every method vs baselines, on the test articles.
+"""Gold-answer preservation, rerank accuracy, the selective gate and cost of every method vs baselines.
 
-    python bench/quality.py [--quick] [--questions 300] [--methods cascade,exit,...]
+    python bench/quality.py [--quick] [--questions 300] [--methods cascade,exit,...] [--split test]
 
-Split: the test quarter of SQuAD dev's articles (models/training/squad.py),
-never read by any training or tuning script (the relevance model's settings
-were tuned on its dev articles, see models/relevance/MODEL_CARD.md).
+Split: the test articles of SQuAD dev (models/training/squad.py), never read by
+any training or tuning script (the relevance model's settings were tuned on the
+dev articles, see models/relevance/MODEL_CARD.md); `--split dev` is for tuning.
 Each request: one question, its gold paragraph and four other paragraphs of
 the same article, shuffled (seeded). Targets 3x, 5x, 10x = rate 1/x of the
 downstream-LLM tokens. One JSON line per (target, method) and per baseline:
@@ -17,7 +17,10 @@ documents), random (random whole sentences) and minilm_topk (the 20 lines a
 user writes by hand: split on sentence punctuation, rank by MiniLM cosine to the
 query, add sentences while they fit). A method "beats" a baseline only where
 the intervals separate. A rerank line compares the document head's top-1
-gold-paragraph accuracy with bi-encoder cosine, on the same requests.
+gold-paragraph accuracy with bi-encoder cosine, on the same requests. A gate
+line measures selective augmentation at the shipped threshold: the share of
+these requests it lets through, and the share of off-topic requests (the same
+questions over paragraphs of other articles of the split) it empties.
 """
 
 from __future__ import annotations
@@ -26,16 +29,17 @@ import argparse
 import collections
 import dataclasses
 import json
-import os
-import platform
 import random
 import re
 import time
 
 import numpy as np
 
+from common import add_split_argument, header, split_paragraphs
+
 from ctxcomp import relevance
 from ctxcomp.embedding import embed
+from ctxcomp.evaluate import bootstrap_interval, separated
 from ctxcomp.hub import ModelHub
 from ctxcomp.models.training import squad
 from ctxcomp.pipeline import Compressor
@@ -54,14 +58,13 @@ SEED = 7
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def build_requests(n: int) -> list[tuple[squad.Question, CompressRequest, int]]:
+def build_requests(paragraphs: list[squad.Paragraph], n: int) -> list[tuple[squad.Question, CompressRequest, int]]:
     """(question, request, index of the gold document)."""
-    test = squad.split_articles(squad.load_paragraphs())[1]
     by_article = collections.defaultdict(list)
-    for p in test:
+    for p in paragraphs:
         by_article[p.article].append(p)
     rng = random.Random(SEED)
-    pairs = [(p, q) for p in test for q in p.questions]
+    pairs = [(p, q) for p in paragraphs for q in p.questions]
     rng.shuffle(pairs)
     out = []
     for p, q in pairs[:n]:
@@ -98,19 +101,12 @@ def minilm_topk(hub: ModelHub, request: CompressRequest, rate: float) -> str:
     return " ".join(sentences[i] for i in sorted(chosen))
 
 
-def interval(hits: list[bool], rng: np.random.Generator) -> tuple[float, float]:
-    """Bootstrap 95% interval of a share."""
-    arr = np.asarray(hits, float)
-    means = arr[rng.integers(0, len(arr), (1000, len(arr)))].mean(1)
-    return round(float(np.quantile(means, 0.025)), 4), round(float(np.quantile(means, 0.975)), 4)
-
-
 def row(name: str, target: str, questions, contexts, tokens: list[tuple[int, int]], seconds: list[float]) -> dict:
     hits = [any(a in c for a in q.answers) for q, c in zip(questions, contexts)]
     return {
         "bench": "quality", "target": target, "method": name, "requests": len(hits),
         "compression": round(sum(b for b, _ in tokens) / max(sum(a for _, a in tokens), 1), 2),
-        "preservation": round(float(np.mean(hits)), 4), "interval95": interval(hits, np.random.default_rng(SEED)),
+        "preservation": round(float(np.mean(hits)), 4), "interval95": bootstrap_interval(hits, seed=SEED),
         "ms": round(1000 * float(np.mean(seconds)), 1) if seconds else None,
     }
 
@@ -145,28 +141,34 @@ def baselines(hub: ModelHub, target: str, rate: float, questions, requests, befo
     return rows
 
 
-def rerank(hub: ModelHub, cases) -> dict:
-    scored = relevance.score(hub, [r for _, r, _ in cases])
+def rerank(hub: ModelHub, cases, scored) -> dict:
     head = [int(np.argmax([d.relevance for d in s])) == g for s, (_, _, g) in zip(scored, cases)]
     cosine = []
     for _, request, gold in cases:
         vectors = embed(hub, [request.query, *[d.text for d in request.documents]])
         cosine.append(int(np.argmax(vectors[1:] @ vectors[0])) == gold)
-    rng = np.random.default_rng(SEED)
     return {
         "bench": "rerank", "requests": len(cases),
-        "document_head_top1": round(float(np.mean(head)), 4), "document_head_interval95": interval(head, rng),
-        "bi_encoder_cosine_top1": round(float(np.mean(cosine)), 4), "bi_encoder_interval95": interval(cosine, rng),
+        "document_head_top1": round(float(np.mean(head)), 4), "document_head_interval95": bootstrap_interval(head),
+        "bi_encoder_cosine_top1": round(float(np.mean(cosine)), 4), "bi_encoder_interval95": bootstrap_interval(cosine),
     }
 
 
-def machine() -> dict:
-    """The CPU the timings come from, with the flags that decide its matrix speed."""
-    info = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-    return {"cpu": model, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags]}
+def gate(hub: ModelHub, paragraphs: list[squad.Paragraph], cases, scored) -> dict:
+    """Selective augmentation at the shipped threshold: on-topic requests let through,
+    off-topic ones (each question over OTHER_PARAGRAPHS paragraphs of other articles) emptied."""
+    threshold = float(hub.get("relevance").meta["document_threshold"])
+    rng = random.Random(SEED)
+    off = [CompressRequest(q.text, tuple(Document(f"{p.article}#{p.index}", p.context) for p in rng.sample(
+        [o for o in paragraphs if o.article != r.documents[g].id.rsplit("#", 1)[0]], OTHER_PARAGRAPHS)))
+        for q, r, g in cases]
+    passed = [max(d.probability for d in s) > threshold for s in scored]
+    rejected = [max(d.probability for d in s) <= threshold for s in relevance.score(hub, off)]
+    return {
+        "bench": "gate", "threshold": threshold, "requests": len(cases),
+        "on_topic_passed": round(float(np.mean(passed)), 4), "on_topic_interval95": bootstrap_interval(passed),
+        "off_topic_rejected": round(float(np.mean(rejected)), 4), "off_topic_interval95": bootstrap_interval(rejected),
+    }
 
 
 def main() -> None:
@@ -174,16 +176,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="15 requests, 5x, three methods (under a minute after load)")
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--methods", default=",".join(METHODS))
+    add_split_argument(parser)
     args = parser.parse_args()
     targets = {"5x": TARGETS["5x"]} if args.quick else TARGETS
     methods = ["cascade", "llmlingua2", "recomp_extractive"] if args.quick else args.methods.split(",")
     hub = ModelHub()
     compressor = Compressor(hub)
-    cases = build_requests(15 if args.quick else args.questions)
+    paragraphs = split_paragraphs(args.split)
+    cases = build_requests(paragraphs, 15 if args.quick else args.questions)
     questions, requests = [q for q, _, _ in cases], [r for _, r, _ in cases]
     compressor.compress(dataclasses.replace(requests[0], method="cascade"))  # warm: models load outside the timings
-    print(json.dumps({"bench": "quality", "split": "test articles", **machine()}))
-    print(json.dumps(rerank(hub, cases)), flush=True)
+    print(json.dumps(header("quality", args.split)))
+    scored = relevance.score(hub, [r for _, r, _ in cases])
+    print(json.dumps(rerank(hub, cases, scored)), flush=True)
+    print(json.dumps(gate(hub, paragraphs, cases, scored)), flush=True)
     before = [sum(hub.count_tokens([d.text for d in r.documents])) for r in requests]
     started = time.time()
     for target, rate in targets.items():
@@ -191,7 +197,7 @@ def main() -> None:
         for name in methods:
             rows.append(row(name, target, questions, *run_method(compressor, name, requests, rate)))
         for r in rows:
-            r["beats"] = [b["method"] for b in rows if r["interval95"][0] > b["interval95"][1]]
+            r["beats"] = [b["method"] for b in rows if separated(r["interval95"], b["interval95"]) > 0]
             print(json.dumps(r), flush=True)
     print(json.dumps({"bench": "quality", "elapsed_s": round(time.time() - started, 1)}), flush=True)
 

@@ -1,4 +1,5 @@
-"""SQuAD answer metrics (the official normalisation), shared by the quality benchmarks."""
+"""SQuAD answer metrics (the official normalisation) and bootstrap intervals, shared by the
+quality benchmarks and the tuning scripts."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import collections
 import re
 import string
 from typing import Sequence
+
+import numpy as np
 
 
 def normalize(text: str) -> str:
@@ -27,3 +30,18 @@ def exact_and_f1(prediction: str, answers: Sequence[str]) -> tuple[float, float]
             precision, recall = common / len(pred), common / len(gold)
             best_f1 = max(best_f1, 2 * precision * recall / (precision + recall))
     return best_em, best_f1
+
+
+def bootstrap_interval(values: Sequence[float], *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of a mean (a share when the values are 0/1)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("no values to resample")
+    means = arr[np.random.default_rng(seed).integers(0, arr.size, (resamples, arr.size))].mean(1)
+    return round(float(np.quantile(means, 0.025)), 4), round(float(np.quantile(means, 0.975)), 4)
+
+
+def separated(a: tuple[float, float], b: tuple[float, float]) -> int:
+    """1 when interval a lies wholly above b, -1 wholly below, 0 when they overlap:
+    a method is called better only when its interval clears the other's."""
+    return 1 if a[0] > b[1] else -1 if a[1] < b[0] else 0

@@ -52,7 +52,7 @@ def client(server):
 def squad_held_out():
     from ctxcomp.models.training import squad
 
-    return squad.split_articles(squad.load_paragraphs())[1]
+    return squad.splits().test
 
 
 class RedisServer:

@@ -109,7 +109,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     llm = models.load_llm()
-    train = squad.split_articles(squad.load_paragraphs())[0]
+    train = squad.splits().train
     paragraphs = train[::7][: args.paragraphs]
     keys, values, fisher_k, fisher_v = collect(
         llm, paragraphs, questions_per_paragraph=args.questions_per_paragraph, samples=args.samples, seed=args.seed
@@ -127,7 +127,7 @@ def main() -> None:
         "questions_per_paragraph": args.questions_per_paragraph,
         "samples_per_question": args.samples,
         "seed": args.seed,
-        "data": "SQuAD v1.1 dev, training articles (squad.split_articles()[0][::7])",
+        "data": "SQuAD v1.1 dev, train articles (squad.splits().train[::7]); step chosen on dev by bench/kv.py --split dev",
         "seconds": round(time.perf_counter() - started, 1),
     }
     kv_transform.save(key_matrix, key_offset, value_matrix, value_offset, meta, args.out)

@@ -31,7 +31,7 @@ from ctxcomp.method import MethodItem
 from ctxcomp.methods.cascade import CascadeConfig, compress_scored
 from ctxcomp.models import relevance_model
 from ctxcomp.models.training import squad
-from ctxcomp.models.training.train_relevance import SEED, overlaps, split_dev
+from ctxcomp.models.training.train_relevance import SEED, overlaps
 from ctxcomp.types import CompressRequest, Document
 
 OTHERS = 4
@@ -43,7 +43,7 @@ GRID = {"token_weight": (0.0, 0.3, 1.0), "temperature": (0.5, 1.0, 2.0), "drop_b
 def dev_requests(n: int) -> tuple[list[tuple[squad.Question, CompressRequest, int]], list[CompressRequest]]:
     """(on-topic: question, request of gold + 4 same-article paragraphs, gold index), and
     off-topic requests (the same questions over 4 paragraphs of other dev articles)."""
-    dev = split_dev(squad.split_articles(squad.load_paragraphs())[0])[1]
+    dev = squad.splits().dev
     rng = random.Random(SEED)
     by_article: dict[str, list[squad.Paragraph]] = {}
     for p in dev:

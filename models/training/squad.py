@@ -3,8 +3,15 @@
 The file is squad_dev_v1.1.json.gz (CC BY-SA 4.0, Rajpurkar et al., 2016):
 CTXCOMP_SQUAD names it; otherwise it is looked for as shared/data/ beside the
 working directory or one of its parents (a checkout sits next to shared/). No
-path is derived from where the package is installed. Splitting by article
-keeps every paragraph of an evaluation article unseen in training.
+path is derived from where the package is installed.
+
+Three splits by article (`splits()`), so no paragraph of an article used for a
+choice or a report was seen in training:
+- test: a fixed seeded quarter of the articles (12 of 48). Benches report on it;
+  nothing trains or tunes on it.
+- dev: 4 of the remaining articles. Every choice (epochs, thresholds, codec
+  steps, input lengths) is made on it.
+- train: the other 32 articles.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FILE_NAME = "squad_dev_v1.1.json.gz"
-HELD_OUT_SHARE = 0.25
+TEST_SHARE = 0.25
 SPLIT_SEED = 13
+DEV_ARTICLES = 4
+DEV_SEED = 1234
+SPLIT_NAMES = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,35 @@ def load_paragraphs(path: Path | None = None) -> list[Paragraph]:
     return paragraphs
 
 
-def split_articles(paragraphs: list[Paragraph]) -> tuple[list[Paragraph], list[Paragraph]]:
-    """(train, held_out) by article title, a fixed seeded quarter of articles held out."""
+@dataclass(frozen=True)
+class Splits:
+    train: list[Paragraph]
+    dev: list[Paragraph]
+    test: list[Paragraph]
+
+    def named(self, name: str) -> list[Paragraph]:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"split must be one of {', '.join(SPLIT_NAMES)}, got {name!r}")
+        return getattr(self, name)
+
+
+def splits(paragraphs: list[Paragraph] | None = None) -> Splits:
+    """train / dev / test by article title: test a seeded quarter of the articles,
+    dev DEV_ARTICLES of the rest (a second seeded shuffle), train the remainder."""
+    paragraphs = load_paragraphs() if paragraphs is None else paragraphs
     titles = sorted({p.article for p in paragraphs})
     random.Random(SPLIT_SEED).shuffle(titles)
-    held = set(titles[: max(1, round(len(titles) * HELD_OUT_SHARE))])
-    return [p for p in paragraphs if p.article not in held], [p for p in paragraphs if p.article in held]
+    test = set(titles[: max(1, round(len(titles) * TEST_SHARE))])
+    rest = sorted(set(titles) - test)
+    random.Random(DEV_SEED).shuffle(rest)
+    dev = set(rest[:DEV_ARTICLES])
+    return Splits(
+        train=[p for p in paragraphs if p.article not in test and p.article not in dev],
+        dev=[p for p in paragraphs if p.article in dev],
+        test=[p for p in paragraphs if p.article in test],
+    )
+
+
+def split_paragraphs(name: str) -> list[Paragraph]:
+    """The paragraphs of one split by name ("train", "dev" or "test")."""
+    return splits().named(name)

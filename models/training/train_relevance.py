@@ -5,8 +5,8 @@
 One cross-encoder (MiniLM, LoRA or full fine-tune) with three heads: document
 relevance, sentence keep and token keep (models/relevance_model.py). Data:
 SQuAD v1.1 dev split by article (models/training/squad.py): the test quarter is never
-read here; four training articles are held apart as a dev split, on which the
-script reports and on which the coarse-to-fine method's settings are tuned.
+read here; the dev articles (squad.splits().dev) are held apart: the script
+reports on them and the coarse-to-fine method's settings are tuned on them.
 
 Per question, a group of documents: its gold paragraph, another paragraph of
 the same article (a hard negative) and one paragraph of another article (so the
@@ -39,7 +39,6 @@ from ctxcomp.models import lora, registry, relevance_model
 from ctxcomp.models.training import squad
 
 SEED = 1234
-DEV_ARTICLES = 4
 OTHER_ANSWER_TARGET = 0.25
 
 
@@ -194,14 +193,6 @@ def save(model, wrapped, args, out: Path, meta: dict) -> None:
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def split_dev(paragraphs: list[squad.Paragraph]) -> tuple[list[squad.Paragraph], list[squad.Paragraph]]:
-    """(train, dev): DEV_ARTICLES training articles held apart for reporting and tuning."""
-    titles = sorted({p.article for p in paragraphs})
-    random.Random(SEED).shuffle(titles)
-    dev = set(titles[:DEV_ARTICLES])
-    return [p for p in paragraphs if p.article not in dev], [p for p in paragraphs if p.article in dev]
-
-
 def train(args: argparse.Namespace) -> dict:
     random.seed(SEED)
     np.random.seed(SEED)
@@ -212,8 +203,8 @@ def train(args: argparse.Namespace) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model, wrapped, optimizer, base = build_model(args, device)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    train_paras, _test = squad.split_articles(squad.load_paragraphs())
-    train_paras, dev_paras = split_dev(train_paras)
+    split = squad.splits()
+    train_paras, dev_paras = split.train, split.dev
     train_paras = train_paras[: args.paragraphs or len(train_paras)]
     nlp = registry.load_spacy()
     prepared = prepare(train_paras, tokenizer, nlp)

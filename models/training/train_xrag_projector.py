@@ -107,7 +107,9 @@ def train(args: argparse.Namespace) -> dict:
     encoder = registry.load_sentence_encoder()
     for p in llm.model.parameters():
         p.requires_grad_(False)
-    train_paras, _ = squad.split_articles(squad.load_paragraphs())
+    # No setting of the projector is chosen on dev, so it trains on every article but the test ones.
+    split = squad.splits()
+    train_paras = split.train + split.dev
     train_paras = train_paras[: args.limit] if args.limit else train_paras
     encoded = torch.from_numpy(encoder.encode([p.context for p in train_paras], convert_to_numpy=True,
                                               normalize_embeddings=True, batch_size=64))

@@ -1,0 +1,44 @@
+"""What every bench prints first: the machine its timings come from and the data split its
+figures come from. Benches report on the test articles; `--split dev` is how a setting is
+tuned (the models' training scripts and the model cards say which choices were made there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+from ctxcomp.models.training import squad
+
+SPLIT_HELP = {
+    "test": "test articles: never read by any training or tuning script",
+    "dev": "dev articles: where settings are tuned (never reported as a result)",
+}
+
+
+def machine() -> dict:
+    """The CPU the timings come from, with the flags that decide its matrix speed."""
+    info = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+    return {"cpu": model, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags]}
+
+
+def add_split_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", choices=tuple(SPLIT_HELP), default="test",
+                        help="SQuAD articles to measure on (default test; dev is for tuning)")
+
+
+def split_paragraphs(name: str) -> list[squad.Paragraph]:
+    return squad.splits().named(name)
+
+
+def header(bench: str, split: str | None, **extra) -> dict:
+    """The first line of a bench's output."""
+    line = {"bench": bench, **machine(), **extra}
+    if split is not None:
+        line["split"] = SPLIT_HELP[split]
+    return line
