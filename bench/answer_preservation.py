@@ -1,8 +1,9 @@
 """Gold-answer preservation of LLMLingua-2 (our classifier) vs naive baselines.
 
-    python bench/answer_preservation.py [--quick]
+    python bench/answer_preservation.py [--quick] [--split test]
 
-On the SQuAD dev articles held apart from training, each paragraph is one
+On the test articles of SQuAD dev (models/training/squad.py; the token
+classifier trained on the train articles and chose its epoch on dev), each paragraph is one
 request compressed to 2x/3x/5x (LLM-token budget, never exceeded). Every
 scorer goes through the same budgeted selection (fit_budget); only the word
 priorities differ:
@@ -11,7 +12,8 @@ priorities differ:
   random            uniform random priorities (seeded)
   first_k           earlier words first (truncation)
 Prints one JSON object per (rate, scorer): preservation = share of questions
-with a gold answer string still present in the compressed text.
+with a gold answer string still present in the compressed text, with a bootstrap
+95% interval that resamples paragraphs (a paragraph's questions are not independent).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import time
 
 import numpy as np
 import torch
+from common import add_split_argument, header, split_paragraphs
 
 from ctxcomp import text, wordscore
+from ctxcomp.evaluate import bootstrap_interval
 from ctxcomp.hub import ModelHub
 from ctxcomp.selection import fit_budget
 from ctxcomp.models import load_llm
@@ -55,10 +59,12 @@ def preserved(paragraph: squad.Paragraph, text: str) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="60 paragraphs (under a minute)")
-    parser.add_argument("--paragraphs", type=int, default=0, help="limit (0 = all held-out)")
+    parser.add_argument("--paragraphs", type=int, default=0, help="limit (0 = every paragraph of the split)")
+    add_split_argument(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
-    paragraphs = squad.split_articles(squad.load_paragraphs())[1]
+    print(json.dumps(header("answer_preservation", args.split)), flush=True)
+    paragraphs = split_paragraphs(args.split)
     limit = 60 if args.quick else args.paragraphs
     if limit:
         paragraphs = paragraphs[:limit]
@@ -77,14 +83,17 @@ def main() -> None:
     totals = hub.count_tokens([p.context for p in paragraphs])
     for label, rate in RATES.items():
         for name, priorities in scorers.items():
-            hits = asked = kept = 0
+            hits, asked, kept = [], [], 0
             for para, w, prio, total in zip(paragraphs, words, priorities, totals):
                 selection = fit_budget([w], np.asarray(prio, np.float64), hub.count_tokens, int(total * rate), total_tokens=total)
                 h, n = preserved(para, selection.rendered[0][0])
-                hits, asked, kept = hits + h, asked + n, kept + selection.counts[0]
+                hits.append(h)
+                asked.append(n)
+                kept += selection.counts[0]
             print(json.dumps({
-                "target": label, "scorer": name, "paragraphs": len(paragraphs), "questions": asked,
-                "preservation": round(hits / asked, 4), "achieved_ratio": round(sum(totals) / max(kept, 1), 3),
+                "target": label, "scorer": name, "paragraphs": len(paragraphs), "questions": sum(asked),
+                "preservation": round(sum(hits) / sum(asked), 4), "interval95": bootstrap_interval(hits, asked),
+                "achieved_ratio": round(sum(totals) / max(kept, 1), 3),
                 "score_seconds": round({"classifier": classifier_s, "self_information": self_info_s}.get(name, 0.0), 2),
             }), flush=True)
 

@@ -32,12 +32,20 @@ def exact_and_f1(prediction: str, answers: Sequence[str]) -> tuple[float, float]
     return best_em, best_f1
 
 
-def bootstrap_interval(values: Sequence[float], *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of a mean (a share when the values are 0/1)."""
+def bootstrap_interval(values: Sequence[float], counts: Sequence[float] | None = None, *,
+                       resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of a mean (a share when the values are 0/1).
+
+    With `counts`, each value is a cluster's total over counts[i] items (the hits
+    among one paragraph's questions, say): clusters are resampled whole and the
+    statistic is sum(values) / sum(counts), so correlated items are not counted
+    as independent."""
     arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        raise ValueError("no values to resample")
-    means = arr[np.random.default_rng(seed).integers(0, arr.size, (resamples, arr.size))].mean(1)
+    weights = np.ones_like(arr) if counts is None else np.asarray(counts, dtype=np.float64)
+    if arr.size == 0 or arr.shape != weights.shape:
+        raise ValueError("need one count per value and at least one value")
+    picks = np.random.default_rng(seed).integers(0, arr.size, (resamples, arr.size))
+    means = arr[picks].sum(1) / np.maximum(weights[picks].sum(1), 1e-12)
     return round(float(np.quantile(means, 0.025)), 4), round(float(np.quantile(means, 0.975)), 4)
 
 
