@@ -1,47 +1,63 @@
 """KV blobs on the shipped LLM (SmolLM2-135M, fp32, CPU unless a GPU is present).
 
-    python bench/kv.py [--quick]
+    python bench/kv.py [--quick] [--split test] [--parts ttft,agreement,reuse] [--transform-steps 6e-4,1e-3]
 
-Prints one JSON object per line:
+Data: paragraphs of one split of SQuAD dev's articles (default test; the KV
+transform was calibrated on the train articles and its step chosen on dev with
+`--split dev --parts agreement --transform-steps ...`). One JSON object per line:
   ttft       time to first token for context + question: full prefill vs loading
              the context's blob (decode + DynamicCache) and running only the question
-             (512, 2k, 4k context tokens)
+             (512, 2k, 4k context tokens); both paths timed the same number of times
+             (--repeats), median with min and max
   size       blob bytes for fp16 / int8 / int4 / transform (zstd 3) vs raw fp16 K/V
-  agreement  next-token top-1 agreement with full prefill on held-out SQuAD questions, per
-             codec, with the mean and max |logit diff| and each codec's size ratio on those
-             (short, ~150-token) paragraphs
-  codec      encode / decode throughput in GB/s of raw fp16 K/V
+  codec      encode / decode throughput in GB/s of raw fp16 K/V (median of --repeats)
+  agreement  per codec, next-token top-1 agreement with full prefill on two questions
+             per paragraph, with a bootstrap 95% interval, the mean |logit diff| max,
+             the size ratio on those (short, ~150-token) paragraphs, and the full
+             prefill's top-2 logit margin at every miss (how near a tie it was);
+             `transform@STEP` rows code with another quantization step
   non_prefix_reuse  three documents cached separately, re-rotated and concatenated,
-             then a question: next-token agreement with full prefill at 0/15/30% recompute
+             then a question: next-token agreement with full prefill at 0/15/30%
+             recompute, with intervals
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
 import time
 
 import torch
+from common import add_split_argument, header, split_paragraphs
 
 from ctxcomp import models
 from ctxcomp.kv import blob
 from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.reuse import blend, concatenate
+from ctxcomp.evaluate import bootstrap_interval
 from transformers import DynamicCache
-from ctxcomp.models.training import squad
 
 
 CODECS = ("fp16", "int8", "int4", "transform")
 
 
-def timed(fn, repeat: int = 3) -> tuple[object, float]:
-    best, out = float("inf"), None
+def timed(fn, repeat: int) -> tuple[object, list[float]]:
+    """The last output and every run's seconds (the first run included: no path gets a warm-up
+    the other lacks)."""
+    seconds, out = [], None
     for _ in range(repeat):
         start = time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
+        seconds.append(time.perf_counter() - start)
+    return out, seconds
+
+
+def spread(seconds: list[float]) -> dict:
+    return {"median": round(statistics.median(seconds), 4), "min": round(min(seconds), 4),
+            "max": round(max(seconds), 4), "runs": len(seconds)}
 
 
 @torch.inference_mode()
@@ -54,73 +70,105 @@ def next_token_from_blob(llm, data: bytes, question: torch.Tensor, start: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--parts", default="ttft,agreement,reuse")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path")
+    parser.add_argument("--questions", type=int, default=200, help="agreement questions (two per paragraph)")
+    parser.add_argument("--transform-steps", default="", help="extra quantization steps to measure, comma-separated")
+    add_split_argument(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
+    print(json.dumps(header("kv", args.split)), flush=True)
     llm = models.load_llm()
-    tok = llm.tokenizer
-    held = squad.split_articles(squad.load_paragraphs())[1]
-    corpus = tok("\n\n".join(p.context for p in held[:80]), add_special_tokens=False)["input_ids"]
-    question = tok(" Question: Who is mentioned first? Answer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    paragraphs = split_paragraphs(args.split)
+    transform = models.load_kv_transform()
+    variants = {c: (c, transform) for c in CODECS}
+    for step in filter(None, args.transform_steps.split(",")):
+        variants[f"transform@{step}"] = ("transform", dataclasses.replace(transform, meta={**transform.meta, "step": float(step)}))
+    parts = set(args.parts.split(","))
+    if "ttft" in parts:
+        ttft_and_codecs(llm, paragraphs, transform, [512, 2048] if args.quick else [512, 2048, 4096], args.repeats)
+    if "agreement" in parts:
+        agreement(llm, paragraphs, variants, 12 if args.quick else args.questions)
+    if "reuse" in parts:
+        reuse_agreement(llm, paragraphs, 8 if args.quick else 40)
 
-    for length in ([512, 2048] if args.quick else [512, 2048, 4096]):
+
+def ttft_and_codecs(llm, paragraphs, transform, lengths: list[int], repeats: int) -> None:
+    tok = llm.tokenizer
+    corpus = tok("\n\n".join(p.context for p in paragraphs[:80]), add_special_tokens=False)["input_ids"]
+    question = tok(" Question: Who is mentioned first? Answer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    for length in lengths:
         ids = torch.tensor([corpus[:length]])
         full_input = torch.cat([ids, question], 1)
         with torch.inference_mode():
-            full_logits, full_s = timed(lambda: llm.model(full_input).logits[:, -1], repeat=1 if length > 2048 else 2)
+            full_logits, full_s = timed(lambda: llm.model(full_input).logits[:, -1], repeats)
         data = blob_from_prefill(prefill(llm.model, ids), llm, ids[0].tolist(), codec="fp16")
-        blob_logits, blob_s = timed(lambda: next_token_from_blob(llm, data, question, length))
-        print(json.dumps({"bench": "ttft", "context_tokens": length, "full_prefill_s": round(full_s, 3),
-                          "with_blob_s": round(blob_s, 3), "speedup": round(full_s / blob_s, 1),
+        blob_logits, blob_s = timed(lambda: next_token_from_blob(llm, data, question, length), repeats)
+        print(json.dumps({"bench": "ttft", "context_tokens": length, "full_prefill_s": spread(full_s),
+                          "with_blob_s": spread(blob_s), "speedup": round(statistics.median(full_s) / statistics.median(blob_s), 1),
                           "same_top1": bool(full_logits.argmax() == blob_logits.argmax()),
                           "max_abs_logit_diff": round(float((full_logits - blob_logits).abs().max()), 5)}), flush=True)
-
         if length == 2048:
-            result = prefill(llm.model, ids)
-            raw = sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
-            sizes = {c: len(blob_from_prefill(result, llm, ids[0].tolist(), codec=c, zstd_level=3)) for c in CODECS}
-            print(json.dumps({"bench": "size", "context_tokens": length, "raw_fp16_bytes": raw, **{f"{c}_bytes": n for c, n in sizes.items()},
-                              **{f"{c}_vs_fp16": round(raw / n, 2) for c, n in sizes.items()}}), flush=True)
-            transform = models.load_kv_transform()
-            for codec in CODECS:
-                meta = blob.BlobMeta(llm.fingerprint, "m", len(result.keys), result.keys[0].shape[1], result.keys[0].shape[3],
-                                     length, blob.token_ids_digest(ids[0].tolist()), 0, 0.0, **blob.rope_fields(result.rope))
-                encoded, enc_s = timed(lambda: blob.encode(result.keys, result.values, meta, codec=codec, transform=transform))
-                _, dec_s = timed(lambda: blob.decode(encoded, expect_fingerprint=llm.fingerprint, transform=transform))
-                print(json.dumps({"bench": "codec", "codec": codec, "encode_gb_s": round(raw / enc_s / 1e9, 2),
-                                  "decode_gb_s": round(raw / dec_s / 1e9, 2)}), flush=True)
+            sizes_and_codecs(llm, ids, transform, repeats)
 
-    # Two questions per held-out paragraph (the transform was calibrated on training articles).
-    pairs = [(p, q) for p in held for q in p.questions[:2]][: 12 if args.quick else 200]
-    agree, diffs, sizes = {c: 0 for c in CODECS}, {c: [] for c in CODECS}, {c: 0 for c in CODECS}
+
+def sizes_and_codecs(llm, ids: torch.Tensor, transform, repeats: int) -> None:
+    result = prefill(llm.model, ids)
+    raw = sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
+    sizes = {c: len(blob_from_prefill(result, llm, ids[0].tolist(), codec=c, zstd_level=3)) for c in CODECS}
+    print(json.dumps({"bench": "size", "context_tokens": ids.shape[1], "raw_fp16_bytes": raw,
+                      **{f"{c}_bytes": n for c, n in sizes.items()},
+                      **{f"{c}_vs_fp16": round(raw / n, 2) for c, n in sizes.items()}}), flush=True)
+    for codec in CODECS:
+        meta = blob.BlobMeta(llm.fingerprint, "m", len(result.keys), result.keys[0].shape[1], result.keys[0].shape[3],
+                             ids.shape[1], blob.token_ids_digest(ids[0].tolist()), 0, 0.0, **blob.rope_fields(result.rope))
+        encoded, enc_s = timed(lambda: blob.encode(result.keys, result.values, meta, codec=codec, transform=transform), repeats)
+        _, dec_s = timed(lambda: blob.decode(encoded, expect_fingerprint=llm.fingerprint, transform=transform), repeats)
+        print(json.dumps({"bench": "codec", "codec": codec, "encode_gb_s": round(raw / statistics.median(enc_s) / 1e9, 2),
+                          "decode_gb_s": round(raw / statistics.median(dec_s) / 1e9, 2)}), flush=True)
+
+
+def agreement(llm, paragraphs, variants: dict, count: int) -> None:
+    """Two questions per paragraph: does the blob's next token match a full prefill's?"""
+    tok = llm.tokenizer
+    pairs = [(p, q) for p in paragraphs for q in p.questions[:2]][:count]
+    hits = {v: [] for v in variants}
+    diffs = {v: [] for v in variants}
+    sizes = {v: 0 for v in variants}
+    margins = {v: [] for v in variants}
     raw = 0
     for para, q in pairs:
         ids = tok(para.context, return_tensors="pt", add_special_tokens=False)["input_ids"]
         qids = tok(f"\nQuestion: {q.text}\nAnswer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.inference_mode():
             want = llm.model(torch.cat([ids, qids], 1)).logits[0, -1]
+        top2 = want.topk(2).values
         result = prefill(llm.model, ids)
         raw += sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
-        for codec in CODECS:
-            data = blob_from_prefill(result, llm, ids[0].tolist(), codec=codec, zstd_level=3)
+        for name, (codec, transform) in variants.items():
+            data = blob_from_prefill(result, llm, ids[0].tolist(), codec=codec, zstd_level=3, transform=transform)
             got = next_token_from_blob(llm, data, qids, ids.shape[1])[0]
-            agree[codec] += int(got.argmax() == want.argmax())
-            diffs[codec].append(float((got - want).abs().max()))
-            sizes[codec] += len(data)
-    print(json.dumps({"bench": "agreement", "questions": len(pairs), **{f"{c}_top1": round(n / len(pairs), 4) for c, n in agree.items()},
-                      **{f"{c}_mean_max_abs_logit_diff": round(sum(d) / len(d), 4) for c, d in diffs.items()},
-                      **{f"{c}_vs_fp16": round(raw / n, 2) for c, n in sizes.items()}}), flush=True)
-    reuse_agreement(llm, held, 8 if args.quick else 40)
+            hits[name].append(int(got.argmax() == want.argmax()))
+            diffs[name].append(float((got - want).abs().max()))
+            sizes[name] += len(data)
+            if not hits[name][-1]:
+                margins[name].append(round(float(top2[0] - top2[1]), 3))
+    for name in variants:
+        print(json.dumps({"bench": "agreement", "codec": name, "questions": len(pairs),
+                          "top1": round(sum(hits[name]) / len(pairs), 4), "interval95": bootstrap_interval(hits[name]),
+                          "mean_max_abs_logit_diff": round(sum(diffs[name]) / len(pairs), 4),
+                          "vs_fp16": round(raw / sizes[name], 2), "top2_margins_of_misses": margins[name]}), flush=True)
 
 
 @torch.inference_mode()
-def reuse_agreement(llm, held, count: int) -> None:
+def reuse_agreement(llm, paragraphs, count: int) -> None:
     """Three documents cached separately, concatenated at new positions, then a question:
     next-token agreement with a full prefill of the same text, per recompute ratio."""
     tok = llm.tokenizer
     ratios = (0.0, 0.15, 0.3)
-    hits = {r: 0 for r in ratios}
+    hits = {r: [] for r in ratios}
     by_article: dict[str, list] = {}
-    for p in held:
+    for p in paragraphs:
         by_article.setdefault(p.article, []).append(p)
     groups = [ps[i : i + 3] for ps in by_article.values() for i in range(0, len(ps) - 2, 3)][:count]
     for group in groups:
@@ -140,9 +188,11 @@ def reuse_agreement(llm, held, count: int) -> None:
                 cache.update(k[layer].unsqueeze(0), v[layer].unsqueeze(0), layer)
             pos = torch.arange(context.shape[1], context.shape[1] + qids.shape[1]).unsqueeze(0)
             got = llm.model(qids, past_key_values=cache, position_ids=pos).logits[:, -1].argmax()
-            hits[ratio] += int(got == want)
-    print(json.dumps({"bench": "non_prefix_reuse", "requests": len(groups), "documents_per_request": 3,
-                      **{f"top1_agreement_recompute_{int(r * 100)}pct": round(hits[r] / len(groups), 4) for r in ratios}}), flush=True)
+            hits[ratio].append(int(got == want))
+    for ratio in ratios:
+        print(json.dumps({"bench": "non_prefix_reuse", "requests": len(groups), "documents_per_request": 3,
+                          "recompute": ratio, "top1_agreement": round(sum(hits[ratio]) / len(groups), 4),
+                          "interval95": bootstrap_interval(hits[ratio])}), flush=True)
 
 
 if __name__ == "__main__":
