@@ -1,16 +1,20 @@
 """ctxcomp's LLMLingua-2 (compat mode) against the reference `llmlingua` package.
 
-    python bench/llmlingua2_vs_reference.py [--quick]
+    python bench/llmlingua2_vs_reference.py [--quick] [--split test]
 
 Same checkpoint (our trained classifier, saved where the reference accepts it),
-same inputs: SQuAD dev paragraphs of the held-out articles as single-document
+same inputs: SQuAD dev paragraphs of the test articles as single-document
 requests and as 10-document requests (gold paragraph among others of its
 article). Prints one JSON object per setting with:
-  agreement            word-level keep/drop agreement with the reference
+  agreement            word-level keep/drop agreement with the reference, with a
+                       bootstrap 95% interval over requests
   agreement_cl100k     the same, with the reference weighting words by
                        tiktoken cl100k (its stock setting) while ctxcomp uses
                        the downstream LLM's tokenizer
-  throughput ratio     ctxcomp words/s divided by the reference's, one run
+  throughput ratio     ctxcomp words/s divided by the reference's, one run each.
+                       The reference is timed with the downstream LLM's tokenizer
+                       swapped in for its tiktoken (so both weigh words alike);
+                       reference_cl100k_words_per_s is its speed with the stock one
   forward_share        share of ctxcomp's time spent in the encoder forward
 
 The reference needs tiktoken's cl100k_base at construction, which cannot be
@@ -33,8 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_split_argument, header, split_paragraphs
 
 from ctxcomp import wordscore
+from ctxcomp.evaluate import bootstrap_interval
 from ctxcomp.hub import ModelHub
 from ctxcomp.methods import llmlingua2_compat as compat
 from ctxcomp.pipeline import Compressor
@@ -124,7 +130,9 @@ def forward_share(compressor: Compressor, groups: list[list[str]], precision: st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few requests per setting (under a minute)")
+    add_split_argument(parser)
     args = parser.parse_args()
+    print(json.dumps(header("llmlingua2_vs_reference", args.split, torch=torch.__version__)), flush=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     from llmlingua import PromptCompressor
 
@@ -141,14 +149,14 @@ def main() -> None:
     stock_oai = reference.oai_tokenizer
     same_tokenizer = LLMTokenizerAsTiktoken(hub.get("downstream_llm", "tokenizer"))
 
-    held_out = squad.split_articles(squad.load_paragraphs())[1]
+    paragraphs = split_paragraphs(args.split)
     settings = [
         ("single", 1, 40 if args.quick else 300, False),
         ("single-batched", 1, 40 if args.quick else 300, True),
         ("10-doc", 10, 4 if args.quick else 30, False),
     ]
     for name, per_request, count, batched in settings:
-        groups = requests(held_out, per_request, count)
+        groups = requests(paragraphs, per_request, count)
         if batched:
             # Many one-document requests at once: ours through compress_batch (shared
             # encoder batches), the reference given all contexts in one call (its own batching).
@@ -159,14 +167,15 @@ def main() -> None:
         reference_labels(reference, groups[0])  # warm-up outside the timing
         ref, ref_s = timed(lambda g: reference_labels(reference, g), groups)
         reference.oai_tokenizer = stock_oai
-        ref_cl100k = [reference_labels(reference, g) for g in groups]
+        ref_cl100k, ref_cl100k_s = timed(lambda g: reference_labels(reference, g), groups)
         for precision in ("fp32", "bf16"):
             ours_labels(compressor, groups[0], precision)  # warm-up outside the timing
             ours, ours_s = timed(lambda g: ours_labels(compressor, g, precision), groups)
             print(json.dumps({
                 "setting": name, "precision": precision, "requests": len(groups), "words": words, "rate": RATE,
-                "agreement": agreement(ref, ours), "agreement_cl100k": agreement(ref_cl100k, ours),
+                **agreement(ref, ours), **agreement(ref_cl100k, ours, "agreement_cl100k"),
                 "ctxcomp_words_per_s": round(words / ours_s, 1), "reference_words_per_s": round(words / ref_s, 1),
+                "reference_cl100k_words_per_s": round(words / ref_cl100k_s, 1),
                 "throughput_ratio": round(ref_s / ours_s, 2),
                 "ctxcomp_forward_share": round(forward_share(compressor, groups[: max(2, len(groups) // 4)], precision), 3),
                 "threads": torch.get_num_threads(),
@@ -194,16 +203,18 @@ def measure_batched(name, compressor, reference, same_tokenizer, stock_oai, grou
         ours = [np.asarray([w.kept for w in r.documents[0].word_labels], dtype=bool) for r in results]
         print(json.dumps({
             "setting": name, "precision": precision, "requests": len(batch), "words": words, "rate": RATE,
-            "agreement": agreement(ref, ours), "agreement_cl100k": agreement(ref_cl100k, ours),
+            **agreement(ref, ours), **agreement(ref_cl100k, ours, "agreement_cl100k"),
             "ctxcomp_words_per_s": round(words / ours_s, 1), "reference_words_per_s": round(words / ref_s, 1),
             "throughput_ratio": round(ref_s / ours_s, 2), "threads": torch.get_num_threads(),
         }), flush=True)
 
 
-def agreement(reference: list[np.ndarray], ours: list[np.ndarray]) -> float:
-    """Share of words with the same keep/drop decision; requests whose word lists differ count as 0."""
-    same = sum(int((r == o).sum()) if len(r) == len(o) else 0 for r, o in zip(reference, ours))
-    return round(same / max(sum(len(o) for o in ours), 1), 4)
+def agreement(reference: list[np.ndarray], ours: list[np.ndarray], name: str = "agreement") -> dict:
+    """Share of words with the same keep/drop decision (requests whose word lists differ count
+    as 0), with an interval that resamples requests."""
+    same = [int((r == o).sum()) if len(r) == len(o) else 0 for r, o in zip(reference, ours)]
+    words = [len(o) for o in ours]
+    return {name: round(sum(same) / max(sum(words), 1), 4), f"{name}_interval95": bootstrap_interval(same, words)}
 
 
 if __name__ == "__main__":
