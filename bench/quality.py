@@ -1,6 +1,8 @@
 """Gold-answer preservation, rerank accuracy, the selective gate and cost of every method vs baselines.
 
-    python bench/quality.py [--quick] [--questions 300] [--methods cascade,exit,...] [--split test]
+    python bench/quality.py [--quick] [--questions 300] [--methods cascade,exit,...] [--split test] [--targets 3x,5x]
+
+A method may carry options for tuning runs: `recomp_abstractive:max_input_tokens=512`.
 
 Split: the test articles of SQuAD dev (models/training/squad.py), never read by
 any training or tuning script (the relevance model's settings were tuned on the
@@ -111,8 +113,21 @@ def row(name: str, target: str, questions, contexts, tokens: list[tuple[int, int
     }
 
 
+def method_and_options(name: str) -> tuple[str, dict]:
+    """"method:key=value:key=value" -> (method, options); values as JSON where they parse."""
+    method, *pairs = name.split(":")
+    options = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return method, options
+
+
 def run_method(compressor: Compressor, name: str, requests, rate: float) -> tuple[list[str], list[tuple[int, int]], list[float]]:
-    method, options = VARIANTS.get(name, (name, {}))
+    method, options = VARIANTS.get(name) or method_and_options(name)
     contexts, tokens, seconds = [], [], []
     for request in requests:
         started = time.perf_counter()
@@ -176,9 +191,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="15 requests, 5x, three methods (under a minute after load)")
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--targets", default=",".join(TARGETS), help="of " + ", ".join(TARGETS))
     add_split_argument(parser)
     args = parser.parse_args()
-    targets = {"5x": TARGETS["5x"]} if args.quick else TARGETS
+    targets = {"5x": TARGETS["5x"]} if args.quick else {t: TARGETS[t] for t in args.targets.split(",")}
     methods = ["cascade", "llmlingua2", "recomp_extractive"] if args.quick else args.methods.split(",")
     hub = ModelHub()
     compressor = Compressor(hub)
