@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -13,16 +14,20 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from ctxcomp import methods
 from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
+from ctxcomp.kv.store import open_store
+from ctxcomp.pipeline import Compressor
 from ctxcomp.service.server import BackgroundServer, ServerConfig
 from ctxcomp.types import Document
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
 TEXT = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris, France."
-FIELD_PATHS = ("query", "documents", "method", "rate", "target_tokens", "options", "target", "request", "return_kv")
+FIELD_PATHS = ("query", "documents", "method", "rate", "target_tokens", "options", "target", "request", "return_kv",
+               "kv_codec", "kv_model")
 
 
 def test_auth_required_when_configured(compressor) -> None:
@@ -200,31 +205,75 @@ documents = st.lists(
     st.builds(
         lambda i, t, m: pb.Document(id=i, text=t, metadata=m),
         st.text(max_size=6),
-        st.text(max_size=200),
+        st.text(max_size=200) | st.sampled_from([TEXT, TEXT * 3, "1889. Paris! " * 5]),
         st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
     ),
     max_size=5,
 )
+METHOD_NAMES = methods.method_names()
+
+
+def preset(name: str):
+    return methods.method_class(name).presets["default"]
+
+
+def plausible(default):
+    """Values of the option's own type near its range, so fuzzing reaches past type checks."""
+    if isinstance(default, bool):
+        return st.booleans()
+    if isinstance(default, int):
+        return st.integers(-2, 5000)
+    if isinstance(default, float):
+        return st.floats(-0.5, 4.0, allow_nan=False)
+    if isinstance(default, str):
+        return st.sampled_from([default, "", "mean", "first", "budget", "compat", "bf16", "fp32", "int8", "auto"])
+    return json_values
+
+
+@st.composite
+def method_options(draw, name: str, wild: bool) -> dict:
+    if name not in METHOD_NAMES:
+        return draw(st.dictionaries(st.text(max_size=6), json_values, max_size=2))
+    names = [f.name for f in dataclasses.fields(preset(name))]
+    keys = draw(st.lists(st.sampled_from([*names, "zzz"] if wild else names), max_size=3, unique=True))
+    return {k: draw((json_values | plausible(getattr(preset(name), k, None))) if wild
+                    else plausible(getattr(preset(name), k, None))) for k in keys}
 
 
 @st.composite
 def compress_requests(draw) -> pb.CompressRequest:
+    """Every field of CompressRequest: all methods, chains with per-stage options, KV codecs and
+    models. Half the requests are wild; the other half are well-formed in every field but the
+    option values, so they get past validation into the methods, the KV stage and the store."""
+    wild = draw(st.booleans())
+    names = [*METHOD_NAMES, "nope", "LLMLINGUA2"] if wild else METHOD_NAMES
+    stages = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3))
+    method = draw(st.sampled_from(["", ">".join(stages), stages[0]]))
+    well_formed_documents = st.lists(st.sampled_from([TEXT, TEXT * 3, "1889. Paris! " * 5, "Lyon is a city."]),
+                                     min_size=1, max_size=4).map(
+        lambda texts: [pb.Document(id=f"d{i}", text=t) for i, t in enumerate(texts)])
     request = pb.CompressRequest(
-        query=draw(st.text(max_size=50)),
-        documents=draw(documents),
-        method=draw(st.sampled_from(["", "cascade", "llmlingua2", "nope", "LLMLINGUA2"])),
+        query=draw(st.text(max_size=50) | st.just("When was the Eiffel Tower completed?")) if wild
+        else "When was the Eiffel Tower completed?",
+        documents=draw(documents if wild else well_formed_documents),
+        method=method,
         return_word_labels=draw(st.booleans()),
         return_kv=draw(st.booleans()),
+        kv_codec=draw(st.sampled_from(["", "fp16", "bf16", "int8", "int4", "transform", *(("zstd", "FP16") if wild else ())])),
+        kv_model=draw(st.sampled_from(["", "SmolLM2-135M-Instruct", "gpt2", "x" * 300])) if wild else "",
+        kv_best_effort=draw(st.booleans()),
     )
     target = draw(st.sampled_from(["none", "rate", "tokens"]))
     if target == "rate":
-        request.rate = draw(st.floats(allow_nan=True, allow_infinity=True))
+        request.rate = draw(st.floats(allow_nan=True, allow_infinity=True) | st.floats(0.05, 1.0) if wild
+                            else st.floats(0.05, 1.0))
     elif target == "tokens":
-        request.target_tokens = draw(st.integers(-(2**62), 2**62))
-    options = draw(st.dictionaries(
-        st.sampled_from(["rate", "mode", "force_tokens", "precision", "max_batch_tokens", "query_weight", "zzz"]),
-        json_values, max_size=3,
-    ))
+        request.target_tokens = draw(st.integers(-(2**62), 2**62) | st.integers(1, 200) if wild else st.integers(1, 200))
+    if ">" in method:
+        options = {stage: draw(method_options(stage, wild))
+                   for stage in draw(st.lists(st.sampled_from(stages), unique=True))}
+    else:
+        options = draw(method_options(method or "cascade", wild))
     try:
         request.options.update(options)
     except (ValueError, TypeError):
@@ -232,13 +281,30 @@ def compress_requests(draw) -> pb.CompressRequest:
     return request
 
 
+@pytest.fixture(scope="module")
+def stored_client(compressor, tmp_path_factory):
+    """A server with a file KV store, so return_kv runs to the end instead of being refused."""
+    store = open_store(f"file://{tmp_path_factory.mktemp('kv')}")
+    with BackgroundServer(Compressor(compressor.hub, kv_store=store), ServerConfig(port=0)) as server:
+        with CtxcompClient(server.address, timeout=120) as client:
+            yield client
+
+
 @settings(max_examples=int(os.environ.get("CTXCOMP_FUZZ_EXAMPLES", "150")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(request=compress_requests())
-def test_fuzzed_requests_never_fail_internally(client, request) -> None:
+@given(request=compress_requests(), rpc=st.sampled_from(["Compress", "CompressStream"]))
+def test_fuzzed_requests_never_fail_internally(stored_client, request, rpc) -> None:
+    """Any request, through either RPC: an answer, or INVALID_ARGUMENT/UNIMPLEMENTED naming a field."""
     try:
-        client.stub.Compress(request, timeout=60)
+        if rpc == "Compress":
+            stored_client.stub.Compress(request, timeout=60)
+        else:
+            chunks = list(stored_client.stub.CompressStream(request, timeout=60))
+            assert chunks[0].HasField("response")
+        event(f"OK{' with KV' if request.return_kv else ''}")
     except grpc.RpcError as error:
+        event(error.code().name)
         assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED), error.details()
         field = error.details().split(":", 1)[0]
         assert field.startswith(FIELD_PATHS), error.details()
+    assert stored_client.stub.ListMethods(pb.ListMethodsRequest(), timeout=60).methods  # still serving
