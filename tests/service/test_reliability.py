@@ -283,11 +283,15 @@ def compress_requests(draw) -> pb.CompressRequest:
 
 @pytest.fixture(scope="module")
 def stored_client(compressor, tmp_path_factory):
-    """A server with a file KV store, so return_kv runs to the end instead of being refused."""
+    """A server with a file KV store, so return_kv runs to the end instead of being refused.
+    Its prefill takes the PyTorch path a CPU server takes: the Triton interpreter, which the
+    kernel tests use, needs minutes per KV request of a few hundred tokens."""
     store = open_store(f"file://{tmp_path_factory.mktemp('kv')}")
-    with BackgroundServer(Compressor(compressor.hub, kv_store=store), ServerConfig(port=0)) as server:
-        with CtxcompClient(server.address, timeout=120) as client:
-            yield client
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("TRITON_INTERPRET", raising=False)
+        with BackgroundServer(Compressor(compressor.hub, kv_store=store), ServerConfig(port=0)) as server:
+            with CtxcompClient(server.address, timeout=120) as client:
+                yield client
 
 
 @settings(max_examples=int(os.environ.get("CTXCOMP_FUZZ_EXAMPLES", "150")), deadline=None,
