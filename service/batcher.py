@@ -68,6 +68,7 @@ class MicroBatcher:
         self.seconds_per_token = 0.0  # moving average of model time per downstream-LLM token
         self.queued_tokens = 0  # cost of the requests waiting in the queue
         self.cancelled_batches = 0  # batches stopped early because a request left (tests, metrics)
+        self.skipped_requests = 0  # requests whose caller left before their batch started: never run
         self._unanswered: set[asyncio.Future] = set()  # admitted requests without an outcome yet
         self._task: asyncio.Task | None = None
 
@@ -141,7 +142,9 @@ class MicroBatcher:
                 except TimeoutError:
                     break
         # A caller that gave up (deadline, cancellation) costs no model time.
-        return [p for p in batch if not p.future.done()]
+        live = [p for p in batch if not p.future.done()]
+        self.skipped_requests += len(batch) - len(live)
+        return live
 
     def _compress(self, batch: list[_Pending]) -> list[CompressResult | Exception | None]:
         """Outcomes of the batch, in its order; None for a request that left (cancelled,

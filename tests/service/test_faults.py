@@ -222,6 +222,40 @@ def test_expired_and_cancelled_work_stops_within_a_model_batch(hub) -> None:
         assert server.server.batcher.cancelled_batches >= 2
 
 
+def test_a_request_whose_deadline_passes_in_the_queue_never_runs(hub) -> None:
+    """The server's own deadline handling: a request queued behind ~9 s of work with 1.5 s
+    left is answered DEADLINE_EXCEEDED when its time is up, and the batcher drops it
+    unrun when the worker frees, rather than computing a result nobody waits for."""
+    big = many_documents(40)
+
+    async def scenario(server) -> tuple[object, float]:
+        heavy_client = AsyncCtxcompClient(server.address, timeout=60)
+        hurried = AsyncCtxcompClient(server.address, timeout=60)
+        try:
+            heavy = asyncio.ensure_future(heavy_client.stub.Compress(client_request(big), timeout=60))
+            await asyncio.sleep(0.5)  # the heavy batch holds the only worker
+            started = time.monotonic()
+            try:
+                await hurried.stub.Compress(client_request([TEXT]), timeout=1.5)
+                outcome = None
+            except grpc.RpcError as error:
+                outcome = error.code()
+            waited = time.monotonic() - started
+            await heavy
+            return outcome, waited
+        finally:
+            await heavy_client.close()
+            await hurried.close()
+
+    with BackgroundServer(Compressor(hub), ServerConfig(port=0)) as server:
+        batcher = server.server.batcher
+        assert batcher.skipped_requests == 0
+        outcome, waited = asyncio.run(scenario(server))
+        assert outcome == grpc.StatusCode.DEADLINE_EXCEEDED and waited < 2.5
+        assert batcher.skipped_requests == 1  # dropped when its turn came, never run
+        assert batcher.cancelled_batches == 0  # the heavy request's batch was not disturbed
+
+
 def client_request(documents: list[str]):
     from ctxcomp.client import build_request
 
