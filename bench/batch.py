@@ -17,6 +17,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from common import header
+
 from ctxcomp.batch import JobConfig, run
 from ctxcomp.models.training import squad
 
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     n = 200 if args.quick else args.records
+    print(json.dumps(header("batch", None, corpus="sentences of SQuAD dev paragraphs, every split; only speed is reported")),
+          flush=True)
     config = JobConfig(method="llmlingua2", rate=0.5)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.jsonl"

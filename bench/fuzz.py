@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import header
+
 CHAIN_OPTIONS = {
     "exit": [{}, {"threshold": 0.05, "min_sentences": 3}, {"threshold": 0.9}],
     "llmlingua2": [{}, {"rate": 0.9}, {"rate": 0.2}, {"force_tokens": ["the"]}],
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--batched", type=int, default=400)
     args = parser.parse_args()
     cases, batched = (300, 48) if args.quick else (args.cases, args.batched)
+    print(json.dumps(header("fuzz", "test", requests_from="the test articles' paragraphs (batches part)")), flush=True)
     ok = proto_part(cases)
     ok = batches_part(batched, wave=16, seed=11) and ok
     sys.exit(0 if ok else 1)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+from common import header
 
 from ctxcomp.client import AsyncCtxcompClient
 from ctxcomp.models.training import squad
@@ -311,6 +312,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--skip-threads", action="store_true", help="leave out the threads phase")
     args = parser.parse_args()
+    print(json.dumps(header("load", "test", requests_from="the test articles' paragraphs; only timings and statuses are reported")), flush=True)
     requests = make_requests(400, seed=5)
     if args.quick:
         fault_phase(4, 15.0, requests)
