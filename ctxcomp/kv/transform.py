@@ -17,6 +17,7 @@ encoder's tables bit for bit.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,26 @@ def _table(family: int, scale: float) -> tuple[int, np.ndarray]:
     return width, np.concatenate((half[:0:-1], half))
 
 
+@functools.lru_cache(maxsize=8192)
+def _model(family: int, scale: float) -> tuple[int, object]:
+    """(range, constriction model) of one (family, fp16 scale): blobs repeat a few thousand of
+    them across tens of thousands of components, so each is built once per process."""
+    import constriction
+
+    width, probs = _table(family, scale)
+    return width, constriction.stream.model.Categorical(probs, perfect=False)
+
+
+def _upper_quantile(magnitude: np.ndarray, q: float) -> np.ndarray:
+    """Per row of magnitude [N, S] (int), numpy's default (linear) q-quantile as [N, 1] float64,
+    from a partition of the integers rather than np.quantile's float sort."""
+    position = q * (magnitude.shape[1] - 1)
+    lo, hi = int(np.floor(position)), int(np.ceil(position))
+    parted = np.partition(magnitude, (lo, hi) if hi != lo else lo, axis=1)
+    below, above = parted[:, lo].astype(np.float64), parted[:, hi].astype(np.float64)
+    return (below + (above - below) * (position - lo))[:, None]
+
+
 def _fit(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row of codes [N, S]: the cheaper family (ZERO when all zero) and its fp16 scale.
 
@@ -90,8 +111,8 @@ def _fit(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count, length = codes.shape
     if length == 0:
         return np.zeros(count, dtype=np.uint8), np.zeros(count, dtype=np.float16)
+    limit = _upper_quantile(np.abs(codes), _FIT_QUANTILE)
     magnitude = np.abs(codes).astype(np.float64)
-    limit = np.quantile(magnitude, _FIT_QUANTILE, axis=1, keepdims=True)
     bulk = magnitude <= limit
     kept = np.maximum(bulk.sum(1), 1)
     mean_abs = np.maximum((magnitude * bulk).sum(1) / kept, 1e-9)
@@ -127,27 +148,18 @@ def entropy_encode(codes: np.ndarray) -> CodedComponents:
     """codes [N, S] int32 (one row per component) -> ANS words plus per-component models."""
     import constriction
 
-    count = codes.shape[0]
     families, scales = _fit(codes)
-    tables: list[tuple[int, object] | None] = []
-    escapes: list[np.ndarray] = []
-    for row in range(count):
-        if families[row] == ZERO:
-            tables.append(None)
-            continue
-        width, probs = _table(int(families[row]), float(scales[row]))
-        tables.append((width, constriction.stream.model.Categorical(probs, perfect=False)))
-        values = codes[row]
-        escapes.append(values[np.abs(values) >= width].astype(np.int32))
+    coded_rows = np.flatnonzero(families != ZERO)
+    models = [_model(int(families[row]), float(scales[row])) for row in coded_rows]
+    widths = np.zeros(codes.shape[0], dtype=np.int64)
+    widths[coded_rows] = [width for width, _ in models]
+    edge = (np.abs(codes) >= widths[:, None]) & (widths[:, None] > 0)
+    escapes = codes[edge].astype(np.int32)  # row by row, each row in order: the decoder's order
+    symbols = (np.clip(codes, -widths[:, None], widths[:, None]) + widths[:, None]).astype(np.int32)
     coder = constriction.stream.stack.AnsCoder()
-    for row in reversed(range(count)):  # a stack: the decoder pops the first row first
-        if tables[row] is None:
-            continue
-        width, model = tables[row]
-        coder.encode_reverse((np.clip(codes[row], -width, width) + width).astype(np.int32), model)
-    return CodedComponents(
-        coder.get_compressed(), scales, families, np.concatenate(escapes) if escapes else np.zeros(0, dtype=np.int32)
-    )
+    for row, (_, model) in zip(coded_rows[::-1], models[::-1]):  # a stack: the decoder pops the first row first
+        coder.encode_reverse(symbols[row], model)
+    return CodedComponents(coder.get_compressed(), scales, families, escapes)
 
 
 def entropy_decode(coded: CodedComponents, length: int) -> np.ndarray:
@@ -162,8 +174,8 @@ def entropy_decode(coded: CodedComponents, length: int) -> np.ndarray:
         family = int(coded.families[row])
         if family == ZERO:
             continue
-        width, probs = _table(family, float(coded.scales[row]))
-        values = coder.decode(constriction.stream.model.Categorical(probs, perfect=False), length).astype(np.int32) - width
+        width, model = _model(family, float(coded.scales[row]))
+        values = coder.decode(model, length).astype(np.int32) - width
         edge = np.abs(values) >= width
         if edge.any():
             wanted = int(edge.sum())
