@@ -19,7 +19,7 @@ from typing import Any, Iterable, TextIO
 
 from ctxcomp import methods, models, wire
 from ctxcomp.errors import CtxcompError, InvalidRequest
-from ctxcomp.types import CompressRequest, CompressResult, Document
+from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document
 
 DEMO_RATE = 0.4  # `make demo` keeps 40% of the sample's tokens
 
@@ -88,6 +88,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         target_tokens=args.target_tokens,
         options=parse_options(args.option),
         return_word_labels=args.word_labels,
+        order=args.order,
     )
     if args.server:
         from ctxcomp.client import CtxcompClient
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--rate", type=float, help="kept share of tokens, in (0, 1]")
     target.add_argument("--target-tokens", type=int, help="token budget over all documents")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="method option (repeatable)")
+    p.add_argument("--order", choices=ORDERS, default="original",
+                   help="documents' order in the result: as sent, most relevant first, or most relevant at both ends")
     p.add_argument("--word-labels", action="store_true", help="include per-word scores and decisions")
     p.add_argument("--server", help="host:port of a running ctxcomp server (default: compress in-process)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -32,10 +32,12 @@ def build_request(
     return_kv: bool = False,
     kv_codec: str = "",
     kv_best_effort: bool = False,
+    order: str = "original",
 ) -> pb.CompressRequest:
     """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
     (compress_with_kv streams the bytes instead). kv_best_effort: if that store is down, the
-    text comes back without a blob and result.note says so, instead of UNAVAILABLE."""
+    text comes back without a blob and result.note says so, instead of UNAVAILABLE.
+    order: "original", "relevance" or "edges" (ctxcomp.types.ORDERS)."""
     request = CompressRequest(
         query=query,
         documents=as_documents(documents),
@@ -47,6 +49,7 @@ def build_request(
         return_kv=return_kv,
         kv_codec=kv_codec,
         kv_best_effort=kv_best_effort,
+        order=order,
     )
     return wire.request_to_proto(request)
 

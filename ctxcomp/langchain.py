@@ -42,6 +42,7 @@ class CtxcompCompressor(BaseDocumentCompressor):
     rate: float | None = Field(default=None, description="kept share of tokens; exclusive with target_tokens")
     target_tokens: int | None = Field(default=None, description="token budget over all documents")
     options: dict[str, Any] = Field(default_factory=dict, description="method options")
+    order: str = Field(default="original", description="original, relevance, or edges (most relevant first and last)")
     drop_empty: bool = Field(default=True, description="leave out documents compressed to nothing")
     token: str | None = Field(default=None, description="bearer token, when the server asks for one")
     timeout: float = 60.0
@@ -72,7 +73,8 @@ class CtxcompCompressor(BaseDocumentCompressor):
         return _from_ctxcomp(documents, result, self.drop_empty)
 
     def _request_kwargs(self) -> dict[str, Any]:
-        return {"method": self.method, "rate": self.rate, "target_tokens": self.target_tokens, "options": self.options}
+        return {"method": self.method, "rate": self.rate, "target_tokens": self.target_tokens, "options": self.options,
+                "order": self.order}
 
 
 class CtxcompRetriever(BaseRetriever):
@@ -123,10 +125,9 @@ def _to_ctxcomp(documents: Sequence[Document]) -> list[types.Document]:
 
 
 def _from_ctxcomp(documents: Sequence[Document], result: types.CompressResult, drop_empty: bool) -> list[Document]:
-    by_id = {d.id: d for d in result.documents}
     out = []
-    for i, original in enumerate(documents):
-        compressed = by_id[str(i)]
+    for compressed in result.documents:  # the result's order: the request's `order` option
+        original = documents[int(compressed.id)]
         if drop_empty and not compressed.text:
             continue
         stats = {

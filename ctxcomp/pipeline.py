@@ -1,4 +1,4 @@
-"""The request path: validate and count -> relevance (selective) -> compress (method or chain) -> join -> KV.
+"""The request path: validate and count -> relevance (selective) -> compress (method or chain) -> order -> join -> KV.
 
 `Compressor` is the one object a server, CLI or library user holds: it owns the
 loaded models (ModelHub) and one instance of each method used so far. `plan`
@@ -11,14 +11,16 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
+
+import numpy as np
 
 from ctxcomp import methods, relevance
 from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
-from ctxcomp.types import CompressRequest, CompressResult
+from ctxcomp.types import ORDERS, CompressRequest, CompressResult
 
 CONTEXT_SEPARATOR = "\n\n"
 
@@ -52,6 +54,10 @@ def validate(request: CompressRequest, limits: Limits) -> None:
         raise InvalidRequest("rate", f"must be in (0, 1], got {request.rate}")
     if request.target_tokens is not None and request.target_tokens <= 0:
         raise InvalidRequest("target_tokens", f"must be positive, got {request.target_tokens}")
+    if request.order not in ORDERS:
+        raise InvalidRequest("order", f"must be one of {', '.join(ORDERS)}, got {request.order!r}")
+    if request.order != "original" and not request.query.strip():
+        raise InvalidRequest("order", f"{request.order!r} ranks documents by relevance to the query; it must not be empty")
 
 
 def validate_documents(request: CompressRequest, limits: Limits) -> None:
@@ -133,6 +139,8 @@ class Compressor:
             raise InvalidRequest("query", f"method {name!r} selects by relevance to the query; it must not be empty")
         if config.selective and not request.query.strip():
             raise InvalidRequest("query", "selective augmentation judges relevance to the query; it must not be empty")
+        if request.order != "original" and method.output != "text":
+            raise InvalidRequest("order", f"orders a text context; method {name!r} returns {method.output}")
         codec = ""
         if request.return_kv:
             from ctxcomp.kv.stage import check_kv_request
@@ -163,6 +171,9 @@ class Compressor:
                 outputs = gate(self.hub, plans, tokens_before)
         with _timed(timings, "compress"):
             outputs = self._compress(plans, tokens_before, outputs)
+        if any(plan.request.order != "original" for plan in plans):
+            with _timed(timings, "order"):
+                outputs = order_documents(self.hub, plans, outputs)
         with _timed(timings, "join"):
             contexts = [CONTEXT_SEPARATOR.join(d.text for d in out.documents if d.text) for out in outputs]
         kv_outcomes: list[Any] = [None] * len(plans)
@@ -239,6 +250,32 @@ def count_within_limit(hub: ModelHub, texts: Sequence[str], limit: int) -> tuple
             raise InvalidRequest("documents", f"{counted} tokens in all, this server's max_request_tokens is {limit}")
         start = end
     return tuple(counts)
+
+
+def order_documents(hub: ModelHub, plans: Sequence[Plan], outputs: Sequence[MethodOutput]) -> list[MethodOutput]:
+    """Each output's documents in its request's order, by the relevance model's document
+    head over the documents as sent (one pass for all the requests that ask)."""
+    asking = [i for i, plan in enumerate(plans) if plan.request.order != "original"]
+    scored = relevance.score(hub, [plans[i].request for i in asking])
+    done = list(outputs)
+    for i, scores in zip(asking, scored):
+        order = join_order(np.asarray([d.relevance for d in scores]), plans[i].request.order)
+        done[i] = replace(outputs[i], documents=tuple(outputs[i].documents[j] for j in order))
+    return done
+
+
+def join_order(relevances: np.ndarray, order: str) -> list[int]:
+    """Document indices in join order. relevance: most relevant first (ties keep the sent
+    order); edges: the 1st, 3rd, 5th... most relevant from the front and the 2nd, 4th...
+    from the back, so the least relevant sit in the middle (Liu et al., lost in the middle)."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}")
+    if order == "original":
+        return list(range(len(relevances)))
+    ranked = sorted(range(len(relevances)), key=lambda i: (-float(relevances[i]), i))
+    if order == "relevance":
+        return ranked
+    return ranked[0::2] + ranked[1::2][::-1]
 
 
 def gate(hub: ModelHub, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]]) -> list[MethodOutput | None]:

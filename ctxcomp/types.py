@@ -13,6 +13,11 @@ class Document:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+# How the compressed documents are joined: as sent; most relevant first; or most relevant at
+# both ends and least relevant in the middle, where long-context LLMs read worst.
+ORDERS = ("original", "relevance", "edges")
+
+
 @dataclass(frozen=True)
 class CompressRequest:
     """One compression request.
@@ -33,6 +38,7 @@ class CompressRequest:
     kv_codec: str = ""  # with return_kv: fp16 (default), bf16, int8, int4, transform
     kv_model: str = ""  # with return_kv: fingerprint or id of the model; empty = the server's
     kv_best_effort: bool = False  # with return_kv: a KV store outage gives the text without a blob, not an error
+    order: str = "original"  # documents' order in the result: original, relevance, edges (see ORDERS)
 
 
 @dataclass(frozen=True)

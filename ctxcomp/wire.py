@@ -28,6 +28,7 @@ def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
         kv_codec=request.kv_codec,
         kv_model=request.kv_model,
         kv_best_effort=request.kv_best_effort,
+        order="" if request.order == "original" else request.order,
     )
     if request.rate is not None:
         message.rate = request.rate
@@ -52,6 +53,7 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
         kv_codec=message.kv_codec,
         kv_model=message.kv_model,
         kv_best_effort=message.kv_best_effort,
+        order=message.order or "original",
     )
 
 

@@ -100,3 +100,17 @@ def test_works_inside_contextual_compression_retriever(server) -> None:
     assert len(found) == 1
     assert "Levi's Stadium" in found[0].page_content
     assert found[0].metadata["source"] == "doc-0"
+
+
+def test_order_comes_back_from_the_server_as_the_documents_order(server, compressor) -> None:
+    """`order` travels over the wire, and the LangChain documents follow the server's order."""
+    from ctxcomp import types
+
+    docs = corpus()
+    query = "Who was the most valuable player of Super Bowl 50?"
+    in_process = compressor.compress(types.CompressRequest(
+        query, tuple(types.Document(str(i), d.page_content) for i, d in enumerate(docs)), rate=0.9, order="edges"))
+    expected = [docs[int(d.id)].id for d in in_process.documents if d.text]
+    out = CtxcompCompressor(address=server.address, rate=0.9, order="edges").compress_documents(docs, query)
+    assert [d.id for d in out] == expected != [d.id for d in docs if d.id in expected]
+    assert out[0].id == "id-2"  # Von Miller's document: the most relevant goes first

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 
 from ctxcomp import methods
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.pipeline import Compressor, Limits, Plan
+from ctxcomp.pipeline import Compressor, Limits, Plan, join_order
 from ctxcomp.types import CompressRequest, Document
 
 TEXT = (
@@ -64,3 +67,53 @@ def test_a_method_missing_its_model_says_why(tmp_path) -> None:
     rows = {row["name"]: row for row in missing.describe_methods()}
     assert rows["xrag"]["unavailable"] and "xrag_projector" in rows["xrag"]["unavailable"][0]
     assert rows["llmlingua2"]["unavailable"] == []
+
+
+def test_join_orders_are_pinned() -> None:
+    relevances = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    assert join_order(relevances, "original") == [0, 1, 2, 3, 4]
+    assert join_order(relevances, "relevance") == [1, 3, 2, 4, 0]
+    assert join_order(relevances, "edges") == [1, 2, 0, 4, 3]  # best first, second best last, worst mid
+    assert join_order(np.array([0.5, 0.5, 0.5]), "relevance") == [0, 1, 2]  # ties keep the sent order
+    assert join_order(np.array([]), "edges") == []
+
+
+ORDER_DOCUMENTS = (
+    Document("weather", "Stockholm will be cloudy tomorrow with light rain in the afternoon."),
+    Document("vasa", TEXT),
+    Document("museum", "The Vasa Museum in Stockholm shows the ship, which was raised from the harbour."),
+    Document("tax", "Swedish income tax is withheld by employers each month."),
+)
+
+
+@pytest.mark.parametrize("method", ["llmlingua2", "exit>llmlingua2", "cascade"])
+def test_order_sets_the_documents_and_the_context(compressor, hub, method) -> None:
+    from ctxcomp import relevance
+
+    base = CompressRequest("Why did the Vasa sink?", ORDER_DOCUMENTS, method=method, rate=0.8)
+    scores = [d.relevance for d in relevance.score(hub, [base])[0]]
+    by_relevance = [ORDER_DOCUMENTS[i].id for i in sorted(range(4), key=lambda i: -scores[i])]
+    assert by_relevance[0] == "vasa" and by_relevance[-1] in ("weather", "tax")
+    expected = {
+        "original": [d.id for d in ORDER_DOCUMENTS],
+        "relevance": by_relevance,
+        "edges": [by_relevance[0], by_relevance[2], by_relevance[3], by_relevance[1]],
+    }
+    for order, ids in expected.items():
+        result = compressor.compress(dataclasses.replace(base, order=order))
+        assert [d.id for d in result.documents] == ids, order
+        kept = [d.text for d in result.documents if d.text]
+        assert result.context == "\n\n".join(kept)
+        assert ("order" in result.timings_ms) == (order != "original")
+
+
+@pytest.mark.parametrize("request_, problem", [
+    (CompressRequest("q", ORDER_DOCUMENTS, order="random"), "must be one of original, relevance, edges"),
+    (CompressRequest("  ", ORDER_DOCUMENTS, method="llmlingua2", order="edges"), "must not be empty"),
+    (CompressRequest("q", ORDER_DOCUMENTS, method="xrag", order="relevance"), "returns vectors"),
+    (CompressRequest("q", ORDER_DOCUMENTS, method="exit>xrag", order="relevance"), "returns vectors"),
+])
+def test_a_bad_order_names_the_field(compressor, request_, problem) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        compressor.plan(request_)
+    assert caught.value.field == "order" and problem in str(caught.value)

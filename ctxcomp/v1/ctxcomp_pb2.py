@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63txcomp/v1/ctxcomp.proto\x12\nctxcomp.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x8b\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x34\n\x08metadata\x18\x03 \x03(\x0b\x32\".ctxcomp.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa1\x02\n\x0f\x43ompressRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\'\n\tdocuments\x18\x02 \x03(\x0b\x32\x14.ctxcomp.v1.Document\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0e\n\x04rate\x18\x04 \x01(\x01H\x00\x12\x17\n\rtarget_tokens\x18\x05 \x01(\x03H\x00\x12(\n\x07options\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\treturn_kv\x18\x07 \x01(\x08\x12\x1a\n\x12return_word_labels\x18\x08 \x01(\x08\x12\x10\n\x08kv_codec\x18\t \x01(\t\x12\x10\n\x08kv_model\x18\n \x01(\t\x12\x16\n\x0ekv_best_effort\x18\x0b \x01(\x08\x42\x08\n\x06target\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\"D\n\tWordLabel\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04kept\x18\x04 \x01(\x08\"\xa5\x02\n\x0e\x44ocumentResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12$\n\nkept_spans\x18\x03 \x03(\x0b\x32\x10.ctxcomp.v1.Span\x12\x15\n\rtokens_before\x18\x04 \x01(\x03\x12\x14\n\x0ctokens_after\x18\x05 \x01(\x03\x12\r\n\x05score\x18\x06 \x01(\x01\x12:\n\x08metadata\x18\x07 \x03(\x0b\x32(.ctxcomp.v1.DocumentResult.MetadataEntry\x12*\n\x0bword_labels\x18\x08 \x03(\x0b\x32\x15.ctxcomp.v1.WordLabel\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x03\n\x10\x43ompressResponse\x12\x0e\n\x06method\x18\x01 \x01(\t\x12-\n\tdocuments\x18\x02 \x03(\x0b\x32\x1a.ctxcomp.v1.DocumentResult\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\x12\x15\n\rtokens_before\x18\x04 \x01(\x03\x12\x14\n\x0ctokens_after\x18\x05 \x01(\x03\x12\r\n\x05ratio\x18\x06 \x01(\x01\x12\x0c\n\x04rate\x18\x07 \x01(\x01\x12?\n\ntimings_ms\x18\x08 \x03(\x0b\x32+.ctxcomp.v1.CompressResponse.TimingsMsEntry\x12\x0c\n\x04note\x18\t \x01(\t\x12\x11\n\ttokenizer\x18\n \x01(\t\x12\x0f\n\x07kv_keys\x18\x0b \x03(\t\x12\x10\n\x08kv_bytes\x18\x0c \x01(\x03\x12+\n\x0bsoft_tokens\x18\r \x01(\x0b\x32\x16.ctxcomp.v1.SoftTokens\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"~\n\nSoftTokens\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0bsafetensors\x18\x02 \x01(\x0c\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x06 \x03(\t\"[\n\x07KvChunk\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04last\x18\x05 \x01(\x08\"s\n\x13\x43ompressStreamChunk\x12\x30\n\x08response\x18\x01 \x01(\x0b\x32\x1c.ctxcomp.v1.CompressResponseH\x00\x12!\n\x02kv\x18\x02 \x01(\x0b\x32\x13.ctxcomp.v1.KvChunkH\x00\x42\x07\n\x05\x63hunk\"\x14\n\x12ListMethodsRequest\"N\n\x0cMethodOption\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x03 \x01(\t\x12\x0c\n\x04help\x18\x04 \x01(\t\"\x8e\x01\n\nMethodInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12)\n\x07options\x18\x03 \x03(\x0b\x32\x18.ctxcomp.v1.MethodOption\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x11\n\tavailable\x18\x05 \x01(\x08\x12\x0f\n\x07reasons\x18\x06 \x03(\t\"9\n\tModelInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\"\xa4\x01\n\x06Limits\x12\x17\n\x0fmax_query_chars\x18\x01 \x01(\x03\x12\x15\n\rmax_documents\x18\x02 \x01(\x03\x12\x1a\n\x12max_document_chars\x18\x03 \x01(\x03\x12\x17\n\x0fmax_total_chars\x18\x04 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x1a\n\x12max_request_tokens\x18\x06 \x01(\x03\"\xa1\x01\n\x13ListMethodsResponse\x12\'\n\x07methods\x18\x01 \x03(\x0b\x32\x16.ctxcomp.v1.MethodInfo\x12%\n\x06models\x18\x02 \x03(\x0b\x32\x15.ctxcomp.v1.ModelInfo\x12\"\n\x06limits\x18\x03 \x01(\x0b\x32\x12.ctxcomp.v1.Limits\x12\x16\n\x0e\x64\x65\x66\x61ult_method\x18\x04 \x01(\t2\xf5\x01\n\nCompressor\x12\x45\n\x08\x43ompress\x12\x1b.ctxcomp.v1.CompressRequest\x1a\x1c.ctxcomp.v1.CompressResponse\x12P\n\x0e\x43ompressStream\x12\x1b.ctxcomp.v1.CompressRequest\x1a\x1f.ctxcomp.v1.CompressStreamChunk0\x01\x12N\n\x0bListMethods\x12\x1e.ctxcomp.v1.ListMethodsRequest\x1a\x1f.ctxcomp.v1.ListMethodsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63txcomp/v1/ctxcomp.proto\x12\nctxcomp.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x8b\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x34\n\x08metadata\x18\x03 \x03(\x0b\x32\".ctxcomp.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb0\x02\n\x0f\x43ompressRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\'\n\tdocuments\x18\x02 \x03(\x0b\x32\x14.ctxcomp.v1.Document\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0e\n\x04rate\x18\x04 \x01(\x01H\x00\x12\x17\n\rtarget_tokens\x18\x05 \x01(\x03H\x00\x12(\n\x07options\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\treturn_kv\x18\x07 \x01(\x08\x12\x1a\n\x12return_word_labels\x18\x08 \x01(\x08\x12\x10\n\x08kv_codec\x18\t \x01(\t\x12\x10\n\x08kv_model\x18\n \x01(\t\x12\x16\n\x0ekv_best_effort\x18\x0b \x01(\x08\x12\r\n\x05order\x18\x0c \x01(\tB\x08\n\x06target\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\"D\n\tWordLabel\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04kept\x18\x04 \x01(\x08\"\xa5\x02\n\x0e\x44ocumentResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12$\n\nkept_spans\x18\x03 \x03(\x0b\x32\x10.ctxcomp.v1.Span\x12\x15\n\rtokens_before\x18\x04 \x01(\x03\x12\x14\n\x0ctokens_after\x18\x05 \x01(\x03\x12\r\n\x05score\x18\x06 \x01(\x01\x12:\n\x08metadata\x18\x07 \x03(\x0b\x32(.ctxcomp.v1.DocumentResult.MetadataEntry\x12*\n\x0bword_labels\x18\x08 \x03(\x0b\x32\x15.ctxcomp.v1.WordLabel\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x03\n\x10\x43ompressResponse\x12\x0e\n\x06method\x18\x01 \x01(\t\x12-\n\tdocuments\x18\x02 \x03(\x0b\x32\x1a.ctxcomp.v1.DocumentResult\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\x12\x15\n\rtokens_before\x18\x04 \x01(\x03\x12\x14\n\x0ctokens_after\x18\x05 \x01(\x03\x12\r\n\x05ratio\x18\x06 \x01(\x01\x12\x0c\n\x04rate\x18\x07 \x01(\x01\x12?\n\ntimings_ms\x18\x08 \x03(\x0b\x32+.ctxcomp.v1.CompressResponse.TimingsMsEntry\x12\x0c\n\x04note\x18\t \x01(\t\x12\x11\n\ttokenizer\x18\n \x01(\t\x12\x0f\n\x07kv_keys\x18\x0b \x03(\t\x12\x10\n\x08kv_bytes\x18\x0c \x01(\x03\x12+\n\x0bsoft_tokens\x18\r \x01(\x0b\x32\x16.ctxcomp.v1.SoftTokens\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"~\n\nSoftTokens\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0bsafetensors\x18\x02 \x01(\x0c\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x06 \x03(\t\"[\n\x07KvChunk\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04last\x18\x05 \x01(\x08\"s\n\x13\x43ompressStreamChunk\x12\x30\n\x08response\x18\x01 \x01(\x0b\x32\x1c.ctxcomp.v1.CompressResponseH\x00\x12!\n\x02kv\x18\x02 \x01(\x0b\x32\x13.ctxcomp.v1.KvChunkH\x00\x42\x07\n\x05\x63hunk\"\x14\n\x12ListMethodsRequest\"N\n\x0cMethodOption\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x03 \x01(\t\x12\x0c\n\x04help\x18\x04 \x01(\t\"\x8e\x01\n\nMethodInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12)\n\x07options\x18\x03 \x03(\x0b\x32\x18.ctxcomp.v1.MethodOption\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x11\n\tavailable\x18\x05 \x01(\x08\x12\x0f\n\x07reasons\x18\x06 \x03(\t\"9\n\tModelInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\"\xa4\x01\n\x06Limits\x12\x17\n\x0fmax_query_chars\x18\x01 \x01(\x03\x12\x15\n\rmax_documents\x18\x02 \x01(\x03\x12\x1a\n\x12max_document_chars\x18\x03 \x01(\x03\x12\x17\n\x0fmax_total_chars\x18\x04 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x1a\n\x12max_request_tokens\x18\x06 \x01(\x03\"\xa1\x01\n\x13ListMethodsResponse\x12\'\n\x07methods\x18\x01 \x03(\x0b\x32\x16.ctxcomp.v1.MethodInfo\x12%\n\x06models\x18\x02 \x03(\x0b\x32\x15.ctxcomp.v1.ModelInfo\x12\"\n\x06limits\x18\x03 \x01(\x0b\x32\x12.ctxcomp.v1.Limits\x12\x16\n\x0e\x64\x65\x66\x61ult_method\x18\x04 \x01(\t2\xf5\x01\n\nCompressor\x12\x45\n\x08\x43ompress\x12\x1b.ctxcomp.v1.CompressRequest\x1a\x1c.ctxcomp.v1.CompressResponse\x12P\n\x0e\x43ompressStream\x12\x1b.ctxcomp.v1.CompressRequest\x1a\x1f.ctxcomp.v1.CompressStreamChunk0\x01\x12N\n\x0bListMethods\x12\x1e.ctxcomp.v1.ListMethodsRequest\x1a\x1f.ctxcomp.v1.ListMethodsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,37 +43,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENT_METADATAENTRY']._serialized_start=163
   _globals['_DOCUMENT_METADATAENTRY']._serialized_end=210
   _globals['_COMPRESSREQUEST']._serialized_start=213
-  _globals['_COMPRESSREQUEST']._serialized_end=502
-  _globals['_SPAN']._serialized_start=504
-  _globals['_SPAN']._serialized_end=538
-  _globals['_WORDLABEL']._serialized_start=540
-  _globals['_WORDLABEL']._serialized_end=608
-  _globals['_DOCUMENTRESULT']._serialized_start=611
-  _globals['_DOCUMENTRESULT']._serialized_end=904
+  _globals['_COMPRESSREQUEST']._serialized_end=517
+  _globals['_SPAN']._serialized_start=519
+  _globals['_SPAN']._serialized_end=553
+  _globals['_WORDLABEL']._serialized_start=555
+  _globals['_WORDLABEL']._serialized_end=623
+  _globals['_DOCUMENTRESULT']._serialized_start=626
+  _globals['_DOCUMENTRESULT']._serialized_end=919
   _globals['_DOCUMENTRESULT_METADATAENTRY']._serialized_start=163
   _globals['_DOCUMENTRESULT_METADATAENTRY']._serialized_end=210
-  _globals['_COMPRESSRESPONSE']._serialized_start=907
-  _globals['_COMPRESSRESPONSE']._serialized_end=1307
-  _globals['_COMPRESSRESPONSE_TIMINGSMSENTRY']._serialized_start=1259
-  _globals['_COMPRESSRESPONSE_TIMINGSMSENTRY']._serialized_end=1307
-  _globals['_SOFTTOKENS']._serialized_start=1309
-  _globals['_SOFTTOKENS']._serialized_end=1435
-  _globals['_KVCHUNK']._serialized_start=1437
-  _globals['_KVCHUNK']._serialized_end=1528
-  _globals['_COMPRESSSTREAMCHUNK']._serialized_start=1530
-  _globals['_COMPRESSSTREAMCHUNK']._serialized_end=1645
-  _globals['_LISTMETHODSREQUEST']._serialized_start=1647
-  _globals['_LISTMETHODSREQUEST']._serialized_end=1667
-  _globals['_METHODOPTION']._serialized_start=1669
-  _globals['_METHODOPTION']._serialized_end=1747
-  _globals['_METHODINFO']._serialized_start=1750
-  _globals['_METHODINFO']._serialized_end=1892
-  _globals['_MODELINFO']._serialized_start=1894
-  _globals['_MODELINFO']._serialized_end=1951
-  _globals['_LIMITS']._serialized_start=1954
-  _globals['_LIMITS']._serialized_end=2118
-  _globals['_LISTMETHODSRESPONSE']._serialized_start=2121
-  _globals['_LISTMETHODSRESPONSE']._serialized_end=2282
-  _globals['_COMPRESSOR']._serialized_start=2285
-  _globals['_COMPRESSOR']._serialized_end=2530
+  _globals['_COMPRESSRESPONSE']._serialized_start=922
+  _globals['_COMPRESSRESPONSE']._serialized_end=1322
+  _globals['_COMPRESSRESPONSE_TIMINGSMSENTRY']._serialized_start=1274
+  _globals['_COMPRESSRESPONSE_TIMINGSMSENTRY']._serialized_end=1322
+  _globals['_SOFTTOKENS']._serialized_start=1324
+  _globals['_SOFTTOKENS']._serialized_end=1450
+  _globals['_KVCHUNK']._serialized_start=1452
+  _globals['_KVCHUNK']._serialized_end=1543
+  _globals['_COMPRESSSTREAMCHUNK']._serialized_start=1545
+  _globals['_COMPRESSSTREAMCHUNK']._serialized_end=1660
+  _globals['_LISTMETHODSREQUEST']._serialized_start=1662
+  _globals['_LISTMETHODSREQUEST']._serialized_end=1682
+  _globals['_METHODOPTION']._serialized_start=1684
+  _globals['_METHODOPTION']._serialized_end=1762
+  _globals['_METHODINFO']._serialized_start=1765
+  _globals['_METHODINFO']._serialized_end=1907
+  _globals['_MODELINFO']._serialized_start=1909
+  _globals['_MODELINFO']._serialized_end=1966
+  _globals['_LIMITS']._serialized_start=1969
+  _globals['_LIMITS']._serialized_end=2133
+  _globals['_LISTMETHODSRESPONSE']._serialized_start=2136
+  _globals['_LISTMETHODSRESPONSE']._serialized_end=2297
+  _globals['_COMPRESSOR']._serialized_start=2300
+  _globals['_COMPRESSOR']._serialized_end=2545
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort")
+    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class CompressRequest(_message.Message):
     KV_CODEC_FIELD_NUMBER: _ClassVar[int]
     KV_MODEL_FIELD_NUMBER: _ClassVar[int]
     KV_BEST_EFFORT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     method: str
@@ -48,7 +49,8 @@ class CompressRequest(_message.Message):
     kv_codec: str
     kv_model: str
     kv_best_effort: bool
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ...) -> None: ...
+    order: str
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ...) -> None: ...
 
 class Span(_message.Message):
     __slots__ = ("start", "end")
