@@ -88,12 +88,12 @@ class ComiMerge(MethodBase):
 
 
 def sentence_groups(tokenizer, split) -> list[Group]:
-    """Every non-empty sentence's LLM token ids, with its document, in original order."""
-    if not any(len(s) for s in split):
-        return []
+    """Every non-empty sentence's LLM token ids, with its document, in original order.
+    Documents without sentences (emptied by an earlier chain stage) add none."""
     return [
         Group(d, ids)
         for d, s in enumerate(split)
+        if len(s)
         for ids in tokenizer(list(s.strings()), add_special_tokens=False)["input_ids"]
         if ids
     ]

@@ -123,6 +123,13 @@ def test_soft_methods_can_only_end_a_chain(compressor) -> None:
     assert chained.soft.vectors.shape[0] == 2
 
 
+def test_comi_after_a_stage_that_empties_documents(compressor) -> None:
+    """recomp_abstractive returns its summary as the first document and empties the rest;
+    COMI then merges the summary alone (found by the fuzz test: it raised IndexError)."""
+    result = compressor.compress(request("recomp_abstractive>comi", PARAGRAPH, PARAGRAPH))
+    assert result.soft.vectors.shape[0] >= 1 and set(result.soft.document_ids) == {result.documents[0].id}
+
+
 def test_tiny_projector_training_runs_and_loads(tmp_path) -> None:
     from ctxcomp.models import xrag_projector
     from ctxcomp.models.training import train_xrag_projector
