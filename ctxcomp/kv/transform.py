@@ -111,8 +111,9 @@ def _fit(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count, length = codes.shape
     if length == 0:
         return np.zeros(count, dtype=np.uint8), np.zeros(count, dtype=np.float16)
-    limit = _upper_quantile(np.abs(codes), _FIT_QUANTILE)
-    magnitude = np.abs(codes).astype(np.float64)
+    absolute = np.abs(codes)
+    limit = _upper_quantile(absolute, _FIT_QUANTILE)
+    magnitude = absolute.astype(np.float64)
     bulk = magnitude <= limit
     kept = np.maximum(bulk.sum(1), 1)
     mean_abs = np.maximum((magnitude * bulk).sum(1) / kept, 1e-9)
