@@ -6,9 +6,10 @@
     retriever = CtxcompRetriever(base_retriever=base, address="localhost:50051", k=4)
 
 Both talk to a running ctxcomp server over gRPC (`acompress_documents` uses
-grpc.aio, not a thread). Documents travel with positional ids and come back by
-id, so every Document keeps its own metadata object untouched except for the
-added `ctxcomp` entry with the compression figures; nothing is put into the text.
+grpc.aio, not a thread). Documents travel by position and come back by position
+(ctxcomp.frameworks), so every Document keeps its own metadata object untouched
+except for the added `ctxcomp` entry with the compression figures; nothing is
+put into the text.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from ctxcomp import types
-from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
-
-METADATA_KEY = "ctxcomp"
+from ctxcomp.frameworks import METADATA_KEY, Connection, compressions, request_options
 
 
 class CtxcompCompressor(BaseDocumentCompressor):
@@ -46,16 +45,21 @@ class CtxcompCompressor(BaseDocumentCompressor):
     drop_empty: bool = Field(default=True, description="leave out documents compressed to nothing")
     token: str | None = Field(default=None, description="bearer token, when the server asks for one")
     timeout: float = 60.0
-    _client: CtxcompClient | None = PrivateAttr(default=None)
+    _connection: Connection | None = PrivateAttr(default=None)
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            request = request_options(self.method, self.rate, self.target_tokens, self.options, self.order)
+            self._connection = Connection(self.address, request, self.token, self.timeout)
+        return self._connection
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         if not documents:
             return []
-        if self._client is None:
-            self._client = CtxcompClient(self.address, timeout=self.timeout, token=self.token)
-        result = self._client.compress(query, _to_ctxcomp(documents), **self._request_kwargs())
+        result = self.connection.compress(query, [d.page_content for d in documents])
         return _from_ctxcomp(documents, result, self.drop_empty)
 
     async def acompress_documents(
@@ -63,18 +67,8 @@ class CtxcompCompressor(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         if not documents:
             return []
-        # grpc.aio channels belong to one event loop; a channel per call keeps this safe
-        # under any loop the caller runs.
-        client = AsyncCtxcompClient(self.address, timeout=self.timeout, token=self.token)
-        try:
-            result = await client.compress(query, _to_ctxcomp(documents), **self._request_kwargs())
-        finally:
-            await client.close()
+        result = await self.connection.acompress(query, [d.page_content for d in documents])
         return _from_ctxcomp(documents, result, self.drop_empty)
-
-    def _request_kwargs(self) -> dict[str, Any]:
-        return {"method": self.method, "rate": self.rate, "target_tokens": self.target_tokens, "options": self.options,
-                "order": self.order}
 
 
 class CtxcompRetriever(BaseRetriever):
@@ -119,27 +113,11 @@ class CtxcompRetriever(BaseRetriever):
         return _best(await self.compressor.acompress_documents(found, query), k or self.k)
 
 
-def _to_ctxcomp(documents: Sequence[Document]) -> list[types.Document]:
-    # Positional ids: LangChain ids may be missing or repeated; the order maps back exactly.
-    return [types.Document(str(i), d.page_content) for i, d in enumerate(documents)]
-
-
 def _from_ctxcomp(documents: Sequence[Document], result: types.CompressResult, drop_empty: bool) -> list[Document]:
     out = []
-    for compressed in result.documents:  # the result's order: the request's `order` option
-        original = documents[int(compressed.id)]
-        if drop_empty and not compressed.text:
-            continue
-        stats = {
-            "method": result.method,
-            "tokens_before": compressed.tokens_before,
-            "tokens_after": compressed.tokens_after,
-            "score": compressed.score,
-            "kept_spans": [(s.start, s.end) for s in compressed.kept_spans],
-        }
-        if result.note:
-            stats["note"] = result.note
-        metadata = {**original.metadata, METADATA_KEY: stats}
+    for compressed in compressions(result, drop_empty):
+        original = documents[compressed.position]
+        metadata = {**original.metadata, METADATA_KEY: compressed.stats}
         out.append(Document(page_content=compressed.text, metadata=metadata, id=original.id))
     return out
 
