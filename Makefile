@@ -9,6 +9,10 @@ STAMP := $(VENV)/.installed
 # shows pip's warnings again.
 PIP_QUIET ?= -qq
 
+# Checkov (tests/test_deploy.py) pins old packaging/networkx, so it gets a venv of its own.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
 .PHONY: install demo test proto bench clean
 
 $(STAMP): pyproject.toml
@@ -23,11 +27,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install $(PIP_QUIET) checkov==3.3.30
+	touch $(CHECKOV_STAMP)
+
 # Starts the server on an embedded sample, sends one real request, prints the result, stops.
 demo: install
 	$(PY) -m ctxcomp.cli demo
 
-test: install
+test: install $(CHECKOV_STAMP)
 	$(PY) -m pytest -q
 
 proto: install
@@ -38,4 +47,4 @@ bench: install
 	$(PY) bench/llmlingua2_vs_reference.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info
