@@ -25,7 +25,7 @@ DEMO_RATE = 0.4  # `make demo` keeps 40% of the sample's tokens
 
 
 def read_jsonl(lines: Iterable[str], query: str | None) -> tuple[str, tuple[Document, ...]]:
-    """Documents from JSONL: {"id", "text", "metadata"?} per line, or a bare JSON string.
+    """Documents from JSONL: {"id", "text", "metadata"?, "format"?} per line, or a bare JSON string.
 
     A line {"query": ...} (without "text") sets the query unless --query was given.
     """
@@ -42,7 +42,7 @@ def read_jsonl(lines: Iterable[str], query: str | None) -> tuple[str, tuple[Docu
         elif isinstance(item, dict) and "text" in item:
             doc_id = str(item.get("id", len(documents)))
             metadata = {str(k): str(v) for k, v in (item.get("metadata") or {}).items()}
-            documents.append(Document(doc_id, str(item["text"]), metadata))
+            documents.append(Document(doc_id, str(item["text"]), metadata, str(item.get("format") or "text")))
         elif isinstance(item, dict) and "query" in item:
             query = query if query is not None else str(item["query"])
         else:
@@ -89,6 +89,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         options=parse_options(args.option),
         return_word_labels=args.word_labels,
         order=args.order,
+        html_output=args.html_output,
     )
     if args.server:
         from ctxcomp.client import CtxcompClient
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=ORDERS, default="original",
                    help="documents' order in the result: as sent, most relevant first, or most relevant at both ends")
     p.add_argument("--word-labels", action="store_true", help="include per-word scores and decisions")
+    p.add_argument("--html-output", action="store_true",
+                   help='documents with "format": "html" come back as simplified HTML, not text')
     p.add_argument("--server", help="host:port of a running ctxcomp server (default: compress in-process)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_compress)

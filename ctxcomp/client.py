@@ -33,11 +33,13 @@ def build_request(
     kv_codec: str = "",
     kv_best_effort: bool = False,
     order: str = "original",
+    html_output: bool = False,
 ) -> pb.CompressRequest:
     """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
     (compress_with_kv streams the bytes instead). kv_best_effort: if that store is down, the
     text comes back without a blob and result.note says so, instead of UNAVAILABLE.
-    order: "original", "relevance" or "edges" (ctxcomp.types.ORDERS)."""
+    order: "original", "relevance" or "edges" (ctxcomp.types.ORDERS). html_output: documents
+    sent with format="html" come back as simplified HTML."""
     request = CompressRequest(
         query=query,
         documents=as_documents(documents),
@@ -50,6 +52,7 @@ def build_request(
         kv_codec=kv_codec,
         kv_best_effort=kv_best_effort,
         order=order,
+        html_output=html_output,
     )
     return wire.request_to_proto(request)
 

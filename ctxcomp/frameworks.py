@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from ctxcomp import types
 from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
+from ctxcomp.types import Document
 
 METADATA_KEY = "ctxcomp"
 
@@ -34,26 +35,32 @@ class Connection:
     request: Mapping[str, Any] = field(default_factory=dict)  # ctxcomp.client.build_request keywords
     token: str | None = None
     timeout: float = 60.0
+    document_format: str = "text"  # or "html": every document is an HTML page
     _client: CtxcompClient | None = field(default=None, repr=False)
 
     def compress(self, query: str, texts: Sequence[str]) -> types.CompressResult:
         if self._client is None:
             self._client = CtxcompClient(self.address, timeout=self.timeout, token=self.token)
-        return self._client.compress(query, list(texts), **self.request)
+        return self._client.compress(query, self._documents(texts), **self.request)
 
     async def acompress(self, query: str, texts: Sequence[str]) -> types.CompressResult:
         # grpc.aio channels belong to one event loop; a channel per call is safe under any loop.
         client = AsyncCtxcompClient(self.address, timeout=self.timeout, token=self.token)
         try:
-            return await client.compress(query, list(texts), **self.request)
+            return await client.compress(query, self._documents(texts), **self.request)
         finally:
             await client.close()
 
+    def _documents(self, texts: Sequence[str]) -> list[Document]:
+        return [Document(str(i), text, format=self.document_format) for i, text in enumerate(texts)]
+
 
 def request_options(
-    method: str, rate: float | None, target_tokens: int | None, options: Mapping[str, Any], order: str
+    method: str, rate: float | None, target_tokens: int | None, options: Mapping[str, Any], order: str,
+    html_output: bool = False,
 ) -> dict[str, Any]:
-    return {"method": method, "rate": rate, "target_tokens": target_tokens, "options": dict(options), "order": order}
+    return {"method": method, "rate": rate, "target_tokens": target_tokens, "options": dict(options), "order": order,
+            "html_output": html_output}
 
 
 def compressions(result: types.CompressResult, drop_empty: bool) -> list[Compression]:

@@ -29,7 +29,8 @@ class CtxcompDocumentCompressor:
     """Compresses `documents` against `query`; documents compressed to nothing are left out (drop_empty).
 
     method: compression method (or chain), empty for the server's default; rate or target_tokens:
-    the budget; options: method options; order: original, relevance, or edges.
+    the budget; options: method options; order: original, relevance, or edges; document_format:
+    "html" when the documents' content is HTML pages (html_output: return simplified HTML).
     """
 
     def __init__(
@@ -41,20 +42,24 @@ class CtxcompDocumentCompressor:
         options: dict[str, Any] | None = None,
         order: str = "original",
         drop_empty: bool = True,
+        document_format: str = "text",
+        html_output: bool = False,
         token: Secret | None = Secret.from_env_var("CTXCOMP_TOKEN", strict=False),
         timeout: float = 60.0,
     ) -> None:
         self.address, self.method, self.rate, self.target_tokens = address, method, rate, target_tokens
         self.options, self.order, self.drop_empty = dict(options or {}), order, drop_empty
+        self.document_format, self.html_output = document_format, html_output
         self.token, self.timeout = token, timeout
-        request = request_options(method, rate, target_tokens, self.options, order)
-        self.connection = Connection(address, request, token.resolve_value() if token else None, timeout)
+        request = request_options(method, rate, target_tokens, self.options, order, html_output)
+        self.connection = Connection(
+            address, request, token.resolve_value() if token else None, timeout, document_format)
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self, address=self.address, method=self.method, rate=self.rate, target_tokens=self.target_tokens,
             options=self.options, order=self.order, drop_empty=self.drop_empty,
-            token=self.token.to_dict() if self.token else None, timeout=self.timeout,
+            document_format=self.document_format, html_output=self.html_output, token=self.token.to_dict() if self.token else None, timeout=self.timeout,
         )
 
     @classmethod

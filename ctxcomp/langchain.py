@@ -43,6 +43,8 @@ class CtxcompCompressor(BaseDocumentCompressor):
     options: dict[str, Any] = Field(default_factory=dict, description="method options")
     order: str = Field(default="original", description="original, relevance, or edges (most relevant first and last)")
     drop_empty: bool = Field(default=True, description="leave out documents compressed to nothing")
+    document_format: str = Field(default="text", description='"html": page_content is an HTML page')
+    html_output: bool = Field(default=False, description="HTML documents come back as simplified HTML")
     token: str | None = Field(default=None, description="bearer token, when the server asks for one")
     timeout: float = 60.0
     _connection: Connection | None = PrivateAttr(default=None)
@@ -50,8 +52,9 @@ class CtxcompCompressor(BaseDocumentCompressor):
     @property
     def connection(self) -> Connection:
         if self._connection is None:
-            request = request_options(self.method, self.rate, self.target_tokens, self.options, self.order)
-            self._connection = Connection(self.address, request, self.token, self.timeout)
+            request = request_options(
+                self.method, self.rate, self.target_tokens, self.options, self.order, self.html_output)
+            self._connection = Connection(self.address, request, self.token, self.timeout, self.document_format)
         return self._connection
 
     def compress_documents(

@@ -32,6 +32,8 @@ class CtxcompNodePostprocessor(BaseNodePostprocessor):
     options: dict[str, Any] = Field(default_factory=dict, description="method options")
     order: str = Field(default="original", description="original, relevance, or edges (most relevant first and last)")
     drop_empty: bool = Field(default=True, description="leave out nodes compressed to nothing")
+    document_format: str = Field(default="text", description='"html": node texts are HTML pages')
+    html_output: bool = Field(default=False, description="HTML nodes come back as simplified HTML")
     token: Optional[str] = Field(default=None, description="bearer token, when the server asks for one")
     timeout: float = 60.0
     _connection: Optional[Connection] = PrivateAttr(default=None)
@@ -43,8 +45,9 @@ class CtxcompNodePostprocessor(BaseNodePostprocessor):
     @property
     def connection(self) -> Connection:
         if self._connection is None:
-            request = request_options(self.method, self.rate, self.target_tokens, self.options, self.order)
-            self._connection = Connection(self.address, request, self.token, self.timeout)
+            request = request_options(
+                self.method, self.rate, self.target_tokens, self.options, self.order, self.html_output)
+            self._connection = Connection(self.address, request, self.token, self.timeout, self.document_format)
         return self._connection
 
     def _postprocess_nodes(

@@ -1,4 +1,5 @@
-"""The request path: validate and count -> relevance (selective) -> compress (method or chain) -> order -> join -> KV.
+"""The request path: validate and count -> html (pages to text) -> relevance (selective) -> compress (method or
+chain) -> order -> html (back into the pages) -> join -> KV.
 
 `Compressor` is the one object a server, CLI or library user holds: it owns the
 loaded models (ModelHub) and one instance of each method used so far. `plan`
@@ -16,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ctxcomp import methods, relevance
+from ctxcomp import html_stage, methods, relevance
 from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
@@ -61,6 +62,7 @@ def validate(request: CompressRequest, limits: Limits) -> None:
 
 
 def validate_documents(request: CompressRequest, limits: Limits) -> None:
+    html_stage.check_formats(request)
     seen: dict[str, int] = {}
     total = 0
     for i, doc in enumerate(request.documents):
@@ -164,6 +166,10 @@ class Compressor:
         are that request's outcome; the others still get their results.
         """
         timings: dict[str, float] = {}
+        sent, pages = plans, [html_stage.Pages({})] * len(plans)
+        if any(html_stage.has_html(plan.request) for plan in plans):
+            with _timed(timings, "html"):
+                plans, pages = html_stage.prepare_all(self.hub, plans)
         tokens_before = [plan.tokens_before for plan in plans]
         outputs: list[MethodOutput | None] = [None] * len(plans)
         if any(plan.config.selective for plan in plans):
@@ -174,6 +180,12 @@ class Compressor:
         if any(plan.request.order != "original" for plan in plans):
             with _timed(timings, "order"):
                 outputs = order_documents(self.hub, plans, outputs)
+        if any(p.pages for p in pages):
+            with _timed(timings, "html"):
+                outputs = [
+                    html_stage.restore(self.hub, plan.request, plan.tokens_before, page, out)
+                    for plan, page, out in zip(sent, pages, outputs)
+                ]
         with _timed(timings, "join"):
             contexts = [CONTEXT_SEPARATOR.join(d.text for d in out.documents if d.text) for out in outputs]
         kv_outcomes: list[Any] = [None] * len(plans)
@@ -182,7 +194,7 @@ class Compressor:
                 kv_outcomes = [self._kv(plan, context) for plan, context in zip(plans, contexts)]
         return [
             kv if isinstance(kv, CtxcompError) else result(plan, out, context, kv, timings)
-            for plan, out, context, kv in zip(plans, outputs, contexts, kv_outcomes)
+            for plan, out, context, kv in zip(sent, outputs, contexts, kv_outcomes)
         ]
 
     def _compress(
@@ -316,4 +328,4 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     try:
         yield
     finally:
-        timings[stage] = (time.perf_counter() - start) * 1000.0
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0

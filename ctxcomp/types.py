@@ -11,6 +11,7 @@ class Document:
     id: str
     text: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    format: str = "text"  # or "html" (see ctxcomp.html)
 
 
 # How the compressed documents are joined: as sent; most relevant first; or most relevant at
@@ -39,6 +40,7 @@ class CompressRequest:
     kv_model: str = ""  # with return_kv: fingerprint or id of the model; empty = the server's
     kv_best_effort: bool = False  # with return_kv: a KV store outage gives the text without a blob, not an error
     order: str = "original"  # documents' order in the result: original, relevance, edges (see ORDERS)
+    html_output: bool = False  # HTML documents come back as simplified HTML, not text
 
 
 @dataclass(frozen=True)

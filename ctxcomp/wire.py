@@ -21,7 +21,10 @@ from ctxcomp.v1 import ctxcomp_pb2 as pb
 def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
     message = pb.CompressRequest(
         query=request.query,
-        documents=[pb.Document(id=d.id, text=d.text, metadata=dict(d.metadata)) for d in request.documents],
+        documents=[
+            pb.Document(id=d.id, text=d.text, metadata=dict(d.metadata), format="" if d.format == "text" else d.format)
+            for d in request.documents
+        ],
         method=request.method,
         return_kv=request.return_kv,
         return_word_labels=request.return_word_labels,
@@ -29,6 +32,7 @@ def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
         kv_model=request.kv_model,
         kv_best_effort=request.kv_best_effort,
         order="" if request.order == "original" else request.order,
+        html_output=request.html_output,
     )
     if request.rate is not None:
         message.rate = request.rate
@@ -43,7 +47,7 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
     target = message.WhichOneof("target")
     return CompressRequest(
         query=message.query,
-        documents=tuple(Document(d.id, d.text, dict(d.metadata)) for d in message.documents),
+        documents=tuple(Document(d.id, d.text, dict(d.metadata), d.format or "text") for d in message.documents),
         method=message.method,
         rate=message.rate if target == "rate" else None,
         target_tokens=message.target_tokens if target == "target_tokens" else None,
@@ -54,6 +58,7 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
         kv_model=message.kv_model,
         kv_best_effort=message.kv_best_effort,
         order=message.order or "original",
+        html_output=message.html_output,
     )
 
 

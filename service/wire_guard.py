@@ -120,8 +120,8 @@ def _document_field(data: bytes, index: int) -> str | None:
     for number, wire_type, value in _fields(data):
         if wire_type != _LENGTH_DELIMITED:
             continue
-        if number in (1, 2) and not _utf8(value):
-            return f"documents[{index}].{'id' if number == 1 else 'text'}"
+        if number in (1, 2, 4) and not _utf8(value):
+            return f"documents[{index}].{ {1: 'id', 2: 'text', 4: 'format'}[number]}"
         if number == 3:
             for entry_number, _, entry in _fields(value):
                 if not _utf8(entry):

@@ -108,3 +108,16 @@ def test_parquet_input_duplicate_ids_embeddings_and_record_errors(tmp_path) -> N
     index = faiss.read_index(str(tmp_path / "out" / "embeddings.faiss"))
     assert index.ntotal == 2 and index.d == 384
     assert json.loads((tmp_path / "out" / "embeddings_ids.json").read_text()) == ["a", "c"]
+
+
+def test_records_may_be_html_pages(tmp_path) -> None:
+    page = ("<html><body><nav class='menu'><a href='/'>Home</a> <a href='/shop'>Shop</a></nav>"
+            f"<article><h1>Normandy</h1><p>{SENTENCES[0]}</p></article><footer>Contact us</footer></body></html>")
+    with (tmp_path / "pages.jsonl").open("w") as handle:
+        handle.write(json.dumps({"id": "page", "text": page, "query": "Who were the Normans?", "format": "html"}) + "\n")
+        handle.write(json.dumps({"id": "text", "text": SENTENCES[1], "query": "Where was it played?"}) + "\n")
+    run(tmp_path / "pages.jsonl", tmp_path / "out", JobConfig(method="exit"), progress=False)
+    table = read_output(tmp_path / "out")
+    texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
+    assert "Normandy" in texts["page"] and "Shop" not in texts["page"] and "<" not in texts["page"]
+    assert "Levi's Stadium" in texts["text"]

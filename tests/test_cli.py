@@ -50,6 +50,8 @@ def test_demo_serves_and_prints_a_compressed_context() -> None:
 def test_read_jsonl_and_options_parsing() -> None:
     query, docs = read_jsonl(['{"query": "q"}', '"plain"', '{"text": "t", "id": 7}', ""], None)
     assert query == "q" and [(d.id, d.text) for d in docs] == [("0", "plain"), ("7", "t")]
+    _, pages = read_jsonl(['{"text": "<p>x</p>", "format": "html"}'], "q")
+    assert [(d.format, d.text) for d in pages] == [("html", "<p>x</p>")] and docs[0].format == "text"
     assert parse_options(["rate=0.5", "force_tokens=[\"a\"]", "aggregation=first"]) == {
         "rate": 0.5,
         "force_tokens": ["a"],

@@ -114,3 +114,11 @@ def test_order_comes_back_from_the_server_as_the_documents_order(server, compres
     out = CtxcompCompressor(address=server.address, rate=0.9, order="edges").compress_documents(docs, query)
     assert [d.id for d in out] == expected != [d.id for d in docs if d.id in expected]
     assert out[0].id == "id-2"  # Von Miller's document: the most relevant goes first
+
+
+def test_html_pages_through_the_compressor(server) -> None:
+    page = Document(page_content="<html><body><nav class='menu'>Home | Shop</nav><p>Von Miller was named the most "
+                                 "valuable player of Super Bowl 50.</p><footer>Contact</footer></body></html>", id="p")
+    out = CtxcompCompressor(address=server.address, document_format="html", html_output=True, rate=0.9).compress_documents(
+        [page], "Who was the most valuable player?")
+    assert out[0].page_content.startswith("<p>") and "Von Miller" in out[0].page_content and "Shop" not in out[0].page_content

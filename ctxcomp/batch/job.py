@@ -71,7 +71,7 @@ class CompressBatch:
             self.store = open_store(config.kv_store)
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> pa.Table:
-        """batch: column -> values (id, text, optional query); returns rows in OUTPUT_SCHEMA."""
+        """batch: column -> values (id, text, optional query and format); returns rows in OUTPUT_SCHEMA."""
         return pa.Table.from_pydict(self.rows(batch), schema=OUTPUT_SCHEMA)
 
     def rows(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
@@ -79,7 +79,8 @@ class CompressBatch:
         texts = [str(t) for t in batch["text"]]
         raw_queries = batch["query"] if "query" in batch else [None] * len(ids)
         queries = [str(q) if q is not None else "" for q in raw_queries]
-        requests = [self._request(i, t, q) for i, t, q in zip(ids, texts, queries)]
+        formats = [str(f) if f else "text" for f in (batch["format"] if "format" in batch else [None] * len(ids))]
+        requests = [self._request(i, t, q, f) for i, t, q, f in zip(ids, texts, queries, formats)]
         results, errors = self._compress(requests)
         rows: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
         compressed = [r.context if r is not None else "" for r in results]
@@ -96,10 +97,10 @@ class CompressBatch:
             rows["error"].append(error)
         return rows
 
-    def _request(self, record_id: str, text: str, query: str) -> CompressRequest:
+    def _request(self, record_id: str, text: str, query: str, format: str) -> CompressRequest:
         c = self.config
         return CompressRequest(
-            query=query, documents=(Document(record_id, text),), method=c.method, rate=c.rate,
+            query=query, documents=(Document(record_id, text, format=format),), method=c.method, rate=c.rate,
             target_tokens=c.target_tokens, options=dict(c.options),
         )
 

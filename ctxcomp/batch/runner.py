@@ -39,7 +39,7 @@ def read_batches(path: Path, batch_size: int) -> Iterator[dict[str, list[Any]]]:
         for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
             yield record_batch.to_pydict()
         return
-    columns: dict[str, list[Any]] = {"id": [], "text": [], "query": []}
+    columns: dict[str, list[Any]] = {"id": [], "text": [], "query": [], "format": []}
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Document(_message.Message):
-    __slots__ = ("id", "text", "metadata")
+    __slots__ = ("id", "text", "metadata", "format")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -19,13 +19,15 @@ class Document(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    format: str
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., format: _Optional[str] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order")
+    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order", "html_output")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +40,7 @@ class CompressRequest(_message.Message):
     KV_MODEL_FIELD_NUMBER: _ClassVar[int]
     KV_BEST_EFFORT_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
+    HTML_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     method: str
@@ -50,7 +53,8 @@ class CompressRequest(_message.Message):
     kv_model: str
     kv_best_effort: bool
     order: str
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ...) -> None: ...
+    html_output: bool
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ..., html_output: _Optional[bool] = ...) -> None: ...
 
 class Span(_message.Message):
     __slots__ = ("start", "end")

@@ -109,6 +109,17 @@ def test_invalid_utf8_names_the_field(server) -> None:
     assert caught.value.details() == "documents[1].text: not valid UTF-8"
 
 
+def test_an_html_page_in_another_charset_is_refused_naming_the_field(server) -> None:
+    """A page's bytes in windows-1252 are not a proto string: the field is named, nothing is guessed."""
+    page = pb.Document(id="p", text="<p>Caf_ au lait</p>", format="html")
+    raw = pb.CompressRequest(documents=[page], rate=0.5).SerializeToString().replace(b"Caf_", b"Caf\xe9")
+    with grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary("/ctxcomp.v1.Compressor/Compress")(raw, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "documents[0].text: not valid UTF-8"
+
+
 def test_oversize_request_is_refused_with_the_limit(server, compressor) -> None:
     limit = compressor.limits.max_message_bytes
     with CtxcompClient(server.address, max_message_bytes=200 * 1024 * 1024) as client:

@@ -67,6 +67,7 @@ def test_list_methods_reports_options_models_and_limits(client) -> None:
         ({"options": {"bogus": 1}}, "options.bogus"),
         ({"documents": [Document("x", "one"), Document("x", "two")]}, "documents[1].id"),
         ({"documents": [Document("", "no id")]}, "documents[0].id"),
+        ({"documents": [Document("x", "<p>page</p>", format="pdf")]}, "documents[0].format"),
     ],
 )
 def test_bad_requests_are_invalid_argument_naming_the_field(client, kwargs: dict, field: str) -> None:
@@ -196,3 +197,13 @@ def test_extra_interceptors_see_every_call(compressor) -> None:
         with CtxcompClient(running.address, timeout=60) as client:
             client.compress("q", ["A short text about football."], rate=0.5)
     assert "/ctxcomp.v1.Compressor/Compress" in seen
+
+
+def test_html_pages_travel_with_their_format_and_come_back_pointing_into_the_page(client) -> None:
+    page = ("<html><body><nav><a href='/'>Home</a></nav><h1>Paris</h1><p>The Eiffel Tower was completed in 1889 "
+            "for the World&#39;s Fair.</p><footer>Contact</footer></body></html>")
+    result = client.compress("When was the Eiffel Tower completed?", [Document("p", page, format="html")],
+                             rate=0.5, html_output=True)
+    doc = result.documents[0]
+    assert doc.text.startswith("<") and "1889" in doc.text and "Home" not in doc.text
+    assert "1889" in " ".join(page[s.start:s.end] for s in doc.kept_spans)

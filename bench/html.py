@@ -1,0 +1,130 @@
+"""HTML pages: ctxcomp's HTML path against text extraction followed by the same method.
+
+    python bench/html.py [--quick] [--pages 200] [--method cascade] [--split test]
+
+Pages are SQuAD test-article paragraphs laid out in realistic page templates
+(bench/html_pages.py: nav, sidebars of related articles, ads, cookie banners,
+scripts, tables, comments, unclosed tags). Each page is one request whose query is a
+question about one of its paragraphs. At 5x and 10x the budget is the page's own
+downstream-LLM tokens divided by the ratio, the same for every pipeline:
+  ctxcomp       the page sent as format="html": clean, block tree, coarse cut by relevance, method
+  trafilatura   trafilatura.extract (main content), then the method on that text
+  html2text     html2text of the whole page (markdown), then the method on that text
+Also printed once: what each extraction keeps before any compression (tokens and answers).
+Prints one JSON object per (ratio, pipeline): gold-answer preservation with a bootstrap
+95% interval over pages, tokens kept, and ms per page; then per ratio the paired difference
+ctxcomp minus each baseline with its interval (better = interval above 0).
+"""
+
+from __future__ import annotations
+
+import sys
+
+# This folder is first on sys.path and holds this file, html.py: load the standard library's
+# html module before the folder is searched, so every later `import html` gets the real one.
+_bench_folder = sys.path.pop(0)
+import html  # noqa: E402,F401
+sys.path.insert(0, _bench_folder)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import html2text  # noqa: E402
+import numpy as np  # noqa: E402
+import trafilatura  # noqa: E402
+from common import add_split_argument, header, split_paragraphs  # noqa: E402
+from html_pages import pages as make_pages  # noqa: E402
+
+from ctxcomp.evaluate import bootstrap_interval  # noqa: E402
+from ctxcomp.pipeline import Compressor  # noqa: E402
+from ctxcomp.types import CompressRequest, Document  # noqa: E402
+
+RATIOS = (5, 10)
+BATCH = 8
+
+
+def extract_trafilatura(page: str) -> str:
+    return trafilatura.extract(page) or ""
+
+
+def extract_html2text(page: str) -> str:
+    converter = html2text.HTML2Text()
+    converter.body_width = 0  # no hard wrapping
+    return converter.handle(page)
+
+
+def kept(text: str, answers: tuple[str, ...]) -> float:
+    flat = " ".join(text.split())
+    return float(any(" ".join(a.split()) in flat for a in answers))
+
+
+def compress_all(compressor: Compressor, requests: list[CompressRequest]) -> tuple[list[str], list[int], float]:
+    """Texts and tokens kept per request (empty texts stay empty), and ms per request."""
+    texts, tokens = [""] * len(requests), [0] * len(requests)
+    todo = [i for i, r in enumerate(requests) if r.documents[0].text.strip()]
+    started = time.perf_counter()
+    for start in range(0, len(todo), BATCH):
+        members = todo[start : start + BATCH]
+        for i, result in zip(members, compressor.compress_batch([requests[i] for i in members])):
+            texts[i], tokens[i] = result.context, result.tokens_after
+    return texts, tokens, (time.perf_counter() - started) * 1000.0 / max(1, len(requests))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="12 pages at 5x (under a minute)")
+    parser.add_argument("--pages", type=int, default=200)
+    parser.add_argument("--method", default="", help="compression method for every pipeline (default: the server's)")
+    add_split_argument(parser)
+    args = parser.parse_args()
+    count, ratios = (12, (5,)) if args.quick else (args.pages, RATIOS)
+    compressor = Compressor()
+    method = args.method or compressor.default_method
+    print(json.dumps(header("html", args.split, method=method, pages=count)), flush=True)
+    pages = make_pages(split_paragraphs(args.split), count)
+    page_tokens = compressor.hub.count_tokens([p.html for p in pages])
+    extracted = {
+        "trafilatura": [extract_trafilatura(p.html) for p in pages],
+        "html2text": [extract_html2text(p.html) for p in pages],
+    }
+    for name, texts in extracted.items():
+        print(json.dumps({
+            "extraction_only": name, "mean_page_tokens": float(np.mean(page_tokens)),
+            "mean_tokens": float(np.mean(compressor.hub.count_tokens(texts))),
+            "preservation": float(np.mean([kept(t, p.answers) for t, p in zip(texts, pages)])),
+        }), flush=True)
+    for ratio in ratios:
+        budgets = [max(1, round(n / ratio)) for n in page_tokens]
+        documents = {
+            "ctxcomp": [Document("page", p.html, format="html") for p in pages],
+            **{name: [Document("page", t) for t in texts] for name, texts in extracted.items()},
+        }
+        hits = {}
+        for name, docs in documents.items():
+            requests = [
+                CompressRequest(p.question, (d,), method=method, target_tokens=b) for p, d, b in zip(pages, docs, budgets)
+            ]
+            texts, tokens, ms = compress_all(compressor, requests)
+            hits[name] = np.asarray([kept(t, p.answers) for t, p in zip(texts, pages)])
+            by_template = {
+                t: float(np.mean([h for h, p in zip(hits[name], pages) if p.template == t]))
+                for t in sorted({p.template for p in pages})
+            }
+            print(json.dumps({
+                "ratio": f"{ratio}x", "pipeline": name, "preservation": float(hits[name].mean()),
+                "interval": bootstrap_interval(hits[name]), "by_template": by_template,
+                "mean_budget": float(np.mean(budgets)), "mean_tokens_kept": float(np.mean(tokens)),
+                "over_budget": int(sum(t > b for t, b in zip(tokens, budgets))), "ms_per_page": round(ms, 1),
+            }), flush=True)
+        for baseline in extracted:
+            difference = hits["ctxcomp"] - hits[baseline]
+            interval = bootstrap_interval(difference)
+            print(json.dumps({
+                "ratio": f"{ratio}x", "ctxcomp_minus": baseline, "difference": float(difference.mean()),
+                "interval": interval, "better": interval[0] > 0,
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
