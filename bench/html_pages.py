@@ -1,4 +1,4 @@
-"""Realistic web pages around SQuAD paragraphs, for bench/html.py (real pages are scarce offline).
+"""Realistic web pages around SQuAD paragraphs, for bench/html_pruning.py (real pages are scarce offline).
 
 One page per question: the question's paragraph (gold) among the other paragraphs of its article,
 laid out by one of four templates that differ in what a cleaner can rely on:
@@ -158,7 +158,8 @@ def _table(p: squad.Paragraph) -> str:
 
 
 def _sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text) if s]
+    # at least three lower-case letters or digits before the stop, so "St. Johns" or "U.S. Army" stay whole
+    return [s for s in re.split(r"(?<=[a-z0-9]{3}[.!?])\s+(?=[A-Z])", text) if s]
 
 
 def _first_words(text: str, n: int) -> str:

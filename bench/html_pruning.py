@@ -1,6 +1,8 @@
 """HTML pages: ctxcomp's HTML path against text extraction followed by the same method.
+(Not bench/html.py: a file named html.py in bench/ would stand in for the standard library's
+html module in every bench script.)
 
-    python bench/html.py [--quick] [--pages 200] [--method cascade] [--split test]
+    python bench/html_pruning.py [--quick] [--pages 200] [--method cascade] [--split test]
 
 Pages are SQuAD test-article paragraphs laid out in realistic page templates
 (bench/html_pages.py: nav, sidebars of related articles, ads, cookie banners,
@@ -18,27 +20,19 @@ ctxcomp minus each baseline with its interval (better = interval above 0).
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import time
 
-# This folder is first on sys.path and holds this file, html.py: load the standard library's
-# html module before the folder is searched, so every later `import html` gets the real one.
-_bench_folder = sys.path.pop(0)
-import html  # noqa: E402,F401
-sys.path.insert(0, _bench_folder)
+import html2text
+import numpy as np
+import trafilatura
+from common import add_split_argument, header, split_paragraphs
+from html_pages import pages as make_pages
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-
-import html2text  # noqa: E402
-import numpy as np  # noqa: E402
-import trafilatura  # noqa: E402
-from common import add_split_argument, header, split_paragraphs  # noqa: E402
-from html_pages import pages as make_pages  # noqa: E402
-
-from ctxcomp.evaluate import bootstrap_interval  # noqa: E402
-from ctxcomp.pipeline import Compressor  # noqa: E402
-from ctxcomp.types import CompressRequest, Document  # noqa: E402
+from ctxcomp.evaluate import bootstrap_interval
+from ctxcomp.pipeline import Compressor
+from ctxcomp.types import CompressRequest, Document
 
 RATIOS = (5, 10)
 BATCH = 8
