@@ -105,7 +105,10 @@ def render(raw: str, max_words: int = DEFAULT_BLOCK_WORDS) -> HtmlPage:
     for block in cut:
         words = segment_words(block.text)
         raw_spans = np.full((len(words), 2), -1, dtype=np.int64)
+        marker = len(_MARKERS.get(block.kind, ""))
         for w, word in enumerate(words.strings()):
+            if words.starts[w] < marker or (block.kind == "tr" and word == "|"):
+                continue  # added by the renderer: no place in the page
             found = decoded.find(word, cursor, cursor + ALIGN_WINDOW)
             if found >= 0:
                 raw_spans[w] = (raw_start[found], raw_end[found + len(word) - 1])

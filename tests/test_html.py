@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import lxml.html
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from pathlib import Path
+
+import pytest
 
 from ctxcomp import html
 from ctxcomp.types import Span
 
-def text_within(raw: str, start: int, end: int) -> str:
-    """The page's text (entities decoded, markup left out) inside raw[start:end]."""
-    decoded, starts, ends = html.decoded_text(raw)
-    return "".join(c for c, s, e in zip(decoded, starts.tolist(), ends.tolist()) if s >= start and e <= end)
+REAL_PAGES = sorted((Path(__file__).parent / "data" / "pages").glob("*.html"))
+
+def text_reader(raw: str):
+    """text(start, end): the page's text (entities decoded, markup left out) inside raw[start:end]."""
+    decoded, starts, ends = html.decoded_text(raw)  # both ascend through the page
+    return lambda start, end: decoded[np.searchsorted(starts, start) : np.searchsorted(ends, end, side="right")]
 
 
 PAGE = """<!DOCTYPE html><html><head><title>The Vasa &amp; its fate</title>
@@ -49,12 +56,12 @@ def test_cleaning_drops_furniture_and_keeps_structure() -> None:
 
 
 def test_every_aligned_word_points_at_itself_in_the_page() -> None:
-    page = html.render(PAGE)
+    page, text = html.render(PAGE), text_reader(PAGE)
     aligned = page.word_raw[:, 0] >= 0
     # only the markers the renderer adds have no place in the page
     assert {page.text[a:b] for a, b in page.word_text[~aligned].tolist()} == {"#", "##", "|", "-"}
     for (a, b), (start, end) in zip(page.word_text[aligned].tolist(), page.word_raw[aligned].tolist()):
-        assert text_within(PAGE, start, end) == page.text[a:b]
+        assert text(start, end) == page.text[a:b]
     script = PAGE.index("<script>")
     assert not any(script <= s < PAGE.index("</script>") for s in page.word_raw[aligned, 0].tolist())
 
@@ -83,11 +90,11 @@ def test_simplified_html_parses_and_keeps_only_the_kept_blocks() -> None:
 
 def test_keep_narrows_to_blocks_with_alignment_intact() -> None:
     page = html.render(PAGE)
-    narrowed = page.keep([2, 5])
+    narrowed, text = page.keep([2, 5]), text_reader(PAGE)
     assert narrowed.text.splitlines() == [page.blocks[2].text, page.blocks[5].text]
     aligned = narrowed.word_raw[:, 0] >= 0
     for (a, b), (start, end) in zip(narrowed.word_text[aligned].tolist(), narrowed.word_raw[aligned].tolist()):
-        assert text_within(PAGE, start, end) == narrowed.text[a:b]
+        assert text(start, end) == narrowed.text[a:b]
 
 
 def test_big_elements_split_into_block_tree_nodes() -> None:
@@ -126,8 +133,21 @@ def test_a_huge_page_renders() -> None:
                 max_size=40))
 def test_any_markup_renders_with_consistent_alignment(pieces: list[str]) -> None:
     raw = "".join(pieces)
-    page = html.render(raw)
+    page, text = html.render(raw), text_reader(raw)
     aligned = page.word_raw[:, 0] >= 0
     for (a, b), (start, end) in zip(page.word_text[aligned].tolist(), page.word_raw[aligned].tolist()):
-        assert text_within(raw, start, end) == page.text[a:b]
+        assert text(start, end) == page.text[a:b]
     lxml.html.fragment_fromstring(html.simplified_html(page, (Span(0, len(page.text)),)) or "<p></p>", create_parent="div")
+
+
+@pytest.mark.parametrize("path", REAL_PAGES, ids=lambda p: p.name)
+def test_real_pages_render_with_every_source_word_aligned(path: Path) -> None:
+    raw = path.read_text(encoding="utf-8")
+    page, text = html.render(raw), text_reader(raw)
+    assert page.blocks
+    aligned = page.word_raw[:, 0] >= 0
+    unaligned = {page.text[a:b] for a, b in page.word_text[~aligned].tolist()}
+    assert unaligned <= {"#" * n for n in range(1, 7)} | {"-", "|"}, unaligned
+    for (a, b), (start, end) in zip(page.word_text[aligned].tolist(), page.word_raw[aligned].tolist()):
+        assert text(start, end) == page.text[a:b]
+    lxml.html.fragment_fromstring(html.simplified_html(page, (Span(0, len(page.text)),)), create_parent="div")
