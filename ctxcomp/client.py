@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ctxcomp import wire
-from ctxcomp.types import CompressRequest, CompressResult, Document
+from ctxcomp.types import CompressRequest, CompressResult, Document, Message
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
@@ -34,12 +34,16 @@ def build_request(
     kv_best_effort: bool = False,
     order: str = "original",
     html_output: bool = False,
+    messages: Sequence[Message | tuple[str, str]] = (),
+    verbatim_turns: int = 1,
 ) -> pb.CompressRequest:
     """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
     (compress_with_kv streams the bytes instead). kv_best_effort: if that store is down, the
     text comes back without a blob and result.note says so, instead of UNAVAILABLE.
     order: "original", "relevance" or "edges" (ctxcomp.types.ORDERS). html_output: documents
-    sent with format="html" come back as simplified HTML."""
+    sent with format="html" come back as simplified HTML. messages: a conversation, oldest first,
+    as Message or (role, content); the latest user message is the query when `query` is empty
+    (ctxcomp.conversation)."""
     request = CompressRequest(
         query=query,
         documents=as_documents(documents),
@@ -53,6 +57,8 @@ def build_request(
         kv_best_effort=kv_best_effort,
         order=order,
         html_output=html_output,
+        messages=tuple(m if isinstance(m, Message) else Message(*m) for m in messages),
+        verbatim_turns=verbatim_turns,
     )
     return wire.request_to_proto(request)
 

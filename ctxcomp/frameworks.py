@@ -38,16 +38,18 @@ class Connection:
     document_format: str = "text"  # or "html": every document is an HTML page
     _client: CtxcompClient | None = field(default=None, repr=False)
 
-    def compress(self, query: str, texts: Sequence[str]) -> types.CompressResult:
+    def compress(self, query: str, texts: Sequence[str], messages: Sequence[types.Message] = ()) -> types.CompressResult:
         if self._client is None:
             self._client = CtxcompClient(self.address, timeout=self.timeout, token=self.token)
-        return self._client.compress(query, self._documents(texts), **self.request)
+        return self._client.compress(query, self._documents(texts), messages=messages, **self.request)
 
-    async def acompress(self, query: str, texts: Sequence[str]) -> types.CompressResult:
+    async def acompress(
+        self, query: str, texts: Sequence[str], messages: Sequence[types.Message] = ()
+    ) -> types.CompressResult:
         # grpc.aio channels belong to one event loop; a channel per call is safe under any loop.
         client = AsyncCtxcompClient(self.address, timeout=self.timeout, token=self.token)
         try:
-            return await client.compress(query, self._documents(texts), **self.request)
+            return await client.compress(query, self._documents(texts), messages=messages, **self.request)
         finally:
             await client.close()
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
@@ -73,6 +74,15 @@ class CtxcompCompressor(BaseDocumentCompressor):
         result = await self.connection.acompress(query, [d.page_content for d in documents])
         return _from_ctxcomp(documents, result, self.drop_empty)
 
+    def compress_conversation(
+        self, documents: Sequence[Document], messages: Sequence[BaseMessage]
+    ) -> tuple[list[Document], list[BaseMessage]]:
+        """Chat-style RAG: the latest HumanMessage is the query; system messages and the newest
+        exchange stay verbatim, older turns are compressed with the documents (ctxcomp.conversation).
+        Returns the documents and the messages to send, each message of the class it came in."""
+        result = self.connection.compress("", [d.page_content for d in documents], _to_ctxcomp_messages(messages))
+        return _from_ctxcomp(documents, result, self.drop_empty), _from_ctxcomp_messages(messages, result)
+
 
 class CtxcompRetriever(BaseRetriever):
     """A base retriever followed by ctxcomp: fetch, compress, return the best `k` documents.
@@ -123,6 +133,26 @@ def _from_ctxcomp(documents: Sequence[Document], result: types.CompressResult, d
         metadata = {**original.metadata, METADATA_KEY: compressed.stats}
         out.append(Document(page_content=compressed.text, metadata=metadata, id=original.id))
     return out
+
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system"}
+
+
+def _to_ctxcomp_messages(messages: Sequence[BaseMessage]) -> list[types.Message]:
+    out = []
+    for i, message in enumerate(messages):
+        if message.type not in _ROLES or not isinstance(message.content, str):
+            raise ValueError(f"messages[{i}]: only text Human, AI and System messages can be compressed")
+        out.append(types.Message(_ROLES[message.type], message.content))
+    return out
+
+
+def _from_ctxcomp_messages(messages: Sequence[BaseMessage], result: types.CompressResult) -> list[BaseMessage]:
+    kinds = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
+    return [
+        original if compressed.verbatim else kinds[compressed.role](content=compressed.text)
+        for original, compressed in zip(messages, result.messages)
+    ]
 
 
 def _best(documents: Sequence[Document], k: int) -> list[Document]:

@@ -1,5 +1,5 @@
-"""The request path: validate and count -> html (pages to text) -> relevance (selective) -> compress (method or
-chain) -> order -> html (back into the pages) -> join -> KV.
+"""The request path: validate, expand a conversation and count -> html (pages to text) -> relevance (selective) -> compress (method or
+chain) -> order -> html (back into the pages) -> join (documents and messages apart) -> KV.
 
 `Compressor` is the one object a server, CLI or library user holds: it owns the
 loaded models (ModelHub) and one instance of each method used so far. `plan`
@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ctxcomp import html_stage, methods, relevance
+from ctxcomp import conversation, html_stage, methods, relevance
 from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
@@ -44,8 +44,9 @@ def validate(request: CompressRequest, limits: Limits) -> None:
     """Raise InvalidRequest naming the first offending field (proto field paths)."""
     if len(request.query) > limits.max_query_chars:
         raise InvalidRequest("query", f"{len(request.query)} characters, limit is {limits.max_query_chars}")
-    if not request.documents:
-        raise InvalidRequest("documents", "at least one document is required")
+    if not request.documents and not request.messages:
+        raise InvalidRequest("documents", "at least one document (or a conversation in messages) is required")
+    conversation.check(request, limits.max_documents, limits.max_document_chars)
     if len(request.documents) > limits.max_documents:
         raise InvalidRequest("documents", f"{len(request.documents)} documents, limit is {limits.max_documents}")
     validate_documents(request, limits)
@@ -90,6 +91,7 @@ class Plan:
     kv_codec: str  # "" unless return_kv
     tokens_before: tuple[int, ...] = ()  # downstream-LLM tokens of each document: the request's cost
     planned_ms: float = 0.0  # time spent validating, counting and planning (the "validate" stage)
+    conversation: conversation.Layout | None = None  # which documents are older messages
 
     @property
     def cost_tokens(self) -> int:
@@ -134,6 +136,9 @@ class Compressor:
         """Validate a request; resolve its method (or chain), its config and its KV codec."""
         started = time.perf_counter()
         validate(request, self.limits)
+        request, layout = conversation.expand(request)
+        if layout is not None:
+            validate_documents(request, self.limits)  # the older messages count against the limits too
         name = request.method or self.default_method
         method = self.method(name)
         config = method.configure(request.options)
@@ -143,13 +148,17 @@ class Compressor:
             raise InvalidRequest("query", "selective augmentation judges relevance to the query; it must not be empty")
         if request.order != "original" and method.output != "text":
             raise InvalidRequest("order", f"orders a text context; method {name!r} returns {method.output}")
+        if layout is not None and method.output != "text":
+            raise InvalidRequest("messages", f"a conversation is compressed as text; method {name!r} returns {method.output}")
         codec = ""
         if request.return_kv:
             from ctxcomp.kv.stage import check_kv_request
 
             codec = check_kv_request(request.kv_codec, request.kv_model, self.hub)
         tokens = count_within_limit(self.hub, [d.text for d in request.documents], self.limits.max_request_tokens)
-        return Plan(request, name, config, codec, tokens, (time.perf_counter() - started) * 1000.0)
+        if layout is not None:
+            layout = replace(layout, tokens=tuple(self.hub.count_tokens(list(layout.contents))))
+        return Plan(request, name, config, codec, tokens, (time.perf_counter() - started) * 1000.0, layout)
 
     def run(self, plans: Sequence[Plan]) -> list[CompressResult]:
         """Run planned requests together; the first request's error, if any, is raised."""
@@ -187,7 +196,10 @@ class Compressor:
                     for plan, page, out in zip(sent, pages, outputs)
                 ]
         with _timed(timings, "join"):
-            contexts = [CONTEXT_SEPARATOR.join(d.text for d in out.documents if d.text) for out in outputs]
+            contexts = [
+                CONTEXT_SEPARATOR.join(d.text for d in out.documents if d.text and not _is_message(plan, d.id))
+                for plan, out in zip(plans, outputs)
+            ]
         kv_outcomes: list[Any] = [None] * len(plans)
         if any(plan.kv_codec for plan in plans):
             with _timed(timings, "kv"):
@@ -308,9 +320,12 @@ def result(plan: Plan, output: MethodOutput, context: str, kv: Any, timings: dic
     if isinstance(kv, str):
         note, kv = "; ".join(n for n in (note, kv) if n), None
     stored = (kv.key,) if kv is not None and kv.data is None else ()
+    documents, messages = output.documents, ()
+    if plan.conversation is not None:
+        documents, messages = conversation.split(plan.conversation, output.documents)
     return CompressResult(
         method=plan.name,
-        documents=output.documents,
+        documents=documents,
         context=context,
         tokens_before=sum(d.tokens_before for d in output.documents),
         tokens_after=sum(d.tokens_after for d in output.documents),
@@ -319,7 +334,12 @@ def result(plan: Plan, output: MethodOutput, context: str, kv: Any, timings: dic
         kv=kv,
         kv_keys=stored,
         soft=output.soft,
+        messages=messages,
     )
+
+
+def _is_message(plan: Plan, doc_id: str) -> bool:
+    return plan.conversation is not None and doc_id in plan.conversation.compressed
 
 
 @contextmanager

@@ -14,6 +14,14 @@ class Document:
     format: str = "text"  # or "html" (see ctxcomp.html)
 
 
+@dataclass(frozen=True)
+class Message:
+    """One message of a conversation: role "system", "user" or "assistant"."""
+
+    role: str
+    content: str
+
+
 # How the compressed documents are joined: as sent; most relevant first; or most relevant at
 # both ends and least relevant in the middle, where long-context LLMs read worst.
 ORDERS = ("original", "relevance", "edges")
@@ -41,6 +49,8 @@ class CompressRequest:
     kv_best_effort: bool = False  # with return_kv: a KV store outage gives the text without a blob, not an error
     order: str = "original"  # documents' order in the result: original, relevance, edges (see ORDERS)
     html_output: bool = False  # HTML documents come back as simplified HTML, not text
+    messages: tuple[Message, ...] = ()  # a conversation; see ctxcomp.conversation
+    verbatim_turns: int = 1  # with messages: exchanges before the latest user message kept whole
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,18 @@ class DocumentResult:
 
 
 @dataclass(frozen=True)
+class MessageResult:
+    """A message as it should go to the LLM: verbatim, or compressed like a document."""
+
+    role: str
+    text: str
+    kept_spans: tuple[Span, ...]
+    tokens_before: int
+    tokens_after: int
+    verbatim: bool
+
+
+@dataclass(frozen=True)
 class CompressResult:
     method: str
     documents: tuple[DocumentResult, ...]
@@ -85,6 +107,7 @@ class CompressResult:
     kv: Any = None  # ctxcomp.kv.stage.KvBlob when return_kv was asked (server side)
     kv_keys: tuple[str, ...] = ()  # store keys of the blobs the server kept instead of sending them
     soft: Any = None  # ctxcomp.soft.SoftTokens from vector-output methods (xrag, comi)
+    messages: tuple[MessageResult, ...] = ()  # with a conversation in the request: every message, in order
 
     @property
     def ratio(self) -> float:

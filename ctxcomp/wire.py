@@ -14,7 +14,9 @@ from google.protobuf import struct_pb2
 from ctxcomp.soft import SoftTokens
 from ctxcomp.soft import decode as decode_soft
 from ctxcomp.soft import encode as encode_soft
-from ctxcomp.types import CompressRequest, CompressResult, Document, DocumentResult, Span, WordLabel
+from ctxcomp.types import (
+    CompressRequest, CompressResult, Document, DocumentResult, Message, MessageResult, Span, WordLabel,
+)
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
 
@@ -33,7 +35,10 @@ def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
         kv_best_effort=request.kv_best_effort,
         order="" if request.order == "original" else request.order,
         html_output=request.html_output,
+        messages=[pb.Message(role=m.role, content=m.content) for m in request.messages],
     )
+    if request.messages and request.verbatim_turns != 1:
+        message.verbatim_turns = request.verbatim_turns
     if request.rate is not None:
         message.rate = request.rate
     if request.target_tokens is not None:
@@ -59,6 +64,8 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
         kv_best_effort=message.kv_best_effort,
         order=message.order or "original",
         html_output=message.html_output,
+        messages=tuple(Message(m.role, m.content) for m in message.messages),
+        verbatim_turns=message.verbatim_turns if message.HasField("verbatim_turns") else 1,
     )
 
 
@@ -94,6 +101,11 @@ def result_to_proto(result: CompressResult, tokenizer: str = "") -> pb.CompressR
         kv_keys=list(result.kv_keys),
         kv_bytes=result.kv.size if result.kv is not None and result.kv.data is not None else 0,
         soft_tokens=_soft_to_proto(result.soft) if result.soft is not None else None,
+        messages=[
+            pb.MessageResult(role=m.role, text=m.text, kept_spans=[pb.Span(start=s.start, end=s.end) for s in m.kept_spans],
+                             tokens_before=m.tokens_before, tokens_after=m.tokens_after, verbatim=m.verbatim)
+            for m in result.messages
+        ],
     )
 
 
@@ -144,6 +156,11 @@ def result_from_proto(message: pb.CompressResponse) -> CompressResult:
         note=message.note,
         kv_keys=tuple(message.kv_keys),
         soft=decode_soft(message.soft_tokens.safetensors) if message.HasField("soft_tokens") else None,
+        messages=tuple(
+            MessageResult(m.role, m.text, tuple(Span(s.start, s.end) for s in m.kept_spans), m.tokens_before,
+                          m.tokens_after, m.verbatim)
+            for m in message.messages
+        ),
     )
 
 
@@ -172,4 +189,9 @@ def result_to_dict(result: CompressResult) -> dict[str, Any]:
             }
             for d in result.documents
         ],
+        **({"messages": [
+            {"role": m.role, "text": m.text, "tokens_before": m.tokens_before, "tokens_after": m.tokens_after,
+             "verbatim": m.verbatim}
+            for m in result.messages
+        ]} if result.messages else {}),
     }

@@ -102,7 +102,7 @@ def _value_problem(data: bytes, depth: int) -> str | None:
 def invalid_utf8_field(data: bytes) -> str | None:
     """Proto path of the first string field of a CompressRequest holding invalid UTF-8
     (the options, a Struct, are options_problem's)."""
-    document = -1
+    document = message = -1
     for number, wire_type, value in _fields(data):
         if wire_type != _LENGTH_DELIMITED:
             continue
@@ -113,6 +113,11 @@ def invalid_utf8_field(data: bytes) -> str | None:
             found = _document_field(value, document)
             if found:
                 return found
+        if number == 14:
+            message += 1
+            for part_number, part_type, part in _fields(value):
+                if part_type == _LENGTH_DELIMITED and part_number in (1, 2) and not _utf8(part):
+                    return f"messages[{message}].{'role' if part_number == 1 else 'content'}"
     return None
 
 

@@ -122,3 +122,23 @@ def test_html_pages_through_the_compressor(server) -> None:
     out = CtxcompCompressor(address=server.address, document_format="html", html_output=True, rate=0.9).compress_documents(
         [page], "Who was the most valuable player?")
     assert out[0].page_content.startswith("<p>") and "Von Miller" in out[0].page_content and "Shop" not in out[0].page_content
+
+
+def test_a_conversation_through_the_compressor(server) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    history = [
+        SystemMessage("Answer from the documents."),
+        HumanMessage("Where was Super Bowl 50 played?"),
+        AIMessage("At Levi's Stadium in Santa Clara, California, on February 7, 2016."),
+        HumanMessage("What bread did you bake last weekend?"),
+        AIMessage("A sourdough loaf that rose overnight with wild yeast."),
+        HumanMessage("Who won the game?"),
+        AIMessage("The Denver Broncos won, 24-10."),
+        HumanMessage("Who was the most valuable player of Super Bowl 50?"),
+    ]
+    documents, messages = CtxcompCompressor(address=server.address, rate=0.5).compress_conversation(corpus()[:3], history)
+    assert [type(m) for m in messages] == [type(m) for m in history]
+    assert messages[0] is history[0] and messages[-3:] == history[-3:]  # system and the newest exchange: verbatim
+    assert messages[4].content == ""  # the bread answer is off-topic and goes whole
+    assert any("Von Miller" in d.page_content for d in documents)

@@ -27,7 +27,7 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., format: _Optional[str] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order", "html_output")
+    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order", "html_output", "messages", "verbatim_turns")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class CompressRequest(_message.Message):
     KV_BEST_EFFORT_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
     HTML_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    VERBATIM_TURNS_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     method: str
@@ -54,7 +56,33 @@ class CompressRequest(_message.Message):
     kv_best_effort: bool
     order: str
     html_output: bool
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ..., html_output: _Optional[bool] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    verbatim_turns: int
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ..., html_output: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., verbatim_turns: _Optional[int] = ...) -> None: ...
+
+class Message(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class MessageResult(_message.Message):
+    __slots__ = ("role", "text", "kept_spans", "tokens_before", "tokens_after", "verbatim")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    KEPT_SPANS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    VERBATIM_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    text: str
+    kept_spans: _containers.RepeatedCompositeFieldContainer[Span]
+    tokens_before: int
+    tokens_after: int
+    verbatim: bool
+    def __init__(self, role: _Optional[str] = ..., text: _Optional[str] = ..., kept_spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., verbatim: _Optional[bool] = ...) -> None: ...
 
 class Span(_message.Message):
     __slots__ = ("start", "end")
@@ -104,7 +132,7 @@ class DocumentResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., kept_spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., word_labels: _Optional[_Iterable[_Union[WordLabel, _Mapping]]] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
-    __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys", "kv_bytes", "soft_tokens")
+    __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys", "kv_bytes", "soft_tokens", "messages")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +153,7 @@ class CompressResponse(_message.Message):
     KV_KEYS_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     SOFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     method: str
     documents: _containers.RepeatedCompositeFieldContainer[DocumentResult]
     context: str
@@ -138,7 +167,8 @@ class CompressResponse(_message.Message):
     kv_keys: _containers.RepeatedScalarFieldContainer[str]
     kv_bytes: int
     soft_tokens: SoftTokens
-    def __init__(self, method: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., context: _Optional[str] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., ratio: _Optional[float] = ..., rate: _Optional[float] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ..., tokenizer: _Optional[str] = ..., kv_keys: _Optional[_Iterable[str]] = ..., kv_bytes: _Optional[int] = ..., soft_tokens: _Optional[_Union[SoftTokens, _Mapping]] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[MessageResult]
+    def __init__(self, method: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., context: _Optional[str] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., ratio: _Optional[float] = ..., rate: _Optional[float] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ..., tokenizer: _Optional[str] = ..., kv_keys: _Optional[_Iterable[str]] = ..., kv_bytes: _Optional[int] = ..., soft_tokens: _Optional[_Union[SoftTokens, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[MessageResult, _Mapping]]] = ...) -> None: ...
 
 class SoftTokens(_message.Message):
     __slots__ = ("kind", "safetensors", "shape", "dtype", "model_fingerprint", "document_ids")

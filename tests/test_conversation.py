@@ -1,0 +1,83 @@
+"""Conversations: verbatim rules, older turns compressed with the documents, errors naming fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctxcomp import conversation
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.types import CompressRequest, Document, Message
+
+HISTORY = (
+    Message("system", "You answer questions about ships."),
+    Message("user", "When was the Vasa built?"),
+    Message("assistant", "The Vasa was built between 1626 and 1628 in Stockholm by Dutch shipbuilders."),
+    Message("user", "What is the weather like in Stockholm in November?"),
+    Message("assistant", "Stockholm is cold and grey in November, with little daylight and frequent rain showers."),
+    Message("user", "Did the Vasa have many cannons on board?"),
+    Message("assistant", "Yes: 64 bronze cannons, most of them on two gun decks, which made her top-heavy."),
+    Message("user", "Who commissioned her?"),
+    Message("assistant", "King Gustavus Adolphus of Sweden ordered the ship."),
+    Message("user", "Why did the Vasa sink?"),
+)
+DOCUMENTS = (Document("d", "The Vasa capsized in 1628 on her maiden voyage, in a light gust of wind."),)
+
+
+def request(**kwargs) -> CompressRequest:
+    return CompressRequest(**{"query": "", "documents": DOCUMENTS, "messages": HISTORY, "rate": 0.5, **kwargs})
+
+
+def test_verbatim_rule_keeps_system_the_latest_question_and_the_last_exchanges() -> None:
+    assert conversation.verbatim_indices(request()) == {0, 7, 8, 9}
+    assert conversation.verbatim_indices(request(verbatim_turns=0)) == {0, 9}
+    assert conversation.verbatim_indices(request(verbatim_turns=9)) == set(range(10))
+    expanded, layout = conversation.expand(request())
+    assert expanded.query == "Why did the Vasa sink?"
+    assert [d.text for d in expanded.documents[1:]] == [HISTORY[i].content for i in (1, 2, 3, 4, 5, 6)]
+    assert all(d.id.startswith("\0") for d in expanded.documents[1:]) and layout.compressed
+
+
+def test_older_turns_are_compressed_by_relevance_to_the_latest_question(compressor, hub) -> None:
+    result = compressor.compress(request(rate=0.4))
+    assert [d.id for d in result.documents] == ["d"] and result.context == result.documents[0].text != ""
+    assert [m.role for m in result.messages] == [m.role for m in HISTORY]
+    assert [m.verbatim for m in result.messages] == [i in (0, 7, 8, 9) for i in range(10)]
+    for original, message in zip(HISTORY, result.messages):
+        assert message.tokens_before == hub.count_tokens([original.content])[0]
+        assert message.text == " ".join(original.content[s.start:s.end] for s in message.kept_spans)
+        if message.verbatim:
+            assert message.text == original.content
+    assert result.messages[4].tokens_after == 0  # the off-topic answer (Stockholm's weather) goes whole
+    assert any(m.tokens_after for m in result.messages[1:7])  # on-topic history stays in part
+    assert result.tokens_after <= round(0.4 * result.tokens_before)  # one budget over documents and history
+    assert "Stockholm is cold" not in result.context  # history is never joined into the documents' context
+
+
+def test_a_conversation_alone_and_a_query_that_overrides(compressor) -> None:
+    alone = compressor.compress(request(documents=(), rate=0.6))
+    assert alone.documents == () and alone.context == "" and len(alone.messages) == len(HISTORY)
+    explicit = conversation.expand(request(query="How long was the Vasa?"))[0]
+    assert explicit.query == "How long was the Vasa?"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"messages": (Message("robot", "hi"),)}, "messages[0].role"),
+        ({"messages": (Message("assistant", "only an answer"),)}, "messages"),
+        ({"verbatim_turns": -1}, "verbatim_turns"),
+        ({"method": "xrag"}, "messages"),
+        ({"documents": (), "messages": ()}, "documents"),
+    ],
+)
+def test_bad_conversations_name_the_field(compressor, kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        compressor.compress(request(**kwargs))
+    assert caught.value.field == field
+
+
+def test_conversations_travel_over_grpc(client) -> None:
+    result = client.compress("", list(DOCUMENTS), messages=[(m.role, m.content) for m in HISTORY], rate=0.5,
+                             verbatim_turns=0)
+    assert [m.verbatim for m in result.messages] == [i in (0, 9) for i in range(10)]
+    assert result.messages[-1].text == "Why did the Vasa sink?"
