@@ -104,10 +104,19 @@ def prefill_attention(
     *,
     sm_scale: float | None = None,
     backend: Backend = "auto",
+    past: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PrefillOutput:
-    """Causal GQA attention with RoPE applied to q and k; see the module doc for layouts."""
+    """Causal GQA attention with RoPE applied to q and k; see the module doc for layouts.
+
+    past: K (after RoPE) and V [B, H_kv, P, D] of the P positions before rope.start_pos,
+    attended to by every query (prefix reuse); the kernel has no prefix, so this runs the
+    reference path (asking for "triton" with a prefix is refused)."""
     _check(q, k, v, rope)
     scale = sm_scale if sm_scale is not None else q.shape[-1] ** -0.5
+    if past is not None:
+        if backend == "triton":
+            raise RuntimeError("the Triton kernel cannot attend to a reused prefix")
+        return reference_prefill(q, k, v, rope, scale, past)
     if backend == "reference":
         return reference_prefill(q, k, v, rope, scale)
     reasons = kernel_support(q, k)
@@ -139,13 +148,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
-def reference_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope, sm_scale: float) -> PrefillOutput:
-    """The same computation in plain PyTorch (torch SDPA), used on CPU and as the test oracle."""
+def reference_prefill(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope, sm_scale: float,
+    past: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> PrefillOutput:
+    """The same computation in plain PyTorch (torch SDPA), used on CPU and as the test oracle.
+    With `past`, the queries also attend to that prefix (all of it: it comes before them)."""
     cos, sin = rope.tables(q.shape[1], q.device)
     qh = apply_rope(q.transpose(1, 2), cos, sin)  # [B, Hq, S, D]
     kh = apply_rope(k.transpose(1, 2), cos, sin)  # [B, Hkv, S, D]
     vh = v.transpose(1, 2).contiguous()
-    o = torch.nn.functional.scaled_dot_product_attention(
-        qh, kh, vh, is_causal=True, scale=sm_scale, enable_gqa=q.shape[2] != k.shape[2]
-    )
+    gqa = q.shape[2] != k.shape[2]
+    if past is None:
+        o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=sm_scale, enable_gqa=gqa)
+    else:
+        prefix, seq = past[0].shape[-2], q.shape[1]
+        allowed = torch.arange(prefix + seq, device=q.device)[None, :] <= prefix + torch.arange(seq, device=q.device)[:, None]
+        keys, values = torch.cat((past[0].to(kh.dtype), kh), dim=2), torch.cat((past[1].to(vh.dtype), vh), dim=2)
+        o = torch.nn.functional.scaled_dot_product_attention(qh, keys, values, attn_mask=allowed, scale=sm_scale, enable_gqa=gqa)
     return PrefillOutput(o.transpose(1, 2), kh.contiguous(), vh, "reference")

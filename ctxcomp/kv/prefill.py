@@ -34,8 +34,16 @@ class PrefillResult:
 
 
 @torch.inference_mode()
-def prefill(model: Any, input_ids: torch.Tensor, *, start_pos: int = 0, backend: Backend = "auto") -> PrefillResult:
-    """Run input_ids [B, S] (positions start_pos..start_pos+S-1) through a supported causal LM."""
+def prefill(
+    model: Any, input_ids: torch.Tensor, *, start_pos: int = 0, backend: Backend = "auto",
+    past: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+) -> PrefillResult:
+    """Run input_ids [B, S] (positions start_pos..start_pos+S-1) through a supported causal LM.
+
+    past: per layer (K after RoPE, V) [B, H_kv, start_pos, D] of the tokens before input_ids
+    (a reused prefix): the new tokens attend to it, and only their own K/V come back."""
+    if past is not None and (len(past) != len(model.model.layers) or past[0][0].shape[-2] != start_pos):
+        raise ValueError("past must hold every layer's K/V for exactly the start_pos tokens before input_ids")
     config, inner = model.config, model.model
     adapter = adapter_for(config)
     batch, seq = input_ids.shape
@@ -48,7 +56,8 @@ def prefill(model: Any, input_ids: torch.Tensor, *, start_pos: int = 0, backend:
         checkpoint()
         attn = layer.self_attn
         q, k, v = adapter.qkv(attn, layer.input_layernorm(hidden), head_dim)  # [B, S, H, D]
-        out = prefill_attention(q, k, v, rope, sm_scale=attn.scaling, backend=backend)
+        prefix = past[len(keys)] if past is not None else None
+        out = prefill_attention(q, k, v, rope, sm_scale=attn.scaling, backend=backend, past=prefix)
         hidden = hidden + attn.o_proj(out.o.reshape(batch, seq, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         keys.append(out.k)

@@ -9,6 +9,7 @@ from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable
 from ctxcomp.hub import ModelHub
 from ctxcomp.kv import blob
 from ctxcomp.kv.architectures import adapter_for
+from ctxcomp.kv.chunks import prefill_with_chunks
 from ctxcomp.kv.handoff import blob_from_prefill, kv_transform_for
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.store import BlobStore, blob_key
@@ -26,6 +27,7 @@ class KvBlob:
     size: int
     data: bytes | None  # None when only the store holds it
     store_lookup: str = ""  # with a store: "hit", "miss", or "corrupt" (a bad stored blob, replaced)
+    reused_tokens: int = 0  # with a store, on a miss: leading tokens whose K/V came from stored chunks
 
 
 def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
@@ -47,7 +49,9 @@ def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
 
 def compute_kv(hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3) -> KvBlob:
     """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored
-    blob of the same key only after checking it (see `stored_blob`)."""
+    blob of the same key only after checking it (see `stored_blob`). With a store, a context
+    without its own blob still reuses the stored chunks of its longest known prefix and
+    prefills only the rest (ctxcomp.kv.chunks)."""
     import torch
 
     llm = hub.get("downstream_llm")
@@ -60,12 +64,17 @@ def compute_kv(hub: ModelHub, context: str, codec: str, store: BlobStore | None,
             return KvBlob(key, len(ids), codec, len(cached), None, lookup)
     if not ids:
         raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
-    result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))
+    reused = 0
+    if store is not None:
+        chunked = prefill_with_chunks(llm, ids, store)
+        result, reused = chunked.result, chunked.reused * chunked.chunk_tokens
+    else:
+        result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))
     transform = hub.get("kv_transform") if codec == "transform" else None
     data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level, transform=transform)  # type: ignore[arg-type]
     if store is not None:
         store.put(key, data)
-        return KvBlob(key, len(ids), codec, len(data), None, lookup)
+        return KvBlob(key, len(ids), codec, len(data), None, lookup, reused)
     return KvBlob(key, len(ids), codec, len(data), data)
 
 
