@@ -47,11 +47,13 @@ def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
     return codec
 
 
-def compute_kv(hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3) -> KvBlob:
+def compute_kv(
+    hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3, chunked: bool = True
+) -> KvBlob:
     """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored
     blob of the same key only after checking it (see `stored_blob`). With a store, a context
     without its own blob still reuses the stored chunks of its longest known prefix and
-    prefills only the rest (ctxcomp.kv.chunks)."""
+    prefills only the rest (ctxcomp.kv.chunks); chunked=False keeps whole-context keys only."""
     import torch
 
     llm = hub.get("downstream_llm")
@@ -65,9 +67,9 @@ def compute_kv(hub: ModelHub, context: str, codec: str, store: BlobStore | None,
     if not ids:
         raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
     reused = 0
-    if store is not None:
-        chunked = prefill_with_chunks(llm, ids, store)
-        result, reused = chunked.result, chunked.reused * chunked.chunk_tokens
+    if store is not None and chunked:
+        done = prefill_with_chunks(llm, ids, store)
+        result, reused = done.result, done.reused * done.chunk_tokens
     else:
         result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))
     transform = hub.get("kv_transform") if codec == "transform" else None
