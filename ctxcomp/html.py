@@ -56,7 +56,7 @@ BLOCK_TAGS = frozenset({
 })
 # Tags the simplified HTML keeps; other block wrappers (div, section...) are merged away.
 STRUCTURE_TAGS = frozenset({"table", "ul", "ol", "dl", "blockquote", "pre"})
-_CLASS_WORD = re.compile(r"[a-z]+")
+_CLASS_PART = re.compile(r"[^a-z0-9]+")  # class and id values split at '-', '_', spaces...
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,8 @@ def _is_boilerplate(element: lxml.html.HtmlElement) -> bool:
     if "display:none" in style or "visibility:hidden" in style:
         return True
     names = f"{element.get('class', '')} {element.get('id', '')}".lower()
-    return any(word in BOILERPLATE_WORDS for word in _CLASS_WORD.findall(names))
+    # whole parts only: "ad-slot" is an ad, a generated "css-1ad2f" or "c-ad3f1" is not
+    return any(part in BOILERPLATE_WORDS for part in _CLASS_PART.split(names))
 
 
 # --- blocks ----------------------------------------------------------------------------

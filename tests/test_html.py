@@ -151,3 +151,9 @@ def test_real_pages_render_with_every_source_word_aligned(path: Path) -> None:
     for (a, b), (start, end) in zip(page.word_text[aligned].tolist(), page.word_raw[aligned].tolist()):
         assert text(start, end) == page.text[a:b]
     lxml.html.fragment_fromstring(html.simplified_html(page, (Span(0, len(page.text)),)), create_parent="div")
+
+
+def test_generated_class_names_are_not_taken_for_furniture() -> None:
+    page = html.render('<div class="c-ad3f1"><p>Content in a hashed class.</p></div><div class="ad-slot">Buy</div>'
+                       '<div id="main_menu">Home</div><div class="css-1ad2f sidebar-x">Side</div>')
+    assert page.text == "Content in a hashed class."
