@@ -6,12 +6,17 @@ One conversation per SQuAD test article (articles with at least `turns` paragrap
 have questions): turn t asks a question about the t-th of `turns` distinct paragraphs; the
 retriever returns that paragraph and two others of the article (shuffled); earlier turns
 are in the history as the user's question and an assistant answer (the paragraph's sentence
-holding the gold answer). Per turn, over all conversations, in the same run:
-  tokens_sent      system + history + documents + question, downstream-LLM tokens:
-                   full (everything as is) and ctxcomp (messages= with the documents, `rate`)
-  preservation     the current question's gold answer is still in what is sent
-  ttft_ms          median prefill of the chat-templated prompt through the shipped LLM on this
-                   CPU (one forward pass = time to first token), full and ctxcomp, without KV reuse
+holding the gold answer). Per turn, over all conversations, in the same run, for three prompts:
+  full       everything as is (system, whole history, the three documents, the question)
+  relevance  ctxcomp, history_mode "relevance" (older turns judged against the question)
+  stable     ctxcomp, history_mode "stable" (older answers against their own question)
+each ctxcomp prompt being the result's `prompt` (the chat template over what was kept):
+  tokens_sent        downstream-LLM tokens of the prompt
+  preservation       the current question's gold answer is still in what is sent
+  ttft_ms            median time to the first token's logits on the shipped LLM (this CPU):
+                     no_reuse prefills the whole prompt; reuse goes through a chunk store kept
+                     across the conversation's turns (ctxcomp.kv.chunks: stored prefix chunks
+                     read, only the rest prefilled, new chunks written), as a server does
 """
 
 from __future__ import annotations
@@ -21,12 +26,17 @@ import json
 import random
 import re
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from common import add_split_argument, header, split_paragraphs
 
 from ctxcomp.evaluate import bootstrap_interval
+from ctxcomp.kv.chunks import prefill_with_chunks
+from ctxcomp.kv.prefill import prefill
+from ctxcomp.kv.store import FileStore
 from ctxcomp.pipeline import Compressor
 from ctxcomp.types import CompressRequest, Document, Message
 
@@ -71,17 +81,20 @@ def history(conversation: list[dict], turn: int) -> list[Message]:
     return messages + [Message("user", conversation[turn]["question"])]
 
 
-def prompt_ids(tokenizer, messages: list[tuple[str, str]], documents: list[str]) -> list[int]:
-    """The chat-templated prompt: documents in the system message, then the conversation."""
-    chat = [{"role": role, "content": content} for role, content in messages]
-    chat[0] = {"role": "system", "content": chat[0]["content"] + "\n\nDocuments:\n" + "\n\n".join(documents)}
-    return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+def full_prompt(tokenizer, messages: list[Message], documents: list[str]) -> str:
+    """The whole conversation, documents in the latest user message (as ctxcomp's prompt puts them)."""
+    chat = [{"role": m.role, "content": m.content} for m in messages]
+    chat[-1]["content"] = "Documents:\n" + "\n\n".join(documents) + "\n\nQuestion: " + chat[-1]["content"]
+    return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
 
 
-@torch.inference_mode()
-def ttft_ms(model, ids: list[int]) -> float:
+def ttft_ms(llm, ids: list[int], store: FileStore | None) -> float:
+    """Time to the first token's logits: a whole prefill, or through the chunk store."""
     started = time.perf_counter()
-    model(torch.tensor([ids]))
+    if store is None:
+        prefill(llm.model, torch.tensor([ids]))
+    else:
+        prefill_with_chunks(llm, ids, store)
     return (time.perf_counter() - started) * 1000.0
 
 
@@ -92,48 +105,51 @@ def kept(text: str, answers: tuple[str, ...]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 conversations of 4 turns (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="2 conversations of 3 turns (under a minute)")
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--rate", type=float, default=0.33, help="kept share of documents + older history")
     parser.add_argument("--method", default="", help="compression method (default: the server's)")
     add_split_argument(parser)
     args = parser.parse_args()
-    count, turns = (2, 4) if args.quick else (args.conversations, args.turns)
+    count, turns = (2, 3) if args.quick else (args.conversations, args.turns)
     compressor = Compressor()
     llm = compressor.hub.get("downstream_llm")
     chats = conversations(split_paragraphs(args.split), count, turns)
     method = args.method or compressor.default_method
     print(json.dumps(header("conversation", args.split, method=method, rate=args.rate, conversations=len(chats),
                             turns=turns)), flush=True)
-    ttft_ms(llm.model, prompt_ids(llm.tokenizer, [("system", SYSTEM), ("user", "warm up")], ["warm up"]))
-    for turn in range(turns):
-        rows = {"full": [], "ctxcomp": []}
-        for chat in chats:
-            messages, current = history(chat, turn), chat[turn]
-            documents = current["documents"]
-            full_ids = prompt_ids(llm.tokenizer, [(m.role, m.content) for m in messages], documents)
-            rows["full"].append((len(full_ids), kept("\n".join(documents + [m.content for m in messages[:-1]]),
-                                                     current["answers"]), ttft_ms(llm.model, full_ids)))
-            result = compressor.compress(CompressRequest(
-                "", tuple(Document(str(i), d) for i, d in enumerate(documents)), method=method, rate=args.rate,
-                messages=tuple(messages)))
-            sent_messages = [(m.role, m.text) for m in result.messages if m.text]
-            sent_documents = [d.text for d in result.documents if d.text]
-            ids = prompt_ids(llm.tokenizer, sent_messages, sent_documents)
-            sent_text = "\n".join(sent_documents + [text for _, text in sent_messages[:-1]])
-            rows["ctxcomp"].append((len(ids), kept(sent_text, current["answers"]), ttft_ms(llm.model, ids)))
-        line = {"turn": turn + 1}
-        for name, values in rows.items():
-            hits = [v[1] for v in values]
-            line[name] = {
-                "tokens_sent": round(statistics.mean(v[0] for v in values), 1),
-                "preservation": round(statistics.mean(hits), 3), "interval": bootstrap_interval(hits),
-                "ttft_ms": round(statistics.median(v[2] for v in values), 1),
-            }
-        line["token_ratio"] = round(line["full"]["tokens_sent"] / line["ctxcomp"]["tokens_sent"], 2)
-        line["ttft_speedup"] = round(line["full"]["ttft_ms"] / line["ctxcomp"]["ttft_ms"], 2)
-        print(json.dumps(line), flush=True)
+    ttft_ms(llm, llm.tokenizer("warm up", add_special_tokens=False)["input_ids"], None)
+    arms = ("full", "relevance", "stable")
+    with tempfile.TemporaryDirectory() as folder:
+        stores = {(arm, c): FileStore(Path(folder) / f"{arm}-{c}") for arm in arms for c in range(len(chats))}
+        for turn in range(turns):
+            rows: dict[str, list] = {arm: [] for arm in arms}
+            for c, chat in enumerate(chats):
+                messages, current = history(chat, turn), chat[turn]
+                documents = current["documents"]
+                prompts = {"full": (full_prompt(llm.tokenizer, messages, documents),
+                                    "\n".join(documents + [m.content for m in messages[:-1]]))}
+                for mode in ("relevance", "stable"):
+                    result = compressor.compress(CompressRequest(
+                        "", tuple(Document(str(i), d) for i, d in enumerate(documents)), method=method, rate=args.rate,
+                        messages=tuple(messages), history_mode=mode))
+                    sent = "\n".join([result.context] + [m.text for m in result.messages[:-1]])
+                    prompts[mode] = (result.prompt, sent)
+                for arm, (text, sent) in prompts.items():
+                    ids = llm.tokenizer(text, add_special_tokens=False)["input_ids"]
+                    rows[arm].append((len(ids), kept(sent, current["answers"]), ttft_ms(llm, ids, None),
+                                      ttft_ms(llm, ids, stores[(arm, c)])))
+            line: dict = {"turn": turn + 1}
+            for arm, values in rows.items():
+                hits = [v[1] for v in values]
+                line[arm] = {
+                    "tokens_sent": round(statistics.mean(v[0] for v in values), 1),
+                    "preservation": round(statistics.mean(hits), 3), "interval": bootstrap_interval(hits),
+                    "ttft_ms_no_reuse": round(statistics.median(v[2] for v in values), 1),
+                    "ttft_ms_reuse": round(statistics.median(v[3] for v in values), 1),
+                }
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def build_request(
     html_output: bool = False,
     messages: Sequence[Message | tuple[str, str]] = (),
     verbatim_turns: int = 1,
+    history_mode: str = "relevance",
 ) -> pb.CompressRequest:
     """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
     (compress_with_kv streams the bytes instead). kv_best_effort: if that store is down, the
@@ -59,6 +60,7 @@ def build_request(
         html_output=html_output,
         messages=tuple(m if isinstance(m, Message) else Message(*m) for m in messages),
         verbatim_turns=verbatim_turns,
+        history_mode=history_mode,
     )
     return wire.request_to_proto(request)
 

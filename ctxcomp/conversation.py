@@ -3,9 +3,17 @@
 A request may carry `messages`, oldest first. The latest user message is the query
 (unless `query` is given). What stays verbatim: system messages (instructions), the
 latest user message and everything after it, and the `verbatim_turns` exchanges before
-it. Every older user or assistant message joins the documents for the method, so it is
-judged by relevance to the query and cut under the same budget as the documents; an
-old turn about something else goes whole, one that answers the question stays.
+it. The older messages are compressed in one of two history modes:
+  relevance  (default) every older user or assistant message joins the documents, so it is
+             judged by relevance to the query and cut under the same budget; an old turn
+             about something else goes whole, one that answers the question stays
+  stable     older user messages stay whole and each older assistant message is compressed
+             on its own against the user message it answered, at the request's rate: its
+             text never depends on later turns, so turn after turn the history is the same
+             prefix and its KV chunks are reused (ctxcomp.kv.chunks); only what is new is
+             prefilled
+`prompt` renders the result with the downstream LLM's chat template (documents in the
+latest user message, after the history), which is what a conversation's KV blob holds.
 
   check   roles, sizes and a query, each error naming its field (messages[i].role...)
   expand  the request with the older messages appended as documents (ids that no client
@@ -16,12 +24,13 @@ old turn about something else goes whole, one that answers the question stays.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.types import CompressRequest, Document, DocumentResult, MessageResult, Span
 
 ROLES = ("system", "user", "assistant")
+HISTORY_MODES = ("relevance", "stable")
 _MESSAGE_ID = "\0messages[{}]"
 
 
@@ -33,6 +42,8 @@ class Layout:
     contents: tuple[str, ...]
     compressed: dict[str, int]  # document id -> message index
     tokens: tuple[int, ...] = ()  # downstream-LLM tokens of every message (set by the pipeline)
+    latest_user: int = -1  # the message holding the query (-1: the query came apart)
+    side_queries: dict[str, str] | None = None  # stable mode: document id -> the question it answered
 
 
 def check(request: CompressRequest, max_messages: int, max_chars: int) -> None:
@@ -47,6 +58,8 @@ def check(request: CompressRequest, max_messages: int, max_chars: int) -> None:
             raise InvalidRequest(f"messages[{i}].content", f"{len(message.content)} characters, limit is {max_chars}")
     if request.verbatim_turns < 0:
         raise InvalidRequest("verbatim_turns", f"must not be negative, got {request.verbatim_turns}")
+    if request.history_mode not in HISTORY_MODES:
+        raise InvalidRequest("history_mode", f"must be one of {', '.join(HISTORY_MODES)}, got {request.history_mode!r}")
     if not request.query.strip() and latest_user(request) is None:
         raise InvalidRequest("messages", "needs a user message (the query) when query is empty")
 
@@ -72,13 +85,59 @@ def expand(request: CompressRequest) -> tuple[CompressRequest, Layout | None]:
     if not request.messages:
         return request, None
     keep = verbatim_indices(request)
+    stable = request.history_mode == "stable"
     compressed = {
-        _MESSAGE_ID.format(i): i for i, m in enumerate(request.messages) if i not in keep and m.content.strip()
+        _MESSAGE_ID.format(i): i for i, m in enumerate(request.messages)
+        if i not in keep and m.content.strip() and (m.role == "assistant" or not stable)
     }
-    query = request.query if request.query.strip() else request.messages[latest_user(request)].content  # type: ignore[index]
+    last = latest_user(request)
+    query = request.query if request.query.strip() else request.messages[last].content  # type: ignore[index]
+    layout = Layout(tuple(m.role for m in request.messages), tuple(m.content for m in request.messages), compressed,
+                    latest_user=-1 if last is None else last)
+    if stable:
+        asked = {doc_id: _question_before(request, i) or query for doc_id, i in compressed.items()}
+        return replace(request, query=query), replace(layout, side_queries=asked)
     history = tuple(Document(doc_id, request.messages[i].content) for doc_id, i in compressed.items())
-    layout = Layout(tuple(m.role for m in request.messages), tuple(m.content for m in request.messages), compressed)
     return replace(request, query=query, documents=request.documents + history), layout
+
+
+def _question_before(request: CompressRequest, index: int) -> str:
+    for message in reversed(request.messages[:index]):
+        if message.role == "user" and message.content.strip():
+            return message.content
+    return ""
+
+
+def side_requests(request: CompressRequest, layout: Layout, total_tokens: int) -> list[tuple[CompressRequest, int]]:
+    """Stable mode: one request per older assistant message, against its own question, at the
+    request's rate (a token budget becomes the rate it is of the documents and that history),
+    with that message's token count."""
+    if not layout.side_queries:
+        return []
+    rate = request.rate
+    if rate is None and request.target_tokens is not None:
+        rate = min(1.0, request.target_tokens / max(1, total_tokens))
+    return [
+        (replace(request, query=question, documents=(Document(doc_id, layout.contents[layout.compressed[doc_id]]),),
+                 messages=(), rate=rate, target_tokens=None, order="original"),
+         layout.tokens[layout.compressed[doc_id]] if layout.tokens else 0)
+        for doc_id, question in layout.side_queries.items()
+    ]
+
+
+def prompt(tokenizer: Any, messages: Sequence[MessageResult], latest: int, context: str) -> str:
+    """The conversation as the downstream LLM reads it: its chat template over the messages that
+    kept text, the documents' context put in the latest user message before its question."""
+    chat = []
+    for i, message in enumerate(messages):
+        text = message.text
+        if i == latest and context:
+            text = f"Documents:\n{context}\n\nQuestion: {text}"
+        if text:
+            chat.append({"role": message.role, "content": text})
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    return "".join(f"{turn['role']}: {turn['content']}\n" for turn in chat) + "assistant:"
 
 
 def split(layout: Layout, documents: Sequence[DocumentResult]) -> tuple[tuple[DocumentResult, ...], tuple[MessageResult, ...]]:

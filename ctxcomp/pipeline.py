@@ -196,18 +196,25 @@ class Compressor:
                     for plan, page, out in zip(sent, pages, outputs)
                 ]
         with _timed(timings, "join"):
-            contexts = [
-                CONTEXT_SEPARATOR.join(d.text for d in out.documents if d.text and not _is_message(plan, d.id))
-                for plan, out in zip(plans, outputs)
-            ]
+            joined = [self._join(plan, out) for plan, out in zip(plans, outputs)]
         kv_outcomes: list[Any] = [None] * len(plans)
         if any(plan.kv_codec for plan in plans):
             with _timed(timings, "kv"):
-                kv_outcomes = [self._kv(plan, context) for plan, context in zip(plans, contexts)]
+                kv_outcomes = [self._kv(plan, j.prompt or j.context) for plan, j in zip(plans, joined)]
         return [
-            kv if isinstance(kv, CtxcompError) else result(plan, out, context, kv, timings)
-            for plan, out, context, kv in zip(sent, outputs, contexts, kv_outcomes)
+            kv if isinstance(kv, CtxcompError) else result(plan, out, j, kv, timings)
+            for plan, out, j, kv in zip(sent, outputs, joined, kv_outcomes)
         ]
+
+    def _join(self, plan: Plan, output: MethodOutput) -> "Joined":
+        """The documents' context; with a conversation, the messages apart and the chat prompt."""
+        if plan.conversation is None:
+            return Joined(output.documents, (), CONTEXT_SEPARATOR.join(d.text for d in output.documents if d.text), "")
+        documents, messages = conversation.split(plan.conversation, output.documents)
+        context = CONTEXT_SEPARATOR.join(d.text for d in documents if d.text)
+        tokenizer = self.hub.get("downstream_llm", "tokenizer")
+        return Joined(documents, messages, context,
+                      conversation.prompt(tokenizer, messages, plan.conversation.latest_user, context))
 
     def _compress(
         self, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]], outputs: Sequence[MethodOutput | None]
@@ -219,8 +226,21 @@ class Compressor:
             members = [i for i, plan in enumerate(plans) if plan.name == name and done[i] is None]
             if members:
                 items = [MethodItem(plans[i].request, plans[i].config, tokens_before[i]) for i in members]
-                for i, output in zip(members, self.method(name).compress_many(items)):
+                # stable conversation history: each older answer against its own question, same batch
+                owners, side = [], []
+                for i in members:
+                    layout = plans[i].conversation
+                    if layout is None:
+                        continue
+                    history = sum(layout.tokens[k] for k in layout.compressed.values()) if layout.tokens else 0
+                    for request, tokens in conversation.side_requests(plans[i].request, layout, plans[i].cost_tokens + history):
+                        owners.append(i)
+                        side.append(MethodItem(request, plans[i].config, (tokens,)))
+                results = self.method(name).compress_many(items + side)
+                for i, output in zip(members, results):
                     done[i] = output
+                for i, output in zip(owners, results[len(items):]):
+                    done[i] = replace(done[i], documents=done[i].documents + output.documents)  # type: ignore[arg-type]
         return done  # type: ignore[return-value]
 
     def _kv(self, plan: Plan, context: str) -> Any:
@@ -314,19 +334,27 @@ def gate(hub: ModelHub, plans: Sequence[Plan], tokens_before: Sequence[tuple[int
     return outputs
 
 
-def result(plan: Plan, output: MethodOutput, context: str, kv: Any, timings: dict[str, float]) -> CompressResult:
+@dataclass(frozen=True)
+class Joined:
+    """A request's output as it is returned: its documents, its messages, the documents'
+    context and (with a conversation) the chat prompt."""
+
+    documents: tuple[Any, ...]
+    messages: tuple[Any, ...]
+    context: str
+    prompt: str
+
+
+def result(plan: Plan, output: MethodOutput, joined: Joined, kv: Any, timings: dict[str, float]) -> CompressResult:
     """kv: the request's KvBlob, None, or a note saying why the blob is missing."""
     note = output.note
     if isinstance(kv, str):
         note, kv = "; ".join(n for n in (note, kv) if n), None
     stored = (kv.key,) if kv is not None and kv.data is None else ()
-    documents, messages = output.documents, ()
-    if plan.conversation is not None:
-        documents, messages = conversation.split(plan.conversation, output.documents)
     return CompressResult(
         method=plan.name,
-        documents=documents,
-        context=context,
+        documents=joined.documents,
+        context=joined.context,
         tokens_before=sum(d.tokens_before for d in output.documents),
         tokens_after=sum(d.tokens_after for d in output.documents),
         timings_ms={"validate": plan.planned_ms, **timings},
@@ -334,12 +362,9 @@ def result(plan: Plan, output: MethodOutput, context: str, kv: Any, timings: dic
         kv=kv,
         kv_keys=stored,
         soft=output.soft,
-        messages=messages,
+        messages=joined.messages,
+        prompt=joined.prompt,
     )
-
-
-def _is_message(plan: Plan, doc_id: str) -> bool:
-    return plan.conversation is not None and doc_id in plan.conversation.compressed
 
 
 @contextmanager

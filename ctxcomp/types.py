@@ -51,6 +51,7 @@ class CompressRequest:
     html_output: bool = False  # HTML documents come back as simplified HTML, not text
     messages: tuple[Message, ...] = ()  # a conversation; see ctxcomp.conversation
     verbatim_turns: int = 1  # with messages: exchanges before the latest user message kept whole
+    history_mode: str = "relevance"  # with messages: "relevance" or "stable" (see ctxcomp.conversation)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class CompressResult:
     kv_keys: tuple[str, ...] = ()  # store keys of the blobs the server kept instead of sending them
     soft: Any = None  # ctxcomp.soft.SoftTokens from vector-output methods (xrag, comi)
     messages: tuple[MessageResult, ...] = ()  # with a conversation in the request: every message, in order
+    prompt: str = ""  # with a conversation: the chat-templated prompt; a KV blob is this prompt's
 
     @property
     def ratio(self) -> float:

@@ -39,6 +39,8 @@ def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
     )
     if request.messages and request.verbatim_turns != 1:
         message.verbatim_turns = request.verbatim_turns
+    if request.history_mode != "relevance":
+        message.history_mode = request.history_mode
     if request.rate is not None:
         message.rate = request.rate
     if request.target_tokens is not None:
@@ -66,6 +68,7 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
         html_output=message.html_output,
         messages=tuple(Message(m.role, m.content) for m in message.messages),
         verbatim_turns=message.verbatim_turns if message.HasField("verbatim_turns") else 1,
+        history_mode=message.history_mode or "relevance",
     )
 
 
@@ -106,6 +109,7 @@ def result_to_proto(result: CompressResult, tokenizer: str = "") -> pb.CompressR
                              tokens_before=m.tokens_before, tokens_after=m.tokens_after, verbatim=m.verbatim)
             for m in result.messages
         ],
+        prompt=result.prompt,
     )
 
 
@@ -161,6 +165,7 @@ def result_from_proto(message: pb.CompressResponse) -> CompressResult:
                           m.tokens_after, m.verbatim)
             for m in message.messages
         ),
+        prompt=message.prompt,
     )
 
 

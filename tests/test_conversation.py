@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ctxcomp import conversation
@@ -81,3 +83,33 @@ def test_conversations_travel_over_grpc(client) -> None:
                              verbatim_turns=0)
     assert [m.verbatim for m in result.messages] == [i in (0, 9) for i in range(10)]
     assert result.messages[-1].text == "Why did the Vasa sink?"
+
+
+def test_stable_history_does_not_change_with_later_turns(compressor, hub) -> None:
+    """Stable mode: an older answer is compressed against its own question, so the history is the
+    same prefix turn after turn; the prompt holds it, the documents, then the question."""
+    turn_n = compressor.compress(request(history_mode="stable", verbatim_turns=0, messages=HISTORY[:8]
+                                         + (Message("user", "How long was the Vasa?"),)))
+    turn_next = compressor.compress(request(history_mode="stable", verbatim_turns=0))
+    assert [m.text for m in turn_n.messages[:7]] == [m.text for m in turn_next.messages[:7]]
+    assert all(m.verbatim for m in turn_next.messages if m.role in ("user", "system"))
+    assert turn_next.messages[2].tokens_after < turn_next.messages[2].tokens_before
+    common = os.path.commonprefix([turn_n.prompt, turn_next.prompt])
+    assert common.endswith("Who commissioned her?<|im_end|>\n<|im_start|>")  # the whole history up to where they differ
+    assert turn_next.prompt.endswith(turn_next.messages[-1].text.join(("Question: ", "<|im_end|>\n<|im_start|>assistant\n")))
+    tokenizer = hub.get("downstream_llm", "tokenizer")
+    from ctxcomp.kv.chunks import chunk_keys
+
+    ids_n = tokenizer(turn_n.prompt, add_special_tokens=False)["input_ids"]
+    ids_next = tokenizer(turn_next.prompt, add_special_tokens=False)["input_ids"]
+    shared = next(i for i, (a, b) in enumerate(zip(ids_n, ids_next)) if a != b)
+    assert shared > 100  # the history's tokens are the same prefix
+    assert chunk_keys("m", ids_n, 32)[: shared // 32] == chunk_keys("m", ids_next, 32)[: shared // 32]
+
+
+def test_a_conversation_kv_blob_is_its_prompt(compressor, hub, monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the PyTorch prefill path: fast on CPU
+    result = compressor.compress(request(return_kv=True))
+    tokenizer = hub.get("downstream_llm", "tokenizer")
+    assert result.kv.tokens == len(tokenizer(result.prompt, add_special_tokens=False)["input_ids"])
+    assert result.prompt.count("<|im_start|>") == sum(1 for m in result.messages if m.text) + 1

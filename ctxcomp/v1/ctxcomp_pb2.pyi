@@ -27,7 +27,7 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., format: _Optional[str] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order", "html_output", "messages", "verbatim_turns")
+    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order", "html_output", "messages", "verbatim_turns", "history_mode")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class CompressRequest(_message.Message):
     HTML_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     VERBATIM_TURNS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_MODE_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     method: str
@@ -58,7 +59,8 @@ class CompressRequest(_message.Message):
     html_output: bool
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     verbatim_turns: int
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ..., html_output: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., verbatim_turns: _Optional[int] = ...) -> None: ...
+    history_mode: str
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ..., html_output: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., verbatim_turns: _Optional[int] = ..., history_mode: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("role", "content")
@@ -132,7 +134,7 @@ class DocumentResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., kept_spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., word_labels: _Optional[_Iterable[_Union[WordLabel, _Mapping]]] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
-    __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys", "kv_bytes", "soft_tokens", "messages")
+    __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys", "kv_bytes", "soft_tokens", "messages", "prompt")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +156,7 @@ class CompressResponse(_message.Message):
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     SOFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
     method: str
     documents: _containers.RepeatedCompositeFieldContainer[DocumentResult]
     context: str
@@ -168,7 +171,8 @@ class CompressResponse(_message.Message):
     kv_bytes: int
     soft_tokens: SoftTokens
     messages: _containers.RepeatedCompositeFieldContainer[MessageResult]
-    def __init__(self, method: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., context: _Optional[str] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., ratio: _Optional[float] = ..., rate: _Optional[float] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ..., tokenizer: _Optional[str] = ..., kv_keys: _Optional[_Iterable[str]] = ..., kv_bytes: _Optional[int] = ..., soft_tokens: _Optional[_Union[SoftTokens, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[MessageResult, _Mapping]]] = ...) -> None: ...
+    prompt: str
+    def __init__(self, method: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., context: _Optional[str] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., ratio: _Optional[float] = ..., rate: _Optional[float] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ..., tokenizer: _Optional[str] = ..., kv_keys: _Optional[_Iterable[str]] = ..., kv_bytes: _Optional[int] = ..., soft_tokens: _Optional[_Union[SoftTokens, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[MessageResult, _Mapping]]] = ..., prompt: _Optional[str] = ...) -> None: ...
 
 class SoftTokens(_message.Message):
     __slots__ = ("kind", "safetensors", "shape", "dtype", "model_fingerprint", "document_ids")
