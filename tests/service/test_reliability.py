@@ -26,8 +26,11 @@ from ctxcomp.types import Document
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
 TEXT = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris, France."
+PAGE = ("<html><head><title>Paris</title><style>p{}</style></head><body><nav class=\"menu\">Home</nav>"
+        f"<article><h1>The tower</h1><p>{TEXT}</p><table><tr><td>1889</td><td>opened</td></tr></table></article>"
+        "<footer>Contact</footer></body></html>")
 FIELD_PATHS = ("query", "documents", "method", "rate", "target_tokens", "options", "target", "request", "return_kv",
-               "kv_codec", "kv_model")
+               "kv_codec", "kv_model", "order", "messages", "verbatim_turns", "history_mode")
 
 
 def test_auth_required_when_configured(compressor) -> None:
@@ -274,6 +277,24 @@ def compress_requests(draw) -> pb.CompressRequest:
         kv_model=draw(st.sampled_from(["", "SmolLM2-135M-Instruct", "gpt2", "x" * 300])) if wild else "",
         kv_best_effort=draw(st.booleans()),
     )
+    pages = [PAGE, "<p>" * 50 + TEXT, "<html><script>x</script></html>", "</div><td>1889</b>"]
+    for document in request.documents:
+        if draw(st.booleans()):
+            document.format = "html"
+            if not wild or draw(st.booleans()):
+                document.text = draw(st.sampled_from(pages))
+        elif wild and draw(st.integers(0, 9)) == 0:
+            document.format = draw(st.sampled_from(["pdf", "HTML", "text"]))
+    request.order = draw(st.sampled_from(["", "relevance", "edges", *(("sideways",) if wild else ())]))
+    request.html_output = draw(st.booleans())
+    if draw(st.booleans()):
+        roles = ["system", "user", "assistant", *(("robot", "") if wild else ())]
+        request.messages.extend(draw(st.lists(st.builds(
+            lambda r, c: pb.Message(role=r, content=c), st.sampled_from(roles),
+            st.text(max_size=80) | st.sampled_from([TEXT, "When was it completed?", "In 1889."])), max_size=6)))
+        if draw(st.booleans()):
+            request.verbatim_turns = draw(st.integers(-2, 4))
+        request.history_mode = draw(st.sampled_from(["", "stable", "relevance", *(("chaos",) if wild else ())]))
     target = draw(st.sampled_from(["none", "rate", "tokens"]))
     if target == "rate":
         request.rate = draw(st.floats(allow_nan=True, allow_infinity=True) | st.floats(0.05, 1.0) if wild
