@@ -1,6 +1,6 @@
 """The pipeline's HTML stage: pages in, text documents for any method, results back in the page.
 
-  prepare  each `format="html"` document is rendered (ctxcomp.html: clean, block tree, align);
+  prepare  each `format="html"` document is rendered (ctxcomp.webpage: clean, block tree, align);
            with a budget and a query, the block tree is cut coarse first: its nodes are scored by
            the relevance model's document head and the best ones are kept up to COARSE_FACTOR times
            the page's share of the budget. The method then sees plain text documents, and a rate
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ctxcomp import html, relevance
+from ctxcomp import relevance, webpage
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodOutput
@@ -29,13 +29,13 @@ COARSE_FACTOR = 2.0  # the coarse cut keeps this many times the page's share; th
 class Pages:
     """The rendered pages of one request, by document index."""
 
-    pages: dict[int, html.HtmlPage]
+    pages: dict[int, webpage.HtmlPage]
 
 
 def check_formats(request: CompressRequest) -> None:
     for i, doc in enumerate(request.documents):
-        if doc.format not in html.FORMATS:
-            raise InvalidRequest(f"documents[{i}].format", f"must be one of {', '.join(html.FORMATS)}, got {doc.format!r}")
+        if doc.format not in webpage.FORMATS:
+            raise InvalidRequest(f"documents[{i}].format", f"must be one of {', '.join(webpage.FORMATS)}, got {doc.format!r}")
 
 
 def has_html(request: CompressRequest) -> bool:
@@ -44,7 +44,7 @@ def has_html(request: CompressRequest) -> bool:
 
 def prepare(hub: ModelHub, request: CompressRequest, tokens_before: Sequence[int]) -> tuple[CompressRequest, tuple[int, ...], Pages]:
     """The request with its pages as text, their token counts, and the pages to restore from."""
-    pages = {i: html.render(doc.text) for i, doc in enumerate(request.documents) if doc.format == "html"}
+    pages = {i: webpage.render(doc.text) for i, doc in enumerate(request.documents) if doc.format == "html"}
     budget = _budget(request, tokens_before)
     if budget is not None and request.query.strip():
         shares = {i: budget * tokens_before[i] / max(1, sum(tokens_before)) for i in pages}
@@ -67,8 +67,8 @@ def _budget(request: CompressRequest, tokens_before: Sequence[int]) -> int | Non
 
 
 def _coarse_cut(
-    hub: ModelHub, query: str, pages: dict[int, html.HtmlPage], shares: dict[int, float]
-) -> dict[int, html.HtmlPage]:
+    hub: ModelHub, query: str, pages: dict[int, webpage.HtmlPage], shares: dict[int, float]
+) -> dict[int, webpage.HtmlPage]:
     """Each page narrowed to its most relevant block-tree nodes, about COARSE_FACTOR x its share."""
     nodes = {i: _nodes(page) for i, page in pages.items()}
     texts = [text for i in pages for text, _ in nodes[i]]
@@ -94,7 +94,7 @@ def _coarse_cut(
     return out
 
 
-def _nodes(page: html.HtmlPage) -> list[tuple[str, list[int]]]:
+def _nodes(page: webpage.HtmlPage) -> list[tuple[str, list[int]]]:
     """The block-tree nodes of a page: (their text, their block indices)."""
     groups: dict[int, list[int]] = {}
     for b, block in enumerate(page.blocks):
@@ -119,25 +119,25 @@ def restore(
     return replace(output, documents=tuple(documents))
 
 
-def _restored(hub: ModelHub, page: html.HtmlPage, result: DocumentResult, tokens_before: int, as_html: bool) -> DocumentResult:
+def _restored(hub: ModelHub, page: webpage.HtmlPage, result: DocumentResult, tokens_before: int, as_html: bool) -> DocumentResult:
     text, tokens_after = result.text, result.tokens_after
     if as_html:
-        text = html.simplified_html(page, result.kept_spans)
+        text = webpage.simplified_html(page, result.kept_spans)
         tokens_after = hub.count_tokens([text])[0] if text else 0
     labels = tuple(_label(page, label) for label in result.word_labels)
     return replace(
         result,
         text=text,
-        kept_spans=html.raw_spans(page, result.kept_spans),
+        kept_spans=webpage.raw_spans(page, result.kept_spans),
         tokens_before=tokens_before,
         tokens_after=tokens_after,
         word_labels=tuple(label for label in labels if label is not None),
     )
 
 
-def _label(page: html.HtmlPage, label: WordLabel) -> WordLabel | None:
+def _label(page: webpage.HtmlPage, label: WordLabel) -> WordLabel | None:
     """A word label moved into the page; None for words the renderer added (markers)."""
-    spans = html.raw_spans(page, (Span(label.start, label.end),))
+    spans = webpage.raw_spans(page, (Span(label.start, label.end),))
     return replace(label, start=spans[0].start, end=spans[-1].end) if spans else None
 
 

@@ -11,7 +11,7 @@ class Document:
     id: str
     text: str
     metadata: Mapping[str, str] = field(default_factory=dict)
-    format: str = "text"  # or "html" (see ctxcomp.html)
+    format: str = "text"  # or "html" (see ctxcomp.webpage)
 
 
 @dataclass(frozen=True)

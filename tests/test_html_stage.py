@@ -5,7 +5,7 @@ from __future__ import annotations
 import lxml.html
 import pytest
 
-from ctxcomp import html
+from ctxcomp import webpage
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.types import CompressRequest, Document
 
@@ -58,12 +58,12 @@ def test_the_coarse_cut_drops_irrelevant_block_tree_nodes(compressor, monkeypatc
     from ctxcomp import html_stage
 
     seen = []
-    original_keep = html.HtmlPage.keep
-    monkeypatch.setattr(html.HtmlPage, "keep", lambda self, blocks: seen.append(blocks) or original_keep(self, blocks))
+    original_keep = webpage.HtmlPage.keep
+    monkeypatch.setattr(webpage.HtmlPage, "keep", lambda self, blocks: seen.append(blocks) or original_keep(self, blocks))
     raw = page(filler=12)
     doc = compressor.compress(CompressRequest(QUERY, (Document("p", raw, format="html"),), rate=0.05)).documents[0]
     assert seen, "a page far over its budget is cut coarse first"
-    rendered = html.render(raw)
+    rendered = webpage.render(raw)
     kept_texts = [rendered.blocks[b].text for b in seen[0]]
     assert any("top-heavy" in t for t in kept_texts)
     assert sum("Football" in t for t in kept_texts) < 12
