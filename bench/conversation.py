@@ -34,7 +34,7 @@ import torch
 from common import add_split_argument, header, split_paragraphs
 
 from ctxcomp.evaluate import bootstrap_interval
-from ctxcomp.kv.chunks import prefill_with_chunks
+from ctxcomp.kv.chunks import CHUNK_TOKENS, prefill_with_chunks
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.store import FileStore
 from ctxcomp.pipeline import Compressor
@@ -88,13 +88,13 @@ def full_prompt(tokenizer, messages: list[Message], documents: list[str]) -> str
     return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
 
 
-def ttft_ms(llm, ids: list[int], store: FileStore | None) -> float:
+def ttft_ms(llm, ids: list[int], store: FileStore | None, chunk_tokens: int = CHUNK_TOKENS) -> float:
     """Time to the first token's logits: a whole prefill, or through the chunk store."""
     started = time.perf_counter()
     if store is None:
         prefill(llm.model, torch.tensor([ids]))
     else:
-        prefill_with_chunks(llm, ids, store)
+        prefill_with_chunks(llm, ids, store, chunk_tokens)
     return (time.perf_counter() - started) * 1000.0
 
 
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--rate", type=float, default=0.33, help="kept share of documents + older history")
     parser.add_argument("--method", default="", help="compression method (default: the server's)")
+    parser.add_argument("--chunk-tokens", type=int, default=CHUNK_TOKENS, help="KV chunk size of the reuse arm")
     add_split_argument(parser)
     args = parser.parse_args()
     count, turns = (2, 3) if args.quick else (args.conversations, args.turns)
@@ -118,7 +119,7 @@ def main() -> None:
     chats = conversations(split_paragraphs(args.split), count, turns)
     method = args.method or compressor.default_method
     print(json.dumps(header("conversation", args.split, method=method, rate=args.rate, conversations=len(chats),
-                            turns=turns)), flush=True)
+                            turns=turns, chunk_tokens=args.chunk_tokens)), flush=True)
     ttft_ms(llm, llm.tokenizer("warm up", add_special_tokens=False)["input_ids"], None)
     arms = ("full", "relevance", "stable")
     with tempfile.TemporaryDirectory() as folder:
@@ -139,7 +140,7 @@ def main() -> None:
                 for arm, (text, sent) in prompts.items():
                     ids = llm.tokenizer(text, add_special_tokens=False)["input_ids"]
                     rows[arm].append((len(ids), kept(sent, current["answers"]), ttft_ms(llm, ids, None),
-                                      ttft_ms(llm, ids, stores[(arm, c)])))
+                                      ttft_ms(llm, ids, stores[(arm, c)], args.chunk_tokens)))
             line: dict = {"turn": turn + 1}
             for arm, values in rows.items():
                 hits = [v[1] for v in values]

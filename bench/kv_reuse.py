@@ -76,7 +76,7 @@ def run_way(hub: ModelHub, contexts: list[str], way: str) -> dict:
         for context in contexts:
             ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
             started = time.perf_counter()
-            kv = compute_kv(hub, context, "fp16", store, chunked=way == "chunked")
+            kv = compute_kv(hub, context, "fp16", store, chunk_tokens=chunks.CHUNK_TOKENS if way == "chunked" else 0)
             times.append((time.perf_counter() - started) * 1000.0)
             hit = kv.store_lookup == "hit"
             reused += len(ids) if hit else kv.reused_tokens

@@ -150,7 +150,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     hub = ModelHub(device=args.device)
     logging.getLogger("ctxcomp.service").info("models run on %s%s", hub.device, " in bf16" if hub.device != "cpu" else "")
     limits = Limits(max_request_tokens=args.max_request_tokens)
-    asyncio.run(serve(Compressor(hub, limits, kv_store=kv_store), config, on_ready=on_ready))
+    compressor = Compressor(hub, limits, kv_store=kv_store, kv_chunk_tokens=args.kv_chunk_tokens)
+    asyncio.run(serve(compressor, config, on_ready=on_ready))
     return 0
 
 
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-tokens", type=int, default=131_072,
                    help="downstream-LLM tokens one request may hold (more: INVALID_ARGUMENT naming documents)")
     p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys")
+    p.add_argument("--kv-chunk-tokens", type=int, default=256,
+                   help="with --kv-store: tokens per chained KV chunk for prefix reuse (0: whole contexts only)")
     p.add_argument("--kv-store-timeout", type=float, default=0.5,
                    help="seconds a KV store call may take before the request gets UNAVAILABLE")
     p.add_argument("--kv-store-retry-after", type=float, default=1.0,

@@ -105,9 +105,11 @@ class Compressor:
         limits: Limits | None = None,
         default_method: str = methods.DEFAULT_METHOD,
         kv_store: Any = None,
+        kv_chunk_tokens: int = 256,
     ) -> None:
         self.hub = hub or ModelHub()
         self.kv_store = kv_store  # ctxcomp.kv.store.BlobStore, or None to hand blobs back
+        self.kv_chunk_tokens = kv_chunk_tokens  # with a store: chained chunks for prefix reuse (0: off)
         self.limits = limits or Limits()
         self.default_method = default_method
         self._methods: dict[str, Method] = {}
@@ -251,7 +253,7 @@ class Compressor:
         if not plan.kv_codec:
             return None
         try:
-            return compute_kv(self.hub, context, plan.kv_codec, self.kv_store)
+            return compute_kv(self.hub, context, plan.kv_codec, self.kv_store, chunk_tokens=self.kv_chunk_tokens)
         except StoreUnavailable as error:
             return f"served without the KV blob: {error}" if plan.request.kv_best_effort else error
         except CtxcompError as error:

@@ -9,7 +9,7 @@ from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable
 from ctxcomp.hub import ModelHub
 from ctxcomp.kv import blob
 from ctxcomp.kv.architectures import adapter_for
-from ctxcomp.kv.chunks import prefill_with_chunks
+from ctxcomp.kv.chunks import CHUNK_TOKENS, prefill_with_chunks
 from ctxcomp.kv.handoff import blob_from_prefill, kv_transform_for
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.store import BlobStore, blob_key
@@ -48,12 +48,13 @@ def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
 
 
 def compute_kv(
-    hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3, chunked: bool = True
+    hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3,
+    chunk_tokens: int = CHUNK_TOKENS,
 ) -> KvBlob:
     """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored
     blob of the same key only after checking it (see `stored_blob`). With a store, a context
     without its own blob still reuses the stored chunks of its longest known prefix and
-    prefills only the rest (ctxcomp.kv.chunks); chunked=False keeps whole-context keys only."""
+    prefills only the rest (ctxcomp.kv.chunks); chunk_tokens=0 keeps whole-context keys only."""
     import torch
 
     llm = hub.get("downstream_llm")
@@ -67,8 +68,8 @@ def compute_kv(
     if not ids:
         raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
     reused = 0
-    if store is not None and chunked:
-        done = prefill_with_chunks(llm, ids, store)
+    if store is not None and chunk_tokens > 0:
+        done = prefill_with_chunks(llm, ids, store, chunk_tokens)
         result, reused = done.result, done.reused * done.chunk_tokens
     else:
         result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))
