@@ -42,7 +42,8 @@ class Layout:
     contents: tuple[str, ...]
     compressed: dict[str, int]  # document id -> message index
     tokens: tuple[int, ...] = ()  # downstream-LLM tokens of every message (set by the pipeline)
-    latest_user: int = -1  # the message holding the query (-1: the query came apart)
+    latest_user: int = -1  # the message holding the query (-1: the query came apart, see `query`)
+    query: str = ""
     side_queries: dict[str, str] | None = None  # stable mode: document id -> the question it answered
 
 
@@ -93,7 +94,7 @@ def expand(request: CompressRequest) -> tuple[CompressRequest, Layout | None]:
     last = latest_user(request)
     query = request.query if request.query.strip() else request.messages[last].content  # type: ignore[index]
     layout = Layout(tuple(m.role for m in request.messages), tuple(m.content for m in request.messages), compressed,
-                    latest_user=-1 if last is None else last)
+                    latest_user=-1 if last is None else last, query=query)
     if stable:
         asked = {doc_id: _question_before(request, i) or query for doc_id, i in compressed.items()}
         return replace(request, query=query), replace(layout, side_queries=asked)
@@ -125,16 +126,20 @@ def side_requests(request: CompressRequest, layout: Layout, total_tokens: int) -
     ]
 
 
-def prompt(tokenizer: Any, messages: Sequence[MessageResult], latest: int, context: str) -> str:
+def prompt(tokenizer: Any, layout: Layout, messages: Sequence[MessageResult], context: str) -> str:
     """The conversation as the downstream LLM reads it: its chat template over the messages that
-    kept text, the documents' context put in the latest user message before its question."""
+    kept text, the documents' context put in the latest user message before its question (a
+    user message of its own, with the query, when the conversation has none)."""
     chat = []
     for i, message in enumerate(messages):
         text = message.text
-        if i == latest and context:
+        if i == layout.latest_user and context:
             text = f"Documents:\n{context}\n\nQuestion: {text}"
         if text:
             chat.append({"role": message.role, "content": text})
+    if layout.latest_user < 0:
+        chat.append({"role": "user", "content": f"Documents:\n{context}\n\nQuestion: {layout.query}" if context
+                     else layout.query})
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     return "".join(f"{turn['role']}: {turn['content']}\n" for turn in chat) + "assistant:"

@@ -216,7 +216,7 @@ class Compressor:
         context = CONTEXT_SEPARATOR.join(d.text for d in documents if d.text)
         tokenizer = self.hub.get("downstream_llm", "tokenizer")
         return Joined(documents, messages, context,
-                      conversation.prompt(tokenizer, messages, plan.conversation.latest_user, context))
+                      conversation.prompt(tokenizer, plan.conversation, messages, context))
 
     def _compress(
         self, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]], outputs: Sequence[MethodOutput | None]

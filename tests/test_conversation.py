@@ -60,6 +60,8 @@ def test_a_conversation_alone_and_a_query_that_overrides(compressor) -> None:
     assert alone.documents == () and alone.context == "" and len(alone.messages) == len(HISTORY)
     explicit = conversation.expand(request(query="How long was the Vasa?"))[0]
     assert explicit.query == "How long was the Vasa?"
+    no_user = compressor.compress(request(query="How long was the Vasa?", messages=(Message("system", ""),)))
+    assert no_user.prompt.endswith("Question: How long was the Vasa?<|im_end|>\n<|im_start|>assistant\n")  # found by the fuzz
 
 
 @pytest.mark.parametrize(
