@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PIP_QUIET ?= -qq
 
 # Checkov (tests/test_deploy.py) pins old packaging/networkx, so it gets a venv of its own.
-CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VENV ?= $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 .PHONY: install demo test proto bench clean
@@ -47,4 +47,4 @@ bench: install
 	$(PY) bench/llmlingua2_vs_reference.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "deploy" / "k8s"
 # The oldest Kubernetes still in upstream support when these were written, and the newest the package knows.
 VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
-CHECKOV = Path(os.environ.get("CTXCOMP_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
+CHECKOV = Path(os.environ.get("CTXCOMP_CHECKOV", ROOT / ".venv" / "checkov" / "bin" / "checkov"))
 PREEMPTION_MARGIN_S = 5  # server.py stops grpc at grace + 5 s
 
 
@@ -51,7 +51,7 @@ def test_every_manifest_validates_strictly(version: str) -> None:
 
 
 def test_checkov_finds_nothing_unexplained() -> None:
-    assert CHECKOV.exists(), f"{CHECKOV} is missing: `make test` installs it into .venv-checkov"
+    assert CHECKOV.exists(), f"{CHECKOV} is missing: `make test` installs it into .venv/checkov"
     done = subprocess.run(
         [str(CHECKOV), "-d", str(MANIFESTS), "--framework", "kubernetes", "--output", "json", "--skip-download"],
         capture_output=True, text=True, timeout=300,
