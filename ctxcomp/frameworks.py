@@ -57,6 +57,15 @@ class Connection:
         return [Document(str(i), text, format=self.document_format) for i, text in enumerate(texts)]
 
 
+def connection_for(settings: Any, token: str | None = None) -> Connection:
+    """The Connection a wrapper's fields describe (address, method, rate, target_tokens, options,
+    order, html_output, document_format, token, timeout); `token` overrides settings.token."""
+    request = request_options(
+        settings.method, settings.rate, settings.target_tokens, settings.options, settings.order, settings.html_output)
+    return Connection(settings.address, request, token if token is not None else settings.token, settings.timeout,
+                      settings.document_format)
+
+
 def request_options(
     method: str, rate: float | None, target_tokens: int | None, options: Mapping[str, Any], order: str,
     html_output: bool = False,

@@ -21,7 +21,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.utils import Secret, deserialize_secrets_inplace
 
 from ctxcomp import types
-from ctxcomp.frameworks import METADATA_KEY, Connection, compressions, request_options
+from ctxcomp.frameworks import METADATA_KEY, compressions, connection_for
 
 
 @component
@@ -51,9 +51,7 @@ class CtxcompDocumentCompressor:
         self.options, self.order, self.drop_empty = dict(options or {}), order, drop_empty
         self.document_format, self.html_output = document_format, html_output
         self.token, self.timeout = token, timeout
-        request = request_options(method, rate, target_tokens, self.options, order, html_output)
-        self.connection = Connection(
-            address, request, token.resolve_value() if token else None, timeout, document_format)
+        self.connection = connection_for(self, token.resolve_value() if token else "")
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(

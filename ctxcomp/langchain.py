@@ -23,7 +23,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from ctxcomp import types
-from ctxcomp.frameworks import METADATA_KEY, Connection, compressions, request_options
+from ctxcomp.frameworks import METADATA_KEY, Connection, compressions, connection_for
 
 
 class CtxcompCompressor(BaseDocumentCompressor):
@@ -53,9 +53,7 @@ class CtxcompCompressor(BaseDocumentCompressor):
     @property
     def connection(self) -> Connection:
         if self._connection is None:
-            request = request_options(
-                self.method, self.rate, self.target_tokens, self.options, self.order, self.html_output)
-            self._connection = Connection(self.address, request, self.token, self.timeout, self.document_format)
+            self._connection = connection_for(self)
         return self._connection
 
     def compress_documents(

@@ -19,7 +19,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from ctxcomp import types
-from ctxcomp.frameworks import METADATA_KEY, Connection, compressions, request_options
+from ctxcomp.frameworks import METADATA_KEY, Connection, compressions, connection_for
 
 
 class CtxcompNodePostprocessor(BaseNodePostprocessor):
@@ -45,9 +45,7 @@ class CtxcompNodePostprocessor(BaseNodePostprocessor):
     @property
     def connection(self) -> Connection:
         if self._connection is None:
-            request = request_options(
-                self.method, self.rate, self.target_tokens, self.options, self.order, self.html_output)
-            self._connection = Connection(self.address, request, self.token, self.timeout, self.document_format)
+            self._connection = connection_for(self)
         return self._connection
 
     def _postprocess_nodes(
