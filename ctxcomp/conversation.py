@@ -109,15 +109,18 @@ def _question_before(request: CompressRequest, index: int) -> str:
     return ""
 
 
-def side_requests(request: CompressRequest, layout: Layout, total_tokens: int) -> list[tuple[CompressRequest, int]]:
+def side_requests(
+    request: CompressRequest, layout: Layout | None, documents_tokens: int
+) -> list[tuple[CompressRequest, int]]:
     """Stable mode: one request per older assistant message, against its own question, at the
     request's rate (a token budget becomes the rate it is of the documents and that history),
-    with that message's token count."""
-    if not layout.side_queries:
+    with that message's token count. Empty in relevance mode and without a conversation."""
+    if layout is None or not layout.side_queries:
         return []
     rate = request.rate
     if rate is None and request.target_tokens is not None:
-        rate = min(1.0, request.target_tokens / max(1, total_tokens))
+        history = sum(layout.tokens[i] for i in layout.compressed.values()) if layout.tokens else 0
+        rate = min(1.0, request.target_tokens / max(1, documents_tokens + history))
     return [
         (replace(request, query=question, documents=(Document(doc_id, layout.contents[layout.compressed[doc_id]]),),
                  messages=(), rate=rate, target_tokens=None, order="original"),

@@ -231,11 +231,8 @@ class Compressor:
                 # stable conversation history: each older answer against its own question, same batch
                 owners, side = [], []
                 for i in members:
-                    layout = plans[i].conversation
-                    if layout is None:
-                        continue
-                    history = sum(layout.tokens[k] for k in layout.compressed.values()) if layout.tokens else 0
-                    for request, tokens in conversation.side_requests(plans[i].request, layout, plans[i].cost_tokens + history):
+                    for request, tokens in conversation.side_requests(plans[i].request, plans[i].conversation,
+                                                                      plans[i].cost_tokens):
                         owners.append(i)
                         side.append(MethodItem(request, plans[i].config, (tokens,)))
                 results = self.method(name).compress_many(items + side)
