@@ -124,7 +124,7 @@ def _restored(hub: ModelHub, page: webpage.HtmlPage, result: DocumentResult, tok
     if as_html:
         text = webpage.simplified_html(page, result.kept_spans)
         tokens_after = hub.count_tokens([text])[0] if text else 0
-    labels = tuple(_label(page, label) for label in result.word_labels)
+    labels = _labels(page, result.word_labels)
     return replace(
         result,
         text=text,
@@ -135,10 +135,18 @@ def _restored(hub: ModelHub, page: webpage.HtmlPage, result: DocumentResult, tok
     )
 
 
-def _label(page: webpage.HtmlPage, label: WordLabel) -> WordLabel | None:
-    """A word label moved into the page; None for words the renderer added (markers)."""
-    spans = webpage.raw_spans(page, (Span(label.start, label.end),))
-    return replace(label, start=spans[0].start, end=spans[-1].end) if spans else None
+def _labels(page: webpage.HtmlPage, labels: Sequence[WordLabel]) -> tuple[WordLabel | None, ...]:
+    """Word labels moved into the page; None for words the renderer added (markers). A label on
+    one of the page's words maps through that word (a lookup, not a pass over the page each)."""
+    by_word = {(a, b): (c, d) for (a, b), (c, d) in zip(page.word_text.tolist(), page.word_raw.tolist())}
+    out = []
+    for label in labels:
+        raw = by_word.get((label.start, label.end))
+        if raw is None:
+            spans = webpage.raw_spans(page, (Span(label.start, label.end),))
+            raw = (spans[0].start, spans[-1].end) if spans else (-1, -1)
+        out.append(replace(label, start=raw[0], end=raw[1]) if raw[0] >= 0 else None)
+    return tuple(out)
 
 
 def prepare_all(hub: ModelHub, plans: Sequence[Any]) -> tuple[list[Any], list[Pages]]:

@@ -341,8 +341,14 @@ def raw_spans(page: HtmlPage, kept: Sequence[Span]) -> tuple[Span, ...]:
     """The original-HTML spans of the source words inside the kept text spans; words next to
     each other in the page (only whitespace between them) merge into one span."""
     inside = np.zeros(len(page.word_text), dtype=bool)
-    for span in kept:
-        inside |= (page.word_text[:, 0] >= span.start) & (page.word_text[:, 1] <= span.end)
+    if kept:
+        # a word is inside some kept span when, among the spans starting at or before it,
+        # the furthest end reaches its end: one sorted pass, not one array pass per span
+        order = sorted(kept, key=lambda s: s.start)
+        starts = np.asarray([s.start for s in order], dtype=np.int64)
+        reach = np.maximum.accumulate(np.asarray([s.end for s in order], dtype=np.int64))
+        last = np.searchsorted(starts, page.word_text[:, 0], side="right") - 1
+        inside = (last >= 0) & (reach[last.clip(min=0)] >= page.word_text[:, 1])
     out: list[Span] = []
     for start, end in page.word_raw[inside & (page.word_raw[:, 0] >= 0)].tolist():
         if out and out[-1].end <= start and not page.raw[out[-1].end : start].strip():
