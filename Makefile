@@ -13,6 +13,11 @@ PIP_QUIET ?= -qq
 CHECKOV_VENV ?= $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
+# LMCache (tests/kv/test_lmcache.py) pins numpy<=2.2.6 and needs vLLM's hash functions: a venv
+# of its own too, with vLLM's wheel installed without its CUDA dependencies.
+LMCACHE_VENV ?= $(VENV)/lmcache
+LMCACHE_STAMP := $(LMCACHE_VENV)/.installed
+
 .PHONY: install demo test proto bench clean
 
 $(STAMP): pyproject.toml
@@ -32,11 +37,18 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/python -m pip install $(PIP_QUIET) checkov==3.3.30
 	touch $(CHECKOV_STAMP)
 
+$(LMCACHE_STAMP): tests/kv/lmcache-requirements.txt
+	$(PYTHON) -m venv $(LMCACHE_VENV)
+	$(LMCACHE_VENV)/bin/python -m pip install $(PIP_QUIET) torch==2.13.0
+	$(LMCACHE_VENV)/bin/python -m pip install $(PIP_QUIET) -r tests/kv/lmcache-requirements.txt
+	$(LMCACHE_VENV)/bin/python -m pip install $(PIP_QUIET) --no-deps vllm==0.33.0
+	touch $(LMCACHE_STAMP)
+
 # Starts the server on an embedded sample, sends one real request, prints the result, stops.
 demo: install
 	$(PY) -m ctxcomp.cli demo
 
-test: install $(CHECKOV_STAMP)
+test: install $(CHECKOV_STAMP) $(LMCACHE_STAMP)
 	$(PY) -m pytest -q
 
 proto: install

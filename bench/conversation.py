@@ -34,7 +34,7 @@ import torch
 from common import add_split_argument, header, split_paragraphs
 
 from ctxcomp.evaluate import bootstrap_interval
-from ctxcomp.kv.chunks import CHUNK_TOKENS, prefill_with_chunks
+from ctxcomp.kv.chunks import CHUNK_TOKENS, BlobChunks, prefill_with_chunks
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.store import FileStore
 from ctxcomp.pipeline import Compressor
@@ -94,7 +94,7 @@ def ttft_ms(llm, ids: list[int], store: FileStore | None, chunk_tokens: int = CH
     if store is None:
         prefill(llm.model, torch.tensor([ids]))
     else:
-        prefill_with_chunks(llm, ids, store, chunk_tokens)
+        prefill_with_chunks(llm, ids, BlobChunks(store, llm.fingerprint, chunk_tokens))
     return (time.perf_counter() - started) * 1000.0
 
 

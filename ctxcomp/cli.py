@@ -142,9 +142,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     kv_store = None
     if args.kv_store:
-        from ctxcomp.kv.store import open_store
+        from ctxcomp.kv.stage import open_kv_store
 
-        kv_store = open_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after)
+        kv_store = open_kv_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after)
     from ctxcomp.hub import ModelHub
 
     hub = ModelHub(device=args.device)
@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="downstream-LLM tokens waiting before RESOURCE_EXHAUSTED")
     p.add_argument("--max-request-tokens", type=int, default=131_072,
                    help="downstream-LLM tokens one request may hold (more: INVALID_ARGUMENT naming documents)")
-    p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys")
+    p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys; "
+                   "or write them as LMCache chunks for vLLM (lmcache+fs:///path?model=NAME&hash_seed=0, README)")
     p.add_argument("--kv-chunk-tokens", type=int, default=256,
                    help="with --kv-store: tokens per chained KV chunk for prefix reuse (0: whole contexts only)")
     p.add_argument("--kv-store-timeout", type=float, default=0.5,

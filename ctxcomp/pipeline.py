@@ -156,7 +156,7 @@ class Compressor:
         if request.return_kv:
             from ctxcomp.kv.stage import check_kv_request
 
-            codec = check_kv_request(request.kv_codec, request.kv_model, self.hub)
+            codec = check_kv_request(request.kv_codec, request.kv_model, self.hub, self.kv_store)
         tokens = count_within_limit(self.hub, [d.text for d in request.documents], self.limits.max_request_tokens)
         if layout is not None:
             layout = replace(layout, tokens=tuple(self.hub.count_tokens(list(layout.contents))))
@@ -202,7 +202,7 @@ class Compressor:
         kv_outcomes: list[Any] = [None] * len(plans)
         if any(plan.kv_codec for plan in plans):
             with _timed(timings, "kv"):
-                kv_outcomes = [self._kv(plan, j.prompt or j.context) for plan, j in zip(plans, joined)]
+                kv_outcomes = [self._kv(plan, j) for plan, j in zip(plans, joined)]
         return [
             kv if isinstance(kv, CtxcompError) else result(plan, out, j, kv, timings)
             for plan, out, j, kv in zip(sent, outputs, joined, kv_outcomes)
@@ -242,7 +242,7 @@ class Compressor:
                     done[i] = replace(done[i], documents=done[i].documents + output.documents)  # type: ignore[arg-type]
         return done  # type: ignore[return-value]
 
-    def _kv(self, plan: Plan, context: str) -> Any:
+    def _kv(self, plan: Plan, joined: Joined) -> Any:
         """The request's KvBlob; None without return_kv; its CtxcompError when it failed.
         With kv_best_effort, a store outage is a note, not an error."""
         from ctxcomp.kv.stage import compute_kv
@@ -250,7 +250,10 @@ class Compressor:
         if not plan.kv_codec:
             return None
         try:
-            return compute_kv(self.hub, context, plan.kv_codec, self.kv_store, chunk_tokens=self.kv_chunk_tokens)
+            return compute_kv(
+                self.hub, joined.prompt or joined.context, plan.kv_codec, self.kv_store,
+                chunk_tokens=self.kv_chunk_tokens, templated=bool(joined.prompt),
+            )
         except StoreUnavailable as error:
             return f"served without the KV blob: {error}" if plan.request.kv_best_effort else error
         except CtxcompError as error:
@@ -349,7 +352,9 @@ def result(plan: Plan, output: MethodOutput, joined: Joined, kv: Any, timings: d
     note = output.note
     if isinstance(kv, str):
         note, kv = "; ".join(n for n in (note, kv) if n), None
-    stored = (kv.key,) if kv is not None and kv.data is None else ()
+    elif kv is not None and kv.note:
+        note = "; ".join(n for n in (note, kv.note) if n)
+    stored = tuple(k for k in (kv.chunk_keys or (kv.key,)) if k) if kv is not None and kv.data is None else ()
     return CompressResult(
         method=plan.name,
         documents=joined.documents,

@@ -66,9 +66,9 @@ class CompressBatch:
         self.compressor = Compressor(self.hub)
         self.store = None
         if config.kv_store:
-            from ctxcomp.kv.store import open_store
+            from ctxcomp.kv.stage import open_kv_store
 
-            self.store = open_store(config.kv_store)
+            self.store = open_kv_store(config.kv_store)
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> pa.Table:
         """batch: column -> values (id, text, optional query and format); returns rows in OUTPUT_SCHEMA."""

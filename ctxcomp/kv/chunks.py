@@ -11,15 +11,16 @@ that share their first N full chunks share those N keys, in any process on any m
   prefill  only the tokens after that run, attending to the reused K/V
   store    every full chunk the store did not have
 
-Chunks are stored as ordinary blobs (fp16: the same bound as the default codec) in the same
-BlobStore as whole-context blobs; their keys cannot meet those (another key prefix).
+Chunks live in a ChunkStore: ctxcomp's own (BlobChunks: ordinary fp16 blobs, the same bound as
+the default codec, in the same BlobStore as whole-context blobs, under keys that cannot meet
+theirs) or LMCache's layout (ctxcomp.kv.lmcache), which vLLM's LMCache connector reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
@@ -43,38 +44,96 @@ def chunk_keys(model_fingerprint: str, token_ids: Sequence[int], chunk_tokens: i
     return keys
 
 
+Chunk = tuple[list[torch.Tensor], list[torch.Tensor]]  # per-layer K, V [H, S, D]
+
+
+class ChunkStore(Protocol):
+    """Where chained chunks live: ctxcomp's own blob store (BlobChunks) or LMCache's
+    layout (ctxcomp.kv.lmcache.LMCacheStore)."""
+
+    chunk_tokens: int
+
+    def keys(self, token_ids: Sequence[int]) -> list[str]: ...
+
+    def has(self, key: str, llm: Any) -> bool: ...
+
+    def load(self, key: str, llm: Any, token_ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]: ...
+
+    def save(self, key: str, llm: Any, part: PrefillResult, token_ids: Sequence[int]) -> int: ...
+
+
+class BlobChunks:
+    """Chunks as ordinary fp16 blobs in a BlobStore, under chunk_keys."""
+
+    def __init__(self, store: BlobStore, fingerprint: str, chunk_tokens: int = CHUNK_TOKENS) -> None:
+        self.store = store
+        self.fingerprint = fingerprint
+        self.chunk_tokens = chunk_tokens
+
+    def keys(self, token_ids: Sequence[int]) -> list[str]:
+        return chunk_keys(self.fingerprint, token_ids, self.chunk_tokens)
+
+    def has(self, key: str, llm: Any) -> bool:
+        return self.store.get(key) is not None
+
+    def load(self, key: str, llm: Any, token_ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]:
+        """A stored chunk and "hit"; or None and "miss", or "corrupt" (refused and deleted)."""
+        data = self.store.get(key)
+        if data is None:
+            return None, "miss"
+        try:
+            k, v, meta = blob.decode(data, expect_fingerprint=self.fingerprint)
+            if (meta.token_ids_sha256, meta.start_pos, meta.tokens) != (blob.token_ids_digest(token_ids), start_pos, len(token_ids)):
+                raise blob.BlobRefused("KV chunk: not the tokens or position its key promises")
+        except blob.BlobRefused:
+            self.store.delete(key)
+            return None, "corrupt"
+        return (list(k.float()), list(v.float())), "hit"
+
+    def save(self, key: str, llm: Any, part: PrefillResult, token_ids: Sequence[int]) -> int:
+        data = blob_from_prefill(part, llm, token_ids, codec=CHUNK_CODEC)
+        self.store.put(key, data)
+        return len(data)
+
+
 @dataclass(frozen=True)
 class ChunkedPrefill:
     """The whole context's prefill, and how much of it came from stored chunks."""
 
     result: PrefillResult
     chunk_tokens: int
-    chunks: int  # full chunks of the context
+    keys: tuple[str, ...]  # of every full chunk of the context
     reused: int  # of those, found intact in the store
     corrupt: int  # found but refused (deleted, recomputed)
     stored: int  # written by this call
+    stored_bytes: int
+
+    @property
+    def chunks(self) -> int:
+        return len(self.keys)
 
     @property
     def prefilled_tokens(self) -> int:
         return self.result.keys[0].shape[-2] - self.reused * self.chunk_tokens
 
 
-def prefill_with_chunks(llm: Any, token_ids: Sequence[int], store: BlobStore, chunk_tokens: int = CHUNK_TOKENS) -> ChunkedPrefill:
+def prefill_with_chunks(llm: Any, token_ids: Sequence[int], chunks: ChunkStore) -> ChunkedPrefill:
     """Prefill token_ids, reusing the longest stored prefix of chunks and storing the new ones."""
-    keys = chunk_keys(llm.fingerprint, token_ids, chunk_tokens)
+    size = chunks.chunk_tokens
+    keys = chunks.keys(token_ids)
     past_k: list[list[torch.Tensor]] = []
     past_v: list[list[torch.Tensor]] = []
     corrupt = 0
-    usable = (len(token_ids) - 1) // chunk_tokens  # at least one token is prefilled: it gives the last logits
+    usable = (len(token_ids) - 1) // size  # at least one token is prefilled: it gives the last logits
     for i, key in enumerate(keys[:usable]):
-        chunk, status = _load(store, key, llm.fingerprint, token_ids[i * chunk_tokens : (i + 1) * chunk_tokens], i * chunk_tokens)
+        chunk, status = chunks.load(key, llm, token_ids[i * size : (i + 1) * size], i * size)
         if chunk is None:
             corrupt = int(status == "corrupt")
             break
         past_k.append(chunk[0])
         past_v.append(chunk[1])
     reused = len(past_k)
-    prefix = reused * chunk_tokens
+    prefix = reused * size
     device = llm.model.device
     past = None
     if reused:
@@ -91,33 +150,15 @@ def prefill_with_chunks(llm: Any, token_ids: Sequence[int], store: BlobStore, ch
         tuple(torch.cat((p[1], v), dim=2) for p, v in zip(past, new.values)) if past else new.values,
         new.last_logits, model_rope(llm.model, 0, len(token_ids)), new.backend,
     )
-    stored = 0
+    stored = stored_bytes = 0
     for i in range(reused, len(keys)):
-        if i == usable and store.get(keys[i]) is not None:
+        if i == usable and chunks.has(keys[i], llm):
             continue  # the aligned last chunk: stored, only not read (its last token had to be prefilled)
-        start, end = i * chunk_tokens, (i + 1) * chunk_tokens
+        start, end = i * size, (i + 1) * size
         part = PrefillResult(
             tuple(k[:, :, start:end] for k in whole.keys), tuple(v[:, :, start:end] for v in whole.values),
-            whole.last_logits, model_rope(llm.model, start, chunk_tokens), whole.backend,
+            whole.last_logits, model_rope(llm.model, start, size), whole.backend,
         )
-        store.put(keys[i], blob_from_prefill(part, llm, token_ids[start:end], codec=CHUNK_CODEC))
+        stored_bytes += chunks.save(keys[i], llm, part, token_ids[start:end])
         stored += 1
-    return ChunkedPrefill(whole, chunk_tokens, len(keys), reused, corrupt, stored)
-
-
-Chunk = tuple[list[torch.Tensor], list[torch.Tensor]]  # per-layer K, V [H, S, D]
-
-
-def _load(store: BlobStore, key: str, fingerprint: str, ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]:
-    """A stored chunk and "hit"; or None and "miss", or "corrupt" (refused and deleted)."""
-    data = store.get(key)
-    if data is None:
-        return None, "miss"
-    try:
-        k, v, meta = blob.decode(data, expect_fingerprint=fingerprint)
-        if (meta.token_ids_sha256, meta.start_pos, meta.tokens) != (blob.token_ids_digest(ids), start_pos, len(ids)):
-            raise blob.BlobRefused("KV chunk: not the tokens or position its key promises")
-    except blob.BlobRefused:
-        store.delete(key)
-        return None, "corrupt"
-    return (list(k.float()), list(v.float())), "hit"
+    return ChunkedPrefill(whole, size, tuple(keys), reused, corrupt, stored, stored_bytes)

@@ -9,10 +9,12 @@ from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable
 from ctxcomp.hub import ModelHub
 from ctxcomp.kv import blob
 from ctxcomp.kv.architectures import adapter_for
-from ctxcomp.kv.chunks import CHUNK_TOKENS, prefill_with_chunks
+from ctxcomp.kv.chunks import CHUNK_TOKENS, BlobChunks, prefill_with_chunks
 from ctxcomp.kv.handoff import blob_from_prefill, kv_transform_for
+from ctxcomp.kv.lmcache import SCHEME as LMCACHE_SCHEME
+from ctxcomp.kv.lmcache import LMCacheStore, open_lmcache_store
 from ctxcomp.kv.prefill import prefill
-from ctxcomp.kv.store import BlobStore, blob_key
+from ctxcomp.kv.store import DEFAULT_RETRY_AFTER_S, DEFAULT_TIMEOUT_S, BlobStore, blob_key, open_store
 
 CODECS: tuple[str, ...] = tuple(blob.CODECS)  # one list of codecs: the blob module's registry
 
@@ -28,14 +30,36 @@ class KvBlob:
     data: bytes | None  # None when only the store holds it
     store_lookup: str = ""  # with a store: "hit", "miss", or "corrupt" (a bad stored blob, replaced)
     reused_tokens: int = 0  # with a store, on a miss: leading tokens whose K/V came from stored chunks
+    chunk_keys: tuple[str, ...] = ()  # with an LMCache store: the key of every chunk written or found
+    note: str = ""
 
 
-def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
+LMCACHE_CODEC = "lmcache"  # what a server with an LMCache store reports as the blob's codec
+
+
+def open_kv_store(
+    url: str, timeout_s: float = DEFAULT_TIMEOUT_S, retry_after_s: float = DEFAULT_RETRY_AFTER_S
+) -> BlobStore | LMCacheStore:
+    """A store by URL: LMCache's layout (lmcache+fs://) or ctxcomp's blob stores (file://, redis://)."""
+    if url.startswith(f"{LMCACHE_SCHEME}:"):
+        return open_lmcache_store(url)
+    return open_store(url, timeout_s=timeout_s, retry_after_s=retry_after_s)
+
+
+def check_kv_request(codec: str, model: str, hub: ModelHub, store: Any = None) -> str:
     """The codec to use; InvalidRequest naming kv_codec / kv_model otherwise."""
     llm = hub.get("downstream_llm")
     adapter_for(llm.model.config)  # an architecture without an exact prefill is refused here, by name
+    if isinstance(store, LMCacheStore):
+        if codec not in ("", LMCACHE_CODEC):
+            raise InvalidRequest("kv_codec", f"this server writes KV as LMCache chunks ({store.layout.kv_dtype}); leave kv_codec empty")
+        try:
+            store.check_model(llm)
+        except ValueError as err:
+            raise InvalidRequest("return_kv", f"this server's LMCache store cannot hold this LLM's KV: {err}") from err
+        codec = LMCACHE_CODEC
     codec = codec or "fp16"
-    if codec not in CODECS:
+    if codec not in CODECS and codec != LMCACHE_CODEC:
         raise InvalidRequest("kv_codec", f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
     if model and model not in (llm.fingerprint, llm.path.name):
         raise InvalidRequest("kv_model", f"this server computes KV for {llm.path.name} (fingerprint {llm.fingerprint[:12]}), not {model!r}")
@@ -48,16 +72,19 @@ def check_kv_request(codec: str, model: str, hub: ModelHub) -> str:
 
 
 def compute_kv(
-    hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int = 3,
-    chunk_tokens: int = CHUNK_TOKENS,
+    hub: ModelHub, context: str, codec: str, store: BlobStore | LMCacheStore | None, zstd_level: int = 3,
+    chunk_tokens: int = CHUNK_TOKENS, templated: bool = False,
 ) -> KvBlob:
     """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored
     blob of the same key only after checking it (see `stored_blob`). With a store, a context
     without its own blob still reuses the stored chunks of its longest known prefix and
-    prefills only the rest (ctxcomp.kv.chunks); chunk_tokens=0 keeps whole-context keys only."""
+    prefills only the rest (ctxcomp.kv.chunks); chunk_tokens=0 keeps whole-context keys only.
+    An LMCache store gets the context's chunks instead of a blob (see `write_lmcache`)."""
     import torch
 
     llm = hub.get("downstream_llm")
+    if isinstance(store, LMCacheStore):
+        return write_lmcache(llm, context, store, templated)
     ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
     key = blob_key(llm.fingerprint, ids, codec)
     lookup = ""
@@ -69,7 +96,7 @@ def compute_kv(
         raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
     reused = 0
     if store is not None and chunk_tokens > 0:
-        done = prefill_with_chunks(llm, ids, store, chunk_tokens)
+        done = prefill_with_chunks(llm, ids, BlobChunks(store, llm.fingerprint, chunk_tokens))
         result, reused = done.result, done.reused * done.chunk_tokens
     else:
         result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))
@@ -79,6 +106,27 @@ def compute_kv(
         store.put(key, data)
         return KvBlob(key, len(ids), codec, len(data), None, lookup, reused)
     return KvBlob(key, len(ids), codec, len(data), data)
+
+
+def write_lmcache(llm: Any, context: str, store: LMCacheStore, templated: bool) -> KvBlob:
+    """The context's full chunks in LMCache's layout, prefilling only those not there yet.
+
+    The tokens are the ones vLLM sees when a prompt starts with this text: its completions
+    API tokenizes a prompt with the tokenizer's special tokens (a BOS for Llama), its chat API
+    renders the template (`templated`: the template holds them) and adds none. The tail after
+    the last full chunk is not written: vLLM prefills it with the question.
+    """
+    ids = llm.tokenizer(context, add_special_tokens=not templated)["input_ids"]
+    keys = store.keys(ids)
+    written = [cache_key for key in keys for cache_key in store.cache_keys(key)]
+    if not keys:
+        note = f"the context is {len(ids)} tokens, shorter than one LMCache chunk ({store.chunk_tokens}): no chunk written"
+        return KvBlob("", len(ids), LMCACHE_CODEC, 0, None, "miss", note=note)
+    if all(store.has(key, llm) for key in keys):
+        return KvBlob(keys[-1], len(ids), LMCACHE_CODEC, 0, None, "hit", len(keys) * store.chunk_tokens, tuple(written))
+    done = prefill_with_chunks(llm, ids, store)
+    lookup = "corrupt" if done.corrupt else "miss"
+    return KvBlob(keys[-1], len(ids), LMCACHE_CODEC, done.stored_bytes, None, lookup, done.reused * done.chunk_tokens, tuple(written))
 
 
 def stored_blob(store: BlobStore, key: str, fingerprint: str, ids: list[int], codec: str) -> tuple[bytes | None, str]:

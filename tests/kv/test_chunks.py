@@ -57,10 +57,10 @@ def test_keys_chain_and_are_the_same_in_another_process() -> None:
 def test_a_shared_prefix_is_reused_and_only_the_rest_is_prefilled(llm, tmp_path) -> None:
     store = FileStore(tmp_path)
     first = ids(3, 3 * CHUNK + 4)
-    done = chunks.prefill_with_chunks(llm, first, store, CHUNK)
+    done = chunks.prefill_with_chunks(llm, first, chunks.BlobChunks(store, llm.fingerprint, CHUNK))
     assert (done.chunks, done.reused, done.stored, done.prefilled_tokens) == (3, 0, 3, len(first))
     second = first[: 2 * CHUNK] + ids(4, CHUNK + 9)
-    again = chunks.prefill_with_chunks(llm, second, store, CHUNK)
+    again = chunks.prefill_with_chunks(llm, second, chunks.BlobChunks(store, llm.fingerprint, CHUNK))
     assert (again.reused, again.stored, again.prefilled_tokens) == (2, 1, len(second) - 2 * CHUNK)
     full = prefill(llm.model, torch.tensor([second]), backend="reference")
     for ours, theirs in zip(again.result.keys + again.result.values, full.keys + full.values):
@@ -72,18 +72,18 @@ def test_a_shared_prefix_is_reused_and_only_the_rest_is_prefilled(llm, tmp_path)
 def test_a_corrupt_chunk_is_recomputed_never_served(llm, tmp_path) -> None:
     store = FileStore(tmp_path)
     tokens = ids(5, 3 * CHUNK)
-    chunks.prefill_with_chunks(llm, tokens, store, CHUNK)
+    chunks.prefill_with_chunks(llm, tokens, chunks.BlobChunks(store, llm.fingerprint, CHUNK))
     second_key = chunks.chunk_keys(llm.fingerprint, tokens, CHUNK)[1]
     data = bytearray(store.get(second_key))
     data[-10] ^= 0xFF
     store.put(second_key, bytes(data))
-    after = chunks.prefill_with_chunks(llm, tokens, store, CHUNK)
+    after = chunks.prefill_with_chunks(llm, tokens, chunks.BlobChunks(store, llm.fingerprint, CHUNK))
     assert (after.reused, after.corrupt, after.stored) == (1, 1, 1)  # reuse stops at the bad chunk, which is replaced
-    healed = chunks.prefill_with_chunks(llm, tokens, store, CHUNK)
+    healed = chunks.prefill_with_chunks(llm, tokens, chunks.BlobChunks(store, llm.fingerprint, CHUNK))
     # 48 tokens: the last chunk is prefilled again (its last token gives the logits), not stored again
     assert (healed.reused, healed.corrupt, healed.stored, healed.prefilled_tokens) == (2, 0, 0, CHUNK)
     store.delete(chunks.chunk_keys(llm.fingerprint, tokens, CHUNK)[0])
-    assert chunks.prefill_with_chunks(llm, tokens, store, CHUNK).reused == 0  # nothing after a missing chunk is used
+    assert chunks.prefill_with_chunks(llm, tokens, chunks.BlobChunks(store, llm.fingerprint, CHUNK)).reused == 0  # nothing after a missing chunk is used
 
 
 def test_prefix_attention_equals_attention_over_the_whole_sequence(llm) -> None:
