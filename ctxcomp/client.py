@@ -155,9 +155,10 @@ class CtxcompClient(_Connection):
         return wire.result_from_proto(response)
 
     def compress_with_kv(
-        self, query: str, documents: Sequence[Document | str], *, kv_codec: str = "fp16", **kwargs: Any
+        self, query: str, documents: Sequence[Document | str], *, kv_codec: str = "", **kwargs: Any
     ) -> tuple[CompressResult, bytes | None]:
         """Compress and receive the downstream LLM's KV blob for the context (CompressStream).
+        kv_codec: empty for the server's default (fp16; LMCache chunks on an lmcache+fs:// store).
 
         Returns the result and the reassembled blob, verified (format, checksum);
         None when the server keeps blobs in its store (result.kv keys in the
