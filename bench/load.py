@@ -1,6 +1,6 @@
 """Bounded loopback load test of `ctxcomp serve` (stops by itself).
 
-    python bench/load.py [--quick] [--skip-threads]
+    python bench/load.py [--quick] [--skip-threads] [--only PHASE]
 
 Starts servers as subprocesses on free loopback ports (and a redis-server for the
 fault phase), then prints one JSON object per phase:
@@ -14,6 +14,10 @@ fault phase), then prints one JSON object per phase:
              8 MB request arrives: statuses, p99 of the small requests, seconds from
              redis's restart to the first stored blob, and every stored key
              re-read at the end (no corrupt blob may be served)
+  p2         the same requests in this process (Compressor.compress_batch over as many
+             requests as there are clients, the library's best) and through the server
+             (N concurrent gRPC clients), at 1 and 16 clients, back to back: requests/s
+             each way and their ratio (goal >= 0.9)
   threads    EXIT requests, quiet and beside a competing process (a 2-thread torch
              matmul loop, as another replica would be), for the start-up policy
              (threads = cores / workers, passive OpenMP waits) against OpenMP's
@@ -283,6 +287,41 @@ def fault_phase(clients: int, seconds: float, requests: list[dict]) -> None:
                       "stored_keys_checked": len(run["keys"]), "corrupt_blobs_left": corrupt}), flush=True)
 
 
+def in_process_rate(compressor, requests: list[dict], clients: int, seconds: float) -> float:
+    """Requests per second of compress_batch over `clients` requests at a time, for `seconds`."""
+    from ctxcomp.client import build_request
+    from ctxcomp.wire import request_from_proto
+
+    typed = [request_from_proto(build_request(r["query"], r["documents"], method=r["method"], rate=r["rate"],
+                                              options=r["options"])) for r in requests]
+    done, i, started = 0, 0, time.monotonic()
+    while time.monotonic() - started < seconds:
+        batch = [typed[(i + k) % len(typed)] for k in range(clients)]
+        i += clients
+        done += len(compressor.compress_batch(batch))
+    return done / (time.monotonic() - started)
+
+
+def p2_phase(seconds: float, requests: list[dict]) -> None:
+    """Throughput in-process against through the server, same requests, 1 and 16 clients."""
+    from ctxcomp.hub import ModelHub
+    from ctxcomp.pipeline import Compressor
+
+    compressor = Compressor(ModelHub())
+    in_process = {}
+    for clients in (1, 16):
+        in_process_rate(compressor, requests, clients, min(seconds, 8.0))  # warm-up: every option path once
+        in_process[clients] = in_process_rate(compressor, requests, clients, seconds)
+    del compressor
+    with serving() as (_, address):
+        for clients in (1, 16):
+            asyncio.run(run_phase(address, clients, min(seconds, 8.0), 60.0, requests))  # warm-up
+            served = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
+            print(json.dumps({"phase": "p2", "clients": clients, "in_process_per_s": round(in_process[clients], 2),
+                              "grpc_per_s": served["ok_per_s"], "grpc_vs_in_process": round(served["ok_per_s"] / in_process[clients], 3),
+                              "grpc_p50_ms": served["p50_ms"], "statuses": served["statuses"]}), flush=True)
+
+
 def threads_phase(seconds: float, requests: list[dict]) -> None:
     """EXIT throughput, quiet and beside a competitor, per CPU policy (one client: model time)."""
     exit_requests = [dict(r, method="exit", options={}) for r in requests]
@@ -311,16 +350,22 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--skip-threads", action="store_true", help="leave out the threads phase")
+    parser.add_argument("--only", choices=["load", "faults", "p2", "threads"], help="run this phase alone")
     args = parser.parse_args()
     print(json.dumps(header("load", "test", requests_from="the test articles' paragraphs; only timings and statuses are reported")), flush=True)
     requests = make_requests(400, seed=5)
     if args.quick:
         fault_phase(4, 15.0, requests)
         return
-    load_phases(args.clients, args.seconds, requests)
-    fault_phase(8, args.seconds / 2, requests)
-    if not args.skip_threads:
-        threads_phase(args.seconds / 4, requests)
+    phases = {
+        "load": lambda: load_phases(args.clients, args.seconds, requests),
+        "faults": lambda: fault_phase(8, args.seconds / 2, requests),
+        "p2": lambda: p2_phase(args.seconds / 4, requests),
+        "threads": lambda: threads_phase(args.seconds / 4, requests),
+    }
+    for name, run in phases.items():
+        if args.only in (None, name) and not (name == "threads" and args.skip_threads and args.only is None):
+            run()
 
 
 if __name__ == "__main__":
