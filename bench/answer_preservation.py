@@ -7,7 +7,8 @@ classifier trained on the train articles and chose its epoch on dev), each parag
 request compressed to 2x/3x/5x (LLM-token budget, never exceeded). Every
 scorer goes through the same budgeted selection (fit_budget); only the word
 priorities differ:
-  classifier        ctxcomp's trained token classifier (the llmlingua2 method)
+  classifier        ctxcomp's trained token classifier (the llmlingua2 method), fp32;
+                    classifier_bf16 / classifier_int8: the same in bf16 and int8
   self_information  the shipped LLM's surprisal of each word (Selective Context style)
   random            uniform random priorities (seeded)
   first_k           earlier words first (truncation)
@@ -71,12 +72,17 @@ def main() -> None:
     hub = ModelHub()
     llm = load_llm()
     words = [text.segment_words(p.context) for p in paragraphs]
-    started = time.perf_counter()
-    scorers = {"classifier": wordscore.score_documents(hub.get("token_classifier"), [w.strings() for w in words])}
-    classifier_s = time.perf_counter() - started
+    scorers, seconds = {}, {}
+    for form in ("fp32", "bf16", "int8"):  # the classifier in each precision (ctxcomp.models.precision)
+        name = "classifier" if form == "fp32" else f"classifier_{form}"
+        classifier = hub.get("token_classifier", form)
+        wordscore.score_documents(classifier, [w.strings() for w in words[:4]])  # warm-up (int8 compiles here)
+        started = time.perf_counter()
+        scorers[name] = wordscore.score_documents(classifier, [w.strings() for w in words])
+        seconds[name] = time.perf_counter() - started
     started = time.perf_counter()
     scorers["self_information"] = [self_information(llm, w) for w in words]
-    self_info_s = time.perf_counter() - started
+    seconds["self_information"] = time.perf_counter() - started
     rng = np.random.default_rng(0)
     scorers["random"] = [rng.random(len(w)) for w in words]
     scorers["first_k"] = [-np.arange(len(w), dtype=np.float64) for w in words]
@@ -94,7 +100,7 @@ def main() -> None:
                 "target": label, "scorer": name, "paragraphs": len(paragraphs), "questions": sum(asked),
                 "preservation": round(sum(hits) / sum(asked), 4), "interval95": bootstrap_interval(hits, asked),
                 "achieved_ratio": round(sum(totals) / max(kept, 1), 3),
-                "score_seconds": round({"classifier": classifier_s, "self_information": self_info_s}.get(name, 0.0), 2),
+                "score_seconds": round(seconds.get(name, 0.0), 2),
             }), flush=True)
 
 

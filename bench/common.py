@@ -24,7 +24,12 @@ def machine() -> dict:
                  platform.machine())
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-    return {"cpu": model, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags]}
+    line = {"cpu": model, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags]}
+    # oneDNN and MKL told to leave some instructions unused (e.g. AMX, to measure a machine without it)
+    limits = {name: os.environ[name] for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if name in os.environ}
+    if limits:
+        line["isa_limits"] = limits
+    return line
 
 
 def add_split_argument(parser: argparse.ArgumentParser) -> None:

@@ -140,7 +140,7 @@ def main() -> None:
     provide_cl100k(work / "tiktoken")
     hub = ModelHub()
     compressor = Compressor(hub)
-    classifier = hub.get("token_classifier")
+    classifier = hub.get("token_classifier", "fp32")  # the checkpoint the reference loads
     # The reference picks its word rules by the model *name*: WordPiece needs this string in the path.
     checkpoint = work / "bert-base-multilingual-cased-ctxcomp"
     classifier.model.save_pretrained(checkpoint)
@@ -168,7 +168,7 @@ def main() -> None:
         ref, ref_s = timed(lambda g: reference_labels(reference, g), groups)
         reference.oai_tokenizer = stock_oai
         ref_cl100k, ref_cl100k_s = timed(lambda g: reference_labels(reference, g), groups)
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", "bf16", "int8"):
             ours_labels(compressor, groups[0], precision)  # warm-up outside the timing
             ours, ours_s = timed(lambda g: ours_labels(compressor, g, precision), groups)
             print(json.dumps({
@@ -192,7 +192,7 @@ def measure_batched(name, compressor, reference, same_tokenizer, stock_oai, grou
     ref = [reference_labels(reference, [c]) for c in contexts]
     reference.oai_tokenizer = stock_oai
     ref_cl100k = [reference_labels(reference, [c]) for c in contexts]
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "int8"):
         batch = [
             CompressRequest("", (Document("0", t),), method="llmlingua2", rate=RATE, options={"mode": "compat", "precision": precision},
                             return_word_labels=True)

@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kv_store = open_kv_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after)
     from ctxcomp.hub import ModelHub
 
-    hub = ModelHub(device=args.device)
+    hub = ModelHub(device=args.device, precision=args.precision)
     logging.getLogger("ctxcomp.service").info("models run on %s%s", hub.device, " in bf16" if hub.device != "cpu" else "")
     limits = Limits(max_request_tokens=args.max_request_tokens)
     compressor = Compressor(hub, limits, kv_store=kv_store, kv_chunk_tokens=args.kv_chunk_tokens)
@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads per worker (default 0: the cores this process may use / workers)")
     p.add_argument("--device", type=device_arg, default=os.environ.get("CTXCOMP_DEVICE", "cpu"),
                    help="where the encoders and the LLM run: cpu (default), cuda or cuda:N (bf16 there)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=os.environ.get("CTXCOMP_PRECISION", "auto"),
+                   help="encoders on CPU: auto (default: the fastest on this machine, timed at start-up and logged), "
+                        "or fp32, bf16, int8")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")

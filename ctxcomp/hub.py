@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any, Sequence
 
 from ctxcomp import models
+from ctxcomp.models import precision as encoder_precision
 from ctxcomp.errors import ModelUnavailable
 
 _PIECE_MEMO_LIMIT = 500_000
@@ -18,12 +20,18 @@ class ModelHub:
     Roles and their loaders are the one table `ctxcomp.models.registry.ROLES`;
     `overrides` maps a role to a HF id or local path, as the CTXCOMP_* variables do,
     and applies to every form of that role. `device` ("cpu", "cuda", "cuda:N"; default
-    CTXCOMP_DEVICE, else cpu) is where the neural roles run, in bf16 on CUDA.
+    CTXCOMP_DEVICE, else cpu) is where the neural roles run, in bf16 on CUDA. `precision`
+    (default CTXCOMP_PRECISION, else "auto") is the form an encoder role (token classifier,
+    relevance model, sentence encoder) gets when none is asked for: fp32, bf16 or int8, or on
+    CPU with "auto" the fastest of the three on one synthetic batch, timed at its first load
+    (ctxcomp.models.precision); `precisions` says what was chosen and the times.
     """
 
-    def __init__(self, overrides: dict[str, str] | None = None, device: str | None = None) -> None:
+    def __init__(self, overrides: dict[str, str] | None = None, device: str | None = None, precision: str | None = None) -> None:
         self.overrides = dict(overrides or {})
         self.device = models.registry.check_device(device or os.environ.get("CTXCOMP_DEVICE", "") or "cpu")
+        self.precision = encoder_precision.check(precision or os.environ.get("CTXCOMP_PRECISION", "") or "auto")
+        self.precisions: dict[str, tuple[str, dict[str, float]]] = {}  # role -> (chosen, probe ms per candidate)
         for role in self.overrides:
             models.registry.role_spec(role)
         self._loaded: dict[tuple[str, str], Any] = {}
@@ -31,8 +39,10 @@ class ModelHub:
         self._piece_counts: dict[str, int] = {}
 
     def get(self, role: str, form: str | None = None) -> Any:
-        """The loaded model of a role; `form` picks another form of it ("tokenizer", "bf16")."""
+        """The loaded model of a role; `form` picks another form of it ("tokenizer", "int8")."""
         spec = models.registry.role_spec(role)
+        if form in (None, "auto") and spec.probe is not None:
+            form = self.precision_of(role)
         form = form or next(iter(spec.forms))
         if form not in spec.forms:
             raise ValueError(f"model role {role!r} has no form {form!r}; forms: {', '.join(spec.forms)}")
@@ -43,6 +53,25 @@ class ModelHub:
                     loaded = models.registry.place(loaded, self.device)
                 self._loaded[(role, form)] = loaded
             return self._loaded[(role, form)]
+
+    def precision_of(self, role: str) -> str:
+        """The precision the encoder `role` runs in when none is asked for (see the class doc)."""
+        with self._lock:
+            if role not in self.precisions:
+                spec = models.registry.role_spec(role)
+                if self.precision != "auto" or self.device != "cpu" or spec.probe is None:
+                    chosen = "fp32" if self.precision == "auto" else self.precision  # on CUDA: fp32 placed in bf16
+                    self.precisions[role] = (chosen, {})
+                else:
+                    timings = {p: encoder_precision.timed_ms(spec.probe(self.get(role, p))) for p in encoder_precision.PRECISIONS}
+                    chosen = encoder_precision.fastest(timings)
+                    for other in set(timings) - {chosen}:
+                        self._loaded.pop((role, other), None)  # an unused copy is only memory
+                    self.precisions[role] = (chosen, timings)
+                    logging.getLogger("ctxcomp.hub").info(
+                        "%s runs in %s (probe batch: %s)", role, chosen, ", ".join(f"{p} {ms:.1f} ms" for p, ms in timings.items())
+                    )
+            return self.precisions[role][0]
 
     def load(self, roles: Sequence[str]) -> None:
         """Load the given roles now (server start-up), each in its preload form, so the first

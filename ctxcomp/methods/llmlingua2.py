@@ -38,8 +38,10 @@ class LLMLingua2Config(SelectiveOptions):
     max_batch_tokens: int = field(
         default=2048, metadata={"help": "padded encoder tokens per forward batch (small batches stay in cache)"}
     )
-    precision: Literal["fp32", "bf16"] = field(
-        default="fp32", metadata={"help": "classifier precision; bf16 is ~2x faster on CPUs with AMX/AVX512-BF16"}
+    precision: Literal["auto", "fp32", "bf16", "int8"] = field(
+        default="auto",
+        metadata={"help": "token classifier precision; auto: the server's choice (the fastest here, timed at load), "
+                          "fp32 in compat mode"},
     )
     mode: Literal["budget", "compat"] = field(
         default="budget",
@@ -77,6 +79,11 @@ class LLMLingua2Config(SelectiveOptions):
             raise InvalidRequest("options.query_weight", f"must be in [0, 10], got {self.query_weight}")
 
 
+def classifier_precision(config: LLMLingua2Config) -> str:
+    """The token classifier form a request uses: compat mode reproduces the reference, so fp32 unless asked."""
+    return "fp32" if config.mode == "compat" and config.precision == "auto" else config.precision
+
+
 @dataclass
 class _Prepared:
     """One request after segmentation, waiting for its word scores."""
@@ -95,7 +102,7 @@ class _Prepared:
 
     @property
     def scoring_key(self) -> tuple[str, str, int]:
-        return (self.config.precision, self.config.aggregation, self.config.max_batch_tokens)
+        return (classifier_precision(self.config), self.config.aggregation, self.config.max_batch_tokens)
 
 
 class LLMLingua2(MethodBase):
@@ -115,7 +122,7 @@ class LLMLingua2(MethodBase):
         return [self._finish(p, self._word_scores(p) if p.query_aware else next(scores)) for p in prepared]
 
     def _segment(self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]) -> _Prepared:
-        classifier = self.hub.get("token_classifier", config.precision)
+        classifier = self.hub.get("token_classifier", classifier_precision(config))
         tokenizer, max_length = classifier.tokenizer, classifier.max_length
         if config.mode == "compat":
             encoded = [compat.encode(tokenizer, d.text) for d in request.documents]
@@ -200,7 +207,7 @@ class LLMLingua2(MethodBase):
     def _select_compat(self, prepared: _Prepared, scores: list[np.ndarray]) -> Selection:
         """The llmlingua package's LLMLingua-2 decisions: per-chunk percentile thresholds."""
         config = prepared.config
-        tokenizer = self.hub.get("token_classifier", config.precision).tokenizer
+        tokenizer = self.hub.get("token_classifier", classifier_precision(config)).tokenizer
         rate = compat_rate(prepared.request, config, prepared.tokens_before)
         masks = []
         for doc, score in zip(prepared.encoded or [], scores):

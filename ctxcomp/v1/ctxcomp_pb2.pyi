@@ -245,14 +245,25 @@ class MethodInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., options: _Optional[_Iterable[_Union[MethodOption, _Mapping]]] = ..., models: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("role", "source", "loaded")
+    __slots__ = ("role", "source", "loaded", "precision", "precision_ms")
+    class PrecisionMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_MS_FIELD_NUMBER: _ClassVar[int]
     role: str
     source: str
     loaded: bool
-    def __init__(self, role: _Optional[str] = ..., source: _Optional[str] = ..., loaded: _Optional[bool] = ...) -> None: ...
+    precision: str
+    precision_ms: _containers.ScalarMap[str, float]
+    def __init__(self, role: _Optional[str] = ..., source: _Optional[str] = ..., loaded: _Optional[bool] = ..., precision: _Optional[str] = ..., precision_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_query_chars", "max_documents", "max_document_chars", "max_total_chars", "max_message_bytes", "max_request_tokens")

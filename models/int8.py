@@ -1,0 +1,91 @@
+"""int8 encoders for CPU: every transformer projection as a W8A8 linear with int32 accumulation.
+
+Weights are quantized once per output channel (symmetric, absmax / 127); activations per row,
+i.e. per token, when the layer runs; the product is torch._int_mm (VNNI, or AMX-INT8 where
+oneDNN finds it) and is scaled back to float. A row's output depends on that row alone, so a
+request's scores never depend on the batch it was padded into, unlike per-tensor dynamic
+quantization (torch.ao's quantize_dynamic, also deprecated). Heads, norms, embeddings and
+the attention products stay float32.
+
+Quantizing and scaling back are elementwise passes that cost as much as the int8 product
+itself when run op by op, so both are compiled once (torch.compile, dynamic shapes: one
+kernel each for every batch shape) into single fused loops; where compiling fails (no C++
+compiler), they run op by op and int8 is simply not the fastest form for "auto".
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Callable
+
+import torch
+from torch import nn
+
+MIN_FEATURES = 64  # projections inside transformer blocks; a head (out 1 or 2) stays float
+
+
+def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, K] float -> ([M, K] int8, [M, 1] scale): symmetric per row."""
+    scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    return torch.round(rows / scale).to(torch.int8), scale
+
+
+def scale_back(acc: torch.Tensor, row_scale: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """[M, N] int32 products -> float."""
+    return acc.float() * row_scale * weight_scale
+
+
+_fused: dict[str, Callable] = {}
+
+
+def _kernel(name: str, eager: Callable) -> Callable:
+    """`eager` compiled into one fused loop on first use; `eager` itself if that fails."""
+    if name not in _fused:
+        compiled = torch.compile(eager, dynamic=True)
+
+        def first_call(*args: torch.Tensor) -> torch.Tensor:
+            try:
+                result = compiled(*args)
+                _fused[name] = compiled
+            except Exception as err:  # noqa: BLE001 - any compiler failure means: run op by op
+                logging.getLogger("ctxcomp.models").warning("int8 %s runs op by op (compiling failed: %s)", name, err)
+                _fused[name] = eager
+                result = eager(*args)
+            return result
+
+        _fused[name] = first_call
+    return _fused[name]
+
+
+class Int8Linear(nn.Module):
+    """nn.Linear with int8 weights [K, N] (per output channel scale) and per-row int8 inputs."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()  # [N, K]
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight_t", torch.round(weight / scale.unsqueeze(1)).to(torch.int8).t().contiguous())
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quantized, row_scale = _kernel("quantize_rows", quantize_rows)(x.reshape(-1, self.in_features).float())
+        out = _kernel("scale_back", scale_back)(torch._int_mm(quantized, self.weight_t), row_scale, self.weight_scale)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def quantize(module: nn.Module) -> nn.Module:
+    """A copy of `module` (float32, CPU) with every large nn.Linear as an Int8Linear."""
+    copied = copy.deepcopy(module).float().eval()
+    targets = [
+        (name, child) for name, child in copied.named_modules()
+        if isinstance(child, nn.Linear) and min(child.in_features, child.out_features) >= MIN_FEATURES
+    ]
+    for name, linear in targets:
+        parent_name, _, attribute = name.rpartition(".")
+        setattr(copied.get_submodule(parent_name) if parent_name else copied, attribute, Int8Linear(linear))
+    return copied
