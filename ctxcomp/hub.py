@@ -8,8 +8,8 @@ import threading
 from typing import Any, Sequence
 
 from ctxcomp import models
-from ctxcomp.models import precision as encoder_precision
 from ctxcomp.errors import ModelUnavailable
+from ctxcomp.models import precision as encoder_precision
 
 _PIECE_MEMO_LIMIT = 500_000
 
@@ -31,6 +31,8 @@ class ModelHub:
         self.overrides = dict(overrides or {})
         self.device = models.registry.check_device(device or os.environ.get("CTXCOMP_DEVICE", "") or "cpu")
         self.precision = encoder_precision.check(precision or os.environ.get("CTXCOMP_PRECISION", "") or "auto")
+        if self.precision == "int8" and self.device != "cpu":
+            raise ValueError(f"precision int8 is for CPUs; on {self.device} the encoders run in bf16 (use auto)")
         self.precisions: dict[str, tuple[str, dict[str, float]]] = {}  # role -> (chosen, probe ms per candidate)
         for role in self.overrides:
             models.registry.role_spec(role)

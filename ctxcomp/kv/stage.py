@@ -118,15 +118,15 @@ def write_lmcache(llm: Any, context: str, store: LMCacheStore, templated: bool) 
     """
     ids = llm.tokenizer(context, add_special_tokens=not templated)["input_ids"]
     keys = store.keys(ids)
-    written = [cache_key for key in keys for cache_key in store.cache_keys(key)]
+    names = tuple(name for key in keys for name in store.cache_keys(key))
     if not keys:
         note = f"the context is {len(ids)} tokens, shorter than one LMCache chunk ({store.chunk_tokens}): no chunk written"
         return KvBlob("", len(ids), LMCACHE_CODEC, 0, None, "miss", note=note)
     if all(store.has(key, llm) for key in keys):
-        return KvBlob(keys[-1], len(ids), LMCACHE_CODEC, 0, None, "hit", len(keys) * store.chunk_tokens, tuple(written))
+        return KvBlob(keys[-1], len(ids), LMCACHE_CODEC, 0, None, "hit", len(keys) * store.chunk_tokens, names)
     done = prefill_with_chunks(llm, ids, store)
     lookup = "corrupt" if done.corrupt else "miss"
-    return KvBlob(keys[-1], len(ids), LMCACHE_CODEC, done.stored_bytes, None, lookup, done.reused * done.chunk_tokens, tuple(written))
+    return KvBlob(keys[-1], len(ids), LMCACHE_CODEC, done.stored_bytes, None, lookup, done.reused * done.chunk_tokens, names)
 
 
 def stored_blob(store: BlobStore, key: str, fingerprint: str, ids: list[int], codec: str) -> tuple[bytes | None, str]:
