@@ -126,15 +126,20 @@ def encode_chunk(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], k
     return HEADER.pack(len(payload), KV_2LTD, code, *kv.shape) + payload
 
 
+def expected_header(kv_dtype: str, layers: int, heads: int, head_dim: int, tokens: int) -> tuple[int, ...]:
+    """The RemoteMetadata fields of a record of this shape; its first is the payload's size."""
+    dtype, code = KV_DTYPES[kv_dtype]
+    return (2 * layers * tokens * heads * head_dim * dtype.itemsize, KV_2LTD, code, 2, layers, tokens, heads * head_dim)
+
+
 def decode_chunk(data: bytes, kv_dtype: str, layers: int, heads: int, head_dim: int, tokens: int) -> Chunk:
     """The per-layer float32 K, V [H, T, D] of one worker's record; ValueError unless its
     framing is exactly what this model and layout produce."""
-    dtype, code = KV_DTYPES[kv_dtype]
-    expected = (2, layers, tokens, heads * head_dim)
-    size = 2 * layers * tokens * heads * head_dim * dtype.itemsize
-    if len(data) != HEADER.size + size or HEADER.unpack_from(data) != (size, KV_2LTD, code, *expected):
+    header = expected_header(kv_dtype, layers, heads, head_dim, tokens)
+    if len(data) != HEADER.size + header[0] or HEADER.unpack_from(data) != header:
         raise ValueError("LMCache record: not this model's chunk (framing, dtype or shape differ)")
-    kv = torch.frombuffer(bytearray(data[HEADER.size :]), dtype=torch.uint8).view(dtype).reshape(expected).float()
+    dtype = KV_DTYPES[kv_dtype][0]
+    kv = torch.frombuffer(bytearray(data[HEADER.size :]), dtype=torch.uint8).view(dtype).reshape(header[3:]).float()
     per_layer = kv.reshape(2, layers, tokens, heads, head_dim).transpose(2, 3)
     return list(per_layer[0]), list(per_layer[1])
 
@@ -176,16 +181,13 @@ class LMCacheStore:
     def has(self, key: str, llm: Any) -> bool:
         """Every worker's record is there and framed for this model (header and size; the
         bytes are not read). A badly framed one is deleted."""
-        layers, heads, head_dim, tokens = self._shape(llm, self.chunk_tokens)
-        dtype, code = KV_DTYPES[self.layout.kv_dtype]
-        size = 2 * layers * tokens * heads * head_dim * dtype.itemsize
-        expected = (size, KV_2LTD, code, 2, layers, tokens, heads * head_dim)
+        expected = expected_header(self.layout.kv_dtype, *self._shape(llm, self.chunk_tokens))
         for path in self._paths(key):
             try:
                 with path.open("rb") as handle:
                     header = handle.read(HEADER.size)
                     framed = len(header) == HEADER.size and HEADER.unpack(header) == expected
-                    framed = framed and os.fstat(handle.fileno()).st_size == HEADER.size + size
+                    framed = framed and os.fstat(handle.fileno()).st_size == HEADER.size + expected[0]
             except FileNotFoundError:
                 return False
             except OSError as err:
