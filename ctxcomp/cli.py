@@ -106,9 +106,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # oneDNN caches one primitive per distinct tensor shape (1024 by default); requests of
-    # ever-new lengths made the server's RSS grow ~27% under load (bench/load.py). A
-    # cache of 2 keeps growth under 10% for ~5-10% throughput. Must be set before torch runs.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "2")
+    # ever-new lengths made the server's RSS grow ~27% under load (bench/load.py). With bf16
+    # encoders (what --precision auto picks on AMX CPUs) every matmul goes through oneDNN, and a
+    # cache of 2 cost a third of the throughput (P2 0.65x); 64 keeps 0.98x and growth at 8%
+    # (README, "Service under load"). Must be set before torch runs.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     from ctxcomp.pipeline import Compressor, Limits
     from ctxcomp.service import logs
     from ctxcomp.service.server import ServerConfig, serve
