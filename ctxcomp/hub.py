@@ -65,15 +65,28 @@ class ModelHub:
                     chosen = "fp32" if self.precision == "auto" else self.precision  # on CUDA: fp32 placed in bf16
                     self.precisions[role] = (chosen, {})
                 else:
-                    timings = {p: encoder_precision.timed_ms(spec.probe(self.get(role, p))) for p in encoder_precision.PRECISIONS}
-                    chosen = encoder_precision.fastest(timings)
-                    for other in set(timings) - {chosen}:
+                    timings = self._probe(role, spec.probe)
+                    chosen = encoder_precision.fastest(timings) if timings else "fp32"
+                    for other in set(encoder_precision.PRECISIONS) - {chosen}:
                         self._loaded.pop((role, other), None)  # an unused copy is only memory
                     self.precisions[role] = (chosen, timings)
                     logging.getLogger("ctxcomp.hub").info(
                         "%s runs in %s (probe batch: %s)", role, chosen, ", ".join(f"{p} {ms:.1f} ms" for p, ms in timings.items())
                     )
             return self.precisions[role][0]
+
+    def _probe(self, role: str, probe: Any) -> dict[str, float]:
+        """Milliseconds of the probe batch per form; a form that cannot be built or run for
+        this (possibly overridden) model is logged and left out."""
+        timings = {}
+        for form in encoder_precision.PRECISIONS:
+            try:
+                timings[form] = encoder_precision.timed_ms(probe(self.get(role, form)))
+            except ModelUnavailable:
+                raise
+            except Exception as err:  # noqa: BLE001 - e.g. an override encoder of another shape: not a candidate
+                logging.getLogger("ctxcomp.hub").warning("%s: %s form left out of auto (%s: %s)", role, form, type(err).__name__, err)
+        return timings
 
     def load(self, roles: Sequence[str]) -> None:
         """Load the given roles now (server start-up), each in its preload form, so the first

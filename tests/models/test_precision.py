@@ -77,3 +77,16 @@ def test_list_methods_reports_each_encoders_precision() -> None:
     assert models["relevance"].precision == hub.precisions["relevance"][0]
     assert set(models["relevance"].precision_ms) == {"fp32", "bf16", "int8"}
     assert models["downstream_llm"].precision == ""
+
+
+def test_a_form_that_cannot_run_for_a_model_is_left_out_of_auto() -> None:
+    hub = ModelHub(precision="auto")
+    real = ROLES["relevance"].probe
+
+    def probe(scorer):  # as an override encoder whose int8 copy cannot run would
+        if any(isinstance(m, int8.Int8Linear) for m in scorer.model.modules()):
+            raise RuntimeError("no int8 kernel for this shape")
+        return real(scorer)
+
+    timings = hub._probe("relevance", probe)
+    assert set(timings) == {"fp32", "bf16"}
