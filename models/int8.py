@@ -31,9 +31,9 @@ def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(rows / scale).to(torch.int8), scale
 
 
-def scale_back(acc: torch.Tensor, row_scale: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
-    """[M, N] int32 products -> float."""
-    return acc.float() * row_scale * weight_scale
+def scale_back(acc: torch.Tensor, row_scale: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """[M, N] int32 products -> float, plus the bias."""
+    return acc.float() * row_scale * weight_scale + bias
 
 
 _fused: dict[str, Callable] = {}
@@ -67,14 +67,13 @@ class Int8Linear(nn.Module):
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         self.register_buffer("weight_t", torch.round(weight / scale.unsqueeze(1)).to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", scale)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        bias = linear.bias.detach().float().clone() if linear.bias is not None else torch.zeros(linear.out_features)
+        self.register_buffer("bias", bias)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         quantized, row_scale = _kernel("quantize_rows", quantize_rows)(x.reshape(-1, self.in_features).float())
-        out = _kernel("scale_back", scale_back)(torch._int_mm(quantized, self.weight_t), row_scale, self.weight_scale)
-        if self.bias is not None:
-            out = out + self.bias
+        out = _kernel("scale_back", scale_back)(torch._int_mm(quantized, self.weight_t), row_scale, self.weight_scale, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
