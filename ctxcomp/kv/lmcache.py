@@ -67,7 +67,7 @@ class LMCacheLayout:
     hash_seed: str  # PYTHONHASHSEED of the vLLM processes; unset there means random keys
     kv_dtype: str = "bfloat16"  # the engine's KV cache dtype
     chunk_size: int = 256  # LMCache chunk_size
-    world_size: int = 1  # vLLM's tensor-parallel size
+    world_size: int = 1  # vLLM's tensor-parallel size (LMCache keys by the whole world size; no pipeline parallelism)
     hash_algorithm: str = "sha256_cbor"  # LMCache pre_caching_hash_algorithm
     version: str = LMCACHE_VERSION
 
