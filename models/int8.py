@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from typing import Callable
 
 import torch
@@ -37,6 +38,7 @@ def scale_back(acc: torch.Tensor, row_scale: torch.Tensor, weight_scale: torch.T
 
 
 _fused: dict[str, Callable] = {}
+_compiling = threading.Lock()  # Dynamo's first trace is not thread-safe
 
 
 def _kernel(name: str, eager: Callable) -> Callable:
@@ -45,14 +47,17 @@ def _kernel(name: str, eager: Callable) -> Callable:
         compiled = torch.compile(eager, dynamic=True)
 
         def first_call(*args: torch.Tensor) -> torch.Tensor:
-            try:
-                result = compiled(*args)
-                _fused[name] = compiled
-            except Exception as err:  # noqa: BLE001 - any compiler failure means: run op by op
-                logging.getLogger("ctxcomp.models").warning("int8 %s runs op by op (compiling failed: %s)", name, err)
-                _fused[name] = eager
-                result = eager(*args)
-            return result
+            with _compiling:
+                if _fused[name] is not first_call:  # another thread finished first
+                    return _fused[name](*args)
+                try:
+                    result = compiled(*args)
+                    _fused[name] = compiled
+                except Exception as err:  # noqa: BLE001 - any compiler failure means: run op by op
+                    logging.getLogger("ctxcomp.models").warning("int8 %s runs op by op (compiling failed: %s)", name, err)
+                    _fused[name] = eager
+                    result = eager(*args)
+                return result
 
         _fused[name] = first_call
     return _fused[name]
