@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,6 +41,7 @@ import torch
 
 from ctxcomp.errors import StoreUnavailable
 from ctxcomp.kv.architectures import head_dim_of
+from ctxcomp.kv.store import write_atomically
 
 LMCACHE_VERSION = "0.5.6"
 SCHEME = "lmcache+fs"
@@ -222,24 +222,10 @@ class LMCacheStore:
         for worker, path in enumerate(self._paths(key)):
             heads = slice(worker * share, (worker + 1) * share)
             data = encode_chunk([k[0, heads] for k in part.keys], [v[0, heads] for v in part.values], self.layout.kv_dtype)
-            _write_atomically(path, data)
+            # 0644: the vLLM process reading it may run as another user, as with LMCache's own files
+            write_atomically(path, data, "KV store (lmcache) could not write a chunk", mode=0o644)
             written += len(data)
         return written
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o644)  # the vLLM process reading it may run as another user, as with LMCache's own files
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as err:
-        raise StoreUnavailable(f"KV store (lmcache) could not write a chunk: {err.strerror or type(err).__name__}") from err
 
 
 def open_lmcache_store(url: str) -> LMCacheStore:

@@ -46,6 +46,25 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+def write_atomically(path: Path, data: bytes, failure: str, mode: int | None = None) -> None:
+    """`data` at `path` whole or not at all (temp file + rename), its folder made if need be;
+    `mode` sets the file's permissions (mkstemp's are 0600). StoreUnavailable(`failure`: why)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise StoreUnavailable(f"{failure}: {err.strerror or type(err).__name__}") from err
+
+
 class FileStore:
     """One file per blob under a root folder, written atomically (temp file + rename)."""
 
@@ -60,19 +79,7 @@ class FileStore:
         return self.root / key[:2] / f"{key}.kvblob"
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as err:
-            raise StoreUnavailable(f"KV store (file) could not write a blob: {err.strerror or type(err).__name__}") from err
+        write_atomically(self._path(key), data, "KV store (file) could not write a blob")
 
     def get(self, key: str) -> bytes | None:
         try:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from ctxcomp.kv import chunks
 from ctxcomp.kv.prefill import prefill
@@ -19,23 +15,9 @@ from ctxcomp.kv.store import FileStore
 CHUNK = 16
 
 
-@dataclass
-class TinyLLM:
-    """What the KV code reads of a loaded LLM."""
-
-    model: Any
-    fingerprint: str = "tiny-llama-test"
-    path: Path = Path("tiny-llama")
-
-
 @pytest.fixture(scope="module")
-def llm() -> TinyLLM:
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        "llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=500, max_position_embeddings=512,
-    )
-    return TinyLLM(AutoModelForCausalLM.from_config(config).eval())
+def llm(tiny_llama):  # tests/kv/conftest.py
+    return tiny_llama(hidden_size=128)
 
 
 def ids(seed: int, n: int) -> list[int]:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from ctxcomp.kv import lmcache
 from ctxcomp.kv.architectures import head_dim_of
@@ -34,20 +32,9 @@ CHUNK = 16
 SEED = "0"
 
 
-@dataclass
-class TinyLLM:
-    model: Any
-    fingerprint: str = "tiny-llama-test"
-
-
 @pytest.fixture(scope="module")
-def llm() -> TinyLLM:
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        "llama", hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=500, max_position_embeddings=512,
-    )
-    return TinyLLM(AutoModelForCausalLM.from_config(config).eval())
+def llm(tiny_llama):  # tests/kv/conftest.py
+    return tiny_llama(hidden_size=256)
 
 
 def ids(seed: int, n: int) -> list[int]:
