@@ -11,7 +11,10 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
 4. drop tokens by the token head only where the budget demands it: a word's
    priority is its sentence's logit plus `token_weight` times its own, so
    whole sentences go in order and only the sentence at the budget's edge is
-   cut to its best words (code blocks, JSON, links stay whole units).
+   cut to its best words (code blocks, JSON, links stay whole units);
+5. fill: budget the relevant documents cannot use (they are whole) goes to
+   the dropped ones, best first, unless `fill_budget` is off (a target is then
+   only a cap). At tight budgets nothing is left, and irrelevant documents stay out.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class CascadeConfig(SelectiveOptions):
     )
     token_weight: float = field(
         default=0.3, metadata={"help": "word priority = sentence logit + this x token logit (0 = whole sentences only)"}
+    )
+    fill_budget: bool = field(
+        default=True,
+        metadata={"help": "budget the relevant documents leave (they are kept whole) goes to dropped ones, best first"},
     )
 
     def check(self) -> None:
@@ -79,14 +86,15 @@ def compress_scored(hub: ModelHub, item: MethodItem, scores: Sequence[relevance.
         keep_in_document(hub, doc, int(doc_budget), config.token_weight, before)
         for doc, doc_budget, before in zip(scores, budgets, item.tokens_before)
     ]
-    spend_leftover(hub, scores, budgets, selections, budget, config.token_weight, item.tokens_before)
+    spend_leftover(hub, scores, budgets, selections, budget, config, item.tokens_before)
     merged = Selection(
         [m for s in selections for m in s.masks],
         [r for s in selections for r in s.rendered],
         [c for s in selections for c in s.counts],
     )
     probabilities = [doc.probability for doc in scores]
-    dropped = int((~kept_documents(scores, config.drop_below)).sum())
+    relevant = kept_documents(scores, config.drop_below)
+    dropped = sum(1 for keep, s in zip(relevant, selections) if not keep and not sum(s.counts))
     note = f"{dropped} document(s) judged irrelevant and dropped whole" if dropped else ""
     return MethodOutput(document_results(item.request, merged, item.tokens_before, probabilities), note)
 
@@ -113,16 +121,21 @@ def kept_documents(scores: Sequence[relevance.DocumentScores], drop_below: float
 
 def spend_leftover(
     hub: ModelHub, scores: Sequence[relevance.DocumentScores], budgets: np.ndarray, selections: list[Selection],
-    budget: int, token_weight: float, sizes: Sequence[int],
+    budget: int, config: CascadeConfig, sizes: Sequence[int],
 ) -> None:
     """Give the tokens the per-document fits left unspent (whole units rarely fill a budget
-    exactly) to the kept documents in relevance order, refitting each with its share plus them."""
-    for d in np.argsort([-doc.relevance for doc in scores], kind="stable"):
+    exactly) to the kept documents in relevance order, refitting each with its share plus them;
+    with `fill_budget`, what is still left then goes to the dropped documents, best first."""
+    by_relevance = np.argsort([-doc.relevance for doc in scores], kind="stable")
+    order = [d for d in by_relevance if budgets[d] >= 1]
+    if config.fill_budget:
+        order += [d for d in by_relevance if budgets[d] < 1]
+    for d in order:
         left = budget - sum(sum(s.counts) for s in selections)
-        if left <= 0 or budgets[d] < 1:
-            continue
+        if left <= 0:
+            break
         if sum(selections[d].counts) < sizes[d]:
-            grown = keep_in_document(hub, scores[d], sum(selections[d].counts) + left, token_weight, sizes[d])
+            grown = keep_in_document(hub, scores[d], sum(selections[d].counts) + left, config.token_weight, sizes[d])
             if sum(grown.counts) > sum(selections[d].counts):
                 selections[d] = grown
 

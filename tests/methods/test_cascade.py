@@ -61,10 +61,25 @@ def test_each_request_of_a_batch_keeps_its_own_options(compressor) -> None:
     assert [r.context for r in compressor.compress_batch(requests)] == [compressor.compress(r).context for r in requests]
 
 
-def test_a_strict_drop_threshold_keeps_only_the_best_document(compressor) -> None:
-    result = compressor.compress(demo_request(method="cascade", rate=0.9, options={"drop_below": 0.9999}))
+def test_a_strict_drop_threshold_without_filling_keeps_only_the_best_document(compressor) -> None:
+    options = {"drop_below": 0.9999, "fill_budget": False}
+    result = compressor.compress(demo_request(method="cascade", rate=0.9, options=options))
     kept = [d.id for d in result.documents if d.text]
     assert kept == ["vasa-1"] and "dropped whole" in result.note
+    assert result.tokens_after < 0.9 * result.tokens_before / 2  # a cap, left unspent
+
+
+def test_budget_the_relevant_documents_leave_goes_to_dropped_ones_best_first(compressor) -> None:
+    request = demo_request(method="cascade", rate=0.9, options={"drop_below": 0.9999})
+    result = compressor.compress(request)
+    budget = int(result.tokens_before * 0.9)
+    assert budget - 8 <= result.tokens_after <= budget
+    by_id = {d.id: d for d in result.documents}
+    assert by_id["vasa-1"].tokens_after == by_id["vasa-1"].tokens_before
+    partial = [d for d in result.documents if 0 < d.tokens_after < d.tokens_before]
+    whole = [d for d in result.documents if d.tokens_after == d.tokens_before]
+    assert len(partial) <= 1 and all(d.score >= p.score for d in whole for p in partial)
+    assert all(d.score <= p.score for d in result.documents if not d.text for p in partial + whole)
 
 
 @pytest.mark.parametrize("options, field", [({"temperature": 0}, "options.temperature"), ({"drop_below": 1.0}, "options.drop_below"),
