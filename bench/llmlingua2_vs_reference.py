@@ -63,6 +63,20 @@ def provide_cl100k(cache: Path) -> None:
     os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
 
 
+def reference_compressor(classifier, device: str):
+    """The reference llmlingua's LLMLingua-2 on `device`, loading our token classifier's
+    checkpoint (saved to a temporary folder) and tiktoken's cl100k from bpe-openai."""
+    from llmlingua import PromptCompressor
+
+    work = Path(tempfile.mkdtemp(prefix="ctxcomp-bench-"))
+    provide_cl100k(work / "tiktoken")
+    # The reference picks its word rules by the model *name*: WordPiece needs this string in the path.
+    checkpoint = work / "bert-base-multilingual-cased-ctxcomp"
+    classifier.model.save_pretrained(checkpoint)
+    classifier.tokenizer.save_pretrained(checkpoint)
+    return PromptCompressor(model_name=str(checkpoint), use_llmlingua2=True, device_map=device)
+
+
 class LLMTokenizerAsTiktoken:
     """The downstream LLM's tokenizer behind tiktoken's encode(), for the reference's word weights."""
 
@@ -134,18 +148,10 @@ def main() -> None:
     args = parser.parse_args()
     print(json.dumps(header("llmlingua2_vs_reference", args.split, torch=torch.__version__)), flush=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    from llmlingua import PromptCompressor
-
-    work = Path(tempfile.mkdtemp(prefix="ctxcomp-bench-"))
-    provide_cl100k(work / "tiktoken")
     hub = ModelHub()
     compressor = Compressor(hub)
     classifier = hub.get("token_classifier", "fp32")  # the checkpoint the reference loads
-    # The reference picks its word rules by the model *name*: WordPiece needs this string in the path.
-    checkpoint = work / "bert-base-multilingual-cased-ctxcomp"
-    classifier.model.save_pretrained(checkpoint)
-    classifier.tokenizer.save_pretrained(checkpoint)
-    reference = PromptCompressor(model_name=str(checkpoint), use_llmlingua2=True, device_map="cpu")
+    reference = reference_compressor(classifier, "cpu")
     stock_oai = reference.oai_tokenizer
     same_tokenizer = LLMTokenizerAsTiktoken(hub.get("downstream_llm", "tokenizer"))
 

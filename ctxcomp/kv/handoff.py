@@ -64,12 +64,15 @@ def blob_from_prefill(
 
 
 def cache_from_blob(data: bytes, llm: Any, transform: Any = None) -> tuple[Any, blob.BlobMeta]:
-    """A DynamicCache for llm from blob bytes; refuses blobs of other models or corrupt ones."""
+    """A DynamicCache for llm, on the device its weights are on, from blob bytes; refuses
+    blobs of other models or corrupt ones."""
     from transformers import DynamicCache
 
     keys, values, meta = blob.decode(
         data, expect_fingerprint=llm.fingerprint, transform=lambda: kv_transform_for(llm, transform)
     )
+    device = next(llm.model.parameters()).device
+    keys, values = keys.to(device), values.to(device)
     cache = DynamicCache()
     for layer in range(meta.layers):
         cache.update(keys[layer].unsqueeze(0), values[layer].unsqueeze(0), layer)
