@@ -43,7 +43,6 @@ from typing import Any, Callable
 
 import torch
 from common import header, split_paragraphs
-from quality import build_requests
 
 from ctxcomp.kv import blob
 from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
@@ -181,6 +180,7 @@ def measure_kv(args: argparse.Namespace, where: dict) -> None:
 def measure_compression(args: argparse.Namespace, where: dict) -> None:
     """Every method on the device against the reference LLMLingua-2 on the same device."""
     from llmlingua2_vs_reference import reference_compressor
+    from quality import build_requests
 
     from ctxcomp.hub import ModelHub
     from ctxcomp.pipeline import Compressor
