@@ -14,6 +14,8 @@ Parts, one JSON object per line, each figure with its baseline from the same run
             at a time; requests/s. Baseline: the reference llmlingua's LLMLingua-2 loading
             our token classifier's checkpoint on the same device, one call per request, on
             the same requests at the same rate; ratio = ours / reference requests/s.
+            `llmlingua2:compat` is the like-for-like pair (the reference's own decisions).
+            --quick: 16 requests; cascade, llmlingua2 and llmlingua2:compat.
   ttft      an LLM with a real architecture's shape and random weights, built from its
             config on the device in bf16 (no download): Llama-3.1-8B (--quick: Llama-3.2-1B;
             --device cpu: a 2-layer Llama-3), at 2k, 8k and 32k context tokens (--quick: 2k)
@@ -28,7 +30,7 @@ Parts, one JSON object per line, each figure with its baseline from the same run
             out: it is calibrated for the shipped SmolLM2 only (bench/kv.py measures it).
 
 Timing: wall clock around each call with the device synchronized, after one untimed run;
-the median of --repeats runs (default 5, --quick 3) with min and max.
+the median of --repeats runs (default 5, --quick 2) with min and max.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from ctxcomp.kv import blob
 from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
 from ctxcomp.kv.prefill import prefill
 
-METHODS = ("cascade", "llmlingua2", "exit", "recomp_extractive", "mig")
+METHODS = ("cascade", "llmlingua2", "exit", "recomp_extractive", "mig", "llmlingua2:compat")
+QUICK_METHODS = ("cascade", "llmlingua2", "llmlingua2:compat")
 RATE = 0.2
 QUESTION_TOKENS = 16
 CODECS = ("fp16", "bf16", "int8", "int4")
@@ -185,7 +188,7 @@ def measure_compression(args: argparse.Namespace, where: dict) -> None:
     from ctxcomp.hub import ModelHub
     from ctxcomp.pipeline import Compressor
 
-    count = 8 if args.device == "cpu" else 32 if args.quick else 200
+    count = 8 if args.device == "cpu" else 16 if args.quick else 200
     requests = [dataclasses.replace(r, rate=RATE) for _, r, _ in build_requests(split_paragraphs("test"), count)]
     hub = ModelHub(device=args.device)
     compressor = Compressor(hub)
@@ -198,7 +201,7 @@ def measure_compression(args: argparse.Namespace, where: dict) -> None:
 
     _, reference_s = timed(reference_all, args.device, args.repeats)
     baseline = len(requests) / statistics.median(reference_s)
-    for name in (*METHODS, "llmlingua2:compat"):
+    for name in (QUICK_METHODS if args.quick else METHODS):
         method, _, mode = name.partition(":")
         mine = [dataclasses.replace(r, method=method, options={"mode": mode} if mode else {}) for r in requests]
         _, batch_s = timed(lambda: compressor.compress_batch(mine), args.device, args.repeats)
@@ -213,13 +216,13 @@ def measure_compression(args: argparse.Namespace, where: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="Llama-3.2-1B shape at 2k tokens, 32 requests (under a minute on a GPU)")
+    parser.add_argument("--quick", action="store_true", help="Llama-3.2-1B shape at 2k tokens; 16 requests, 3 methods; 2 timed runs")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a smoke run on a tiny shape")
     parser.add_argument("--parts", default="compress,ttft,codec")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.quick:
-        args.repeats = min(args.repeats, 3)
+        args.repeats = min(args.repeats, 2)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(json.dumps(header("gpu", None, result="not measured: no GPU", torch=torch.__version__)), flush=True)
         return

@@ -27,7 +27,7 @@ def test_the_kv_parts_run_on_a_tiny_llama3_shape_on_cpu() -> None:
     (ttft,) = [line for line in lines if line.get("part") == "ttft"]
     assert ttft["llm_shape"] == "tiny-llama-3" and ttft["context_tokens"] == 2048
     assert ttft["same_top1"] and ttft["max_abs_logit_diff"] < 1e-2
-    assert ttft["full_prefill_s"]["runs"] == ttft["with_blob_s"]["runs"] == 3
+    assert ttft["full_prefill_s"]["runs"] == ttft["with_blob_s"]["runs"] == 2
     codecs = {line["codec"]: line for line in lines if line.get("part") == "codec"}
     assert set(codecs) == {"fp16", "bf16", "int8", "int4"}
     assert codecs["fp16"]["max_abs_k_err"] < 1e-2 and codecs["int4"]["blob_bytes"] < codecs["fp16"]["blob_bytes"] / 3
