@@ -12,9 +12,10 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
    priority is its sentence's logit plus `token_weight` times its own, so
    whole sentences go in order and only the sentence at the budget's edge is
    cut to its best words (code blocks, JSON, links stay whole units);
-5. fill: budget the relevant documents cannot use (they are whole) goes to
-   the dropped ones, best first, unless `fill_budget` is off (a target is then
-   only a cap). At tight budgets nothing is left, and irrelevant documents stay out.
+5. fill: budget the relevant documents cannot use (all of them are whole) goes
+   to the dropped ones, best first, unless `fill_budget` is off (a target is then
+   only a cap). At tight budgets no relevant document is whole, and irrelevant
+   documents stay out.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class CascadeConfig(SelectiveOptions):
     )
     fill_budget: bool = field(
         default=True,
-        metadata={"help": "budget the relevant documents leave (they are kept whole) goes to dropped ones, best first"},
+        metadata={"help": "budget the relevant documents leave once all are whole goes to dropped ones, best first"},
     )
 
     def check(self) -> None:
@@ -125,17 +126,26 @@ def spend_leftover(
 ) -> None:
     """Give the tokens the per-document fits left unspent (whole units rarely fill a budget
     exactly) to the kept documents in relevance order, refitting each with its share plus them;
-    with `fill_budget`, what is still left then goes to the dropped documents, best first."""
+    with `fill_budget`, once every kept document is whole, what is left goes to the dropped
+    documents, best first."""
     by_relevance = np.argsort([-doc.relevance for doc in scores], kind="stable")
-    order = [d for d in by_relevance if budgets[d] >= 1]
-    if config.fill_budget:
-        order += [d for d in by_relevance if budgets[d] < 1]
+    kept = [d for d in by_relevance if budgets[d] >= 1]
+    grow(hub, scores, selections, budget, config.token_weight, sizes, kept)
+    if config.fill_budget and all(sum(selections[d].counts) >= sizes[d] for d in kept):
+        grow(hub, scores, selections, budget, config.token_weight, sizes, [d for d in by_relevance if budgets[d] < 1])
+
+
+def grow(
+    hub: ModelHub, scores: Sequence[relevance.DocumentScores], selections: list[Selection], budget: int,
+    token_weight: float, sizes: Sequence[int], order: Sequence[int],
+) -> None:
+    """Refit the documents of `order`, in turn, with what they keep plus what the budget has left."""
     for d in order:
         left = budget - sum(sum(s.counts) for s in selections)
         if left <= 0:
-            break
+            return
         if sum(selections[d].counts) < sizes[d]:
-            grown = keep_in_document(hub, scores[d], sum(selections[d].counts) + left, config.token_weight, sizes[d])
+            grown = keep_in_document(hub, scores[d], sum(selections[d].counts) + left, token_weight, sizes[d])
             if sum(grown.counts) > sum(selections[d].counts):
                 selections[d] = grown
 
