@@ -196,6 +196,26 @@ def _run_local(
         yield worker(todo)
 
 
+def start_ray(workers: int, thread_plan: ThreadPlan, attempts: int = 2) -> None:
+    """ray.init for the job: one CPU per actor plus one for reading; a local instance unless
+    RAY_ADDRESS says otherwise. A local raylet that does not register within Ray's 30 s (seen
+    on a loaded 2-core machine) is shut down and started once more."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(
+                num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(thread_plan.threads), "OMP_WAIT_POLICY": "PASSIVE"}},
+            )
+            return
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for a startup timeout
+            ray.shutdown()
+            if attempt + 1 == attempts or "timed out during startup" not in str(err):
+                raise
+            logging.getLogger("ctxcomp.batch").warning("Ray did not start (%s); trying once more", err)
+
+
 def _run_ray(
     input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int, workers: int, thread_plan: ThreadPlan
 ) -> Iterator[pa.Table]:
@@ -204,11 +224,7 @@ def _run_ray(
     import ray
 
     if not ray.is_initialized():
-        # One CPU per actor plus one for reading; a local instance unless RAY_ADDRESS says otherwise.
-        ray.init(
-            num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(thread_plan.threads), "OMP_WAIT_POLICY": "PASSIVE"}},
-        )
+        start_ray(workers, thread_plan)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # our own bar counts written records
     logging.getLogger("ray.data").setLevel(logging.WARNING)
