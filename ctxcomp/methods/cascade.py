@@ -13,9 +13,9 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
    whole sentences go in order and only the sentence at the budget's edge is
    cut to its best words (code blocks, JSON, links stay whole units);
 5. fill: budget the relevant documents cannot use (all of them are whole) goes
-   to the dropped ones, best first, unless `fill_budget` is off (a target is then
-   only a cap). At tight budgets no relevant document is whole, and irrelevant
-   documents stay out.
+   to the dropped ones, best first, in whole sentences, unless `fill_budget` is
+   off (a target is then only a cap). At tight budgets no relevant document is
+   whole, and irrelevant documents stay out; a few tokens left over buy nothing.
 """
 
 from __future__ import annotations
@@ -127,37 +127,43 @@ def spend_leftover(
     """Give the tokens the per-document fits left unspent (whole units rarely fill a budget
     exactly) to the kept documents in relevance order, refitting each with its share plus them;
     with `fill_budget`, once every kept document is whole, what is left goes to the dropped
-    documents, best first."""
+    documents, best first, in whole sentences only."""
     by_relevance = np.argsort([-doc.relevance for doc in scores], kind="stable")
     kept = [d for d in by_relevance if budgets[d] >= 1]
     grow(hub, scores, selections, budget, config.token_weight, sizes, kept)
     if config.fill_budget and all(sum(selections[d].counts) >= sizes[d] for d in kept):
-        grow(hub, scores, selections, budget, config.token_weight, sizes, [d for d in by_relevance if budgets[d] < 1])
+        dropped = [d for d in by_relevance if budgets[d] < 1]
+        grow(hub, scores, selections, budget, config.token_weight, sizes, dropped, whole_sentences=True)
 
 
 def grow(
     hub: ModelHub, scores: Sequence[relevance.DocumentScores], selections: list[Selection], budget: int,
-    token_weight: float, sizes: Sequence[int], order: Sequence[int],
+    token_weight: float, sizes: Sequence[int], order: Sequence[int], whole_sentences: bool = False,
 ) -> None:
-    """Refit the documents of `order`, in turn, with what they keep plus what the budget has left."""
+    """Refit the documents of `order`, in turn, with what they keep plus what the budget has left
+    (in whole sentences only, if asked: no fragments of a document judged irrelevant)."""
     for d in order:
         left = budget - sum(sum(s.counts) for s in selections)
         if left <= 0:
             return
         if sum(selections[d].counts) < sizes[d]:
-            grown = keep_in_document(hub, scores[d], sum(selections[d].counts) + left, token_weight, sizes[d])
+            grown = keep_in_document(hub, scores[d], sum(selections[d].counts) + left, token_weight, sizes[d], whole_sentences)
             if sum(grown.counts) > sum(selections[d].counts):
                 selections[d] = grown
 
 
-def keep_in_document(hub: ModelHub, doc: relevance.DocumentScores, budget: int, token_weight: float, size: int) -> Selection:
+def keep_in_document(
+    hub: ModelHub, doc: relevance.DocumentScores, budget: int, token_weight: float, size: int, whole_sentences: bool = False
+) -> Selection:
     """The best units of one document within `budget` tokens: sentences by the sentence head,
-    the edge sentence cut to its best words by the token head."""
+    the edge sentence cut to its best words by the token head (with `whole_sentences`, the
+    sentences are the units: none is cut)."""
     if not len(doc.words):
         return fit_budget([doc.words], np.zeros(0), hub.count_tokens, 0, total_tokens=0)
     sentence_logits = doc.sentence_logits if len(doc.sentence_logits) else np.zeros(1)
     priority = sentence_logits[doc.sentence_of_word] + token_weight * doc.word_logits
     return fit_budget(
         [doc.words], priority.astype(np.float64), hub.count_tokens, budget,
-        total_tokens=size, count_pieces=hub.count_piece_tokens, units=unit_ids(doc.words),
+        total_tokens=size, count_pieces=hub.count_piece_tokens,
+        units=doc.sentence_of_word if whole_sentences else unit_ids(doc.words),
     )
