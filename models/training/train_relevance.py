@@ -8,9 +8,10 @@ SQuAD v1.1 dev split by article (models/training/squad.py): the test quarter is 
 read here; the dev articles (squad.splits().dev) are held apart: the script
 reports on them and the coarse-to-fine method's settings are tuned on them.
 
-Per question, a group of documents: its gold paragraph, another paragraph of
-the same article (a hard negative) and one paragraph of another article (so the
-document score also separates off-topic text, which the selective gate needs).
+Per question, a group of documents: its gold paragraph, `--hard-negatives`
+other paragraphs of the same article (hard negatives, 1 by default) and one
+paragraph of another article (so the document score also separates off-topic
+text, which the selective gate needs).
 Labels:
 - document: 1 for the gold paragraph (listwise softmax over the group + pointwise BCE);
 - sentence: 1 for a sentence of the gold paragraph overlapping the answer span;
@@ -85,8 +86,10 @@ def labels_for(doc: Prepared, question: squad.Question | None) -> tuple[np.ndarr
     return words, sentences
 
 
-def groups(prepared: list[Prepared], n_questions: int, rng: random.Random) -> list[tuple[squad.Question, list[int]]]:
-    """(question, [gold, same-article, other-article] paragraph indices)."""
+def groups(
+    prepared: list[Prepared], n_questions: int, rng: random.Random, hard_negatives: int = 1
+) -> list[tuple[squad.Question, list[int]]]:
+    """(question, [gold, *same-article, other-article] paragraph indices)."""
     by_article: dict[str, list[int]] = {}
     for i, p in enumerate(prepared):
         by_article.setdefault(p.paragraph.article, []).append(i)
@@ -97,7 +100,7 @@ def groups(prepared: list[Prepared], n_questions: int, rng: random.Random) -> li
         article = prepared[gold].paragraph.article
         same = [j for j in by_article[article] if j != gold]
         other = [j for a, members in by_article.items() if a != article for j in members]
-        out.append((question, [gold, *rng.sample(same, min(1, len(same))), rng.choice(other)]))
+        out.append((question, [gold, *rng.sample(same, min(hard_negatives, len(same))), rng.choice(other)]))
     return out
 
 
@@ -208,7 +211,7 @@ def train(args: argparse.Namespace) -> dict:
     train_paras = train_paras[: args.paragraphs or len(train_paras)]
     nlp = registry.load_spacy()
     prepared = prepare(train_paras, tokenizer, nlp)
-    batch = groups(prepared, args.questions, random.Random(SEED))
+    batch = groups(prepared, args.questions, random.Random(SEED), args.hard_negatives)
     steps = -(-len(batch) // args.groups_per_step)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps, pct_start=0.06
@@ -238,7 +241,7 @@ def train(args: argparse.Namespace) -> dict:
         "heads": ["document: (doc mean x query mean, doc mean, [CLS])", "sentence: (sentence mean x query mean, sentence mean, [CLS])", "token: (token x query mean, token)"],
         "window": args.max_length,
         "data": "SQuAD v1.1 dev, split by article (models/training/squad.py); train minus dev articles",
-        "groups": "gold + 1 same-article paragraph + 1 other-article paragraph per question",
+        "groups": f"gold + {args.hard_negatives} same-article paragraph(s) + 1 other-article paragraph per question",
         "questions": len(batch), "groups_per_step": args.groups_per_step,
         "lr": args.lr, "head_lr": args.head_lr, "encoder_lr": args.encoder_lr if args.full else None,
         "seed": SEED, "device": str(device), "train_seconds": round(time.time() - started, 1),
@@ -253,6 +256,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(relevance_model.WEIGHTS_DIR))
     parser.add_argument("--questions", type=int, default=0, help="question groups to train on (0 = all)")
     parser.add_argument("--groups-per-step", type=int, default=4)
+    parser.add_argument("--hard-negatives", type=int, default=1, help="same-article paragraphs per question group")
     parser.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     parser.add_argument("--lr", type=float, default=3e-4, help="LoRA factors")
     parser.add_argument("--head-lr", type=float, default=1e-3, help="the three heads")
