@@ -19,6 +19,7 @@ from typing import Any, Iterable, TextIO
 
 from ctxcomp import methods, models, wire
 from ctxcomp.errors import CtxcompError, InvalidRequest
+from ctxcomp.models import precision as encoder_precision
 from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document
 
 DEMO_RATE = 0.4  # `make demo` keeps 40% of the sample's tokens
@@ -284,9 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads per worker (default 0: the cores this process may use / workers)")
     p.add_argument("--device", type=device_arg, default=os.environ.get("CTXCOMP_DEVICE", "cpu"),
                    help="where the encoders and the LLM run: cpu (default), cuda or cuda:N (bf16 there)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=os.environ.get("CTXCOMP_PRECISION", "auto"),
+    p.add_argument("--precision", choices=list(encoder_precision.CHOICES), default=os.environ.get("CTXCOMP_PRECISION", "auto"),
                    help="encoders on CPU: auto (default: the fastest on this machine, timed at start-up and logged), "
-                        "or fp32, bf16, int8")
+                        "or fp32, bf16, int8 (torch), openvino-fp32, openvino-int8 (needs the openvino package)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")

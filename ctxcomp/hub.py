@@ -22,8 +22,9 @@ class ModelHub:
     and applies to every form of that role. `device` ("cpu", "cuda", "cuda:N"; default
     CTXCOMP_DEVICE, else cpu) is where the neural roles run, in bf16 on CUDA. `precision`
     (default CTXCOMP_PRECISION, else "auto") is the form an encoder role (token classifier,
-    relevance model, sentence encoder) gets when none is asked for: fp32, bf16 or int8, or on
-    CPU with "auto" the fastest of the three on one synthetic batch, timed at its first load
+    relevance model, sentence encoder) gets when none is asked for: fp32, bf16 or int8 in torch,
+    or openvino-fp32 / openvino-int8 compiled by OpenVINO, or on CPU with "auto" the fastest
+    of those that load here on one synthetic batch, timed at its first load
     (ctxcomp.models.precision); `precisions` says what was chosen and the times.
     """
 
@@ -31,8 +32,8 @@ class ModelHub:
         self.overrides = dict(overrides or {})
         self.device = models.registry.check_device(device or os.environ.get("CTXCOMP_DEVICE", "") or "cpu")
         self.precision = encoder_precision.check(precision or os.environ.get("CTXCOMP_PRECISION", "") or "auto")
-        if self.precision == "int8" and self.device != "cpu":
-            raise ValueError(f"precision int8 is for CPUs; on {self.device} the encoders run in bf16 (use auto)")
+        if self.precision not in ("auto", "fp32", "bf16") and self.device != "cpu":
+            raise ValueError(f"precision {self.precision} is for CPUs; on {self.device} the encoders run in bf16 (use auto)")
         self.precisions: dict[str, tuple[str, dict[str, float]]] = {}  # role -> (chosen, probe ms per candidate)
         for role in self.overrides:
             models.registry.role_spec(role)

@@ -1,9 +1,12 @@
-"""Encoder precision: fp32, bf16 or int8 copies of a loaded encoder, and "auto", which times them.
+"""Encoder precision: fp32, bf16 or int8 copies of a loaded encoder, in torch or compiled by
+OpenVINO, and "auto", which times them.
 
 Which is fastest depends on the CPU, not on its flags alone: bf16 is twice as fast as fp32
-where AMX runs it and slower where only AVX512-BF16 does, and int8 (models/int8.py) wins
-where VNNI is all there is. So "auto" runs each form on one synthetic batch of the actual
-model on the actual machine at load and keeps the fastest.
+where AMX runs it and slower where only AVX512-BF16 does, int8 (models/int8.py) wins where
+VNNI is all there is, and OpenVINO (models/openvino_encoder.py, when the package is
+installed) saves torch's per-op cost at the pipeline's small shapes. So "auto" runs each
+form on one synthetic batch of the actual model on the actual machine at load and keeps the
+fastest.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 
 from ctxcomp.models import int8
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "openvino-fp32", "openvino-int8")
 CHOICES = ("auto", *PRECISIONS)
 PROBE_ROWS, PROBE_TOKENS = 4, 256  # a typical encoder batch of the pipeline (length-sorted windows)
 
@@ -39,6 +42,10 @@ def convert(loaded: Any, precision: str) -> Any:
         converted = copy.deepcopy(module).to(torch.bfloat16).eval()
     elif precision == "int8":
         converted = int8.quantize(module)
+    elif precision in ("openvino-fp32", "openvino-int8"):
+        from ctxcomp.models import openvino_encoder
+
+        converted = openvino_encoder.convert(module, int8=precision == "openvino-int8")
     else:
         raise ValueError(f"unknown precision {precision!r}")
     return dataclasses.replace(loaded, model=converted) if dataclasses.is_dataclass(loaded) else converted

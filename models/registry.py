@@ -121,11 +121,11 @@ class TokenClassifier:
 
 
 def precision_forms(role: str, load: Callable[[str | None], Any]) -> dict[str, Callable[[str | None, Any], Any]]:
-    """fp32 (loaded), bf16 and int8 (copies of the hub's fp32 form) loaders of an encoder role."""
+    """fp32 (loaded) and the other precisions (copies of the hub's fp32 form) loaders of an encoder role."""
     from ctxcomp.models import precision
 
     forms: dict[str, Callable[[str | None, Any], Any]] = {"fp32": lambda o, hub: load(o)}
-    for name in ("bf16", "int8"):
+    for name in precision.PRECISIONS[1:]:
         forms[name] = lambda o, hub, name=name: precision.convert(hub.get(role, "fp32"), name)
     return forms
 

@@ -38,10 +38,10 @@ class LLMLingua2Config(SelectiveOptions):
     max_batch_tokens: int = field(
         default=2048, metadata={"help": "padded encoder tokens per forward batch (small batches stay in cache)"}
     )
-    precision: Literal["auto", "fp32", "bf16", "int8"] = field(
+    precision: Literal["auto", "fp32", "bf16", "int8", "openvino-fp32", "openvino-int8"] = field(
         default="auto",
         metadata={"help": "token classifier precision; auto: the server's choice (the fastest here, timed at load), "
-                          "fp32 in compat mode"},
+                          "fp32 in compat mode; openvino-*: compiled by OpenVINO"},
     )
     mode: Literal["budget", "compat"] = field(
         default="budget",

@@ -1,4 +1,4 @@
-"""Encoder precisions: the int8 linear, the bf16/int8 copies of the shipped encoders, and "auto"."""
+"""Encoder precisions: the int8 linear, the bf16/int8/OpenVINO copies of the shipped encoders, and "auto"."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_quantize_leaves_heads_float_and_the_original_untouched() -> None:
 
 
 @pytest.mark.parametrize("role", ["token_classifier", "relevance", "sentence_encoder"])
-@pytest.mark.parametrize("form", ["bf16", "int8"])
+@pytest.mark.parametrize("form", precision.PRECISIONS[1:])
 def test_each_encoder_form_runs_and_agrees_with_fp32(role, form) -> None:
     hub = ModelHub(precision="fp32")
     spec_probe = ROLES[role].probe
@@ -51,7 +51,7 @@ def test_auto_times_every_form_keeps_the_fastest_and_drops_the_rest(monkeypatch)
     hub = ModelHub(precision="auto")
     chosen = hub.precision_of("token_classifier")
     picked, timings = hub.precisions["token_classifier"]
-    assert picked == chosen == precision.fastest(timings) and set(timings) == {"fp32", "bf16", "int8"}
+    assert picked == chosen == precision.fastest(timings) and set(timings) == set(precision.PRECISIONS)
     assert all(ms > 0 for ms in timings.values())
     assert {form for role, form in hub._loaded if role == "token_classifier"} == {chosen}
     assert hub.get("token_classifier") is hub.get("token_classifier", chosen)
@@ -75,7 +75,7 @@ def test_list_methods_reports_each_encoders_precision() -> None:
     with BackgroundServer(Compressor(hub), ServerConfig(port=0)) as server, CtxcompClient(server.address, timeout=60) as client:
         models = {m.role: m for m in client.list_methods().models}
     assert models["relevance"].precision == hub.precisions["relevance"][0]
-    assert set(models["relevance"].precision_ms) == {"fp32", "bf16", "int8"}
+    assert set(models["relevance"].precision_ms) == set(precision.PRECISIONS)
     assert models["downstream_llm"].precision == ""
 
 
@@ -89,4 +89,4 @@ def test_a_form_that_cannot_run_for_a_model_is_left_out_of_auto() -> None:
         return real(scorer)
 
     timings = hub._probe("relevance", probe)
-    assert set(timings) == {"fp32", "bf16"}
+    assert set(timings) == set(precision.PRECISIONS) - {"int8"}

@@ -1,0 +1,132 @@
+"""Encoders compiled by OpenVINO for CPU: the forms "openvino-fp32" and "openvino-int8".
+
+At the pipeline's shapes (one to a few documents per call, a new length every call) torch
+spends much of a MiniLM forward dispatching its ~100 small ops; OpenVINO's CPU plugin runs
+the same graph as a few fused kernels. `bench/encoder_backends.py` measured the token
+classifier one paragraph per call (2-core Xeon, torch 2.13, OpenVINO 2026.4): torch fp32
+3,692 words/s, OpenVINO fp32 7,164 with the same keep decisions, OpenVINO int8 10,475, and
+ONNX Runtime below OpenVINO in both; so OpenVINO is the runtime this module wraps.
+
+Only the transformer stack (embeddings + layers, a transformers base model) is replaced;
+heads, pooling and everything after stay in torch, so a converted TokenClassifier,
+RelevanceScorer or SentenceTransformer is called exactly as before.
+- fp32: the stack converted as it is, run with the f32 inference hint (no bf16 downcast on
+  AMX machines).
+- int8: every projection's weight stored int8 per output channel (symmetric, absmax / 127)
+  with its scale; OpenVINO runs them as compressed-weight matmuls and quantizes the
+  activations on the fly in groups of 32 (its dynamic quantization), as models/int8.py does
+  per row in torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctxcomp.models.int8 import MIN_FEATURES
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DYNAMIC_QUANTIZATION_GROUP = 32
+
+
+class _Stack(nn.Module):
+    """The base model with positional inputs and one output: what the converter traces."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.eval()  # a new module starts in training mode; tracing in it would keep dropout
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.base(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+
+class _CompressedLinear(nn.Module):
+    """nn.Linear whose weight is int8 per output channel, dequantized in the graph: the
+    pattern OpenVINO compiles into a compressed-weight matmul."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight_int8", torch.round(weight / scale).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", linear.bias.detach().float().clone() if linear.bias is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight_int8.to(torch.float32) * self.scale, self.bias)
+
+
+def _compressed(stack: nn.Module) -> nn.Module:
+    copied = copy.deepcopy(stack).float().eval()
+    for name, child in list(copied.named_modules()):
+        if isinstance(child, nn.Linear) and min(child.in_features, child.out_features) >= MIN_FEATURES:
+            parent, _, attribute = name.rpartition(".")
+            setattr(copied.get_submodule(parent) if parent else copied, attribute, _CompressedLinear(child))
+    return copied
+
+
+def compile_stack(base: nn.Module, int8: bool, threads: int | None = None) -> Any:
+    """The base model as an OpenVINO CompiledModel over [rows, tokens] int64 inputs."""
+    import openvino as ov
+
+    stack = _Stack(_compressed(base) if int8 else copy.deepcopy(base).float().eval())
+    example = torch.ones(2, 8, dtype=torch.long)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns that transformers' mask checks become constants: they are, since
+        # the mask is always an input here (tests/models/test_openvino_encoder.py pads a row).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        converted = ov.convert_model(stack, example_input=(example, example, example * 0),
+                                     input=[(name, ov.PartialShape([-1, -1]), ov.Type.i64) for name in INPUTS])
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+    if int8:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(DYNAMIC_QUANTIZATION_GROUP)
+    return ov.Core().compile_model(converted, "CPU", config)
+
+
+class OpenVinoStack(nn.Module):
+    """Stands in for a transformers base model: same keyword call, `last_hidden_state` out."""
+
+    def __init__(self, compiled: Any, config: Any) -> None:
+        super().__init__()
+        self.compiled, self.config = compiled, config
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # `.device` of the wrapping model: CPU
+        self._requests = threading.local()  # an infer request serves one call at a time
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **_ignored: Any) -> Any:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+        feed = {name: t.to(torch.long).contiguous().numpy() for name, t in zip(INPUTS, (input_ids, mask, types))}
+        hidden = request.infer(feed)[0]
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden.copy()))
+
+
+def _is_stack(module: nn.Module) -> bool:
+    return getattr(module, "base_model", None) is module and hasattr(module, "embeddings")
+
+
+def convert(module: nn.Module, int8: bool) -> nn.Module:
+    """A copy of `module` with its (first) transformer stack compiled by OpenVINO."""
+    copied = copy.deepcopy(module)
+    name = next((n for n, m in copied.named_modules() if _is_stack(m)), None)
+    if name is None:
+        raise ValueError(f"{type(module).__name__}: no transformers base model with embeddings to compile")
+    stack = copied.get_submodule(name)
+    replacement = OpenVinoStack(compile_stack(stack, int8), stack.config)
+    parent, _, attribute = name.rpartition(".")
+    if not name:
+        return replacement
+    setattr(copied.get_submodule(parent) if parent else copied, attribute, replacement)
+    return copied.eval()

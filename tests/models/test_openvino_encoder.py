@@ -1,0 +1,69 @@
+"""The OpenVINO forms of the encoders: the same outputs as torch where it matters, on the shipped models."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from ctxcomp.hub import ModelHub
+from ctxcomp.models import openvino_encoder
+
+TEXTS = [
+    "The Vasa was a Swedish warship that sank in 1628 because she was top-heavy.",
+    "Stockholm weather: cold and windy.",
+]
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return ModelHub(precision="fp32").get("token_classifier", "fp32")
+
+
+def keep_probabilities(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")  # the second row is padded
+    with torch.inference_mode():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits.softmax(-1)[..., 1] * batch["attention_mask"]
+
+
+def test_fp32_form_matches_torch_on_padded_batches(classifier) -> None:
+    compiled = openvino_encoder.convert(classifier.model, int8=False)
+    assert isinstance(compiled.bert, openvino_encoder.OpenVinoStack) and not isinstance(classifier.model.bert, openvino_encoder.OpenVinoStack)
+    ours, theirs = keep_probabilities(compiled, classifier.tokenizer), keep_probabilities(classifier.model, classifier.tokenizer)
+    assert float((ours - theirs).abs().max()) < 1e-4
+
+
+def test_int8_form_keeps_the_same_words_near_the_top(classifier) -> None:
+    compiled = openvino_encoder.convert(classifier.model, int8=True)
+    ours, theirs = keep_probabilities(compiled, classifier.tokenizer), keep_probabilities(classifier.model, classifier.tokenizer)
+    assert float((ours - theirs).abs().max()) < 0.1
+    top = lambda p: set(p[0].topk(6).indices.tolist())  # noqa: E731
+    assert len(top(ours) & top(theirs)) >= 5
+
+
+def test_threads_calling_at_once_get_their_own_results(classifier) -> None:
+    compiled = openvino_encoder.convert(classifier.model, int8=False)
+    batches = [classifier.tokenizer([t], return_tensors="pt") for t in TEXTS]
+    with torch.inference_mode():
+        expected = [compiled(**b).logits for b in batches]
+    results: dict[int, list[torch.Tensor]] = {}
+
+    def call(index: int) -> None:
+        with torch.inference_mode():
+            results[index] = [compiled(**batches[index % 2]).logits for _ in range(20)]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for index, outputs in results.items():
+        assert all(torch.equal(o, expected[index % 2]) for o in outputs)
+
+
+def test_a_module_without_a_transformer_stack_is_refused() -> None:
+    with pytest.raises(ValueError, match="no transformers base model"):
+        openvino_encoder.convert(nn.Sequential(nn.Linear(4, 4)), int8=False)
