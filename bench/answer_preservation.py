@@ -32,6 +32,7 @@ from ctxcomp.evaluate import bootstrap_interval
 from ctxcomp.hub import ModelHub
 from ctxcomp.selection import fit_budget
 from ctxcomp.models import load_llm
+from ctxcomp.models.precision import PRECISIONS
 from ctxcomp.models.training import squad
 
 RATES = {"2x": 0.5, "3x": 1 / 3, "5x": 0.2}
@@ -73,7 +74,7 @@ def main() -> None:
     llm = load_llm()
     words = [text.segment_words(p.context) for p in paragraphs]
     scorers, seconds = {}, {}
-    for form in ("fp32", "bf16", "int8"):  # the classifier in each precision (ctxcomp.models.precision)
+    for form in PRECISIONS:  # the classifier in each precision (ctxcomp.models.precision)
         name = "classifier" if form == "fp32" else f"classifier_{form}"
         classifier = hub.get("token_classifier", form)
         wordscore.score_documents(classifier, [w.strings() for w in words[:4]])  # warm-up (int8 compiles here)

@@ -43,6 +43,7 @@ from ctxcomp import wordscore
 from ctxcomp.evaluate import bootstrap_interval
 from ctxcomp.hub import ModelHub
 from ctxcomp.methods import llmlingua2_compat as compat
+from ctxcomp.models.precision import PRECISIONS
 from ctxcomp.pipeline import Compressor
 from ctxcomp.types import CompressRequest, Document
 from ctxcomp.models.training import squad
@@ -174,7 +175,7 @@ def main() -> None:
         ref, ref_s = timed(lambda g: reference_labels(reference, g), groups)
         reference.oai_tokenizer = stock_oai
         ref_cl100k, ref_cl100k_s = timed(lambda g: reference_labels(reference, g), groups)
-        for precision in ("fp32", "bf16", "int8"):
+        for precision in PRECISIONS:
             ours_labels(compressor, groups[0], precision)  # warm-up outside the timing
             ours, ours_s = timed(lambda g: ours_labels(compressor, g, precision), groups)
             print(json.dumps({
@@ -198,7 +199,7 @@ def measure_batched(name, compressor, reference, same_tokenizer, stock_oai, grou
     ref = [reference_labels(reference, [c]) for c in contexts]
     reference.oai_tokenizer = stock_oai
     ref_cl100k = [reference_labels(reference, [c]) for c in contexts]
-    for precision in ("fp32", "bf16", "int8"):
+    for precision in PRECISIONS:
         batch = [
             CompressRequest("", (Document("0", t),), method="llmlingua2", rate=RATE, options={"mode": "compat", "precision": precision},
                             return_word_labels=True)
