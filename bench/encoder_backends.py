@@ -27,8 +27,9 @@ itself where the CPU has it): read the int8 ORT figures with the header's cpu_fl
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from ctxcomp.models import precision, registry
 
 RATE = 0.33
 BATCH = 16
+BACKENDS = ("torch_fp32", "torch_bf16", "torch_int8", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
 
 
 class Logits(torch.nn.Module):
@@ -75,9 +77,7 @@ def export(model: torch.nn.Module, folder: Path) -> dict[str, Path]:
 
 
 def runners(model: torch.nn.Module, onnx: dict[str, Path], threads: int) -> dict[str, Callable[[], Callable[[dict], np.ndarray]]]:
-    """backend name -> build() -> f(numpy feed) -> logits [rows, tokens, 2]. Each backend is
-    built just before it is timed and dropped after, so no other runtime's idle thread pool
-    shares the cores with it (ONNX Runtime's spinning workers slowed torch by a third)."""
+    """backend name -> build() -> f(numpy feed) -> logits [rows, tokens, 2]."""
 
     def torch_form(precision_name):
         def build():
@@ -149,30 +149,61 @@ def measure(run, feeds, repeats: int) -> tuple[float, np.ndarray]:
     return best, decisions
 
 
+def measure_alone(args: argparse.Namespace) -> None:
+    """Child process: time one backend at one call shape; seconds and decisions to --result."""
+    torch.set_num_threads(args.threads)
+    classifier = registry.load_token_classifier()
+    onnx = {name: Path(args.onnx) / f"{name}.onnx" for name in ("plain", "fused", "fused_int8")}
+    run = runners(classifier.model, onnx, args.threads)[args.backend]()
+    paragraphs = [p.context for p in common.split_paragraphs("test")][: args.paragraphs]
+    seconds, decisions = measure(run, batches(classifier.tokenizer, paragraphs, args.rows), args.repeats)
+    np.savez(args.result, seconds=seconds, decisions=decisions)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40 paragraphs, one timed pass")
     parser.add_argument("--paragraphs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    for hidden in ("--export-to", "--backend", "--onnx", "--result"):  # what the child processes are told
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    paragraphs = [p.context for p in common.split_paragraphs("test")][: 40 if args.quick else args.paragraphs]
+    if args.export_to:
+        export(registry.load_token_classifier().model, Path(args.export_to))
+    elif args.backend:
+        measure_alone(args)
+    else:
+        compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Every backend at both call shapes, each timed in a process of its own: a runtime's
+    threads, or torch.onnx's export (which left torch's int8 path 28% slower in the same
+    process), never touch another's figures."""
+    paragraphs = 40 if args.quick else args.paragraphs
+    n_words = sum(len(p.context.split()) for p in common.split_paragraphs("test")[:paragraphs])
     print(json.dumps(common.header("encoder_backends", "test", torch=torch.__version__, threads=args.threads)), flush=True)
-    classifier = registry.load_token_classifier()
+    child = [sys.executable, __file__, "--paragraphs", str(paragraphs), "--threads", str(args.threads),
+             "--repeats", str(1 if args.quick else 3)]
     with tempfile.TemporaryDirectory() as folder:
-        backends = runners(classifier.model, export(classifier.model, Path(folder)), args.threads)
+        subprocess.run([*child, "--export-to", folder], check=True, stdout=subprocess.DEVNULL)
         for rows in (1, BATCH):
-            feeds = batches(classifier.tokenizer, paragraphs, rows)
-            n_words = sum(len(p.split()) for p in paragraphs)
-            repeats = 1 if args.quick else 3
-            baseline_s, baseline = measure(backends["torch_fp32"](), feeds, repeats)
-            for name, build in backends.items():
-                seconds, decisions = (baseline_s, baseline) if name == "torch_fp32" else measure(build(), feeds, repeats)
-                gc.collect()  # the runtime just timed goes, with its threads
+            results = {}
+            for name in BACKENDS:
+                result = Path(folder) / f"{name}-{rows}.npz"
+                subprocess.run([*child, "--backend", name, "--onnx", folder, "--rows", str(rows), "--result", str(result)],
+                               check=True, stdout=subprocess.DEVNULL)
+                results[name] = np.load(result)
+            baseline = results["torch_fp32"]
+            for name, found in results.items():
                 print(json.dumps({
-                    "backend": name, "paragraphs_per_call": rows, "paragraphs": len(paragraphs),
-                    "words_per_s": round(n_words / seconds), "torch_fp32_words_per_s": round(n_words / baseline_s),
-                    "ratio": round(baseline_s / seconds, 2), "keep_agreement_with_fp32": round(float((decisions == baseline).mean()), 4),
+                    "backend": name, "paragraphs_per_call": rows, "paragraphs": paragraphs,
+                    "words_per_s": round(n_words / float(found["seconds"])),
+                    "torch_fp32_words_per_s": round(n_words / float(baseline["seconds"])),
+                    "ratio": round(float(baseline["seconds"]) / float(found["seconds"]), 2),
+                    "keep_agreement_with_fp32": round(float((found["decisions"] == baseline["decisions"]).mean()), 4),
                 }), flush=True)
 
 

@@ -61,6 +61,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -287,23 +293,25 @@ def fault_phase(clients: int, seconds: float, requests: list[dict]) -> None:
                       "stored_keys_checked": len(run["keys"]), "corrupt_blobs_left": corrupt}), flush=True)
 
 
-def in_process_rate(compressor, requests: list[dict], clients: int, seconds: float) -> float:
-    """Requests per second of compress_batch over `clients` requests at a time, for `seconds`."""
+def in_process_rate(compressor, requests: list[dict], clients: int, seconds: float) -> tuple[float, float]:
+    """(requests per second, CPU ms per request) of compress_batch over `clients` requests at a time, for `seconds`."""
     from ctxcomp.client import build_request
     from ctxcomp.wire import request_from_proto
 
     typed = [request_from_proto(build_request(r["query"], r["documents"], method=r["method"], rate=r["rate"],
                                               options=r["options"])) for r in requests]
-    done, i, started = 0, 0, time.monotonic()
+    done, i, started, cpu = 0, 0, time.monotonic(), time.process_time()
     while time.monotonic() - started < seconds:
         batch = [typed[(i + k) % len(typed)] for k in range(clients)]
         i += clients
         done += len(compressor.compress_batch(batch))
-    return done / (time.monotonic() - started)
+    return done / (time.monotonic() - started), (time.process_time() - cpu) * 1000 / max(done, 1)
 
 
 def p2_phase(seconds: float, requests: list[dict]) -> None:
-    """Throughput in-process against through the server, same requests, 1 and 16 clients."""
+    """Throughput in-process against through the server, same requests, 1 and 16 clients;
+    with where the CPU went: ms per request in-process, in the server, and in this process
+    (the load generator's gRPC clients, which share the cores with the server)."""
     from ctxcomp.hub import ModelHub
     from ctxcomp.pipeline import Compressor
 
@@ -313,13 +321,23 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
         in_process_rate(compressor, requests, clients, min(seconds, 8.0))  # warm-up: every option path once
         in_process[clients] = in_process_rate(compressor, requests, clients, seconds)
     del compressor
-    with serving() as (_, address):
+    with serving() as (server, address):
         for clients in (1, 16):
             asyncio.run(run_phase(address, clients, min(seconds, 8.0), 60.0, requests))  # warm-up
+            server_cpu, generator_cpu = cpu_seconds(server.pid), time.process_time()
             served = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
-            print(json.dumps({"phase": "p2", "clients": clients, "in_process_per_s": round(in_process[clients], 2),
-                              "grpc_per_s": served["ok_per_s"], "grpc_vs_in_process": round(served["ok_per_s"] / in_process[clients], 3),
-                              "grpc_p50_ms": served["p50_ms"], "statuses": served["statuses"]}), flush=True)
+            done = max(sum(served["statuses"].values()), 1)
+            rate, cpu_ms = in_process[clients]
+            print(json.dumps({
+                "phase": "p2", "clients": clients, "in_process_per_s": round(rate, 2), "grpc_per_s": served["ok_per_s"],
+                "grpc_vs_in_process": round(served["ok_per_s"] / rate, 3), "grpc_p50_ms": served["p50_ms"],
+                "cpu_ms_per_request": {
+                    "in_process": round(cpu_ms, 1),
+                    "server": round((cpu_seconds(server.pid) - server_cpu) * 1000 / done, 1),
+                    "load_generator": round((time.process_time() - generator_cpu) * 1000 / done, 1),
+                },
+                "statuses": served["statuses"],
+            }), flush=True)
 
 
 def threads_phase(seconds: float, requests: list[dict]) -> None:
