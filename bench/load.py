@@ -45,7 +45,7 @@ from typing import Iterator
 import grpc
 from common import header
 
-from ctxcomp.client import AsyncCtxcompClient
+from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
 from ctxcomp.models.training import squad
 
 # (method, options): the default method and LLMLingua-2 in its settings.
@@ -320,10 +320,15 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
     for clients in (1, 16):
         in_process_rate(compressor, requests, clients, min(seconds, 8.0))  # warm-up: every option path once
         in_process[clients] = in_process_rate(compressor, requests, clients, seconds)
+    chosen = {"in_process": {role: form for role, (form, _) in compressor.hub.precisions.items()}}
     del compressor
     with serving() as (server, address):
         for clients in (1, 16):
             asyncio.run(run_phase(address, clients, min(seconds, 8.0), 60.0, requests))  # warm-up
+            if "server" not in chosen:  # every encoder the mix uses is loaded (and probed) by now
+                with CtxcompClient(address, timeout=60) as client:
+                    chosen["server"] = {m.role: m.precision for m in client.list_methods().models if m.precision}
+                print(json.dumps({"phase": "p2", "encoder_precisions": chosen}), flush=True)
             server_cpu, generator_cpu = cpu_seconds(server.pid), time.process_time()
             served = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
             done = max(sum(served["statuses"].values()), 1)
