@@ -71,18 +71,34 @@ def _compressed(stack: nn.Module) -> nn.Module:
     return copied
 
 
-def compile_stack(base: nn.Module, int8: bool, threads: int | None = None) -> Any:
-    """The base model as an OpenVINO CompiledModel over [rows, tokens] int64 inputs."""
-    import openvino as ov
+def convert_stack(stack: nn.Module) -> Any:
+    """The traced stack as an OpenVINO model with [rows, tokens] int64 inputs, through the
+    PyTorch frontend itself: `openvino.convert_model` would also start a telemetry process
+    that reports to Google Analytics, which a service must not do on its users' behalf."""
+    from openvino import PartialShape, Type
+    from openvino.frontend import FrontEndManager
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
-    stack = _Stack(_compressed(base) if int8 else copy.deepcopy(base).float().eval())
     example = torch.ones(2, 8, dtype=torch.long)
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns that transformers' mask checks become constants: they are, since
         # the mask is always an input here (tests/models/test_openvino_encoder.py pads a row).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        converted = ov.convert_model(stack, example_input=(example, example, example * 0),
-                                     input=[(name, ov.PartialShape([-1, -1]), ov.Type.i64) for name in INPUTS])
+        decoder = TorchScriptPythonDecoder(stack, example_input=(example, example, example * 0))
+    frontend = FrontEndManager().load_by_framework("pytorch")
+    model = frontend.load(decoder)
+    for index in range(len(INPUTS)):
+        place = model.get_place_by_input_index(index)
+        model.set_partial_shape(place, PartialShape([-1, -1]))
+        model.set_element_type(place, Type.i64)
+    return frontend.convert(model)
+
+
+def compile_stack(base: nn.Module, int8: bool, threads: int | None = None) -> Any:
+    """The base model as an OpenVINO CompiledModel over [rows, tokens] int64 inputs."""
+    import openvino as ov
+
+    converted = convert_stack(_Stack(_compressed(base) if int8 else copy.deepcopy(base).float().eval()))
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
     if int8:
