@@ -3,9 +3,9 @@
 At the pipeline's shapes (one to a few documents per call, a new length every call) torch
 spends much of a MiniLM forward dispatching its ~100 small ops; OpenVINO's CPU plugin runs
 the same graph as a few fused kernels. `bench/encoder_backends.py` measured the token
-classifier one paragraph per call (2-core Xeon, torch 2.13, OpenVINO 2026.4): torch fp32
-3,692 words/s, OpenVINO fp32 7,164 with the same keep decisions, OpenVINO int8 10,475, and
-ONNX Runtime below OpenVINO in both; so OpenVINO is the runtime this module wraps.
+classifier one paragraph per call (2-core Xeon without AMX, torch 2.13, OpenVINO 2026.4):
+torch fp32 3,634 words/s, OpenVINO fp32 6,069 with the same keep decisions, OpenVINO int8
+8,060, and ONNX Runtime below OpenVINO in both; so OpenVINO is the runtime this module wraps.
 
 Only the transformer stack (embeddings + layers, a transformers base model) is replaced;
 heads, pooling and everything after stay in torch, so a converted TokenClassifier,
@@ -116,9 +116,12 @@ class OpenVinoStack(nn.Module):
         self._requests = threading.local()  # an infer request serves one call at a time
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, **_ignored: Any) -> Any:
+                token_type_ids: torch.Tensor | None = None, **unused: Any) -> Any:
         from transformers.modeling_outputs import BaseModelOutput
 
+        asked = sorted(k for k, v in unused.items() if v is not None and v is not False and k != "return_dict")
+        if asked:  # e.g. output_hidden_states=True: the compiled graph gives the last layer only
+            raise ValueError(f"the OpenVINO encoder computes last_hidden_state from ids only; not {', '.join(asked)}")
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self.compiled.create_infer_request()

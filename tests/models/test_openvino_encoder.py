@@ -67,3 +67,10 @@ def test_threads_calling_at_once_get_their_own_results(classifier) -> None:
 def test_a_module_without_a_transformer_stack_is_refused() -> None:
     with pytest.raises(ValueError, match="no transformers base model"):
         openvino_encoder.convert(nn.Sequential(nn.Linear(4, 4)), int8=False)
+
+
+def test_outputs_the_compiled_graph_cannot_give_are_refused(classifier) -> None:
+    compiled = openvino_encoder.convert(classifier.model, int8=False)
+    batch = classifier.tokenizer(TEXTS[:1], return_tensors="pt")
+    with pytest.raises(ValueError, match="output_hidden_states"):
+        compiled.bert(**batch, output_hidden_states=True)
