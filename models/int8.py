@@ -32,6 +32,12 @@ def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(rows / scale).to(torch.int8), scale
 
 
+def quantize_channels(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float weight -> ([N, K] int8, [N] scale): symmetric per output channel."""
+    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    return torch.round(weight / scale.unsqueeze(1)).to(torch.int8), scale
+
+
 def scale_back(acc: torch.Tensor, row_scale: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """[M, N] int32 products -> float, plus the bias."""
     return acc.float() * row_scale * weight_scale + bias
@@ -68,9 +74,8 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()  # [N, K]
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.register_buffer("weight_t", torch.round(weight / scale.unsqueeze(1)).to(torch.int8).t().contiguous())
+        codes, scale = quantize_channels(linear.weight.detach().float())  # [N, K]
+        self.register_buffer("weight_t", codes.t().contiguous())
         self.register_buffer("weight_scale", scale)
         bias = linear.bias.detach().float().clone() if linear.bias is not None else torch.zeros(linear.out_features)
         self.register_buffer("bias", bias)
@@ -82,8 +87,9 @@ class Int8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def quantize(module: nn.Module) -> nn.Module:
-    """A copy of `module` (float32, CPU) with every large nn.Linear as an Int8Linear."""
+def replace_projections(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+    """A float32 copy of `module` with every large nn.Linear (the projections inside transformer
+    blocks; heads stay) replaced by make(linear)."""
     copied = copy.deepcopy(module).float().eval()
     targets = [
         (name, child) for name, child in copied.named_modules()
@@ -91,5 +97,10 @@ def quantize(module: nn.Module) -> nn.Module:
     ]
     for name, linear in targets:
         parent_name, _, attribute = name.rpartition(".")
-        setattr(copied.get_submodule(parent_name) if parent_name else copied, attribute, Int8Linear(linear))
+        setattr(copied.get_submodule(parent_name) if parent_name else copied, attribute, make(linear))
     return copied
+
+
+def quantize(module: nn.Module) -> nn.Module:
+    """A copy of `module` (float32, CPU) with every large nn.Linear as an Int8Linear."""
+    return replace_projections(module, Int8Linear)

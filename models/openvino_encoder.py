@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ctxcomp.models.int8 import MIN_FEATURES
+from ctxcomp.models import int8 as int8_weights
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DYNAMIC_QUANTIZATION_GROUP = 32
@@ -52,23 +52,13 @@ class _CompressedLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-        self.register_buffer("weight_int8", torch.round(weight / scale).to(torch.int8))
-        self.register_buffer("scale", scale)
+        codes, scale = int8_weights.quantize_channels(linear.weight.detach().float())
+        self.register_buffer("weight_int8", codes)
+        self.register_buffer("scale", scale.unsqueeze(1))
         self.register_buffer("bias", linear.bias.detach().float().clone() if linear.bias is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight_int8.to(torch.float32) * self.scale, self.bias)
-
-
-def _compressed(stack: nn.Module) -> nn.Module:
-    copied = copy.deepcopy(stack).float().eval()
-    for name, child in list(copied.named_modules()):
-        if isinstance(child, nn.Linear) and min(child.in_features, child.out_features) >= MIN_FEATURES:
-            parent, _, attribute = name.rpartition(".")
-            setattr(copied.get_submodule(parent) if parent else copied, attribute, _CompressedLinear(child))
-    return copied
 
 
 def convert_stack(stack: nn.Module) -> Any:
@@ -98,7 +88,8 @@ def compile_stack(base: nn.Module, int8: bool, threads: int | None = None) -> An
     """The base model as an OpenVINO CompiledModel over [rows, tokens] int64 inputs."""
     import openvino as ov
 
-    converted = convert_stack(_Stack(_compressed(base) if int8 else copy.deepcopy(base).float().eval()))
+    float_copy = int8_weights.replace_projections(base, _CompressedLinear) if int8 else copy.deepcopy(base).float().eval()
+    converted = convert_stack(_Stack(float_copy))
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
     if int8:
@@ -138,14 +129,9 @@ def _is_stack(module: nn.Module) -> bool:
 
 def convert(module: nn.Module, int8: bool) -> nn.Module:
     """A copy of `module` with its (first) transformer stack compiled by OpenVINO."""
-    copied = copy.deepcopy(module)
-    name = next((n for n, m in copied.named_modules() if _is_stack(m)), None)
-    if name is None:
+    stack = next((m for m in module.modules() if _is_stack(m)), None)
+    if stack is None:
         raise ValueError(f"{type(module).__name__}: no transformers base model with embeddings to compile")
-    stack = copied.get_submodule(name)
     replacement = OpenVinoStack(compile_stack(stack, int8), stack.config)
-    parent, _, attribute = name.rpartition(".")
-    if not name:
-        return replacement
-    setattr(copied.get_submodule(parent) if parent else copied, attribute, replacement)
-    return copied.eval()
+    # Copied with the stack mapped to its replacement: the stack's weights are not copied again.
+    return copy.deepcopy(module, memo={id(stack): replacement}).eval()
