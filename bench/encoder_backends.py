@@ -20,8 +20,9 @@ word's keep/drop decision at rate 0.33 (the top third of each paragraph's words 
 probability) matches torch fp32's.
 
 Needs the `bench` extra (onnxruntime, onnx, onnxscript) and openvino. ONEDNN_MAX_CPU_ISA
-limits torch's and OpenVINO's oneDNN (OpenVINO's capabilities drop FP16 under it), not ONNX Runtime's own kernels (MLAS picks AMX by
-itself where the CPU has it): read the int8 ORT figures with the header's cpu_flags.
+limits torch's and OpenVINO's oneDNN (OpenVINO's capabilities drop FP16 under it), not
+ONNX Runtime's own kernels (MLAS picks AMX by itself where the CPU has it): read the int8
+ORT figures with the header's cpu_flags.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 
 from ctxcomp.models import precision, registry
+from ctxcomp.models.openvino_encoder import INPUTS
 
 RATE = 0.33
 BATCH = 16
@@ -64,7 +66,7 @@ def export(model: torch.nn.Module, folder: Path) -> dict[str, Path]:
     from onnxruntime.transformers import optimizer
 
     ids = torch.ones(2, 16, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    names = list(INPUTS)
     plain, fused, quantized = folder / "plain.onnx", folder / "fused.onnx", folder / "fused_int8.onnx"
     torch.onnx.export(Logits(model), (ids, ids, ids * 0), plain, input_names=names, output_names=["logits"],
                       dynamic_axes={n: {0: "rows", 1: "tokens"} for n in [*names, "logits"]}, dynamo=False, opset_version=17)
@@ -85,7 +87,7 @@ def runners(model: torch.nn.Module, onnx: dict[str, Path], threads: int) -> dict
 
             def run(feed):
                 with torch.inference_mode():
-                    return form(*(torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))).float().numpy()
+                    return form(*(torch.from_numpy(feed[k]) for k in INPUTS)).float().numpy()
             return run
         return build
 
@@ -114,7 +116,7 @@ def batches(tokenizer, paragraphs: list[str], rows: int) -> list[tuple[dict, lis
     for start in range(0, len(words), rows):
         encoded = tokenizer(words[start : start + rows], is_split_into_words=True, truncation=True,
                             max_length=512, padding=True, return_tensors="np")
-        feed = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        feed = {k: encoded[k].astype(np.int64) for k in INPUTS}
         out.append((feed, [encoded.word_ids(i) for i in range(len(feed["input_ids"]))]))
     return out
 

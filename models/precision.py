@@ -14,14 +14,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Callable
+import typing
+from typing import Any, Callable, Literal
 
 import torch
 
 from ctxcomp.models import int8
 
-PRECISIONS = ("fp32", "bf16", "int8", "openvino-fp32", "openvino-int8")
-CHOICES = ("auto", *PRECISIONS)
+# The one list of encoder precisions: request options (llmlingua2's `precision`), the CLI
+# and the hub all take their choices from it.
+Precision = Literal["auto", "fp32", "bf16", "int8", "openvino-fp32", "openvino-int8"]
+CHOICES: tuple[str, ...] = typing.get_args(Precision)
+PRECISIONS = CHOICES[1:]
 PROBE_ROWS, PROBE_TOKENS = 4, 256  # a typical encoder batch of the pipeline (length-sorted windows)
 
 

@@ -18,6 +18,7 @@ from ctxcomp import relevance, text, wordscore
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
 from ctxcomp.methods import llmlingua2_compat as compat
+from ctxcomp.models.precision import Precision
 from ctxcomp.selection import Selection, document_results, fit_budget, render, token_budget
 from ctxcomp.types import CompressRequest, WordLabel
 
@@ -38,7 +39,7 @@ class LLMLingua2Config(SelectiveOptions):
     max_batch_tokens: int = field(
         default=2048, metadata={"help": "padded encoder tokens per forward batch (small batches stay in cache)"}
     )
-    precision: Literal["auto", "fp32", "bf16", "int8", "openvino-fp32", "openvino-int8"] = field(
+    precision: Precision = field(
         default="auto",
         metadata={"help": "token classifier precision; auto: the server's choice (the fastest here, timed at load), "
                           "fp32 in compat mode; openvino-*: compiled by OpenVINO"},
