@@ -308,10 +308,21 @@ def in_process_rate(compressor, requests: list[dict], clients: int, seconds: flo
     return done / (time.monotonic() - started), (time.process_time() - cpu) * 1000 / max(done, 1)
 
 
+def batch_size_totals(metrics_port: int) -> tuple[float, float]:
+    """(requests, micro-batches) the server has run so far, from its Prometheus batch-size histogram."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        lines = page.read().decode().splitlines()
+    value = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("ctxcomp_batch_size_")}
+    return value["ctxcomp_batch_size_sum"], value["ctxcomp_batch_size_count"]
+
+
 def p2_phase(seconds: float, requests: list[dict]) -> None:
     """Throughput in-process against through the server, same requests, 1 and 16 clients;
     with where the CPU went: ms per request in-process, in the server, and in this process
-    (the load generator's gRPC clients, which share the cores with the server)."""
+    (the load generator's gRPC clients, which share the cores with the server), and the
+    requests per encoder batch on each side (the server's from its metrics)."""
     from ctxcomp.hub import ModelHub
     from ctxcomp.pipeline import Compressor
 
@@ -322,7 +333,8 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
         in_process[clients] = in_process_rate(compressor, requests, clients, seconds)
     chosen = {"in_process": {role: form for role, (form, _) in compressor.hub.precisions.items()}}
     del compressor
-    with serving() as (server, address):
+    metrics_port = free_port()
+    with serving("--metrics-port", str(metrics_port)) as (server, address):
         for clients in (1, 16):
             asyncio.run(run_phase(address, clients, min(seconds, 8.0), 60.0, requests))  # warm-up
             if "server" not in chosen:  # every encoder the mix uses is loaded (and probed) by now
@@ -330,7 +342,9 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
                     chosen["server"] = {m.role: m.precision for m in client.list_methods().models if m.precision}
                 print(json.dumps({"phase": "p2", "encoder_precisions": chosen}), flush=True)
             server_cpu, generator_cpu = cpu_seconds(server.pid), time.process_time()
+            batches_before = batch_size_totals(metrics_port)
             served = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
+            batched, batches = (after - before for after, before in zip(batch_size_totals(metrics_port), batches_before))
             done = max(sum(served["statuses"].values()), 1)
             rate, cpu_ms = in_process[clients]
             print(json.dumps({
@@ -341,6 +355,7 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
                     "server": round((cpu_seconds(server.pid) - server_cpu) * 1000 / done, 1),
                     "load_generator": round((time.process_time() - generator_cpu) * 1000 / done, 1),
                 },
+                "requests_per_batch": {"in_process": clients, "server": round(batched / max(batches, 1), 2)},
                 "statuses": served["statuses"],
             }), flush=True)
 

@@ -125,7 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("ctxcomp.service").info(thread_plan.describe())
 
     config = ServerConfig(
-        batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_queued_tokens=args.max_queued_tokens),
+        batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_queued_tokens=args.max_queued_tokens,
+                               company_wait=args.company_wait),
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -256,6 +257,17 @@ def device_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def share_arg(value: str) -> float:
+    """A share in [0, 1] (--company-wait)."""
+    try:
+        share = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return share
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxcomp", description="Context compression for RAG.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -291,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--port-file", help="write the bound port here once serving")
     p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")
+    p.add_argument("--company-wait", type=share_arg, default=0.1,
+                   help="before a batch, wait for as many requests as the last batch had, up to this share of "
+                        "its model time (0: take whatever has queued)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before RESOURCE_EXHAUSTED")
     p.add_argument("--max-queued-tokens", type=int, default=1 << 20,
                    help="downstream-LLM tokens waiting before RESOURCE_EXHAUSTED")
