@@ -8,13 +8,17 @@ request compressed to 2x/3x/5x (LLM-token budget, never exceeded). Every
 scorer goes through the same budgeted selection (fit_budget); only the word
 priorities differ:
   classifier        ctxcomp's trained token classifier (the llmlingua2 method), fp32;
-                    classifier_bf16 / classifier_int8: the same in bf16 and int8
+                    classifier_<precision>: the same in each other precision
+  fast_classifier   its two-layer student (llmlingua2's classifier "fast"), fp32;
+                    fast_classifier_<precision> likewise
   self_information  the shipped LLM's surprisal of each word (Selective Context style)
   random            uniform random priorities (seeded)
   first_k           earlier words first (truncation)
 Prints one JSON object per (rate, scorer): preservation = share of questions
 with a gold answer string still present in the compressed text, with a bootstrap
-95% interval that resamples paragraphs (a paragraph's questions are not independent).
+95% interval that resamples paragraphs (a paragraph's questions are not independent),
+and for every classifier other than the fp32 one its paired difference from it
+(`minus_classifier`, with its interval).
 """
 
 from __future__ import annotations
@@ -74,13 +78,14 @@ def main() -> None:
     llm = load_llm()
     words = [text.segment_words(p.context) for p in paragraphs]
     scorers, seconds = {}, {}
-    for form in PRECISIONS:  # the classifier in each precision (ctxcomp.models.precision)
-        name = "classifier" if form == "fp32" else f"classifier_{form}"
-        classifier = hub.get("token_classifier", form)
-        wordscore.score_documents(classifier, [w.strings() for w in words[:4]])  # warm-up (int8 compiles here)
-        started = time.perf_counter()
-        scorers[name] = wordscore.score_documents(classifier, [w.strings() for w in words])
-        seconds[name] = time.perf_counter() - started
+    for role, prefix in (("token_classifier", "classifier"), ("token_classifier_fast", "fast_classifier")):
+        for form in PRECISIONS:  # each classifier in each precision (ctxcomp.models.precision)
+            name = prefix if form == "fp32" else f"{prefix}_{form}"
+            classifier = hub.get(role, form)
+            wordscore.score_documents(classifier, [w.strings() for w in words[:4]])  # warm-up (int8 compiles here)
+            started = time.perf_counter()
+            scorers[name] = wordscore.score_documents(classifier, [w.strings() for w in words])
+            seconds[name] = time.perf_counter() - started
     started = time.perf_counter()
     scorers["self_information"] = [self_information(llm, w) for w in words]
     seconds["self_information"] = time.perf_counter() - started
@@ -89,6 +94,7 @@ def main() -> None:
     scorers["first_k"] = [-np.arange(len(w), dtype=np.float64) for w in words]
     totals = hub.count_tokens([p.context for p in paragraphs])
     for label, rate in RATES.items():
+        hits_of = {}
         for name, priorities in scorers.items():
             hits, asked, kept = [], [], 0
             for para, w, prio, total in zip(paragraphs, words, priorities, totals):
@@ -97,10 +103,16 @@ def main() -> None:
                 hits.append(h)
                 asked.append(n)
                 kept += selection.counts[0]
+            hits_of[name] = np.asarray(hits)
+            paired = {}
+            if "classifier" in name and name != "classifier":
+                difference = hits_of[name] - hits_of["classifier"]
+                paired = {"minus_classifier": round(difference.sum() / sum(asked), 4),
+                          "minus_classifier_interval95": bootstrap_interval(difference, asked)}
             print(json.dumps({
                 "target": label, "scorer": name, "paragraphs": len(paragraphs), "questions": sum(asked),
                 "preservation": round(sum(hits) / sum(asked), 4), "interval95": bootstrap_interval(hits, asked),
-                "achieved_ratio": round(sum(totals) / max(kept, 1), 3),
+                **paired, "achieved_ratio": round(sum(totals) / max(kept, 1), 3),
                 "score_seconds": round(seconds.get(name, 0.0), 2),
             }), flush=True)
 

@@ -5,7 +5,10 @@
 Same checkpoint (our trained classifier, saved where the reference accepts it),
 same inputs: SQuAD dev paragraphs of the test articles as single-document
 requests and as 10-document requests (gold paragraph among others of its
-article). Prints one JSON object per setting with:
+article). Ours runs that checkpoint (classifier "full") in every precision, and
+its two-layer student (classifier "fast", llmlingua2's fast mode: the reference
+still runs the six layers) in every precision. Prints one JSON object per setting
+and form with:
   agreement            word-level keep/drop agreement with the reference, with a
                        bootstrap 95% interval over requests
   agreement_cl100k     the same, with the reference weighting words by
@@ -43,6 +46,7 @@ from ctxcomp import wordscore
 from ctxcomp.evaluate import bootstrap_interval
 from ctxcomp.hub import ModelHub
 from ctxcomp.methods import llmlingua2_compat as compat
+from ctxcomp.methods.llmlingua2 import CLASSIFIER_ROLES
 from ctxcomp.models.precision import PRECISIONS
 from ctxcomp.pipeline import Compressor
 from ctxcomp.types import CompressRequest, Document
@@ -109,9 +113,14 @@ def reference_labels(reference, group: list[str]) -> list[np.ndarray]:
     return labels
 
 
-def ours_labels(compressor: Compressor, group: list[str], precision: str) -> np.ndarray:
+# Our forms: the six-layer classifier the reference also runs, then its two-layer student
+# ("fast"), each in every precision.
+FORMS = [(classifier, precision) for classifier in ("full", "fast") for precision in PRECISIONS]
+
+
+def ours_labels(compressor: Compressor, group: list[str], form: tuple[str, str]) -> np.ndarray:
     docs = tuple(Document(str(i), t) for i, t in enumerate(group))
-    options = {"mode": "compat", "precision": precision}
+    options = {"mode": "compat", "classifier": form[0], "precision": form[1]}
     result = compressor.compress(CompressRequest("", docs, method="llmlingua2", rate=RATE, options=options, return_word_labels=True))
     return np.concatenate([np.asarray([w.kept for w in d.word_labels], dtype=bool) for d in result.documents])
 
@@ -122,9 +131,9 @@ def timed(fn, items) -> tuple[list, float]:
     return out, time.perf_counter() - start
 
 
-def forward_share(compressor: Compressor, groups: list[list[str]], precision: str) -> float:
+def forward_share(compressor: Compressor, groups: list[list[str]], form: tuple[str, str]) -> float:
     """Share of ctxcomp's compat-mode time spent inside the encoder forward."""
-    model = compressor.hub.get("token_classifier", precision).model
+    model = compressor.hub.get(CLASSIFIER_ROLES[form[0]], form[1]).model
     spent = [0.0]
     original = model.forward
 
@@ -136,7 +145,7 @@ def forward_share(compressor: Compressor, groups: list[list[str]], precision: st
 
     model.forward = timed_forward
     try:
-        _, total = timed(lambda g: ours_labels(compressor, g, precision), groups)
+        _, total = timed(lambda g: ours_labels(compressor, g, form), groups)
     finally:
         del model.forward
     return spent[0] / total
@@ -175,16 +184,17 @@ def main() -> None:
         ref, ref_s = timed(lambda g: reference_labels(reference, g), groups)
         reference.oai_tokenizer = stock_oai
         ref_cl100k, ref_cl100k_s = timed(lambda g: reference_labels(reference, g), groups)
-        for precision in PRECISIONS:
-            ours_labels(compressor, groups[0], precision)  # warm-up outside the timing
-            ours, ours_s = timed(lambda g: ours_labels(compressor, g, precision), groups)
+        for form in FORMS:
+            ours_labels(compressor, groups[0], form)  # warm-up outside the timing
+            ours, ours_s = timed(lambda g: ours_labels(compressor, g, form), groups)
             print(json.dumps({
-                "setting": name, "precision": precision, "requests": len(groups), "words": words, "rate": RATE,
+                "setting": name, "classifier": form[0], "precision": form[1], "requests": len(groups), "words": words,
+                "rate": RATE,
                 **agreement(ref, ours), **agreement(ref_cl100k, ours, "agreement_cl100k"),
                 "ctxcomp_words_per_s": round(words / ours_s, 1), "reference_words_per_s": round(words / ref_s, 1),
                 "reference_cl100k_words_per_s": round(words / ref_cl100k_s, 1),
                 "throughput_ratio": round(ref_s / ours_s, 2),
-                "ctxcomp_forward_share": round(forward_share(compressor, groups[: max(2, len(groups) // 4)], precision), 3),
+                "ctxcomp_forward_share": round(forward_share(compressor, groups[: max(2, len(groups) // 4)], form), 3),
                 "threads": torch.get_num_threads(),
             }), flush=True)
 
@@ -199,17 +209,16 @@ def measure_batched(name, compressor, reference, same_tokenizer, stock_oai, grou
     ref = [reference_labels(reference, [c]) for c in contexts]
     reference.oai_tokenizer = stock_oai
     ref_cl100k = [reference_labels(reference, [c]) for c in contexts]
-    for precision in PRECISIONS:
-        batch = [
-            CompressRequest("", (Document("0", t),), method="llmlingua2", rate=RATE, options={"mode": "compat", "precision": precision},
-                            return_word_labels=True)
-            for t in contexts
-        ]
+    for classifier, precision in FORMS:
+        options = {"mode": "compat", "classifier": classifier, "precision": precision}
+        batch = [CompressRequest("", (Document("0", t),), method="llmlingua2", rate=RATE, options=options,
+                                 return_word_labels=True) for t in contexts]
         compressor.compress_batch(batch[:2])
         (results,), ours_s = timed(compressor.compress_batch, [batch])
         ours = [np.asarray([w.kept for w in r.documents[0].word_labels], dtype=bool) for r in results]
         print(json.dumps({
-            "setting": name, "precision": precision, "requests": len(batch), "words": words, "rate": RATE,
+            "setting": name, "classifier": classifier, "precision": precision, "requests": len(batch), "words": words,
+            "rate": RATE,
             **agreement(ref, ours), **agreement(ref_cl100k, ours, "agreement_cl100k"),
             "ctxcomp_words_per_s": round(words / ours_s, 1), "reference_words_per_s": round(words / ref_s, 1),
             "throughput_ratio": round(ref_s / ours_s, 2), "threads": torch.get_num_threads(),

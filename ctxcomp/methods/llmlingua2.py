@@ -39,6 +39,11 @@ class LLMLingua2Config(SelectiveOptions):
     max_batch_tokens: int = field(
         default=2048, metadata={"help": "padded encoder tokens per forward batch (small batches stay in cache)"}
     )
+    classifier: Literal["full", "fast"] = field(
+        default="full",
+        metadata={"help": "query-agnostic scoring and compat mode: the six-layer token classifier (full, what the "
+                          "reference runs) or its two-layer student distilled from it (fast)"},
+    )
     precision: Precision = field(
         default="auto",
         metadata={"help": "token classifier precision; auto: the server's choice (the fastest here, timed at load), "
@@ -80,9 +85,14 @@ class LLMLingua2Config(SelectiveOptions):
             raise InvalidRequest("options.query_weight", f"must be in [0, 10], got {self.query_weight}")
 
 
-def classifier_precision(config: LLMLingua2Config) -> str:
-    """The token classifier form a request uses: compat mode reproduces the reference, so fp32 unless asked."""
-    return "fp32" if config.mode == "compat" and config.precision == "auto" else config.precision
+CLASSIFIER_ROLES = {"full": "token_classifier", "fast": "token_classifier_fast"}
+
+
+def classifier_form(config: LLMLingua2Config) -> tuple[str, str]:
+    """The token classifier (role, precision) a request uses: compat mode with the full classifier
+    reproduces the reference, so fp32 unless asked."""
+    exact = config.mode == "compat" and config.classifier == "full" and config.precision == "auto"
+    return CLASSIFIER_ROLES[config.classifier], "fp32" if exact else config.precision
 
 
 @dataclass
@@ -102,8 +112,8 @@ class _Prepared:
         return self.config.mode == "budget" and self.config.query_aware and bool(self.request.query.strip())
 
     @property
-    def scoring_key(self) -> tuple[str, str, int]:
-        return (classifier_precision(self.config), self.config.aggregation, self.config.max_batch_tokens)
+    def scoring_key(self) -> tuple[tuple[str, str], str, int]:
+        return (classifier_form(self.config), self.config.aggregation, self.config.max_batch_tokens)
 
 
 class LLMLingua2(MethodBase):
@@ -123,7 +133,7 @@ class LLMLingua2(MethodBase):
         return [self._finish(p, self._word_scores(p) if p.query_aware else next(scores)) for p in prepared]
 
     def _segment(self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]) -> _Prepared:
-        classifier = self.hub.get("token_classifier", classifier_precision(config))
+        classifier = self.hub.get(*classifier_form(config))
         tokenizer, max_length = classifier.tokenizer, classifier.max_length
         if config.mode == "compat":
             encoded = [compat.encode(tokenizer, d.text) for d in request.documents]
@@ -145,7 +155,7 @@ class LLMLingua2(MethodBase):
         out: list[list[np.ndarray]] = [[] for _ in prepared]
         for key in dict.fromkeys(p.scoring_key for p in prepared):
             members = [i for i, p in enumerate(prepared) if p.scoring_key == key]
-            precision, aggregation, max_batch_tokens = key
+            form, aggregation, max_batch_tokens = key
             first_doc = np.cumsum([0] + [len(prepared[i].words) for i in members])
             chunks = [
                 dataclasses.replace(chunk, doc=chunk.doc + int(first_doc[n]))
@@ -154,7 +164,7 @@ class LLMLingua2(MethodBase):
             ]
             sizes = [len(w) for i in members for w in prepared[i].words]
             scores = wordscore.score_chunks(
-                self.hub.get("token_classifier", precision), chunks, sizes, aggregation, max_batch_tokens  # type: ignore[arg-type]
+                self.hub.get(*form), chunks, sizes, aggregation, max_batch_tokens  # type: ignore[arg-type]
             )
             for n, i in enumerate(members):
                 out[i] = scores[first_doc[n] : first_doc[n + 1]]
@@ -208,7 +218,7 @@ class LLMLingua2(MethodBase):
     def _select_compat(self, prepared: _Prepared, scores: list[np.ndarray]) -> Selection:
         """The llmlingua package's LLMLingua-2 decisions: per-chunk percentile thresholds."""
         config = prepared.config
-        tokenizer = self.hub.get("token_classifier", classifier_precision(config)).tokenizer
+        tokenizer = self.hub.get(*classifier_form(config)).tokenizer
         rate = compat_rate(prepared.request, config, prepared.tokens_before)
         masks = []
         for doc, score in zip(prepared.encoded or [], scores):

@@ -106,14 +106,16 @@ def test_long_document_is_chunked_not_truncated(compressor, hub) -> None:
     assert all(words[c.first_word - 1].endswith(".") for c in chunks[1:])  # cut at sentence ends
 
 
-def test_trained_classifier_prefers_answer_words(hub, squad_held_out) -> None:
-    """On held-out articles, gold-answer words score higher than the rest (a random head would not)."""
+@pytest.mark.parametrize("role", ["token_classifier", "token_classifier_fast"])
+def test_trained_classifier_prefers_answer_words(hub, squad_held_out, role) -> None:
+    """On held-out articles, gold-answer words score higher than the rest (a random head would not);
+    the distilled two-layer student too."""
     from ctxcomp import text, wordscore
     from ctxcomp.models.training.train_token_classifier import word_labels
 
     paragraphs = squad_held_out[:40]
     words = [text.segment_words(p.context) for p in paragraphs]
-    scores = wordscore.score_documents(hub.get("token_classifier"), [w.strings() for w in words])
+    scores = wordscore.score_documents(hub.get(role), [w.strings() for w in words])
     labels = np.concatenate([word_labels(p, w) for p, w in zip(paragraphs, words)]).astype(bool)
     flat = np.concatenate(scores)
     assert flat[labels].mean() > flat[~labels].mean() + 0.15
@@ -215,12 +217,32 @@ def test_a_query_moves_the_budget_to_relevant_documents(compressor) -> None:
     assert aware.documents[0].score > aware.documents[1].score  # a document's score is its relevance
 
 
+def test_fast_classifier_is_a_shallow_student_that_ranks_like_its_teacher(compressor, hub, squad_held_out) -> None:
+    """classifier "fast" runs the distilled student: fewer layers, nearly the teacher's word ranking."""
+    from scipy.stats import spearmanr
+
+    from ctxcomp import text, wordscore
+
+    full, fast = hub.get("token_classifier", "fp32"), hub.get("token_classifier_fast", "fp32")
+    assert fast.model.config.num_hidden_layers < full.model.config.num_hidden_layers
+    words = [text.segment_words(p.context).strings() for p in squad_held_out[:20]]
+    teacher = np.concatenate(wordscore.score_documents(full, words))
+    student = np.concatenate(wordscore.score_documents(fast, words))
+    assert spearmanr(teacher, student).statistic > 0.8
+    result = compressor.compress(request(PARAGRAPH, rate=0.33, options={"classifier": "fast"}, return_word_labels=True))
+    expected = wordscore.score_documents(fast, [text.segment_words(PARAGRAPH).strings()])[0]
+    np.testing.assert_allclose([w.score for w in result.documents[0].word_labels], expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["budget", "compat"])
 def test_batch_of_requests_equals_one_by_one(compressor, mode) -> None:
-    texts = [PARAGRAPH, STRUCTURED, "Short one.", PARAGRAPH.lower()]
+    """Requests with different scoring settings (the fast classifier among them) share a batch
+    and get what each gets alone."""
+    texts = [PARAGRAPH, STRUCTURED, "Short one.", PARAGRAPH.lower(), PARAGRAPH]
+    classifiers = ["full", "full", "fast", "full", "fast"]
     requests = [
-        CompressRequest("", (Document("x", t),), method="llmlingua2", rate=r, options={"mode": mode})
-        for t, r in zip(texts, [0.3, 0.5, 0.9, 0.4])
+        CompressRequest("", (Document("x", t),), method="llmlingua2", rate=r, options={"mode": mode, "classifier": c})
+        for t, r, c in zip(texts, [0.3, 0.5, 0.9, 0.4, 0.3], classifiers)
     ]
     together = compressor.compress_batch(requests)
     alone = [compressor.compress(r) for r in requests]

@@ -10,7 +10,7 @@ from ctxcomp.errors import ModelUnavailable
 def test_every_role_has_an_offline_default() -> None:
     rows = {r["role"]: r for r in models.describe_roles()}
     assert set(rows) == {
-        "token_classifier", "sentence_encoder", "relevance", "downstream_llm", "spacy", "xrag_projector", "kv_transform"
+        "token_classifier", "token_classifier_fast", "sentence_encoder", "relevance", "downstream_llm", "spacy", "xrag_projector", "kv_transform"
     }
     assert all(r["kind"] == "default" for r in rows.values())
 
