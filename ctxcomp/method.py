@@ -11,6 +11,7 @@ items each carry their own request, config and token counts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -109,9 +110,16 @@ class MethodBase:
         raise NotImplementedError
 
 
+@functools.lru_cache(maxsize=None)
+def field_types(config_type: type) -> dict[str, Any]:
+    """The resolved field types of a config class (typing.get_type_hints, once per class:
+    it re-evaluates every annotation, about 0.4 ms per request otherwise)."""
+    return typing.get_type_hints(config_type)
+
+
 def describe_options(config: Any) -> list[dict[str, str]]:
     """Name, type, preset (JSON) and help of every field of a method config."""
-    hints = typing.get_type_hints(type(config))
+    hints = field_types(type(config))
     return [
         {
             "name": f.name,
@@ -128,7 +136,7 @@ def apply_options(config: Any, options: Mapping[str, Any], prefix: str = "option
 
     Raises InvalidRequest naming `<prefix>.<name>` for an unknown name or a bad value.
     """
-    hints = typing.get_type_hints(type(config))
+    hints = field_types(type(config))
     known = {f.name for f in dataclasses.fields(config)}
     changes = {}
     for name, value in options.items():
