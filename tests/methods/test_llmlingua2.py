@@ -248,3 +248,17 @@ def test_batch_of_requests_equals_one_by_one(compressor, mode) -> None:
     alone = [compressor.compress(r) for r in requests]
     assert [r.context for r in together] == [r.context for r in alone]
     assert [r.tokens_after for r in together] == [r.tokens_after for r in alone]
+
+
+def test_compat_word_spellings_are_the_tokenizers_decode(hub) -> None:
+    """Memoised spellings (what the reference counts LLM tokens of) equal decoding each word afresh,
+    on a first and a repeated call, for words split into several pieces too."""
+    from ctxcomp.methods import llmlingua2_compat as compat
+
+    tokenizer = hub.get("token_classifier").tokenizer
+    doc = compat.encode(tokenizer, PARAGRAPH + " Antidisestablishmentarianism, naïve café 24-10!")
+    bounds = np.flatnonzero(np.diff(doc.word_of_token)) + 1
+    fresh = [tokenizer.decode(ids.tolist()) for ids in np.split(doc.token_ids, bounds)]
+    assert doc.word_strings(tokenizer) == fresh
+    assert doc.word_strings(tokenizer) == fresh
+    assert any(len(ids) > 1 for ids in np.split(doc.token_ids, bounds))
