@@ -39,8 +39,8 @@ class EncodedDocument:
         """Each word as the encoder spells it (lowercased for uncased models), as the reference counts it.
 
         The tokenizer's own decode of each word's ids, memoised per tokenizer: words repeat
-        within and across requests, and decoding one word at a time was an eighth of a
-        single request's time in compat mode."""
+        within and across requests, and decoding one word at a time cost 7% of a single
+        request's time in the fast mode (bench/llmlingua2_vs_reference.py's requests)."""
         if not len(self.token_ids):
             return []
         ids = self.token_ids.tolist()
