@@ -193,7 +193,7 @@ def load_token_classifier(override: str | None = None, role: str = "token_classi
 
     source = resolve(role, override)
     if source.kind == "default":
-        model = load_default_token_classifier() if role == "token_classifier" else load_distilled_token_classifier()
+        model = DEFAULT_TOKEN_CLASSIFIERS[role]()
         tokenizer = AutoTokenizer.from_pretrained(encoder_path())
     else:
         model = _from_pretrained(source.role, AutoModelForTokenClassification.from_pretrained, source.location)
@@ -262,6 +262,13 @@ def load_distilled_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_FAST_DELT
         raise ModelUnavailable("token_classifier_fast", [f"{delta_file} ({str(err).splitlines()[0]})"],
                                "rebuild the delta with the distillation script") from err
     return model.eval()
+
+
+# role -> the loader of its packaged default (the base + our delta)
+DEFAULT_TOKEN_CLASSIFIERS: dict[str, Callable[[], Any]] = {
+    "token_classifier": load_default_token_classifier,
+    "token_classifier_fast": load_distilled_token_classifier,
+}
 
 
 # --- downstream LLM ---------------------------------------------------------

