@@ -47,7 +47,7 @@ class LLMLingua2Config(SelectiveOptions):
     precision: Precision = field(
         default="auto",
         metadata={"help": "token classifier precision; auto: the server's choice (the fastest here, timed at load), "
-                          "fp32 in compat mode; openvino-*: compiled by OpenVINO"},
+                          "fp32 in compat mode with the full classifier; openvino-*: compiled by OpenVINO"},
     )
     mode: Literal["budget", "compat"] = field(
         default="budget",
