@@ -18,7 +18,8 @@ Baselines, same requests, same budgets: first_k (the first tokens of the joined
 documents), random (random whole sentences) and minilm_topk (the 20 lines a
 user writes by hand: split on sentence punctuation, rank by MiniLM cosine to the
 query, add sentences while they fit). A method "beats" a baseline only where
-the intervals separate. A rerank line compares the document head's top-1
+the intervals separate; `paired` gives each row's difference from minilm_topk and
+recomp_extractive on the same requests, with the interval of that difference. A rerank line compares the document head's top-1
 gold-paragraph accuracy with bi-encoder cosine, on the same requests. A gate
 line measures selective augmentation at the shipped threshold: the share of
 these requests it lets through, and the share of off-topic requests (the same
@@ -54,6 +55,7 @@ METHODS = (
     "cascade", "exit", "recomp_extractive", "mig", "llmlingua2", "llmlingua2:query_agnostic",
     "exit>llmlingua2", "mig>llmlingua2",
 )
+PAIRED_AGAINST = ("minilm_topk", "recomp_extractive")  # the baselines #14's acceptance names
 VARIANTS = {"llmlingua2:query_agnostic": ("llmlingua2", {"query_aware": False})}
 OTHER_PARAGRAPHS = 4
 SEED = 7
@@ -106,11 +108,23 @@ def minilm_topk(hub: ModelHub, request: CompressRequest, rate: float) -> str:
 def row(name: str, target: str, questions, contexts, tokens: list[tuple[int, int]], seconds: list[float]) -> dict:
     hits = [any(a in c for a in q.answers) for q, c in zip(questions, contexts)]
     return {
-        "bench": "quality", "target": target, "method": name, "requests": len(hits),
+        "bench": "quality", "target": target, "method": name, "requests": len(hits), "hits": hits,
         "compression": round(sum(b for b, _ in tokens) / max(sum(a for _, a in tokens), 1), 2),
         "preservation": round(float(np.mean(hits)), 4), "interval95": bootstrap_interval(hits, seed=SEED),
         "ms": round(1000 * float(np.mean(seconds)), 1) if seconds else None,
     }
+
+
+def paired_differences(row: dict, rows: list[dict]) -> dict:
+    """Preservation of `row` minus each of PAIRED_AGAINST on the same requests, with a bootstrap
+    95% interval of the per-request difference (tighter than comparing two intervals: both
+    face the same requests)."""
+    out = {}
+    for other in rows:
+        if other["method"] in PAIRED_AGAINST and other["method"] != row["method"]:
+            difference = np.asarray(row["hits"], float) - np.asarray(other["hits"], float)
+            out[other["method"]] = [round(float(difference.mean()), 4), bootstrap_interval(difference, seed=SEED)]
+    return out
 
 
 def method_and_options(name: str) -> tuple[str, dict]:
@@ -214,6 +228,9 @@ def main() -> None:
             rows.append(row(name, target, questions, *run_method(compressor, name, requests, rate)))
         for r in rows:
             r["beats"] = [b["method"] for b in rows if separated(r["interval95"], b["interval95"]) > 0]
+            r["paired"] = paired_differences(r, rows)
+        for r in rows:
+            r.pop("hits")
             print(json.dumps(r), flush=True)
     print(json.dumps({"bench": "quality", "elapsed_s": round(time.time() - started, 1)}), flush=True)
 
