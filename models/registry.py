@@ -203,6 +203,17 @@ def load_token_classifier(override: str | None = None, role: str = "token_classi
     return TokenClassifier(model, tokenizer, source, max_length)
 
 
+def _delta(role: str, delta_dir: Path, script: str) -> tuple[Path, dict]:
+    """A token classifier's delta file and its config.json; ModelUnavailable naming the script
+    that rebuilds it when the file is missing."""
+    delta_file = delta_dir / "delta.safetensors"
+    if not delta_file.exists():
+        raise ModelUnavailable(
+            role, [f"{delta_file} (missing)"], f"run `python -m ctxcomp.models.training.{script}` to rebuild the delta"
+        )
+    return delta_file, json.loads((delta_dir / "config.json").read_text())
+
+
 def load_default_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_DELTA, base: Path | None = None) -> Any:
     """The MiniLM base with our trained delta (LoRA factors + head) merged in."""
     from safetensors.torch import load_file
@@ -211,14 +222,7 @@ def load_default_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_DELTA, base
     from ctxcomp.models import lora
 
     base = base or encoder_path()
-    delta_file = delta_dir / "delta.safetensors"
-    if not delta_file.exists():
-        raise ModelUnavailable(
-            "token_classifier",
-            [f"{delta_file} (missing)"],
-            "run `python -m ctxcomp.models.training.train_token_classifier` to rebuild the delta",
-        )
-    meta = json.loads((delta_dir / "config.json").read_text())
+    delta_file, meta = _delta("token_classifier", delta_dir, "train_token_classifier")
     # Built from the config and filled by hand: from_pretrained would warn that the
     # head is missing, which is expected here (the head comes from the delta).
     config = AutoConfig.from_pretrained(base, num_labels=2)
@@ -243,14 +247,7 @@ def load_distilled_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_FAST_DELT
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     base = base or encoder_path()
-    delta_file = delta_dir / "delta.safetensors"
-    if not delta_file.exists():
-        raise ModelUnavailable(
-            "token_classifier_fast",
-            [f"{delta_file} (missing)"],
-            "run `python -m ctxcomp.models.training.distill_token_classifier` to rebuild the delta",
-        )
-    meta = json.loads((delta_dir / "config.json").read_text())
+    delta_file, meta = _delta("token_classifier_fast", delta_dir, "distill_token_classifier")
     config = AutoConfig.from_pretrained(base, num_labels=2, num_hidden_layers=meta["layers"])
     model = AutoModelForTokenClassification.from_config(config)
     state = {f"{model.base_model_prefix}.{k}": v for k, v in load_file(base / "model.safetensors").items()
@@ -260,7 +257,7 @@ def load_distilled_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_FAST_DELT
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ModelUnavailable("token_classifier_fast", [f"{delta_file} ({str(err).splitlines()[0]})"],
-                               "rebuild the delta with the distillation script") from err
+                               "run `python -m ctxcomp.models.training.distill_token_classifier` to rebuild the delta") from err
     return model.eval()
 
 
