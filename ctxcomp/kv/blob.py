@@ -37,8 +37,8 @@ from ctxcomp.kv import transform as kv_transform
 if TYPE_CHECKING:
     from ctxcomp.models.kv_transform import KvTransform
 
-FORMAT_VERSION = 3  # 2 added the transform codec's fields, 3 the model's RoPE frequencies; all still read
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 2 added the transform codec, 3 the model's RoPE frequencies, 4 the transform codec's rANS
+READABLE_VERSIONS = (1, 2, 3, 4)  # all of them, but a transform blob only from 4 on
 LAYOUT = "LHSD"
 ZSTD_MAGIC = b"CTXKVZ1\n"
 Codec = Literal["fp16", "bf16", "int8", "int4", "transform"]
@@ -246,17 +246,19 @@ def _encode_transform(
         raise ValueError("codec 'transform' needs the model's KvTransform (ctxcomp.models.load_kv_transform())")
     _check_transform(transform, meta)
     sinks = _sinks(meta)
-    k_pre = kv_transform.to_pre_rope(k.float(), meta_rope(meta))
-    k_codes = kv_transform.coefficients(k_pre[:, :, sinks:], transform.key_matrix, transform.key_offset, transform.step)
-    v_codes = kv_transform.coefficients(v[:, :, sinks:], transform.value_matrix, transform.value_offset, transform.step)
-    rows = torch.cat((k_codes, v_codes)).flatten(0, 1).numpy()  # [2 * L * C, S - sinks]
-    coded = kv_transform.entropy_encode(rows)
+    k_rows = kv_transform.pre_rope_rows(k, meta_rope(meta))  # [L, S, C]
+    v_rows = kv_transform.heads_together(v.float())
+    codes = torch.empty(2 * meta.layers, meta.tokens - sinks, transform.channels, dtype=torch.int32)
+    kv_transform.coefficients(k_rows[:, sinks:], transform.key_matrix, transform.key_offset, transform.step, codes[: meta.layers])
+    kv_transform.coefficients(v_rows[:, sinks:], transform.value_matrix, transform.value_offset, transform.step, codes[meta.layers :])
+    coded = kv_transform.entropy_encode(codes.numpy())  # one stream per layer's K or V
     tensors = {
-        "ans_words": torch.from_numpy(coded.words.astype(np.uint32).view(np.int32).copy()),
-        "component_scale": torch.from_numpy(coded.scales.copy()),
-        "component_family": torch.from_numpy(coded.families.copy()),
-        "escapes": torch.from_numpy(coded.escapes.astype(np.int32)),
-        "k_sink": k_pre[:, :, :sinks].half().contiguous(),  # before RoPE, like the rest of K
+        "ans_words": torch.from_numpy(coded.words.view(np.int16).copy()),
+        "ans_chunk_ends": torch.from_numpy(coded.chunk_ends.copy()),
+        "component_table": torch.from_numpy(coded.tables.copy()),
+        "component_shift": torch.from_numpy(coded.shifts.copy()),
+        # Sinks before RoPE, like the rest of K: [L, H, sinks, D]
+        "k_sink": k_rows[:, :sinks].view(meta.layers, sinks, meta.kv_heads, meta.head_dim).permute(0, 2, 1, 3).half().contiguous(),
         "v_sink": v[:, :, :sinks].half().contiguous(),
     }
     fields = {"sink_tokens": sinks, "transform_sha256": transform.digest, "quant_step": transform.step, "k_rope": "pre"}
@@ -338,25 +340,33 @@ def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
             f"KV blob: coded with KV transform {meta.transform_sha256[:12]}, not with this one ({transform.digest[:12]})"
         )
     _check_transform(transform, meta)
+    if meta.format_version < 4:
+        raise BlobRefused(f"KV blob: a 'transform' blob of format version {meta.format_version} (an older entropy coder); encode it again")
+    names = ("ans_words", "ans_chunk_ends", "component_table", "component_shift")
+    if any(name not in tensors for name in names):
+        raise BlobRefused("KV blob: transform payload is missing a tensor")
     coded = kv_transform.CodedComponents(
-        words=tensors["ans_words"].numpy().view(np.uint32),
-        scales=tensors["component_scale"].numpy(),
-        families=tensors["component_family"].numpy(),
-        escapes=tensors["escapes"].numpy(),
+        words=tensors["ans_words"].numpy().view(np.uint16),
+        chunk_ends=tensors["ans_chunk_ends"].numpy(),
+        tables=tensors["component_table"].numpy(),
+        shifts=tensors["component_shift"].numpy(),
     )
-    coded_tokens = meta.tokens - meta.sink_tokens
-    if len(coded.families) != 2 * meta.layers * transform.channels or len(coded.scales) != len(coded.families) or coded_tokens < 0:
+    coded_tokens, sinks = meta.tokens - meta.sink_tokens, meta.sink_tokens
+    if len(coded.tables) != 2 * meta.layers * transform.channels or coded_tokens < 0:
         raise BlobRefused("KV blob: transform payload does not match the blob's shape")
     try:
-        rows = kv_transform.entropy_decode(coded, coded_tokens)
-    except (ValueError, RuntimeError) as err:
+        codes = kv_transform.entropy_decode(coded, coded_tokens, transform.channels, out_dtype=np.float32)
+    except ValueError as err:
         raise BlobRefused(f"KV blob: transform payload does not decode ({err})") from err
-    codes = torch.from_numpy(rows).view(2, meta.layers, transform.channels, coded_tokens)
-    k_pre = kv_transform.reconstruct(codes[0], transform.key_inverse, transform.key_offset, meta.quant_step, meta.kv_heads)
-    v = kv_transform.reconstruct(codes[1], transform.value_inverse, transform.value_offset, meta.quant_step, meta.kv_heads)
-    k_pre = torch.cat((tensors["k_sink"].float(), k_pre), dim=2)
-    v = torch.cat((tensors["v_sink"].float(), v), dim=2)
-    return kv_transform.to_post_rope(k_pre, meta_rope(meta)), v
+    codes = torch.from_numpy(codes)  # [2L, S - sinks, C]
+    k_rows = torch.empty(meta.layers, meta.tokens, transform.channels)
+    k_rows[:, :sinks] = kv_transform.heads_together(tensors["k_sink"].float())
+    k_rows[:, sinks:] = kv_transform.reconstruct(codes[: meta.layers], transform.key_inverse, transform.key_offset, meta.quant_step)
+    v_rows = kv_transform.reconstruct(codes[meta.layers :], transform.value_inverse, transform.value_offset, meta.quant_step)
+    v = torch.empty(meta.layers, meta.kv_heads, meta.tokens, meta.head_dim)
+    v[:, :, :sinks] = tensors["v_sink"].float()
+    v[:, :, sinks:] = v_rows.view(meta.layers, coded_tokens, meta.kv_heads, meta.head_dim).permute(0, 2, 1, 3)
+    return kv_transform.post_rope_from_rows(k_rows, meta_rope(meta), meta.kv_heads), v
 
 
 def _safetensors_metadata(blob: bytes) -> dict[str, str]:

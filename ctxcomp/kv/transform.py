@@ -4,32 +4,26 @@ Keys are brought back to before RoPE (their channel statistics do not depend on
 position there), every layer's K and V [S, C] (C = kv_heads * head_dim) are
 mapped by the model's KvTransform (models/kv_transform.py), rounded with one
 step, and the integer coefficients are entropy-coded component by component
-with an ANS coder (constriction). Each component gets a two-parameter model
-fitted on this blob: a discrete Laplace or discrete Gaussian and its scale
-(fp16), so a blob adapts to its own text; components that are all zero cost
-nothing. Coefficients beyond a component's table range are coded as the range
-edge and stored verbatim in an escape list.
+with rANS (ctxcomp.kv.rans), one stream per layer's K or V, coded on several
+threads. Each component is coded with the table of a fixed set that fits it on
+this blob (a discrete Laplace or discrete Gaussian at one of GRID scales), so a
+blob adapts to its own text; wide components code their values' low bits
+uniformly (a shift) and the rest with the table; components that are all zero
+cost nothing. Values beyond a table's edge are coded as the edge plus their 32 bits.
 
-The tables are built from the stored fp16 scale with additions, multiplications
-and divisions only (IEEE-exact on every machine), so the decoder rebuilds the
-encoder's tables bit for bit.
+The table set is built with additions, multiplications, divisions and an exactly
+rounded sum only (IEEE-exact on every machine), so the decoder has the encoder's
+tables bit for bit (a test pins them).
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ctxcomp.kernels.attention import Rope, apply_rope, rope_cos_sin
-
-ZERO, LAPLACE, GAUSSIAN = 0, 1, 2
-MAX_RANGE = 1 << 15  # a component's table spans [-range, range]; beyond: escapes
-_RANGE_SCALES = 10.0  # table half-width in scales (a Laplace tail beyond it: e^-10)
-_MAX_SCALE = 4096.0  # fp16-safe; wider tables would pass MAX_RANGE anyway
-_FIT_QUANTILE = 0.995  # models are fitted to the codes below this magnitude quantile
 
 
 def to_pre_rope(k: torch.Tensor, rope: Rope) -> torch.Tensor:
@@ -56,135 +50,122 @@ def transformed(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> 
     return torch.bmm(heads_together(x.float()), matrix) - offset[:, None, :]
 
 
-def coefficients(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, step: float) -> torch.Tensor:
-    """x [L, H, S, D] -> integer codes [L, C, S] (component-major: each component's tokens together)."""
-    return torch.round(transformed(x, matrix, offset) / step).to(torch.int32).transpose(1, 2).contiguous()
+def _half_angles(rope: Rope, seq: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [S, D/2] fp32 of the angles at positions rope.start_pos.. (HF's arithmetic), times the model's scaling."""
+    positions = torch.arange(rope.start_pos, rope.start_pos + seq, device=device).float()
+    angles = positions[:, None] * rope.inv_freq.to(device=device, dtype=torch.float)[None, :]
+    return angles.cos() * rope.attention_scaling, angles.sin() * rope.attention_scaling
 
 
-def reconstruct(codes: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor, step: float, heads: int) -> torch.Tensor:
-    """codes [L, C, S] -> x [L, H, S, D] (fp32)."""
-    layers, channels, seq = codes.shape
-    coeff = codes.transpose(1, 2).float() * step + offset[:, None, :]
-    return torch.bmm(coeff, inverse).view(layers, seq, heads, channels // heads).permute(0, 2, 1, 3).contiguous()
+def pre_rope_rows(k: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """K [L, H, S, D] after RoPE -> the keys before RoPE as rows [L, S, H*D] fp32 (to_pre_rope and
+    heads_together in one pass: the inverse rotation writes the token-major layout directly)."""
+    layers, heads, seq, dim = k.shape
+    half = dim // 2
+    cos, sin = _half_angles(rope, seq, k.device)
+    cos, sin = cos / rope.attention_scaling**2, sin / rope.attention_scaling**2  # rotate back and undo the scaling
+    rows = torch.empty(layers, seq, heads, dim, device=k.device)
+    out = rows.permute(0, 2, 1, 3)
+    first, second = k[..., :half].float(), k[..., half:].float()
+    torch.mul(first, cos, out=out[..., :half]).addcmul_(second, sin)
+    torch.mul(second, cos, out=out[..., half:]).addcmul_(first, sin, value=-1.0)
+    return rows.view(layers, seq, heads * dim)
 
 
-def _table(family: int, scale: float) -> tuple[int, np.ndarray]:
-    """(range r, unnormalized probabilities of -r..r) for one component; exact arithmetic only."""
-    width = int(min(np.ceil(np.float64(scale) * _RANGE_SCALES) + 1, MAX_RANGE))
-    if family == LAPLACE:  # p(n) ~ theta^|n|
-        theta = np.float64(scale) / (np.float64(scale) + 1.0)
-        half = np.concatenate(([1.0], np.cumprod(np.full(width, theta))))
-    else:  # p(n) ~ rho^(n^2): ratios p(n+1)/p(n) = rho^(2n+1)
-        var = np.float64(scale) * np.float64(scale)
-        rho = var / (var + 0.5)
-        ratios = np.cumprod(np.concatenate(([rho], np.full(width - 1, rho * rho))))
-        half = np.concatenate(([1.0], np.cumprod(ratios)))
-    return width, np.concatenate((half[:0:-1], half))
+def post_rope_from_rows(rows: torch.Tensor, rope: Rope, heads: int) -> torch.Tensor:
+    """Keys before RoPE as rows [L, S, H*D] -> K [L, H, S, D] fp32 rotated as the model does (one pass)."""
+    layers, seq, channels = rows.shape
+    dim = channels // heads
+    half = dim // 2
+    cos, sin = _half_angles(rope, seq, rows.device)
+    grouped = rows.view(layers, seq, heads, dim).permute(0, 2, 1, 3)
+    first, second = grouped[..., :half], grouped[..., half:]
+    k = torch.empty(layers, heads, seq, dim, device=rows.device)
+    torch.mul(first, cos, out=k[..., :half]).addcmul_(second, sin, value=-1.0)
+    torch.mul(second, cos, out=k[..., half:]).addcmul_(first, sin)
+    return k
 
 
-@functools.lru_cache(maxsize=8192)
-def _model(family: int, scale: float) -> tuple[int, object]:
-    """(range, constriction model) of one (family, fp16 scale): blobs repeat a few thousand of
-    them across tens of thousands of components, so each is built once per process."""
-    import constriction
-
-    width, probs = _table(family, scale)
-    return width, constriction.stream.model.Categorical(probs, perfect=False)
+def coefficients(rows: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, step: float, out: torch.Tensor) -> None:
+    """rows [L, S, C] -> integer codes, written into out [L, S, C] int32 (token-major, as entropy_encode takes them)."""
+    scaled = torch.baddbmm(offset[:, None, :] / -step, rows, matrix / step)
+    out.copy_(scaled.round_())
 
 
-def _upper_quantile(magnitude: np.ndarray, q: float) -> np.ndarray:
-    """Per row of magnitude [N, S] (int), numpy's default (linear) q-quantile as [N, 1] float64,
-    from a partition of the integers rather than np.quantile's float sort."""
-    position = q * (magnitude.shape[1] - 1)
-    lo, hi = int(np.floor(position)), int(np.ceil(position))
-    parted = np.partition(magnitude, (lo, hi) if hi != lo else lo, axis=1)
-    below, above = parted[:, lo].astype(np.float64), parted[:, hi].astype(np.float64)
-    return (below + (above - below) * (position - lo))[:, None]
-
-
-def _fit(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of codes [N, S]: the cheaper family (ZERO when all zero) and its fp16 scale.
-
-    Both families are fitted by moments to the codes below the _FIT_QUANTILE of magnitude
-    (a few outliers go to escapes instead) and compared by their ideal code length.
-    """
-    count, length = codes.shape
-    if length == 0:
-        return np.zeros(count, dtype=np.uint8), np.zeros(count, dtype=np.float16)
-    absolute = np.abs(codes)
-    limit = _upper_quantile(absolute, _FIT_QUANTILE)
-    magnitude = absolute.astype(np.float64)
-    bulk = magnitude <= limit
-    kept = np.maximum(bulk.sum(1), 1)
-    mean_abs = np.maximum((magnitude * bulk).sum(1) / kept, 1e-9)
-    rms = np.sqrt((magnitude**2 * bulk).sum(1) / kept)
-    theta = (np.sqrt(1.0 + mean_abs**2) - 1.0) / mean_abs  # ML fit of p(n) ~ theta^|n|
-    laplace = np.clip(theta / (1.0 - theta), 0.05, _MAX_SCALE).astype(np.float16)  # stored as s: theta = s / (s + 1)
-    gaussian = np.clip(rms, 0.05, _MAX_SCALE).astype(np.float16)
-    # Ideal code lengths (bits) of the bulk under each model, from the stored (fp16) scales.
-    s_l = laplace.astype(np.float64)
-    theta = s_l / (s_l + 1.0)
-    laplace_bits = -(mean_abs * np.log2(theta) + np.log2((1.0 - theta) / (1.0 + theta))) * kept
-    var = gaussian.astype(np.float64) ** 2
-    sigma2 = -0.5 / np.log(var / (var + 0.5))  # rho = exp(-1 / (2 sigma2))
-    small = 1.0 + 2.0 * np.exp(-0.5 / sigma2) + 2.0 * np.exp(-2.0 / sigma2) + 2.0 * np.exp(-4.5 / sigma2)
-    norm = np.where(sigma2 < 0.4, small, np.sqrt(2.0 * np.pi * sigma2))
-    gaussian_bits = (rms**2 / (2.0 * sigma2) / np.log(2.0) + np.log2(norm)) * kept
-    families = np.where(laplace_bits <= gaussian_bits, LAPLACE, GAUSSIAN).astype(np.uint8)
-    scales = np.where(families == LAPLACE, laplace, gaussian).astype(np.float16)
-    zero = ~codes.any(axis=1)
-    families[zero], scales[zero] = ZERO, 0
-    return families, scales
+def reconstruct(codes: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor, step: float) -> torch.Tensor:
+    """codes [L, S, C] (any real dtype) -> rows [L, S, C] fp32: (codes * step + offset) @ inverse."""
+    return torch.baddbmm(torch.bmm(offset[:, None, :], inverse), codes.float(), inverse * step)
 
 
 @dataclass(frozen=True)
 class CodedComponents:
-    words: np.ndarray  # uint32 ANS words
-    scales: np.ndarray  # fp16 [N]
-    families: np.ndarray  # uint8 [N]
-    escapes: np.ndarray  # int32, in coding order
+    words: np.ndarray  # uint16: the chunks' rANS streams, one after another
+    chunk_ends: np.ndarray  # int64 [chunks]: where each chunk's stream ends in words
+    tables: np.ndarray  # int16 [chunks * R]: each row's table (-1: all zero)
+    shifts: np.ndarray  # uint8 [chunks * R]: each row's low bits coded uniformly
+
+
+def _on_threads(work, count: int) -> list:
+    """work(i) for i < count, on as many threads as this process has cores (the kernels drop the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ctxcomp.threads import available_cores
+
+    workers = min(available_cores(), count)
+    if workers <= 1:
+        return [work(index) for index in range(count)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, range(count)))
 
 
 def entropy_encode(codes: np.ndarray) -> CodedComponents:
-    """codes [N, S] int32 (one row per component) -> ANS words plus per-component models."""
-    import constriction
+    """codes [chunks, S, R] int32 (R rows of S values per chunk; a chunk is one layer's K or V, token-major)
+    -> rANS words, one stream per chunk."""
+    from ctxcomp.kv import rans, transform_tables
 
-    families, scales = _fit(codes)
-    coded_rows = np.flatnonzero(families != ZERO)
-    models = [_model(int(families[row]), float(scales[row])) for row in coded_rows]
-    widths = np.zeros(codes.shape[0], dtype=np.int64)
-    widths[coded_rows] = [width for width, _ in models]
-    edge = (np.abs(codes) >= widths[:, None]) & (widths[:, None] > 0)
-    escapes = codes[edge].astype(np.int32)  # row by row, each row in order: the decoder's order
-    symbols = (np.clip(codes, -widths[:, None], widths[:, None]) + widths[:, None]).astype(np.int32)
-    coder = constriction.stream.stack.AnsCoder()
-    for row, (_, model) in zip(coded_rows[::-1], models[::-1]):  # a stack: the decoder pops the first row first
-        coder.encode_reverse(symbols[row], model)
-    return CodedComponents(coder.get_compressed(), scales, families, escapes)
+    codes = np.ascontiguousarray(codes, dtype=np.int32)
+    table_set, (chunks, length, width) = transform_tables.table_set(), codes.shape
+    tables, shifts = np.zeros(chunks * width, dtype=np.int16), np.zeros(chunks * width, dtype=np.uint8)
+
+    def encode(chunk: int) -> np.ndarray:
+        transform_tables.fit_chunk(codes, chunk, tables, shifts)
+        coded_rows = int((tables[chunk * width : (chunk + 1) * width] >= 0).sum())
+        words = np.empty(coded_rows * length // 2 + 3 * length + 2, dtype=np.uint16)  # room for 8 bits a value
+        start = rans.encode_chunk(codes, chunk, tables, shifts, table_set.widths, table_set.coder, words)
+        if start == rans.CORRUPT:  # a chunk that does not compress: room for the worst case
+            words = np.empty(rans.word_bound(codes, chunk, tables, shifts, table_set.widths) + 3 * length, dtype=np.uint16)
+            start = rans.encode_chunk(codes, chunk, tables, shifts, table_set.widths, table_set.coder, words)
+        return words[start:]
+
+    streams = _on_threads(encode, chunks)
+    chunk_ends = np.cumsum([len(stream) for stream in streams], dtype=np.int64)
+    words = np.concatenate(streams) if streams else np.zeros(0, dtype=np.uint16)
+    return CodedComponents(words, chunk_ends, tables, shifts)
 
 
-def entropy_decode(coded: CodedComponents, length: int) -> np.ndarray:
-    """The inverse of entropy_encode: codes [N, length] int32."""
-    import constriction
+def entropy_decode(coded: CodedComponents, length: int, width: int, out_dtype=np.int32) -> np.ndarray:
+    """The inverse of entropy_encode: codes [chunks, length, width] (as out_dtype). Raises ValueError on a
+    corrupt payload."""
+    from ctxcomp.kv import rans, transform_tables
 
-    count = len(coded.families)
-    out = np.zeros((count, length), dtype=np.int32)
-    coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(coded.words, dtype=np.uint32))
-    escape_at = 0
-    for row in range(count):
-        family = int(coded.families[row])
-        if family == ZERO:
-            continue
-        width, model = _model(family, float(coded.scales[row]))
-        values = coder.decode(model, length).astype(np.int32) - width
-        edge = np.abs(values) >= width
-        if edge.any():
-            wanted = int(edge.sum())
-            if escape_at + wanted > len(coded.escapes):
-                raise ValueError("transform codec: escape list shorter than the coded stream says")
-            values[edge] = coded.escapes[escape_at : escape_at + wanted]
-            escape_at += wanted
-        out[row] = values
-    if escape_at != len(coded.escapes):
-        raise ValueError("transform codec: escape list longer than the coded stream says")
+    table_set, chunks = transform_tables.table_set(), len(coded.chunk_ends)
+    if not all(np.issubdtype(field.dtype, np.integer) for field in (coded.tables, coded.shifts, coded.chunk_ends)):
+        raise ValueError("transform codec: the per-row fields and chunk ends must be integers")
+    if len(coded.tables) != chunks * width or len(coded.shifts) != chunks * width:
+        raise ValueError("transform codec: the per-row fields and chunks do not match")
+    if len(coded.tables) and (coded.tables.min() < -1 or coded.tables.max() >= len(table_set.widths) or coded.shifts.max() > transform_tables.MAX_SHIFT):
+        raise ValueError("transform codec: a row names a table or shift that does not exist")
+    ends = coded.chunk_ends.astype(np.int64)
+    starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
+    if chunks and ((np.diff(ends) < 0).any() or ends[0] < 0 or ends[-1] != len(coded.words)):
+        raise ValueError("transform codec: chunk ends are not in order or do not end with the words")
+    out = np.empty((chunks, length, width), dtype=out_dtype)
+    words, tables, shifts = np.ascontiguousarray(coded.words, dtype=np.uint16), coded.tables.astype(np.int16), coded.shifts.astype(np.uint8)
+    statuses = _on_threads(
+        lambda chunk: rans.decode_chunk(words, int(starts[chunk]), int(ends[chunk]), chunk, tables, shifts, table_set.widths,
+                                        table_set.starts, table_set.freqs, table_set.lookup, out),
+        chunks,
+    )
+    if any(status != 0 for status in statuses):
+        raise ValueError("transform codec: an rANS stream is corrupt")
     return out
