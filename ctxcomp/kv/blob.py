@@ -248,7 +248,7 @@ def _encode_transform(
     sinks = _sinks(meta)
     k_rows = kv_transform.pre_rope_rows(k, meta_rope(meta))  # [L, S, C]
     v_rows = kv_transform.heads_together(v.float())
-    codes = torch.empty(2 * meta.layers, meta.tokens - sinks, transform.channels, dtype=torch.int32)
+    codes = torch.empty(2 * meta.layers, transform.channels, meta.tokens - sinks, dtype=torch.int32)
     kv_transform.coefficients(k_rows[:, sinks:], transform.key_matrix, transform.key_offset, transform.step, codes[: meta.layers])
     kv_transform.coefficients(v_rows[:, sinks:], transform.value_matrix, transform.value_offset, transform.step, codes[meta.layers :])
     coded = kv_transform.entropy_encode(codes.numpy())  # one stream per layer's K or V
@@ -358,7 +358,7 @@ def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
         codes = kv_transform.entropy_decode(coded, coded_tokens, transform.channels, out_dtype=np.float32)
     except ValueError as err:
         raise BlobRefused(f"KV blob: transform payload does not decode ({err})") from err
-    codes = torch.from_numpy(codes)  # [2L, S - sinks, C]
+    codes = torch.from_numpy(codes)  # [2L, C, S - sinks]
     k_rows = torch.empty(meta.layers, meta.tokens, transform.channels)
     k_rows[:, :sinks] = kv_transform.heads_together(tensors["k_sink"].float())
     k_rows[:, sinks:] = kv_transform.reconstruct(codes[: meta.layers], transform.key_inverse, transform.key_offset, meta.quant_step)

@@ -75,23 +75,23 @@ def _push(state, n, coarse, escaped, shift, start, freq, bound, reciprocal):
 
 @numba.njit(**_JIT)
 def encode_chunk(codes, chunk, tables, shifts, widths, coder, words):
-    """Code chunk `chunk` of codes [chunks, S, R] (its R rows, each over S tokens) into the end
+    """Code chunk `chunk` of codes [chunks, R, S] (its R rows, each over S tokens) into the end
     of words; returns where the stream starts, or CORRUPT when words may be too short (a row
     can take 3 S words: the caller retries with word_bound's). tables / shifts are per row,
     chunk-major; coder is encoder_tables(freqs)."""
     starts, freqs, bounds, reciprocals = coder
-    state, at, rows = _LOW, len(words), codes.shape[2]
+    state, at, rows = _LOW, len(words), codes.shape[1]
     for column in range(rows - 1, -1, -1):
         row = chunk * rows + column
         table = tables[row]
         if table < 0:
             continue
-        if at < 3 * codes.shape[1] + 2:
+        if at < 3 * codes.shape[2] + 2:
             return CORRUPT
         shift, width = np.uint64(shifts[row]), np.int64(widths[table])
         start, freq, bound, reciprocal = starts[table], freqs[table], bounds[table], reciprocals[table]
-        for t in range(codes.shape[1] - 1, -1, -1):
-            n = np.int64(codes[chunk, t, column])
+        for t in range(codes.shape[2] - 1, -1, -1):
+            n = np.int64(codes[chunk, column, t])
             coarse = n >> shift
             escaped = coarse >= width or coarse <= -width
             symbol = (2 * width if coarse >= width else 0) if escaped else coarse + width
@@ -114,16 +114,16 @@ def encode_chunk(codes, chunk, tables, shifts, widths, coder, words):
 def word_bound(codes, chunk, tables, shifts, widths):
     """An upper bound on the words chunk `chunk` codes to (one per push, plus the flush)."""
     total = 2
-    rows = codes.shape[2]
+    rows = codes.shape[1]
     for column in range(rows):
         row = chunk * rows + column
         table = tables[row]
         if table < 0:
             continue
         shift, width = shifts[row], widths[table]
-        total += codes.shape[1] * (2 if shift > 0 else 1)
-        for t in range(codes.shape[1]):
-            coarse = np.int64(codes[chunk, t, column]) >> shift
+        total += codes.shape[2] * (2 if shift > 0 else 1)
+        for t in range(codes.shape[2]):
+            coarse = np.int64(codes[chunk, column, t]) >> shift
             if coarse >= width or coarse <= -width:
                 total += 2
     return total
@@ -131,22 +131,22 @@ def word_bound(codes, chunk, tables, shifts, widths):
 
 @numba.njit(**_JIT)
 def decode_chunk(words, at, stop, chunk, tables, shifts, widths, starts, freqs, lookup, out):
-    """Decode chunk `chunk` of out [chunks, S, R] from words[at:stop]. Returns 0, or CORRUPT."""
+    """Decode chunk `chunk` of out [chunks, R, S] from words[at:stop]. Returns 0, or CORRUPT."""
     if stop - at < 2:
         return CORRUPT
     state = (np.int64(words[at]) << 16) | words[at + 1]
     at += 2
-    rows = out.shape[2]
+    rows = out.shape[1]
     for column in range(rows):
         row = chunk * rows + column
         table = tables[row]
         if table < 0:
-            out[chunk, :, column] = 0
+            out[chunk, column, :] = 0
             continue
         shift, width = np.int64(shifts[row]), np.int64(widths[table])
         start, freq, table_lookup = starts[table], freqs[table], lookup[table]
         low_mask = (1 << shift) - 1
-        for t in range(out.shape[1]):
+        for t in range(out.shape[2]):
             slot = state & _SLOT_MASK
             symbol = np.int64(table_lookup[slot])
             state = freq[symbol] * (state >> PRECISION) + slot - start[symbol]
@@ -162,7 +162,7 @@ def decode_chunk(words, at, stop, chunk, tables, shifts, widths, starts, freqs, 
                 low, state = state & 0xFFFF, ((state >> 16) << 16) | words[at + 1]
                 at += 2
                 value = (high << 16) | low
-                out[chunk, t, column] = value - (1 << 32) if value >= (1 << 31) else value
+                out[chunk, column, t] = value - (1 << 32) if value >= (1 << 31) else value
             elif shift > 0:
                 low, state = state & low_mask, state >> shift
                 if state < STATE_LOW:
@@ -170,7 +170,7 @@ def decode_chunk(words, at, stop, chunk, tables, shifts, widths, starts, freqs, 
                         return CORRUPT
                     state = (state << 16) | words[at]
                     at += 1
-                out[chunk, t, column] = ((symbol - width) << shift) + low
+                out[chunk, column, t] = ((symbol - width) << shift) + low
             else:
-                out[chunk, t, column] = symbol - width
+                out[chunk, column, t] = symbol - width
     return 0 if (state == STATE_LOW and at == stop) else CORRUPT

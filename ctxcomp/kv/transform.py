@@ -87,14 +87,15 @@ def post_rope_from_rows(rows: torch.Tensor, rope: Rope, heads: int) -> torch.Ten
 
 
 def coefficients(rows: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, step: float, out: torch.Tensor) -> None:
-    """rows [L, S, C] -> integer codes, written into out [L, S, C] int32 (token-major, as entropy_encode takes them)."""
-    scaled = torch.baddbmm(offset[:, None, :] / -step, rows, matrix / step)
+    """rows [L, S, C] -> integer codes written into out [L, C, S] int32 (component-major, as entropy_encode
+    takes them: the product is computed transposed, so no copy transposes it)."""
+    scaled = torch.baddbmm(offset[:, :, None] / -step, (matrix / step).transpose(1, 2), rows.transpose(1, 2))
     out.copy_(scaled.round_())
 
 
 def reconstruct(codes: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor, step: float) -> torch.Tensor:
-    """codes [L, S, C] (any real dtype) -> rows [L, S, C] fp32: (codes * step + offset) @ inverse."""
-    return torch.baddbmm(torch.bmm(offset[:, None, :], inverse), codes.float(), inverse * step)
+    """codes [L, C, S] (any real dtype) -> rows [L, S, C] fp32: (codes * step + offset) @ inverse."""
+    return torch.baddbmm(torch.bmm(offset[:, None, :], inverse), codes.float().transpose(1, 2), inverse * step)
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,12 @@ def _on_threads(work, count: int) -> list:
 
 
 def entropy_encode(codes: np.ndarray) -> CodedComponents:
-    """codes [chunks, S, R] int32 (R rows of S values per chunk; a chunk is one layer's K or V, token-major)
+    """codes [chunks, R, S] int32 (R rows of S values per chunk; a chunk is one layer's K or V)
     -> rANS words, one stream per chunk."""
     from ctxcomp.kv import rans, transform_tables
 
     codes = np.ascontiguousarray(codes, dtype=np.int32)
-    table_set, (chunks, length, width) = transform_tables.table_set(), codes.shape
+    table_set, (chunks, width, length) = transform_tables.table_set(), codes.shape
     tables, shifts = np.zeros(chunks * width, dtype=np.int16), np.zeros(chunks * width, dtype=np.uint8)
 
     def encode(chunk: int) -> np.ndarray:
@@ -144,7 +145,7 @@ def entropy_encode(codes: np.ndarray) -> CodedComponents:
 
 
 def entropy_decode(coded: CodedComponents, length: int, width: int, out_dtype=np.int32) -> np.ndarray:
-    """The inverse of entropy_encode: codes [chunks, length, width] (as out_dtype). Raises ValueError on a
+    """The inverse of entropy_encode: codes [chunks, width, length] (as out_dtype). Raises ValueError on a
     corrupt payload."""
     from ctxcomp.kv import rans, transform_tables
 
@@ -159,7 +160,7 @@ def entropy_decode(coded: CodedComponents, length: int, width: int, out_dtype=np
     starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
     if chunks and ((np.diff(ends) < 0).any() or ends[0] < 0 or ends[-1] != len(coded.words)):
         raise ValueError("transform codec: chunk ends are not in order or do not end with the words")
-    out = np.empty((chunks, length, width), dtype=out_dtype)
+    out = np.empty((chunks, width, length), dtype=out_dtype)
     words, tables, shifts = np.ascontiguousarray(coded.words, dtype=np.uint16), coded.tables.astype(np.int16), coded.shifts.astype(np.uint8)
     statuses = _on_threads(
         lambda chunk: rans.decode_chunk(words, int(starts[chunk]), int(ends[chunk]), chunk, tables, shifts, table_set.widths,

@@ -97,26 +97,26 @@ def table_set() -> Tables:
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _row_table(codes: np.ndarray, chunk: int, column: int) -> tuple[int, int]:
-    """(table index, shift) of row `column` of chunk `chunk` of codes [chunks, S, R]; (-1, 0) when all zero.
+    """(table index, shift) of row `column` of chunk `chunk` of codes [chunks, R, S]; (-1, 0) when all zero.
 
     The cheaper of a discrete Laplace and a discrete Gaussian, each fitted by moments to at most
     FIT_SAMPLES of the row's values with the outliers left out (they are coded as escapes),
     brought to the grid, a large scale by a shift of the values."""
-    length = codes.shape[1]
+    length = codes.shape[2]
     first = 0
-    while first < length and codes[chunk, first, column] == 0:
+    while first < length and codes[chunk, column, first] == 0:
         first += 1
     if first == length:
         return -1, 0
     stride = max(1, length // FIT_SAMPLES)
     total, samples = 0.0, 0
     for t in range(0, length, stride):
-        total += abs(np.float64(codes[chunk, t, column]))
+        total += abs(np.float64(codes[chunk, column, t]))
         samples += 1
     limit = 8.0 * total / samples + 2.0  # far in any fitted tail: beyond it values are outliers
     kept, sum_abs, sum_sq = 0, 0.0, 0.0
     for t in range(0, length, stride):
-        magnitude = abs(np.float64(codes[chunk, t, column]))
+        magnitude = abs(np.float64(codes[chunk, column, t]))
         if magnitude <= limit:
             kept += 1
             sum_abs += magnitude
@@ -141,9 +141,9 @@ def _row_table(codes: np.ndarray, chunk: int, column: int) -> tuple[int, int]:
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def fit_chunk(codes, chunk, tables, shifts) -> None:
-    """Tables and shifts of chunk `chunk`'s rows of codes [chunks, S, R], in place (per row, chunk-major).
+    """Tables and shifts of chunk `chunk`'s rows of codes [chunks, R, S], in place (per row, chunk-major).
 
     (numba's cache checks only this file: a kernel here must not call one of another module.)"""
-    rows = codes.shape[2]
+    rows = codes.shape[1]
     for column in range(rows):
         tables[chunk * rows + column], shifts[chunk * rows + column] = _row_table(codes, chunk, column)

@@ -29,8 +29,8 @@ from ctxcomp.models import kv_transform as transform_files
 
 
 def _chunked(rows: np.ndarray, chunks: int) -> np.ndarray:
-    """rows [N, S] -> codes [chunks, S, N / chunks], entropy_encode's layout (rows chunk-major)."""
-    return np.ascontiguousarray(rows.reshape(chunks, -1, rows.shape[1]).transpose(0, 2, 1))
+    """rows [N, S] -> codes [chunks, N / chunks, S], entropy_encode's layout (rows chunk-major)."""
+    return rows.reshape(chunks, -1, rows.shape[1])
 
 
 def test_entropy_coder_round_trip_with_zero_rows_outliers_wide_rows_and_both_families() -> None:
@@ -67,12 +67,12 @@ def test_entropy_coder_round_trip_with_zero_rows_outliers_wide_rows_and_both_fam
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.int32, st.tuples(st.integers(1, 3), st.integers(0, 40), st.integers(1, 4)),
+@given(hnp.arrays(np.int32, st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(0, 40)),
                   elements=st.one_of(st.integers(-4, 4), st.integers(-(2**31), 2**31 - 1))))
 def test_entropy_coder_round_trips_any_codes(codes) -> None:
     """Any int32 values, including rows that do not compress at all (the encoder's retry with room for the worst case)."""
     coded = kv_transform.entropy_encode(codes)
-    assert (kv_transform.entropy_decode(coded, codes.shape[1], codes.shape[2]) == codes).all()
+    assert (kv_transform.entropy_decode(coded, codes.shape[2], codes.shape[1]) == codes).all()
 
 
 @settings(max_examples=150, deadline=None)
@@ -81,7 +81,7 @@ def test_entropy_decoder_refuses_a_corrupt_payload_and_never_reads_outside_it(da
     """Whatever is changed (words cut or altered, tables, shifts, chunk ends), decoding gives the
     codes or a ValueError: the compiled decoder checks every read."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    codes = np.round(rng.laplace(size=(2, 50, 3)) * rng.choice([0.3, 4, 300], size=3)).astype(np.int32)
+    codes = np.round(rng.laplace(size=(2, 3, 50)) * rng.choice([0.3, 4, 300], size=(3, 1))).astype(np.int32)
     coded = kv_transform.entropy_encode(codes)
     words, ends = coded.words.copy(), coded.chunk_ends.copy()
     tables, shifts = coded.tables.copy(), coded.shifts.copy()
