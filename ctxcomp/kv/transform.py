@@ -154,7 +154,8 @@ def entropy_decode(coded: CodedComponents, length: int, width: int, out_dtype=np
         raise ValueError("transform codec: the per-row fields and chunk ends must be integers")
     if len(coded.tables) != chunks * width or len(coded.shifts) != chunks * width:
         raise ValueError("transform codec: the per-row fields and chunks do not match")
-    if len(coded.tables) and (coded.tables.min() < -1 or coded.tables.max() >= len(table_set.widths) or coded.shifts.max() > transform_tables.MAX_SHIFT):
+    if len(coded.tables) and (coded.tables.min() < -1 or coded.tables.max() >= len(table_set.widths)
+                              or coded.shifts.min() < 0 or coded.shifts.max() > transform_tables.MAX_SHIFT):
         raise ValueError("transform codec: a row names a table or shift that does not exist")
     ends = coded.chunk_ends.astype(np.int64)
     starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
