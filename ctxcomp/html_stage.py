@@ -3,15 +3,19 @@
   prepare  each `format="html"` document is rendered (ctxcomp.webpage: clean, block tree, align);
            with a budget and a query, the block tree is cut coarse first: its nodes are scored by
            the relevance model's document head and the best ones are kept up to COARSE_FACTOR times
-           the page's share of the budget. The method then sees plain text documents, and a rate
-           becomes a token budget over what the client sent (the HTML), so "5x" means 5x of the page.
-  restore  each method result is mapped back: kept spans into the original HTML, tokens_before
-           the page's, and, with html_output, the kept text as simplified HTML.
+           the page's share of the budget. The method then sees each kept node as a plain text
+           document of its own (HtmlRAG's blocks as passages: a method that ranks documents and
+           splits its budget by relevance does so over the page's blocks), and a rate becomes a
+           token budget over what the client sent (the HTML), so "5x" means 5x of the page.
+  restore  the nodes' results are joined back into one result per page, where its first node
+           came back (an `order` other than original moves the page with its best node), and
+           mapped back: kept spans into the original HTML, tokens_before the page's, and, with
+           html_output, the kept text as simplified HTML.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,16 +24,27 @@ from ctxcomp import relevance, webpage
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodOutput
+from ctxcomp.selection import render_spans
 from ctxcomp.types import CompressRequest, Document, DocumentResult, Span, WordLabel
 
 COARSE_FACTOR = 2.0  # the coarse cut keeps this many times the page's share; the method cuts the rest
+PART_MARK = "#html-node-"  # a node document's id: the page's id, this, the node's number
+
+
+@dataclass(frozen=True)
+class Part:
+    """A node document: the request's document index of its page, and where its text starts in the page's text."""
+
+    page: int
+    offset: int
 
 
 @dataclass(frozen=True)
 class Pages:
-    """The rendered pages of one request, by document index."""
+    """The rendered pages of one request, by document index, and the node documents made of them, by id."""
 
     pages: dict[int, webpage.HtmlPage]
+    parts: dict[str, Part] = field(default_factory=dict)
 
 
 def check_formats(request: CompressRequest) -> None:
@@ -49,13 +64,33 @@ def prepare(hub: ModelHub, request: CompressRequest, tokens_before: Sequence[int
     if budget is not None and request.query.strip():
         shares = {i: budget * tokens_before[i] / max(1, sum(tokens_before)) for i in pages}
         pages = _coarse_cut(hub, request.query, pages, shares)
-    counted = dict(zip(pages, hub.count_tokens([page.text for page in pages.values()])))
-    documents = tuple(
-        replace(doc, text=pages[i].text, format="text") if i in pages else doc for i, doc in enumerate(request.documents)
-    )
-    counts = tuple(counted.get(i, n) for i, n in enumerate(tokens_before))
+    documents, counts, parts = _node_documents(hub, request, tokens_before, pages)
     target = {"rate": None, "target_tokens": budget} if budget is not None else {}
-    return replace(request, documents=documents, **target), counts, Pages(pages)
+    return replace(request, documents=documents, **target), counts, Pages(pages, parts)
+
+
+def _node_documents(
+    hub: ModelHub, request: CompressRequest, tokens_before: Sequence[int], pages: dict[int, webpage.HtmlPage]
+) -> tuple[tuple[Document, ...], tuple[int, ...], dict[str, Part]]:
+    """The request's documents with each page replaced by its nodes' (a page without text: one empty
+    document), their token counts, and where each node sits in its page."""
+    documents: list[Document] = []
+    counts: list[int | None] = []  # None: a node, counted below
+    parts: dict[str, Part] = {}
+    for i, doc in enumerate(request.documents):
+        if i not in pages:
+            documents.append(doc)
+            counts.append(tokens_before[i])
+            continue
+        page = pages[i]
+        nodes = [(text, int(page.block_starts[members[0]])) for text, members in _nodes(page)] or [("", 0)]
+        for n, (text, offset) in enumerate(nodes):
+            parts[f"{doc.id}{PART_MARK}{n}"] = Part(i, offset)
+            documents.append(replace(doc, id=f"{doc.id}{PART_MARK}{n}", text=text, format="text"))
+            counts.append(None)
+    counted = iter(hub.count_tokens([d.text for d, n in zip(documents, counts) if n is None]))
+    counts = [next(counted) if n is None else n for n in counts]
+    return tuple(documents), tuple(counts), parts  # type: ignore[arg-type]
 
 
 def _budget(request: CompressRequest, tokens_before: Sequence[int]) -> int | None:
@@ -108,25 +143,87 @@ def restore(
     """The method's results with each page's spans, token count and (html_output) HTML."""
     if not pages.pages:
         return output
-    by_id = {doc.id: i for i, doc in enumerate(request.documents)}
     documents = []
-    for result in output.documents:
-        i = by_id[result.id]
-        if i not in pages.pages:
+    for result in _joined_parts(hub, pages, output.documents):
+        i = pages.parts[result.id].page if result.id in pages.parts else None
+        if i is None:
             documents.append(result)
-            continue
-        documents.append(_restored(hub, pages.pages[i], result, tokens_before[i], request.html_output))
+        else:
+            documents.append(_restored(hub, pages.pages[i], result, request.documents[i].id, tokens_before[i], request.html_output))
     return replace(output, documents=tuple(documents))
 
 
-def _restored(hub: ModelHub, page: webpage.HtmlPage, result: DocumentResult, tokens_before: int, as_html: bool) -> DocumentResult:
-    text, tokens_after = result.text, result.tokens_after
-    if as_html:
-        text = webpage.simplified_html(page, result.kept_spans)
-        tokens_after = hub.count_tokens([text])[0] if text else 0
+def _joined_parts(hub: ModelHub, pages: Pages, results: Sequence[DocumentResult]) -> list[DocumentResult]:
+    """The results with each page's node results joined into one (still under the first node's id),
+    placed where its first node came back; its text and spans are the page text's."""
+    by_page: dict[int, list[DocumentResult]] = {}
+    for result in results:
+        if result.id in pages.parts:
+            by_page.setdefault(pages.parts[result.id].page, []).append(result)
+    out = []
+    for result in results:
+        part = pages.parts.get(result.id)
+        if part is None:
+            out.append(result)
+        elif by_page[part.page][0] is result:
+            out.append(_joined(hub, pages.pages[part.page], by_page[part.page], pages.parts))
+    return out
+
+
+def _joined(hub: ModelHub, page: webpage.HtmlPage, results: list[DocumentResult], parts: dict[str, Part]) -> DocumentResult:
+    """Node results (any order) -> one result over the page's text, nodes in page order, their texts
+    joined by a space. A space usually folds into the next word's token; where it does not, the
+    least relevant node gives up its last words, so the page stays within what the method spent."""
+    nodes = [_in_page(r, parts[r.id].offset) for r in sorted(results, key=lambda r: parts[r.id].offset)]
+    spent = sum(r.tokens_after for r in results)
+    text = " ".join(r.text for r in nodes if r.text)
+    tokens = hub.count_tokens([text])[0] if text else 0
+    while tokens > spent and any(r.kept_spans for r in nodes):
+        weakest = min((i for i, r in enumerate(nodes) if r.kept_spans), key=lambda i: nodes[i].score)
+        nodes[weakest] = _without_last_word(page, nodes[weakest])
+        text = " ".join(r.text for r in nodes if r.text)
+        tokens = hub.count_tokens([text])[0] if text else 0
+    return replace(
+        results[0],
+        text=text,
+        kept_spans=tuple(span for r in nodes for span in r.kept_spans),
+        tokens_before=sum(r.tokens_before for r in results),
+        tokens_after=tokens,
+        score=max(r.score for r in results),
+        word_labels=tuple(label for r in nodes for label in r.word_labels),
+    )
+
+
+def _in_page(result: DocumentResult, offset: int) -> DocumentResult:
+    """A node's result with its spans and word labels moved into the page's text."""
+    return replace(
+        result,
+        kept_spans=tuple(Span(s.start + offset, s.end + offset) for s in result.kept_spans),
+        word_labels=tuple(replace(w, start=w.start + offset, end=w.end + offset) for w in result.word_labels),
+    )
+
+
+def _without_last_word(page: webpage.HtmlPage, result: DocumentResult) -> DocumentResult:
+    """The node's result with the last whitespace-separated word of its kept text dropped (its text
+    rendered again from the spans, its word labels there marked dropped)."""
+    last = result.kept_spans[-1]
+    cut = max(page.text.rfind(" ", last.start, last.end), page.text.rfind("\n", last.start, last.end))
+    trimmed = page.text[last.start : cut].rstrip() if cut > last.start else ""
+    spans = result.kept_spans[:-1] + ((Span(last.start, last.start + len(trimmed)),) if trimmed else ())
+    end = spans[-1].end if spans and spans[-1].start == last.start else last.start
+    labels = tuple(replace(w, kept=False) if w.kept and w.start >= end and w.end <= last.end else w for w in result.word_labels)
+    return replace(result, text=render_spans(page.text, spans), kept_spans=spans, word_labels=labels)
+
+
+def _restored(
+    hub: ModelHub, page: webpage.HtmlPage, result: DocumentResult, page_id: str, tokens_before: int, as_html: bool
+) -> DocumentResult:
+    text = webpage.simplified_html(page, result.kept_spans) if as_html else result.text
+    tokens_after = hub.count_tokens([text])[0] if text else 0
     labels = _labels(page, result.word_labels)
     return replace(
         result,
+        id=page_id,
         text=text,
         kept_spans=webpage.raw_spans(page, result.kept_spans),
         tokens_before=tokens_before,

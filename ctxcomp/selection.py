@@ -182,14 +182,18 @@ def _separator(gap: str) -> str:
 def render(words: TextSpans, keep: np.ndarray) -> tuple[str, tuple[Span, ...]]:
     """The kept runs of the original text (inner whitespace intact), joined by separators."""
     first, last = _runs(keep)
-    starts, ends = words.starts[first].tolist(), words.ends[last].tolist()
-    text = words.text
+    spans = tuple(Span(s, e) for s, e in zip(words.starts[first].tolist(), words.ends[last].tolist()))
+    return render_spans(words.text, spans), spans
+
+
+def render_spans(text: str, spans: Sequence[Span]) -> str:
+    """Spans of text (in order) joined by what stands for the text dropped between them."""
     parts: list[str] = []
-    for i, (s, e) in enumerate(zip(starts, ends)):
+    for i, span in enumerate(spans):
         if i:
-            parts.append(_separator(text[ends[i - 1] : s]))
-        parts.append(text[s:e])
-    return "".join(parts), tuple(Span(s, e) for s, e in zip(starts, ends))
+            parts.append(_separator(text[spans[i - 1].end : span.start]))
+        parts.append(text[span.start : span.end])
+    return "".join(parts)
 
 
 def keep_sentences(

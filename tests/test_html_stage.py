@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lxml.html
 import pytest
 
@@ -69,6 +71,51 @@ def test_the_coarse_cut_drops_irrelevant_block_tree_nodes(compressor, monkeypatc
     assert sum("Football" in t for t in kept_texts) < 12
     assert "top-heavy" in doc.text
     assert html_stage.COARSE_FACTOR > 1
+
+
+def test_the_method_ranks_a_pages_nodes_as_documents_and_the_page_comes_back_whole(compressor, hub, monkeypatch) -> None:
+    from ctxcomp import html_stage
+    from ctxcomp.methods.cascade import Cascade
+
+    seen = []
+    original = Cascade.compress_many
+    monkeypatch.setattr(Cascade, "compress_many", lambda self, items: seen.extend(items) or original(self, items))
+    raw = page(filler=3)
+    documents = (Document("t", "Stockholm is cold in winter."), Document("p", raw, format="html"))
+    result = compressor.compress(CompressRequest(QUERY, documents, method="cascade", target_tokens=60))
+    sent = seen[0].request.documents
+    assert len(sent) > 3 and sent[0].id == "t"
+    assert all(d.id.startswith("p" + html_stage.PART_MARK) and d.format == "text" for d in sent[1:])
+    assert any("top-heavy" in d.text for d in sent[1:]) and not any("Football" in d.text and "Vasa" in d.text for d in sent)
+    assert [d.id for d in result.documents] == ["t", "p"]
+    whole = result.documents[1]
+    assert "top-heavy" in whole.text and whole.tokens_before == hub.count_tokens([raw])[0]
+    assert whole.tokens_after == hub.count_tokens([whole.text])[0]
+    assert "top-heavy" in " ".join(raw[s.start:s.end] for s in whole.kept_spans)
+
+
+def test_joined_nodes_stay_within_what_the_method_spent(hub) -> None:
+    """Where the spaces between node texts cost tokens, the least relevant node gives up its last words."""
+    from ctxcomp import html_stage
+    from ctxcomp.types import DocumentResult, Span, WordLabel
+
+    rendered = webpage.render(page())
+    nodes = html_stage._nodes(rendered)
+    parts, results = {}, []
+    for n, (text, members) in enumerate(nodes):
+        parts[f"p#{n}"] = html_stage.Part(0, int(rendered.block_starts[members[0]]))
+        labels = (WordLabel(0, len(text.split()[0]), 1.0, True),)
+        results.append(DocumentResult(f"p#{n}", text, (Span(0, len(text)),), 0, hub.count_tokens([text])[0], float(n), word_labels=labels))
+    whole = html_stage._joined(hub, rendered, results, parts)
+    assert whole.text == " ".join(r.text for r in results) and whole.tokens_after <= sum(r.tokens_after for r in results)
+    squeezed = [replace(r, tokens_after=r.tokens_after - 1) if n == 1 else r for n, r in enumerate(results)]
+    fitted = html_stage._joined(hub, rendered, squeezed, parts)
+    assert fitted.tokens_after <= sum(r.tokens_after for r in squeezed) < whole.tokens_after
+    assert fitted.text.startswith(whole.text[: len(nodes[0][0]) - 5])  # node 0, the least relevant, lost words...
+    assert fitted.text.endswith(whole.text[-20:])  # ...the others kept theirs
+    assert all(fitted.text.count(rendered.text[s.start : s.end]) for s in fitted.kept_spans)
+    inside = [any(s.start <= w.start and w.end <= s.end for s in fitted.kept_spans) for w in fitted.word_labels]
+    assert [w.kept for w in fitted.word_labels] == inside  # a word given up is labelled dropped
 
 
 @pytest.mark.parametrize("method", ["llmlingua2", "exit", "recomp_extractive", "exit>llmlingua2"])
