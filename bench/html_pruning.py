@@ -9,7 +9,8 @@ Pages are SQuAD test-article paragraphs laid out in realistic page templates
 scripts, tables, comments, unclosed tags). Each page is one request whose query is a
 question about one of its paragraphs. At 5x and 10x the budget is the page's own
 downstream-LLM tokens divided by the ratio, the same for every pipeline:
-  ctxcomp       the page sent as format="html": clean, block tree, coarse cut by relevance, method
+  ctxcomp       the page sent as format="html": clean, block tree, coarse cut by relevance, the method
+                over the kept nodes as documents
   trafilatura   trafilatura.extract (main content), then the method on that text
   html2text     html2text of the whole page (markdown), then the method on that text
 Also printed once: what each extraction keeps before any compression (tokens and answers).
