@@ -16,15 +16,56 @@ where its chunk ends in the state the encoder started from, is reported as corru
 
 from __future__ import annotations
 
-import numba
-import numpy as np
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def numba_cache_folder(package_writable: bool, candidates: Sequence[Path], writable: Callable[[Path], bool]) -> Path | None:
+    """Where numba should cache the compiled kernels: None for its own choice (next to this file) when
+    that is writable, else the first candidate folder that is, else None too (no caching)."""
+    if package_writable:
+        return None
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if writable(folder):
+            return folder
+    return None
+
+
+def _prepare_numba_cache() -> bool:
+    """Point numba at a writable cache before it is imported: on a read-only root file system (our
+    Kubernetes manifest) neither the package nor the home folder is, and numba then refuses to define
+    a cached kernel. Returns whether kernels can be cached."""
+    from ctxcomp.models.registry import cache_dir
+
+    if "NUMBA_CACHE_DIR" in os.environ:
+        return True
+    writable = lambda folder: os.access(folder, os.W_OK)  # noqa: E731
+    folder = numba_cache_folder(
+        writable(Path(__file__).parent), [cache_dir() / "numba", Path(tempfile.gettempdir()) / "ctxcomp-numba"], writable
+    )
+    if folder is not None:
+        os.environ["NUMBA_CACHE_DIR"] = str(folder)
+    return writable(Path(__file__).parent) or folder is not None
+
+
+CACHE = _prepare_numba_cache()
+
+import numba  # noqa: E402 - after the cache folder is chosen
+import numpy as np  # noqa: E402
 
 PRECISION = 14  # bits of every table's total frequency
 STATE_LOW = 1 << 16  # the state lives in [STATE_LOW, STATE_LOW << 16)
 CORRUPT = -1
 
 
-_JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
+JIT_OPTIONS = {"nogil": True, "cache": CACHE}
+_JIT = {**JIT_OPTIONS, "error_model": "numpy"}
 # The encoder's state arithmetic is unsigned 64-bit throughout (numba turns mixed int64 / uint64
 # arithmetic into floats), hence these typed constants.
 _U16, _MASK16, _LOW, _PRECISION = np.uint64(16), np.uint64(0xFFFF), np.uint64(STATE_LOW), np.uint64(PRECISION)

@@ -18,10 +18,10 @@ import functools
 import math
 from dataclasses import dataclass
 
-import numba
-import numpy as np
+from ctxcomp.kv import rans  # first: it points numba at a writable cache before numba is imported
 
-from ctxcomp.kv import rans
+import numba  # noqa: E402,I001
+import numpy as np  # noqa: E402
 
 LAPLACE, GAUSSIAN = 1, 2
 GRID = 60  # table scales per family: SMALLEST_SCALE * GRID_RATIO**j, j < GRID
@@ -95,7 +95,7 @@ def table_set() -> Tables:
     return Tables(widths, starts, freqs, rans.encoder_tables(freqs), lookup)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@numba.njit(error_model="numpy", **rans.JIT_OPTIONS)
 def _row_table(codes: np.ndarray, chunk: int, column: int) -> tuple[int, int]:
     """(table index, shift) of row `column` of chunk `chunk` of codes [chunks, R, S]; (-1, 0) when all zero.
 
@@ -139,7 +139,7 @@ def _row_table(codes: np.ndarray, chunk: int, column: int) -> tuple[int, int]:
     return (family - 1) * GRID + min(max(step, 0), GRID - 1), shift
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@numba.njit(error_model="numpy", **rans.JIT_OPTIONS)
 def fit_chunk(codes, chunk, tables, shifts) -> None:
     """Tables and shifts of chunk `chunk`'s rows of codes [chunks, R, S], in place (per row, chunk-major).
 
