@@ -218,8 +218,10 @@ def _without_last_word(page: webpage.HtmlPage, result: DocumentResult) -> Docume
 def _restored(
     hub: ModelHub, page: webpage.HtmlPage, result: DocumentResult, page_id: str, tokens_before: int, as_html: bool
 ) -> DocumentResult:
-    text = webpage.simplified_html(page, result.kept_spans) if as_html else result.text
-    tokens_after = hub.count_tokens([text])[0] if text else 0
+    text, tokens_after = result.text, result.tokens_after  # the joined nodes' exact count
+    if as_html:
+        text = webpage.simplified_html(page, result.kept_spans)
+        tokens_after = hub.count_tokens([text])[0] if text else 0
     labels = _labels(page, result.word_labels)
     return replace(
         result,
