@@ -342,9 +342,9 @@ def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
     _check_transform(transform, meta)
     if meta.format_version < 4:
         raise BlobRefused(f"KV blob: a 'transform' blob of format version {meta.format_version} (an older entropy coder); encode it again")
-    names = ("ans_words", "ans_chunk_ends", "component_table", "component_shift")
-    if any(name not in tensors for name in names):
-        raise BlobRefused("KV blob: transform payload is missing a tensor")
+    dtypes = {"ans_words": torch.int16, "ans_chunk_ends": torch.int64, "component_table": torch.int16, "component_shift": torch.uint8}
+    if any(name not in tensors or tensors[name].dtype != dtype for name, dtype in dtypes.items()):
+        raise BlobRefused("KV blob: transform payload is missing a tensor or has one of another type")
     coded = kv_transform.CodedComponents(
         words=tensors["ans_words"].numpy().view(np.uint16),
         chunk_ends=tensors["ans_chunk_ends"].numpy(),

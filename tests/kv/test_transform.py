@@ -127,6 +127,22 @@ def test_a_transform_blob_of_the_older_coder_is_refused_by_name(transform) -> No
         blob.decode(older, expect_fingerprint="fp", transform=transform)
 
 
+def test_a_transform_payload_of_other_tensor_types_is_refused(transform) -> None:
+    from safetensors.torch import load as st_load, save as st_save
+
+    layers, heads, tokens, dim = transform.layers, transform.channels // 64, 9, 64
+    keys = [torch.randn(1, heads, tokens, dim, generator=torch.Generator().manual_seed(2)) for _ in range(layers)]
+    meta = blob.BlobMeta("fp", "m", layers, heads, dim, tokens, blob.token_ids_digest(range(tokens)), 0, 1e5)
+    data = blob.encode(keys, keys, meta, codec="transform", transform=transform)
+    size = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + size])["__metadata__"]
+    tensors = st_load(data)
+    tensors["ans_words"] = torch.cat((tensors["ans_words"].view(torch.int8), torch.zeros(1, dtype=torch.int8)))  # odd bytes
+    metadata["checksum_sha256"] = blob._checksum(tensors)  # a well-formed blob, only the payload is wrong
+    with pytest.raises(blob.BlobRefused, match="another type"):
+        blob.decode(st_save(tensors, metadata=metadata), expect_fingerprint="fp", transform=transform)
+
+
 def test_pre_and_post_rope_are_inverse() -> None:
     k = torch.randn(2, 3, 40, 64)
     plain = Rope.plain(1e5, 64, start_pos=17)
