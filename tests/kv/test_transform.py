@@ -112,11 +112,16 @@ def test_model_tables_are_bit_identical_everywhere() -> None:
     assert digest.hexdigest() == "37ea219d37632bddb876f2df5fdc7f8bdf1afe587134b7f570c6d121c593e11d"
 
 
-def test_a_transform_blob_of_the_older_coder_is_refused_by_name(transform) -> None:
-    layers, heads, tokens, dim = transform.layers, transform.channels // 64, 12, 64
-    keys = [torch.randn(1, heads, tokens, dim, generator=torch.Generator().manual_seed(1)) for _ in range(layers)]
+def _random_blob(transform, tokens: int, seed: int) -> tuple[list[torch.Tensor], blob.BlobMeta, bytes]:
+    """Random K (= V) of the transform's shape, their metadata and their transform blob."""
+    layers, heads, dim, g = transform.layers, transform.channels // 64, 64, torch.Generator().manual_seed(seed)
+    keys = [torch.randn(1, heads, tokens, dim, generator=g) for _ in range(layers)]
     meta = blob.BlobMeta("fp", "m", layers, heads, dim, tokens, blob.token_ids_digest(range(tokens)), 0, 1e5)
-    data = blob.encode(keys, keys, meta, codec="transform", transform=transform)
+    return keys, meta, blob.encode(keys, keys, meta, codec="transform", transform=transform)
+
+
+def test_a_transform_blob_of_the_older_coder_is_refused_by_name(transform) -> None:
+    data = _random_blob(transform, 12, seed=1)[2]
     size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + size])
     fields = json.loads(header["__metadata__"]["ctxcomp_kv"])
@@ -130,10 +135,7 @@ def test_a_transform_blob_of_the_older_coder_is_refused_by_name(transform) -> No
 def test_a_transform_payload_of_other_tensor_types_is_refused(transform) -> None:
     from safetensors.torch import load as st_load, save as st_save
 
-    layers, heads, tokens, dim = transform.layers, transform.channels // 64, 9, 64
-    keys = [torch.randn(1, heads, tokens, dim, generator=torch.Generator().manual_seed(2)) for _ in range(layers)]
-    meta = blob.BlobMeta("fp", "m", layers, heads, dim, tokens, blob.token_ids_digest(range(tokens)), 0, 1e5)
-    data = blob.encode(keys, keys, meta, codec="transform", transform=transform)
+    data = _random_blob(transform, 9, seed=2)[2]
     size = int.from_bytes(data[:8], "little")
     metadata = json.loads(data[8 : 8 + size])["__metadata__"]
     tensors = st_load(data)
@@ -189,13 +191,9 @@ def test_transform_blob_is_small_and_keeps_the_next_token(llm, transform, squad_
 
 
 def test_transform_blob_is_refused_without_its_transform(transform) -> None:
-    g = torch.Generator().manual_seed(0)
-    layers, heads, tokens, dim = transform.layers, transform.channels // 64, 20, 64
-    keys = [torch.randn(1, heads, tokens, dim, generator=g) for _ in range(layers)]
-    meta = blob.BlobMeta("fp", "m", layers, heads, dim, tokens, blob.token_ids_digest(range(tokens)), 0, 1e5)
-    data = blob.encode(keys, keys, meta, codec="transform", transform=transform)
+    keys, meta, data = _random_blob(transform, 20, seed=0)
     k, _, _ = blob.decode(data, expect_fingerprint="fp", transform=transform)
-    assert k.shape == (layers, heads, tokens, dim)
+    assert k.shape == (meta.layers, meta.kv_heads, meta.tokens, meta.head_dim)
     with pytest.raises(blob.BlobRefused, match="needs KV transform"):
         blob.decode(data, expect_fingerprint="fp")
     other = dataclasses.replace(transform, digest="0" * 64)
