@@ -12,26 +12,26 @@ heads, pooling and everything after stay in torch, so a converted TokenClassifie
 RelevanceScorer or SentenceTransformer is called exactly as before.
 - fp32: the stack converted as it is, run with the f32 inference hint (no bf16 downcast on
   AMX machines).
-- int8: every projection's weight stored int8 per output channel (symmetric, absmax / 127)
-  with its scale; OpenVINO runs them as compressed-weight matmuls and quantizes the
-  activations on the fly in groups of 32 (its dynamic quantization), as models/int8.py does
-  per row in torch.
+- int8 (models/openvino_int8.py): int8 weights per output channel; activations static int8,
+  their ranges calibrated on the shipped sample text (models/calibration/texts.json) through
+  the model's own tokenizer, except the FFN output's, which the CPU plugin quantizes per call.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from ctxcomp.models import int8 as int8_weights
-
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-DYNAMIC_QUANTIZATION_GROUP = 32
+CALIBRATION_TEXTS = Path(__file__).resolve().parent / "calibration" / "texts.json"
 
 
 class _Stack(nn.Module):
@@ -44,21 +44,6 @@ class _Stack(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         return self.base(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-
-
-class _CompressedLinear(nn.Module):
-    """nn.Linear whose weight is int8 per output channel, dequantized in the graph: the
-    pattern OpenVINO compiles into a compressed-weight matmul."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        codes, scale = int8_weights.quantize_channels(linear.weight.detach().float())
-        self.register_buffer("weight_int8", codes)
-        self.register_buffer("scale", scale.unsqueeze(1))
-        self.register_buffer("bias", linear.bias.detach().float().clone() if linear.bias is not None else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight_int8.to(torch.float32) * self.scale, self.bias)
 
 
 def convert_stack(stack: nn.Module) -> Any:
@@ -84,16 +69,34 @@ def convert_stack(stack: nn.Module) -> Any:
     return frontend.convert(model)
 
 
-def compile_stack(base: nn.Module, int8: bool, threads: int | None = None) -> Any:
-    """The base model as an OpenVINO CompiledModel over [rows, tokens] int64 inputs."""
+def calibration_feeds(tokenizer: Any, max_length: int = 512) -> list[dict[str, np.ndarray]]:
+    """The shipped sample as one-row feeds: each passage alone and after its question."""
+    samples = json.loads(CALIBRATION_TEXTS.read_text(encoding="utf-8"))["samples"]
+    feeds = []
+    for sample in samples:
+        for texts in ((sample["text"],), (sample["question"], sample["text"])):
+            encoded = tokenizer(*texts, truncation=True, max_length=max_length, return_tensors="np")
+            ids = encoded["input_ids"].astype(np.int64)
+            types = encoded.get("token_type_ids", np.zeros_like(ids))
+            feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types.astype(np.int64)})
+    return feeds
+
+
+def compile_stack(base: nn.Module, tokenizer: Any = None, threads: int | None = None) -> Any:
+    """The base model as an OpenVINO CompiledModel over [rows, tokens] int64 inputs: fp32, or
+    static int8 calibrated through `tokenizer` when one is given."""
     import openvino as ov
 
-    float_copy = int8_weights.replace_projections(base, _CompressedLinear) if int8 else copy.deepcopy(base).float().eval()
-    converted = convert_stack(_Stack(float_copy))
+    converted = convert_stack(_Stack(copy.deepcopy(base).float().eval()))
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-    if int8:
-        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(DYNAMIC_QUANTIZATION_GROUP)
+    if tokenizer is not None:
+        from ctxcomp.models import openvino_int8
+
+        limit = min(512, getattr(base.config, "max_position_embeddings", 512))
+        statistics = openvino_int8.calibrate(converted, calibration_feeds(tokenizer, limit), config)
+        converted = openvino_int8.quantize(converted, statistics)
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(openvino_int8.DYNAMIC_GROUP)
     return ov.Core().compile_model(converted, "CPU", config)
 
 
@@ -127,11 +130,14 @@ def _is_stack(module: nn.Module) -> bool:
     return getattr(module, "base_model", None) is module and hasattr(module, "embeddings")
 
 
-def convert(module: nn.Module, int8: bool) -> nn.Module:
-    """A copy of `module` with its (first) transformer stack compiled by OpenVINO."""
+def convert(module: nn.Module, int8: bool, tokenizer: Any = None) -> nn.Module:
+    """A copy of `module` with its (first) transformer stack compiled by OpenVINO; int8
+    calibrates on the sample text through `tokenizer` (the module's own)."""
     stack = next((m for m in module.modules() if _is_stack(m)), None)
     if stack is None:
         raise ValueError(f"{type(module).__name__}: no transformers base model with embeddings to compile")
-    replacement = OpenVinoStack(compile_stack(stack, int8), stack.config)
+    if int8 and tokenizer is None:
+        raise ValueError("openvino-int8 calibrates on sample text: it needs the encoder's tokenizer")
+    replacement = OpenVinoStack(compile_stack(stack, tokenizer if int8 else None), stack.config)
     # Copied with the stack mapped to its replacement: the stack's weights are not copied again.
     return copy.deepcopy(module, memo={id(stack): replacement}).eval()

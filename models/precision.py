@@ -49,7 +49,8 @@ def convert(loaded: Any, precision: str) -> Any:
     elif precision in ("openvino-fp32", "openvino-int8"):
         from ctxcomp.models import openvino_encoder
 
-        converted = openvino_encoder.convert(module, int8=precision == "openvino-int8")
+        int8_form = precision == "openvino-int8"
+        converted = openvino_encoder.convert(module, int8_form, getattr(loaded, "tokenizer", None) if int8_form else None)
     else:
         raise ValueError(f"unknown precision {precision!r}")
     return dataclasses.replace(loaded, model=converted) if dataclasses.is_dataclass(loaded) else converted

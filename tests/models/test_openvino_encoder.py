@@ -37,7 +37,7 @@ def test_fp32_form_matches_torch_on_padded_batches(classifier) -> None:
 
 
 def test_int8_form_keeps_the_same_words_near_the_top(classifier) -> None:
-    compiled = openvino_encoder.convert(classifier.model, int8=True)
+    compiled = openvino_encoder.convert(classifier.model, int8=True, tokenizer=classifier.tokenizer)
     ours, theirs = keep_probabilities(compiled, classifier.tokenizer), keep_probabilities(classifier.model, classifier.tokenizer)
     assert float((ours - theirs).abs().max()) < 0.1
     top = lambda p: set(p[0].topk(6).indices.tolist())  # noqa: E731
@@ -62,6 +62,22 @@ def test_threads_calling_at_once_get_their_own_results(classifier) -> None:
         t.join()
     for index, outputs in results.items():
         assert all(torch.equal(o, expected[index % 2]) for o in outputs)
+
+
+def test_int8_form_runs_every_projection_in_int8(classifier) -> None:
+    compiled = openvino_encoder.convert(classifier.model, int8=True, tokenizer=classifier.tokenizer)
+    kinds = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+             for op in compiled.bert.compiled.get_runtime_model().get_ops()]
+    products = sorted(p for kind, p in kinds if kind == "FullyConnected")
+    layers = classifier.model.config.num_hidden_layers
+    # q, k, v, attention output and FFN input on calibrated u8 inputs; the FFN output on int8
+    # weights with its inputs quantized per call
+    assert products == ["i8"] * layers + ["u8"] * (5 * layers)
+
+
+def test_int8_form_needs_the_tokenizer_it_calibrates_with(classifier) -> None:
+    with pytest.raises(ValueError, match="tokenizer"):
+        openvino_encoder.convert(classifier.model, int8=True)
 
 
 def test_a_module_without_a_transformer_stack_is_refused() -> None:
