@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from ctxcomp import models
 from ctxcomp.errors import ModelUnavailable
 from ctxcomp.models import precision as encoder_precision
+from ctxcomp.tokenization import token_counts
 
 _PIECE_MEMO_LIMIT = 500_000
 
@@ -117,8 +118,7 @@ class ModelHub:
         """Downstream-LLM token counts of each text, no special tokens. [N] ints."""
         if not texts:
             return []
-        encoded = self.get("downstream_llm", "tokenizer")(list(texts), add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return token_counts(self.get("downstream_llm", "tokenizer"), texts)
 
     def count_piece_tokens(self, pieces: Sequence[str]) -> list[int]:
         """count_tokens for short, often repeated strings (words), memoised.

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ctxcomp.text import TextSpans
+from ctxcomp.tokenization import tokens_with_offsets
 from ctxcomp.wordscore import Chunk
 
 CHUNK_END_TOKENS = (".", "\n")
@@ -58,13 +59,11 @@ class EncodedDocument:
 
 
 def encode(tokenizer: Any, text: str) -> EncodedDocument:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = np.asarray(enc["input_ids"], dtype=np.int64)
-    word_of_token = np.asarray([w for w in enc.word_ids()], dtype=np.int64) if len(ids) else np.zeros(0, np.int64)
+    ids, offsets, words = tokens_with_offsets(tokenizer, text)
+    word_of_token = np.asarray(words, dtype=np.int64) if len(ids) else np.zeros(0, np.int64)
     # Renumber densely: pre-tokenizer word ids skip words that produced no token.
     if len(word_of_token):
         word_of_token = np.concatenate([[0], np.cumsum(np.diff(word_of_token) != 0)])
-    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     n_words = int(word_of_token[-1]) + 1 if len(ids) else 0
     starts = np.full(n_words, np.iinfo(np.int64).max)
     ends = np.zeros(n_words, np.int64)

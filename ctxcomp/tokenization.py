@@ -1,0 +1,47 @@
+"""A fast tokenizer's Rust encoder called directly, where transformers' wrapper only adds cost.
+
+transformers' `tokenizer(...)` re-checks truncation, padding and special-token settings on
+the backend, builds a BatchEncoding and converts every encoding to Python lists: about
+100 us per call, a third of tokenizing a paragraph, paid two or three times per request
+(the request's LLM tokens, the encoder's words, the result's LLM tokens). The backend's
+own encodings are the same tokens exactly when it is in the state a plain call
+(`add_special_tokens=False`, no truncation, no padding) would leave it in; transformers
+leaves truncation or padding set after a call that asked for them, and then the wrapper is
+called instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _plain_backend(tokenizer: Any) -> Any | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return None
+    if backend.encode_special_tokens != bool(getattr(tokenizer, "split_special_tokens", False)):
+        return None
+    return backend
+
+
+def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text without special tokens. [N] ints."""
+    backend = _plain_backend(tokenizer)
+    if backend is None:
+        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    return [len(encoding.ids) for encoding in backend.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def tokens_with_offsets(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
+    """([T] int64 ids, [T, 2] int64 character offsets, [T] pre-tokenizer word of each token),
+    no special tokens."""
+    backend = _plain_backend(tokenizer)
+    if backend is None:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets, words = encoded["input_ids"], encoded["offset_mapping"], encoded.word_ids()
+    else:
+        encoding = backend.encode(text, add_special_tokens=False)
+        ids, offsets, words = encoding.ids, encoding.offsets, encoding.word_ids
+    return np.asarray(ids, np.int64), np.asarray(offsets, np.int64).reshape(-1, 2), list(words)

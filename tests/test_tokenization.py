@@ -1,0 +1,45 @@
+"""The direct backend calls give what transformers' tokenizer call gives, and step aside when they would not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctxcomp import tokenization
+from ctxcomp.hub import ModelHub
+
+TEXTS = ["The Vasa sank in 1628, 1,300 m from the quay.", "", "naïve café — 東京 <|endoftext|> done"]
+
+
+@pytest.fixture(scope="module")
+def hub():
+    return ModelHub(precision="fp32")
+
+
+@pytest.mark.parametrize("role", ["downstream_llm", "token_classifier"])
+def test_counts_and_offsets_match_the_wrapper(hub, role) -> None:
+    tokenizer = hub.get(role, "tokenizer") if role == "downstream_llm" else hub.get(role, "fp32").tokenizer
+    tokenizer("a plain call")  # all-MiniLM's tokenizer.json loads with truncation and padding at 128
+    assert tokenization._plain_backend(tokenizer) is not None
+    wrapped = tokenizer(TEXTS, add_special_tokens=False)["input_ids"]
+    assert tokenization.token_counts(tokenizer, TEXTS) == [len(ids) for ids in wrapped]
+    for text in TEXTS:
+        expected = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets, words = tokenization.tokens_with_offsets(tokenizer, text)
+        assert ids.tolist() == expected["input_ids"] and words == expected.word_ids()
+        assert offsets.tolist() == [list(o) for o in expected["offset_mapping"]] and offsets.shape == (len(ids), 2)
+
+
+def test_a_backend_left_truncating_is_not_called_directly(hub) -> None:
+    tokenizer = hub.get("token_classifier", "fp32").tokenizer
+    long_text = "word " * 600
+    tokenizer(long_text, truncation=True, max_length=16)  # transformers leaves truncation set on the backend
+    try:
+        assert tokenization._plain_backend(tokenizer) is None
+        assert tokenization.token_counts(tokenizer, [long_text]) == [600]  # not cut at 16
+        ids, _, _ = tokenization.tokens_with_offsets(tokenizer, long_text)
+        assert len(ids) == 600
+    finally:
+        tokenizer(long_text)  # a plain call resets it for the other tests
+    assert tokenization._plain_backend(tokenizer) is not None
+    assert np.array_equal(tokenization.tokens_with_offsets(tokenizer, "a b")[0], tokenizer("a b", add_special_tokens=False)["input_ids"])
