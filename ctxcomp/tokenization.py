@@ -3,7 +3,8 @@
 transformers' `tokenizer(...)` re-checks truncation, padding and special-token settings on
 the backend, builds a BatchEncoding and converts every encoding to Python lists: about
 100 us per call, a third of tokenizing a paragraph, paid two or three times per request
-(the request's LLM tokens, the encoder's words, the result's LLM tokens). The backend's
+(the request's LLM tokens, the encoder's words, the result's LLM tokens), and more where
+one call holds a document's words. The backend's
 own encodings are the same tokens exactly when it is in the state a plain call
 (`add_special_tokens=False`, no truncation, no padding) would leave it in; transformers
 leaves truncation or padding set after a call that asked for them, and then the wrapper is
@@ -26,12 +27,18 @@ def _plain_backend(tokenizer: Any) -> Any | None:
     return backend
 
 
-def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-    """Tokens of each text without special tokens. [N] ints."""
+def token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens (a document's words tokenized one by one
+    in one call: 419 us per 105-word document here against 926 us through the wrapper)."""
     backend = _plain_backend(tokenizer)
     if backend is None:
-        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    return [len(encoding.ids) for encoding in backend.encode_batch(list(texts), add_special_tokens=False)]
+        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text without special tokens. [N] ints."""
+    return [len(ids) for ids in token_ids(tokenizer, texts)]
 
 
 def tokens_with_offsets(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray, list[int | None]]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ctxcomp.batching import pad_rows, padded_width
+from ctxcomp.tokenization import token_ids
 
 MAX_QUERY_TOKENS = 96  # a longer query is cut: the document must keep most of the window
 MIN_DOCUMENT_TOKENS = 32
@@ -41,8 +42,7 @@ def word_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
     """Sub-token ids of each word; an empty tokenisation becomes [UNK] (a word is never unseen)."""
     if not words:
         return []
-    encoded = tokenizer(list(words), add_special_tokens=False)["input_ids"]
-    return [ids if ids else [tokenizer.unk_token_id] for ids in encoded]
+    return [ids if ids else [tokenizer.unk_token_id] for ids in token_ids(tokenizer, words)]
 
 
 def document_windows(

@@ -22,7 +22,10 @@ def test_counts_and_offsets_match_the_wrapper(hub, role) -> None:
     tokenizer("a plain call")  # all-MiniLM's tokenizer.json loads with truncation and padding at 128
     assert tokenization._plain_backend(tokenizer) is not None
     wrapped = tokenizer(TEXTS, add_special_tokens=False)["input_ids"]
+    assert tokenization.token_ids(tokenizer, TEXTS) == wrapped
     assert tokenization.token_counts(tokenizer, TEXTS) == [len(ids) for ids in wrapped]
+    words = " ".join(TEXTS).split()  # a document's words, one text each, as windows and wordscore pass them
+    assert tokenization.token_ids(tokenizer, words) == tokenizer(words, add_special_tokens=False)["input_ids"]
     for text in TEXTS:
         expected = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets, words = tokenization.tokens_with_offsets(tokenizer, text)
