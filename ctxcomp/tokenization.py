@@ -4,11 +4,10 @@ transformers' `tokenizer(...)` re-checks truncation, padding and special-token s
 the backend, builds a BatchEncoding and converts every encoding to Python lists: about
 100 us per call, a third of tokenizing a paragraph, paid two or three times per request
 (the request's LLM tokens, the encoder's words, the result's LLM tokens), and more where
-one call holds a document's words. The backend's
-own encodings are the same tokens exactly when it is in the state a plain call
-(`add_special_tokens=False`, no truncation, no padding) would leave it in; transformers
-leaves truncation or padding set after a call that asked for them, and then the wrapper is
-called instead.
+one call holds a document's words. The backend's own encodings are the same tokens exactly
+when it is in the state a plain call (`add_special_tokens=False`, no truncation, no
+padding) would leave it in; transformers leaves truncation or padding set after a call
+that asked for them, and then the wrapper is called instead.
 """
 
 from __future__ import annotations
