@@ -71,7 +71,8 @@ def quantized_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.numpy(), scale.unsqueeze(1).numpy()
 
 
-def _weight(matmul: Any) -> np.ndarray | None:
+def _weight_constant(matmul: Any) -> Any | None:
+    """The constant [out, in] weight node of a projection MatMul (x @ w.T), or None."""
     if matmul.get_type_name() != "MatMul":
         return None
     source = matmul.input_value(1).get_node()
@@ -79,7 +80,11 @@ def _weight(matmul: Any) -> np.ndarray | None:
         return None
     if not matmul.get_attributes()["transpose_b"] or len(source.get_shape()) != 2:
         return None
-    return source.get_data().astype(np.float32)
+    return source
+
+
+def _weight(matmul: Any) -> np.ndarray:
+    return matmul.input_value(1).get_node().get_data().astype(np.float32)
 
 
 def projection_groups(model: Any, reducing: bool = False) -> dict[tuple[str, int], list[Any]]:
@@ -87,10 +92,13 @@ def projection_groups(model: Any, reducing: bool = False) -> dict[tuple[str, int
     grouped by the activation they read (name and output index)."""
     groups: dict[tuple[str, int], list[Any]] = {}
     for op in model.get_ordered_ops():
-        weight = _weight(op)
-        if weight is None or min(weight.shape) < int8_weights.MIN_FEATURES:
+        weight = _weight_constant(op)
+        if weight is None:
             continue
-        if (weight.shape[1] > weight.shape[0]) == reducing:  # weight: [out, in]
+        outputs, inputs = weight.get_shape()
+        if min(outputs, inputs) < int8_weights.MIN_FEATURES:
+            continue
+        if (inputs > outputs) == reducing:
             source = op.input_value(0)
             groups.setdefault((source.get_node().get_friendly_name(), source.get_index()), []).append(op)
     return groups
@@ -137,7 +145,7 @@ def quantize(model: Any, statistics: dict[tuple[str, int], InputStatistics]) -> 
     constant = lambda value: ops.constant(np.asarray(value, np.float32))  # noqa: E731
     for matmuls in projection_groups(model, reducing=True).values():
         for matmul in matmuls:
-            _int8_weight(matmul, _weight(matmul))  # type: ignore[arg-type]
+            _int8_weight(matmul, _weight(matmul))
     for key, matmuls in projection_groups(model).items():
         weights = [_weight(m) for m in matmuls]
         smooth = smoothing(statistics[key], weights)  # type: ignore[arg-type]
