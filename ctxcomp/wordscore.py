@@ -110,21 +110,34 @@ def score_chunks(
     """
     tokenizer, model = classifier.tokenizer, classifier.model
     offsets = np.cumsum([0, *words_per_document])
-    sums = torch.zeros(int(offsets[-1]))
-    counts = torch.zeros(int(offsets[-1]))
+    sums = np.zeros(int(offsets[-1]))
+    counts = np.zeros(int(offsets[-1]))
     for batch in batches_by_length([len(c.input_ids) for c in chunks], max_batch_tokens):
         checkpoint()
         members = [chunks[i] for i in batch]
         ids, mask, owner = pad_batch(members, tokenizer.pad_token_id)
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        probs = logits.float().softmax(-1)[..., 1].cpu()  # [B, T]
-        base = torch.tensor([int(offsets[c.doc]) for c in members]).unsqueeze(1)  # [B, 1]
-        valid = owner >= 0
-        if aggregation == "first":
-            previous = torch.nn.functional.pad(owner[:, :-1], (1, 0), value=-1)
-            valid &= owner != previous
-        flat = (owner + base)[valid]
-        sums.index_add_(0, flat, probs[valid])
-        counts.index_add_(0, flat, torch.ones_like(probs[valid]))
-    scores = (sums / counts.clamp(min=1)).numpy()
+        flat, probs = _token_words(keep_probability(logits), owner.numpy(), offsets[[c.doc for c in members]], aggregation)
+        sums += np.bincount(flat, probs, minlength=len(sums))
+        counts += np.bincount(flat, minlength=len(counts))
+    scores = (sums / np.maximum(counts, 1)).astype(np.float32)
     return [scores[offsets[d] : offsets[d + 1]] for d in range(len(words_per_document))]
+
+
+def keep_probability(logits: torch.Tensor) -> np.ndarray:
+    """[B, T, 2] logits -> [B, T] float64 softmax probability of label 1, computed in numpy:
+    torch's small ops after an OpenVINO forward woke its OpenMP pool, whose spinning workers
+    then slowed the next forward (7% of a fast-mode request, bench/llmlingua2_vs_reference.py)."""
+    pair = logits.detach().float().cpu().numpy().astype(np.float64)
+    return 1.0 / (1.0 + np.exp(pair[..., 0] - pair[..., 1]))
+
+
+def _token_words(probs: np.ndarray, owner: np.ndarray, first_word: np.ndarray, aggregation: Aggregation) -> tuple[np.ndarray, np.ndarray]:
+    """Global word index and probability of every token that counts towards its word's score:
+    probs, owner [B, T] (owner -1 on specials and padding), first_word [B] (each row's document's
+    first word in the flat word list). "first" counts a word's first sub-token only."""
+    valid = owner >= 0
+    if aggregation == "first":
+        previous = np.pad(owner[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+        valid &= owner != previous
+    return (owner + first_word[:, None])[valid], probs[valid]
