@@ -67,7 +67,7 @@ def test_threads_calling_at_once_get_their_own_results(classifier) -> None:
 def test_int8_form_runs_every_projection_in_int8(classifier) -> None:
     compiled = openvino_encoder.convert(classifier.model, int8=True, tokenizer=classifier.tokenizer)
     kinds = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
-             for op in compiled.bert.compiled.get_runtime_model().get_ops()]
+             for op in compiled.bert.compiled.any_shape.get_runtime_model().get_ops()]
     products = sorted(p for kind, p in kinds if kind == "FullyConnected")
     layers = classifier.model.config.num_hidden_layers
     # q, k, v, attention output and FFN input on calibrated u8 inputs; the FFN output on int8
@@ -90,3 +90,31 @@ def test_outputs_the_compiled_graph_cannot_give_are_refused(classifier) -> None:
     batch = classifier.tokenizer(TEXTS[:1], return_tensors="pt")
     with pytest.raises(ValueError, match="output_hidden_states"):
         compiled.bert(**batch, output_hidden_states=True)
+
+
+def hidden_states(stack, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return stack(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]
+
+
+def test_rows_run_at_fixed_widths_with_the_any_shape_models_results(classifier) -> None:
+    """One row, and a batch whose padding is mostly waste, run row by row on fixed-width models
+    (each width compiled when first needed); a left-padded batch runs on the any-shape model.
+    All give torch's hidden states on the real tokens."""
+    compiled = openvino_encoder.convert(classifier.model, int8=False)
+    stack, reference = compiled.bert, classifier.model.bert
+    long_text = " ".join(TEXTS * 6)
+    batch = classifier.tokenizer([long_text, TEXTS[1]], padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    lengths = mask.sum(1).tolist()
+    assert ids.shape[1] * 2 > openvino_encoder.ROW_SPLIT_WASTE * sum(-(-n // 32) * 32 for n in lengths)
+    assert stack.compiled.widths_compiled == []
+    one = hidden_states(stack, ids[1:, : lengths[1]], mask[1:, : lengths[1]])
+    assert stack.compiled.widths_compiled == [32]
+    assert float((one - hidden_states(reference, ids[1:, : lengths[1]], mask[1:, : lengths[1]])).abs().max()) < 1e-4
+    split = hidden_states(stack, ids, mask)
+    assert stack.compiled.widths_compiled == [32, -(-lengths[0] // 32) * 32]
+    assert float((split - hidden_states(reference, ids, mask)).abs().max()) < 1e-4
+    left = torch.flip(mask, [1]), torch.flip(ids, [1])  # padding first: not rows of ones then zeros
+    assert openvino_encoder.row_lengths(left[0].numpy()) is None
+    assert float((hidden_states(stack, left[1], left[0]) - hidden_states(reference, left[1], left[0])).abs().max()) < 1e-4
