@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 PAD_MULTIPLE = 32  # batch widths are rounded up to this: few distinct shapes for the kernel caches
@@ -34,8 +35,9 @@ def batches_by_length(lengths: Sequence[int], max_tokens: int) -> list[list[int]
 
 
 def pad_rows(rows: Sequence[Sequence[int]], fill: int, width: int) -> torch.Tensor:
-    """[B, width] long tensor: each row's values from the left, `fill` after them."""
-    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    """[B, width] long tensor: each row's values from the left, `fill` after them (built in
+    numpy: a torch copy per row cost ~10 us each, three calls per encoder batch)."""
+    out = np.full((len(rows), width), fill, dtype=np.int64)
     for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-    return out
+        out[i, : len(row)] = row
+    return torch.from_numpy(out)

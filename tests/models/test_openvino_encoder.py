@@ -97,24 +97,35 @@ def hidden_states(stack, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return stack(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]
 
 
-def test_rows_run_at_fixed_widths_with_the_any_shape_models_results(classifier) -> None:
-    """One row, and a batch whose padding is mostly waste, run row by row on fixed-width models
-    (each width compiled when first needed); a left-padded batch runs on the any-shape model.
-    All give torch's hidden states on the real tokens."""
-    compiled = openvino_encoder.convert(classifier.model, int8=False)
-    stack, reference = compiled.bert, classifier.model.bert
-    long_text = " ".join(TEXTS * 6)
-    batch = classifier.tokenizer([long_text, TEXTS[1]], padding=True, return_tensors="pt")
+def test_rows_and_wasteful_batches_run_row_by_row_with_torch_results(classifier) -> None:
+    """One row, and a batch whose padding is mostly waste, run row by row; a left-padded batch
+    runs as one batch. All give torch's hidden states on the real tokens (fp32 form)."""
+    stack, reference = openvino_encoder.convert(classifier.model, int8=False).bert, classifier.model.bert
+    batch = classifier.tokenizer([" ".join(TEXTS * 6), TEXTS[1]], padding=True, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    lengths = mask.sum(1).tolist()
-    assert ids.shape[1] * 2 > openvino_encoder.ROW_SPLIT_WASTE * sum(-(-n // 32) * 32 for n in lengths)
+    assert ids.shape[0] * ids.shape[1] > openvino_encoder.ROW_SPLIT_WASTE * int(mask.sum())
+    for rows in (slice(1, 2), slice(0, 2)):
+        ours, theirs = hidden_states(stack, ids[rows], mask[rows]), hidden_states(reference, ids[rows], mask[rows])
+        assert float((ours - theirs).abs().max()) < 1e-4
+    left_mask, left_ids = torch.flip(mask, [1]), torch.flip(ids, [1])  # padding first: not ones then zeros
+    assert openvino_encoder.row_lengths(left_mask.numpy()) is None
+    assert float((hidden_states(stack, left_ids, left_mask) - hidden_states(reference, left_ids, left_mask)).abs().max()) < 1e-4
+    assert stack.compiled.widths_compiled == []  # fp32 rows run at their exact length
+
+
+def test_int8_rows_run_at_fixed_widths_compiled_on_first_use(classifier) -> None:
+    stack = openvino_encoder.convert(classifier.model, int8=True, tokenizer=classifier.tokenizer).bert
+    batch = classifier.tokenizer([" ".join(TEXTS * 6), TEXTS[1]], padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    short = int(mask[1].sum())
     assert stack.compiled.widths_compiled == []
-    one = hidden_states(stack, ids[1:, : lengths[1]], mask[1:, : lengths[1]])
+    one = hidden_states(stack, ids[1:, :short], mask[1:, :short])
     assert stack.compiled.widths_compiled == [32]
-    assert float((one - hidden_states(reference, ids[1:, : lengths[1]], mask[1:, : lengths[1]])).abs().max()) < 1e-4
-    split = hidden_states(stack, ids, mask)
-    assert stack.compiled.widths_compiled == [32, -(-lengths[0] // 32) * 32]
-    assert float((split - hidden_states(reference, ids, mask)).abs().max()) < 1e-4
-    left = torch.flip(mask, [1]), torch.flip(ids, [1])  # padding first: not rows of ones then zeros
-    assert openvino_encoder.row_lengths(left[0].numpy()) is None
-    assert float((hidden_states(stack, left[1], left[0]) - hidden_states(reference, left[1], left[0])).abs().max()) < 1e-4
+    both = hidden_states(stack, ids, mask)  # mostly padding: row by row, the long row at its own width
+    assert stack.compiled.widths_compiled == [32, -(-int(mask[0].sum()) // 32) * 32]
+    with torch.inference_mode():  # the same row on the any-shape model, in a batch of its own
+        exact = stack.compiled.any_shape.create_infer_request().infer(
+            {"input_ids": ids[1:, :short].numpy(), "attention_mask": mask[1:, :short].numpy(),
+             "token_type_ids": torch.zeros_like(ids[1:, :short]).numpy()})[0]
+    assert float((one[0] - torch.from_numpy(exact[0])).abs().max()) < 1e-3
+    assert torch.equal(both[1, :short], one[0])
