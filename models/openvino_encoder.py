@@ -160,7 +160,7 @@ class OpenVinoStack(nn.Module):
     """Stands in for a transformers base model: same keyword call, `last_hidden_state` out.
 
     One row, or a batch whose padding would waste more than ROW_SPLIT_WASTE, runs row by row
-    (a 10-document fast-mode request, no-AMX limits: 68 -> 58 ms; 55 with fixed widths); the
+    (a 10-document fast-mode request, no-AMX limits: 68 -> 58-60 ms; 55-57 with fixed widths); the
     rest as one batch on the any-shape model. Padded positions of a batch run row by row come
     back as zeros."""
 
