@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ctxcomp.batching import padded_width
+
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CALIBRATION_TEXTS = Path(__file__).resolve().parent / "calibration" / "texts.json"
 
@@ -84,7 +86,6 @@ def calibration_feeds(tokenizer: Any, max_length: int = 512) -> list[dict[str, n
     return feeds
 
 
-ROW_WIDTH_STEP = 32  # single-row models every 32 tokens (ctxcomp.batching.PAD_MULTIPLE)
 ROW_SPLIT_WASTE = 1.2  # a padded batch runs row by row when its area is this much over its rows' widths
 
 
@@ -93,7 +94,7 @@ class CompiledStack:
 
     The CPU plugin re-prepares every node whenever the input shape differs from the last call's.
     Measured one test paragraph per request, fast mode, no-AMX limits: int8 on fixed widths
-    (each row padded to the next multiple of ROW_WIDTH_STEP) 2.5-4% faster per request than the
+    (each row padded as batches are, ctxcomp.batching.padded_width) 2.5-4% faster per request than the
     any-shape model at each row's exact length, 5-6% on 10-document requests, for 27-135 MB per
     encoder (a width costs 0.15-0.3 s to compile, so each is compiled the first time a row needs
     it). fp32 gained nothing there (six layers: 18.7 ms both ways, the padding's extra products
@@ -110,7 +111,7 @@ class CompiledStack:
 
     def width_for(self, tokens: int) -> int | None:
         """The fixed width a row of `tokens` runs at (None: the any-shape model runs it as it is)."""
-        width = -(-max(tokens, 1) // ROW_WIDTH_STEP) * ROW_WIDTH_STEP
+        width = padded_width([max(tokens, 1)])
         return width if width <= self._limit else None
 
     def single_row(self, width: int) -> Any:
