@@ -35,7 +35,7 @@ from ctxcomp import wordscore
 from ctxcomp.models import registry
 from ctxcomp.models.registry import TokenClassifier
 from ctxcomp.models.training import squad
-from ctxcomp.models.training.train_token_classifier import SEED, evaluate, training_examples
+from ctxcomp.models.training.train_token_classifier import SEED, evaluate, padded_rows, training_examples
 
 
 def student_of(teacher: torch.nn.Module, layers: int) -> torch.nn.Module:
@@ -143,11 +143,8 @@ def train(args: argparse.Namespace) -> dict:
         for step in range(steps_per_epoch):
             picked = order[step * args.batch_size : (step + 1) * args.batch_size]
             ids, mask, _ = wordscore.pad_batch([examples[i][0] for i in picked], tokenizer.pad_token_id)
-            labels = torch.full_like(ids, -100)
-            targets = torch.zeros(ids.shape)
-            for row, i in enumerate(picked):
-                labels[row, : len(examples[i][1])] = examples[i][1]
-                targets[row, : len(teacher_margins[i])] = teacher_margins[i]
+            labels = padded_rows([examples[i][1] for i in picked], ids.shape, -100)
+            targets = padded_rows([teacher_margins[i] for i in picked], ids.shape, 0.0)
             logits = student(input_ids=ids, attention_mask=mask).logits
             loss = distillation_loss(logits, labels, targets, class_weight, args.distill_weight, args.soft_loss)
             optimizer.zero_grad()

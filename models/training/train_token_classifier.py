@@ -58,6 +58,15 @@ def training_examples(paragraphs, tokenizer, max_length):
     return examples
 
 
+def padded_rows(rows: list[torch.Tensor], shape: torch.Size, fill: float) -> torch.Tensor:
+    """[B, T] batch of per-row values (each row's from its first position, `fill` after it), in
+    the dtype of `fill` (-100: the ignore index of labels; 0.0: a row's soft targets)."""
+    batch = torch.full(shape, fill)
+    for row, values in enumerate(rows):
+        batch[row, : len(values)] = values
+    return batch
+
+
 def train(args: argparse.Namespace) -> dict:
     random.seed(SEED)
     np.random.seed(SEED)
@@ -123,9 +132,7 @@ def train(args: argparse.Namespace) -> dict:
         for step in range(steps_per_epoch):
             picked = [examples[i] for i in order[step * args.batch_size : (step + 1) * args.batch_size]]
             ids, mask, _ = wordscore.pad_batch([c for c, _ in picked], tokenizer.pad_token_id)
-            labels = torch.full_like(ids, -100)
-            for row, (_, lab) in enumerate(picked):
-                labels[row, : len(lab)] = lab
+            labels = padded_rows([lab for _, lab in picked], ids.shape, -100)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             loss = loss_fn(logits.reshape(-1, 2), labels.to(device).reshape(-1))
             optimizer.zero_grad()
