@@ -7,9 +7,10 @@ classifier one paragraph per call (2-core Xeon without AMX, torch 2.13, OpenVINO
 torch fp32 3,634 words/s, OpenVINO fp32 6,069 with the same keep decisions, OpenVINO int8
 8,060, and ONNX Runtime below OpenVINO in both; so OpenVINO is the runtime this module wraps.
 
-Only the transformer stack (embeddings + layers, a transformers base model) is replaced;
-heads, pooling and everything after stay in torch, so a converted TokenClassifier,
-RelevanceScorer or SentenceTransformer is called exactly as before.
+A token-classification model is compiled whole (stack and head: OpenVinoTokenClassifier, called
+as the transformers model is, logits out). Elsewhere only the transformer stack (embeddings +
+layers, a transformers base model) is replaced and heads, pooling and everything after stay in
+torch, so a converted RelevanceScorer or SentenceTransformer is called exactly as before.
 - fp32: the stack converted as it is, run with the f32 inference hint (no bf16 downcast on
   AMX machines).
 - int8 (models/openvino_int8.py): int8 weights per output channel; activations static int8,
@@ -38,20 +39,22 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CALIBRATION_TEXTS = Path(__file__).resolve().parent / "calibration" / "texts.json"
 
 
-class _Stack(nn.Module):
-    """The base model with positional inputs and one output: what the converter traces."""
+class _Traced(nn.Module):
+    """A transformers model with positional inputs and one output, what the converter traces: a base
+    model's `last_hidden_state`, or a token-classification model's `logits`."""
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, module: nn.Module, output: str) -> None:
         super().__init__()
-        self.base = base
+        self.module, self.output = module, output
         self.eval()  # a new module starts in training mode; tracing in it would keep dropout
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.base(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        outputs = self.module(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return getattr(outputs, self.output)
 
 
-def convert_stack(stack: nn.Module) -> Any:
-    """The traced stack as an OpenVINO model with [rows, tokens] int64 inputs, through the
+def to_openvino(traced: _Traced) -> Any:
+    """The traced module as an OpenVINO model with [rows, tokens] int64 inputs, through the
     PyTorch frontend itself: `openvino.convert_model` would also start a telemetry process
     that reports to Google Analytics, which a service must not do on its users' behalf."""
     from openvino import PartialShape, Type
@@ -63,7 +66,7 @@ def convert_stack(stack: nn.Module) -> Any:
         # The tracer warns that transformers' mask checks become constants: they are, since
         # the mask is always an input here (tests/models/test_openvino_encoder.py pads a row).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        decoder = TorchScriptPythonDecoder(stack, example_input=(example, example, example * 0))
+        decoder = TorchScriptPythonDecoder(traced, example_input=(example, example, example * 0))
     frontend = FrontEndManager().load_by_framework("pytorch")
     model = frontend.load(decoder)
     for index in range(len(INPUTS)):
@@ -133,13 +136,13 @@ class CompiledStack:
         return sorted(self._single_rows)
 
 
-def compile_stack(base: nn.Module, tokenizer: Any = None, threads: int | None = None) -> CompiledStack:
-    """The base model compiled by OpenVINO over [rows, tokens] int64 inputs: fp32, or static
-    int8 calibrated through `tokenizer` when one is given."""
-    converted = convert_stack(_Stack(copy.deepcopy(base).float().eval()))
+def compile_module(module: nn.Module, output: str, tokenizer: Any = None, threads: int | None = None) -> CompiledStack:
+    """A transformers model's `output` compiled by OpenVINO over [rows, tokens] int64 inputs: fp32,
+    or static int8 calibrated through `tokenizer` when one is given."""
+    converted = to_openvino(_Traced(copy.deepcopy(module).float().eval(), output))
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-    limit = min(512, getattr(base.config, "max_position_embeddings", 512))
+    limit = min(512, getattr(module.config, "max_position_embeddings", 512))
     if tokenizer is not None:
         from ctxcomp.models import openvino_int8
 
@@ -157,41 +160,42 @@ def row_lengths(mask: np.ndarray) -> np.ndarray | None:
     return lengths
 
 
-class OpenVinoStack(nn.Module):
-    """Stands in for a transformers base model: same keyword call, `last_hidden_state` out.
+class _CompiledRows(nn.Module):
+    """Runs a CompiledStack on numpy rows: one row, or a batch whose padding would waste more than
+    ROW_SPLIT_WASTE, row by row (a 10-document fast-mode request, no-AMX limits: 68 -> 58-60 ms; 55-57
+    with fixed widths); the rest as one batch on the any-shape model. Padded positions of a batch run
+    row by row come back as zeros. The threshold, measured without AMX on length-sorted test
+    paragraphs padded by 15%: 16 rows one by one took 0.90x the batch's time in int8 and 1.10x in fp32
+    (six layers); the pipeline's 300 requests at once (~50 rows a batch) 1.03-1.07x in int8."""
 
-    One row, or a batch whose padding would waste more than ROW_SPLIT_WASTE, runs row by row
-    (a 10-document fast-mode request, no-AMX limits: 68 -> 58-60 ms; 55-57 with fixed widths); the
-    rest as one batch on the any-shape model. Padded positions of a batch run row by row come
-    back as zeros. The threshold, measured without AMX on length-sorted test paragraphs padded
-    by 15%: 16 rows one by one took 0.90x the batch's time in int8 and 1.10x in fp32 (six
-    layers); the pipeline's 300 requests at once (~50 rows a batch) 1.03-1.07x in int8."""
-
-    def __init__(self, compiled: CompiledStack, config: Any) -> None:
+    def __init__(self, compiled: CompiledStack, config: Any, features: int) -> None:
         super().__init__()
-        self.compiled, self.config = compiled, config
-        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # `.device` of the wrapping model: CPU
+        self.compiled, self.config, self.features = compiled, config, features
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # `.device` of a wrapping model: CPU
         self._requests = threading.local()  # an infer request serves one call at a time
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, **unused: Any) -> Any:
-        from transformers.modeling_outputs import BaseModelOutput
+    @property
+    def device(self) -> torch.device:
+        return self.anchor.device
 
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+            unused: dict[str, Any]) -> torch.Tensor:
+        """[B, T, features] outputs of the compiled graph for these inputs."""
         asked = sorted(k for k, v in unused.items() if v is not None and v is not False and k != "return_dict")
-        if asked:  # e.g. output_hidden_states=True: the compiled graph gives the last layer only
-            raise ValueError(f"the OpenVINO encoder computes last_hidden_state from ids only; not {', '.join(asked)}")
+        if asked:  # e.g. output_hidden_states=True: the compiled graph gives its one output only
+            raise ValueError(f"the OpenVINO encoder computes its one output from ids only; not {', '.join(asked)}")
         ids = input_ids.to(torch.long).numpy()
         mask = attention_mask.to(torch.long).numpy() if attention_mask is not None else np.ones_like(ids)
         types = token_type_ids.to(torch.long).numpy() if token_type_ids is not None else np.zeros_like(ids)
         lengths = row_lengths(mask)
         if lengths is not None and self._row_by_row(ids.shape, lengths):
-            hidden = np.zeros((*ids.shape, self.config.hidden_size), np.float32)
+            out = np.zeros((*ids.shape, self.features), np.float32)
             for row, length in enumerate(lengths.tolist()):
                 if length:
-                    hidden[row, :length] = self._one_row(ids[row, :length], types[row, :length])
+                    out[row, :length] = self._one_row(ids[row, :length], types[row, :length])
         else:
-            hidden = self._infer(self.compiled.any_shape, ids, mask, types).copy()
-        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
+            out = self._infer(self.compiled.any_shape, ids, mask, types).copy()
+        return torch.from_numpy(out)
 
     def _row_by_row(self, shape: tuple[int, int], lengths: np.ndarray) -> bool:
         if shape[0] == 1:
@@ -200,7 +204,7 @@ class OpenVinoStack(nn.Module):
         return shape[0] * shape[1] > ROW_SPLIT_WASTE * sum(widths)
 
     def _one_row(self, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
-        """[T] ids -> [T, H] hidden states (a view of the request's output)."""
+        """[T] ids -> [T, features] outputs (a view of the request's output)."""
         width = self.compiled.width_for(len(ids))
         if width is None:
             return self._infer(self.compiled.any_shape, ids[None], np.ones_like(ids)[None], types[None])[0]
@@ -222,18 +226,46 @@ class OpenVinoStack(nn.Module):
         return request.infer(feed)[0]
 
 
+class OpenVinoStack(_CompiledRows):
+    """Stands in for a transformers base model: same keyword call, `last_hidden_state` out."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **unused: Any) -> Any:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return BaseModelOutput(last_hidden_state=self.run(input_ids, attention_mask, token_type_ids, unused))
+
+
+class OpenVinoTokenClassifier(_CompiledRows):
+    """Stands in for a transformers token-classification model compiled whole, head included:
+    same keyword call, `logits` out. Against its stack alone compiled inside the torch model, one
+    test paragraph per call (fast classifier, int8, no-AMX limits): 3.17 ms a call instead of 3.45,
+    the difference being transformers' wrapper, the torch head and a [T, hidden] output copied out."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **unused: Any) -> Any:
+        from transformers.modeling_outputs import TokenClassifierOutput
+
+        return TokenClassifierOutput(logits=self.run(input_ids, attention_mask, token_type_ids, unused))
+
+
 def _is_stack(module: nn.Module) -> bool:
     return getattr(module, "base_model", None) is module and hasattr(module, "embeddings")
 
 
 def convert(module: nn.Module, int8: bool, tokenizer: Any = None) -> nn.Module:
-    """A copy of `module` with its (first) transformer stack compiled by OpenVINO; int8
-    calibrates on the sample text through `tokenizer` (the module's own)."""
+    """A token-classification model compiled whole by OpenVINO, or a copy of any other `module` with
+    its (first) transformer stack compiled; int8 calibrates on the sample text through `tokenizer`
+    (the module's own). The head of a classification model is too narrow to quantize
+    (ctxcomp.models.int8.MIN_FEATURES): it stays fp32 in the int8 graph, as it stayed in torch."""
     stack = next((m for m in module.modules() if _is_stack(m)), None)
     if stack is None:
         raise ValueError(f"{type(module).__name__}: no transformers base model with embeddings to compile")
     if int8 and tokenizer is None:
         raise ValueError("openvino-int8 calibrates on sample text: it needs the encoder's tokenizer")
-    replacement = OpenVinoStack(compile_stack(stack, tokenizer if int8 else None), stack.config)
+    calibration = tokenizer if int8 else None
+    if type(module).__name__.endswith("ForTokenClassification"):  # transformers' naming, whatever the head
+        return OpenVinoTokenClassifier(compile_module(module, "logits", calibration), module.config, module.config.num_labels)
+    replacement = OpenVinoStack(compile_module(stack, "last_hidden_state", calibration), stack.config, stack.config.hidden_size)
     # Copied with the stack mapped to its replacement: the stack's weights are not copied again.
     return copy.deepcopy(module, memo={id(stack): replacement}).eval()

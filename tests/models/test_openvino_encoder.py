@@ -32,7 +32,8 @@ def keep_probabilities(model, tokenizer) -> torch.Tensor:
 
 def test_fp32_form_matches_torch_on_padded_batches(classifier) -> None:
     compiled = openvino_encoder.convert(classifier.model, int8=False)
-    assert isinstance(compiled.bert, openvino_encoder.OpenVinoStack) and not isinstance(classifier.model.bert, openvino_encoder.OpenVinoStack)
+    assert isinstance(compiled, openvino_encoder.OpenVinoTokenClassifier)  # compiled whole, head included
+    assert not isinstance(classifier.model.bert, openvino_encoder.OpenVinoStack)
     ours, theirs = keep_probabilities(compiled, classifier.tokenizer), keep_probabilities(classifier.model, classifier.tokenizer)
     assert float((ours - theirs).abs().max()) < 1e-4
 
@@ -68,12 +69,12 @@ def test_threads_calling_at_once_get_their_own_results(classifier) -> None:
 def test_int8_form_runs_every_projection_in_int8(classifier) -> None:
     compiled = openvino_encoder.convert(classifier.model, int8=True, tokenizer=classifier.tokenizer)
     kinds = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
-             for op in compiled.bert.compiled.any_shape.get_runtime_model().get_ops()]
+             for op in compiled.compiled.any_shape.get_runtime_model().get_ops()]
     products = sorted(p for kind, p in kinds if kind == "FullyConnected")
     layers = classifier.model.config.num_hidden_layers
     # q, k, v, attention output and FFN input on calibrated u8 inputs; the FFN output on int8
-    # weights with its inputs quantized per call
-    assert products == ["i8"] * layers + ["u8"] * (5 * layers)
+    # weights with its inputs quantized per call; the two-label head in fp32
+    assert products == ["f32"] + ["i8"] * layers + ["u8"] * (5 * layers)
 
 
 def test_int8_form_needs_the_tokenizer_it_calibrates_with(classifier) -> None:
@@ -90,7 +91,17 @@ def test_outputs_the_compiled_graph_cannot_give_are_refused(classifier) -> None:
     compiled = openvino_encoder.convert(classifier.model, int8=False)
     batch = classifier.tokenizer(TEXTS[:1], return_tensors="pt")
     with pytest.raises(ValueError, match="output_hidden_states"):
-        compiled.bert(**batch, output_hidden_states=True)
+        compiled(**batch, output_hidden_states=True)
+
+
+def test_a_base_model_becomes_a_compiled_stack(classifier) -> None:
+    """What the relevance scorer and the sentence encoder get inside their torch heads and pooling."""
+    stack_only = openvino_encoder.convert(classifier.model.bert, int8=False)
+    assert isinstance(stack_only, openvino_encoder.OpenVinoStack)
+    batch = classifier.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    ours = hidden_states(stack_only, batch["input_ids"], batch["attention_mask"])
+    theirs = hidden_states(classifier.model.bert, batch["input_ids"], batch["attention_mask"])
+    assert float((ours - theirs).abs().max()) < 1e-4
 
 
 def hidden_states(stack, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -101,7 +112,7 @@ def hidden_states(stack, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def test_rows_and_wasteful_batches_run_row_by_row_with_torch_results(classifier) -> None:
     """One row, and a batch whose padding is mostly waste, run row by row; a left-padded batch
     runs as one batch. All give torch's hidden states on the real tokens (fp32 form)."""
-    stack, reference = openvino_encoder.convert(classifier.model, int8=False).bert, classifier.model.bert
+    stack, reference = openvino_encoder.convert(classifier.model.bert, int8=False), classifier.model.bert
     batch = classifier.tokenizer([" ".join(TEXTS * 6), TEXTS[1]], padding=True, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert ids.shape[0] * ids.shape[1] > openvino_encoder.ROW_SPLIT_WASTE * int(mask.sum())
@@ -115,7 +126,7 @@ def test_rows_and_wasteful_batches_run_row_by_row_with_torch_results(classifier)
 
 
 def test_int8_rows_run_at_fixed_widths_compiled_on_first_use(classifier) -> None:
-    stack = openvino_encoder.convert(classifier.model, int8=True, tokenizer=classifier.tokenizer).bert
+    stack = openvino_encoder.convert(classifier.model.bert, int8=True, tokenizer=classifier.tokenizer)
     batch = classifier.tokenizer([" ".join(TEXTS * 6), TEXTS[1]], padding=True, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     short = int(mask[1].sum())
