@@ -12,7 +12,7 @@ call, in:
 - ONNX Runtime fp32 and int8: the graph after onnxruntime.transformers' BERT fusions,
   int8 by `quantize_dynamic` (per-channel int8 weights, activations quantized per call);
 - OpenVINO fp32 and int8: the `openvino-fp32` and `openvino-int8` precisions
-  (models/openvino_encoder.py: the transformer stack compiled by OpenVINO, f32 inference
+  (models/openvino_encoder.py: the token classifier compiled whole by OpenVINO, f32 inference
   hint; int8 = static int8, models/openvino_int8.py: int8 weights per output channel,
   activation ranges calibrated on the shipped sample text, the FFN output's activations
   quantized per call by the CPU plugin).
