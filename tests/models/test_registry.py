@@ -87,3 +87,19 @@ def test_llm_fingerprint_does_not_depend_on_where_the_model_was_loaded(hub) -> N
     from ctxcomp.models import xrag_projector
 
     assert xrag_projector.load().llm_fingerprint == llm.fingerprint  # the shipped projector matches
+
+
+def test_the_sentence_splitter_leaves_out_the_embedding_nothing_listens_to() -> None:
+    import spacy
+
+    from ctxcomp.models import registry
+
+    nlp = registry.load_spacy()
+    assert nlp.pipe_names == ["senter"]  # en_core_web_sm's senter embeds tokens itself
+    with_tok2vec = spacy.load(registry.SPACY_PACKAGE, exclude=["parser", "ner", "lemmatizer", "attribute_ruler", "tagger"])
+    with_tok2vec.enable_pipe("senter")
+    assert "tok2vec" in with_tok2vec.pipe_names
+    texts = ["The Vasa sank in 1628. She was top-heavy! Was anyone saved? Most of the crew, yes.",
+             "Dr. Smith arrived at 5 p.m. on Jan. 3. He left early; nobody knew why."]
+    sentences = lambda pipeline: [[s.text for s in doc.sents] for doc in pipeline.pipe(texts)]  # noqa: E731
+    assert sentences(nlp) == sentences(with_tok2vec)
