@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ctxcomp.batching import pad_rows, padded_width
-from ctxcomp.tokenization import token_ids
+from ctxcomp.tokenization import word_token_ids
 
 MAX_QUERY_TOKENS = 96  # a longer query is cut: the document must keep most of the window
 MIN_DOCUMENT_TOKENS = 32
@@ -42,7 +42,7 @@ def word_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
     """Sub-token ids of each word; an empty tokenisation becomes [UNK] (a word is never unseen)."""
     if not words:
         return []
-    return [ids if ids else [tokenizer.unk_token_id] for ids in token_ids(tokenizer, words)]
+    return [ids if ids else [tokenizer.unk_token_id] for ids in word_token_ids(tokenizer, words)]
 
 
 def document_windows(

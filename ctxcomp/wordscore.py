@@ -15,7 +15,7 @@ import torch
 from ctxcomp.batching import batches_by_length, pad_rows, padded_width
 from ctxcomp.cancellation import checkpoint
 from ctxcomp.text import SENTENCE_END
-from ctxcomp.tokenization import token_ids
+from ctxcomp.tokenization import word_token_ids
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def chunk_words(tokenizer: Any, words: list[str], doc: int, max_length: int) -> 
     if not words:
         return []
     capacity = max_length - 2
-    ids_per_word = [ids[:capacity] if ids else [tokenizer.unk_token_id] for ids in token_ids(tokenizer, words)]
+    ids_per_word = [ids[:capacity] if ids else [tokenizer.unk_token_id] for ids in word_token_ids(tokenizer, words)]
     chunks: list[Chunk] = []
     start = 0
     while start < len(words):

@@ -33,6 +33,19 @@ def test_counts_and_offsets_match_the_wrapper(hub, role) -> None:
         assert offsets.tolist() == [list(o) for o in expected["offset_mapping"]] and offsets.shape == (len(ids), 2)
 
 
+@pytest.mark.parametrize("role", ["downstream_llm", "token_classifier", "relevance"])
+def test_words_tokenize_as_they_would_alone(hub, role) -> None:
+    """One pre-tokenized call for WordPiece, the per-word batch elsewhere: each word's ids either way."""
+    tokenizer = hub.get(role, "tokenizer") if role == "downstream_llm" else hub.get(role, "fp32").tokenizer
+    words = [*" ".join(TEXTS).split(), "U.S.-based", "don't", "\u200b", "(1990)", "ＡＢＣ", "🙂", "x" * 120]
+    alone = [tokenizer(word, add_special_tokens=False)["input_ids"] for word in words]
+    assert tokenization.word_token_ids(tokenizer, words) == alone
+    one_call = tokenization._tokenizes_words_alone(tokenizer.backend_tokenizer)
+    assert one_call == (role != "downstream_llm")  # byte-level BPE would give pre-tokenized words a space
+    if one_call:
+        assert [] in alone  # BERT's normalizer drops a zero-width space: still one (empty) entry
+
+
 def test_a_backend_left_truncating_is_not_called_directly(hub) -> None:
     tokenizer = hub.get("token_classifier", "fp32").tokenizer
     long_text = "word " * 600
