@@ -52,8 +52,9 @@ def word_token_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
     """Token ids of each word as if tokenized alone, no special tokens ([] for a word that has none).
 
     A WordPiece tokenizer takes all the words as one pre-tokenized input (one encoding, its
-    tokens grouped by word): 0.2 ms for a 130-word paragraph against 1.4 ms for a batch of 130
-    one-word texts, most of which went to building an encoding per word."""
+    tokens grouped by word) instead of a batch of one-word texts, each becoming an encoding of its
+    own: the relevance windows of a 5-document request on new text 6.9 -> 3.1 ms; 0.69 -> 0.47 ms
+    a ~130-word paragraph once the tokenizer's caches are warm."""
     backend = _plain_backend(tokenizer)
     if backend is None or not words or not _tokenizes_words_alone(backend):
         return token_ids(tokenizer, words)

@@ -11,7 +11,7 @@ A token-classification model is compiled whole (stack and head: OpenVinoTokenCla
 as the transformers model is, logits out). Elsewhere only the transformer stack (embeddings +
 layers, a transformers base model) is replaced and heads, pooling and everything after stay in
 torch, so a converted RelevanceScorer or SentenceTransformer is called exactly as before.
-- fp32: the stack converted as it is, run with the f32 inference hint (no bf16 downcast on
+- fp32: the graph converted as it is, run with the f32 inference hint (no bf16 downcast on
   AMX machines).
 - int8 (models/openvino_int8.py): int8 weights per output channel; activations static int8,
   their ranges calibrated on the shipped sample text (models/calibration/texts.json) through
