@@ -17,7 +17,7 @@ torch, so a converted RelevanceScorer or SentenceTransformer is called exactly a
   their ranges calibrated on the shipped sample text (models/calibration/texts.json) through
   the model's own tokenizer, except the FFN output's, which the CPU plugin quantizes per call.
 Single rows, and batches that would be mostly padding, run row by row: int8 on models compiled
-for one row of a fixed width, each compiled when first needed (CompiledStack).
+for one row of a fixed width, each compiled when first needed (CompiledGraph).
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def calibration_feeds(tokenizer: Any, max_length: int = 512) -> list[dict[str, n
 ROW_SPLIT_WASTE = 1.2  # a padded batch runs row by row when its area is this much over its rows' widths
 
 
-class CompiledStack:
-    """The stack compiled for any [rows, tokens] shape and, for int8, for single rows at fixed widths.
+class CompiledGraph:
+    """A converted graph (a stack, or a whole token classifier) compiled for any [rows, tokens] shape
+    and, for int8, for single rows at fixed widths.
 
     The CPU plugin re-prepares every node whenever the input shape differs from the last call's.
     Measured one test paragraph per request, fast mode, no-AMX limits: int8 on fixed widths
@@ -136,7 +137,7 @@ class CompiledStack:
         return sorted(self._single_rows)
 
 
-def compile_module(module: nn.Module, output: str, tokenizer: Any = None, threads: int | None = None) -> CompiledStack:
+def compile_module(module: nn.Module, output: str, tokenizer: Any = None, threads: int | None = None) -> CompiledGraph:
     """A transformers model's `output` compiled by OpenVINO over [rows, tokens] int64 inputs: fp32,
     or static int8 calibrated through `tokenizer` when one is given."""
     converted = to_openvino(_Traced(copy.deepcopy(module).float().eval(), output))
@@ -149,7 +150,7 @@ def compile_module(module: nn.Module, output: str, tokenizer: Any = None, thread
         statistics = openvino_int8.calibrate(converted, calibration_feeds(tokenizer, limit), config)
         converted = openvino_int8.quantize(converted, statistics)
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(openvino_int8.DYNAMIC_GROUP)
-    return CompiledStack(converted, config, limit, fixed_widths=tokenizer is not None)
+    return CompiledGraph(converted, config, limit, fixed_widths=tokenizer is not None)
 
 
 def row_lengths(mask: np.ndarray) -> np.ndarray | None:
@@ -161,14 +162,14 @@ def row_lengths(mask: np.ndarray) -> np.ndarray | None:
 
 
 class _CompiledRows(nn.Module):
-    """Runs a CompiledStack on numpy rows: one row, or a batch whose padding would waste more than
+    """Runs a CompiledGraph on numpy rows: one row, or a batch whose padding would waste more than
     ROW_SPLIT_WASTE, row by row (a 10-document fast-mode request, no-AMX limits: 68 -> 58-60 ms; 55-57
     with fixed widths); the rest as one batch on the any-shape model. Padded positions of a batch run
     row by row come back as zeros. The threshold, measured without AMX on length-sorted test
     paragraphs padded by 15%: 16 rows one by one took 0.90x the batch's time in int8 and 1.10x in fp32
     (six layers); the pipeline's 300 requests at once (~50 rows a batch) 1.03-1.07x in int8."""
 
-    def __init__(self, compiled: CompiledStack, config: Any, features: int) -> None:
+    def __init__(self, compiled: CompiledGraph, config: Any, features: int) -> None:
         super().__init__()
         self.compiled, self.config, self.features = compiled, config, features
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # `.device` of a wrapping model: CPU
