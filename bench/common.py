@@ -9,7 +9,7 @@ import argparse
 import os
 import platform
 
-from ctxcomp.models.training import squad
+from training import squad
 
 SPLIT_HELP = {
     "test": "test articles: never read by any training or tuning script",

@@ -7,13 +7,13 @@ classifier (the model the compat path shares with the reference; the relevance m
 the sentence encoder are the same MiniLM-L6 shape) scores the test articles' paragraphs in
 the pipeline's two shapes, one paragraph per call and 16 length-sorted paragraphs per
 call, in:
-- torch fp32 (the baseline of every ratio), torch bf16, and torch int8 (models/int8.py:
+- torch fp32 (the baseline of every ratio), torch bf16, and torch int8 (ctxcomp/models/int8.py:
   what `precision: int8` runs);
 - ONNX Runtime fp32 and int8: the graph after onnxruntime.transformers' BERT fusions,
   int8 by `quantize_dynamic` (per-channel int8 weights, activations quantized per call);
 - OpenVINO fp32 and int8: the `openvino-fp32` and `openvino-int8` precisions
-  (models/openvino_encoder.py: the token classifier compiled whole by OpenVINO, f32 inference
-  hint; int8 = static int8, models/openvino_int8.py: int8 weights per output channel,
+  (ctxcomp/models/openvino_encoder.py: the token classifier compiled whole by OpenVINO, f32 inference
+  hint; int8 = static int8, ctxcomp/models/openvino_int8.py: int8 weights per output channel,
   activation ranges calibrated on the shipped sample text, the FFN output's activations
   quantized per call by the CPU plugin).
 Each line: words/s, the ratio to torch fp32 measured in the same run, and how often each

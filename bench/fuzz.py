@@ -105,7 +105,7 @@ def outcome_of(result_or_error) -> tuple:
 def batches_part(count: int, wave: int, seed: int) -> bool:
     from ctxcomp.client import AsyncCtxcompClient
     from ctxcomp.kv.store import open_store
-    from ctxcomp.models.training import squad
+    from training import squad
     from ctxcomp.pipeline import Compressor
     from ctxcomp.service.batcher import BatcherConfig
     from ctxcomp.service.server import BackgroundServer, ServerConfig

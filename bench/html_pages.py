@@ -21,7 +21,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from ctxcomp.models.training import squad
+from training import squad
 
 TEMPLATES = ("semantic", "div_soup", "tables", "blog")
 AD_LINES = (

@@ -50,7 +50,7 @@ from ctxcomp.methods.llmlingua2 import CLASSIFIER_ROLES
 from ctxcomp.models.precision import PRECISIONS
 from ctxcomp.pipeline import Compressor
 from ctxcomp.types import CompressRequest, Document
-from ctxcomp.models.training import squad
+from training import squad
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"

@@ -46,7 +46,7 @@ import grpc
 from common import header
 
 from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
-from ctxcomp.models.training import squad
+from training import squad
 
 # (method, options): the default method and LLMLingua-2 in its settings.
 OPTION_MIX = [("", {}), ("llmlingua2", {}), ("llmlingua2", {"mode": "compat"}), ("llmlingua2", {"precision": "bf16"}),

@@ -4,9 +4,9 @@
 
 A method may carry options for tuning runs: `recomp_abstractive:max_input_tokens=512`.
 
-Split: the test articles of SQuAD dev (models/training/squad.py), never read by
+Split: the test articles of SQuAD dev (training/squad.py), never read by
 any training or tuning script (the relevance model's settings were tuned on the
-dev articles, see models/relevance/MODEL_CARD.md); `--split dev` is for tuning.
+dev articles, see ctxcomp/models/relevance/MODEL_CARD.md); `--split dev` is for tuning.
 Each request: one question, its gold paragraph and four other paragraphs of
 the same article, shuffled (seeded). Targets 3x, 5x, 10x = rate 1/x of the
 downstream-LLM tokens. One JSON line per (target, method) and per baseline:
@@ -44,7 +44,7 @@ from ctxcomp import relevance
 from ctxcomp.embedding import embed
 from ctxcomp.evaluate import bootstrap_interval, separated
 from ctxcomp.hub import ModelHub
-from ctxcomp.models.training import squad
+from training import squad
 from ctxcomp.pipeline import Compressor
 from ctxcomp.selection import keep_sentences
 from ctxcomp.text import split_sentences

@@ -2,7 +2,7 @@
 
     python bench/soft_quality.py [--quick] [--questions 300] [--split test]
 
-On SQuAD questions of the test articles (models/training/squad.py; the projector
+On SQuAD questions of the test articles (training/squad.py; the projector
 trained on the train and dev articles), the shipped LLM (SmolLM2-135M-Instruct,
 frozen, greedy) answers from the template the projector was trained with,
 "Background: <...>\\nQuestion: q\\nAnswer:", the background being
@@ -35,7 +35,7 @@ from ctxcomp import generation
 from ctxcomp.client import build_inputs_embeds
 from ctxcomp.evaluate import bootstrap_interval, exact_and_f1, separated
 from ctxcomp.hub import ModelHub
-from ctxcomp.models.training import squad
+from training import squad
 from ctxcomp.models.xrag_projector import QA_TEMPLATE
 from ctxcomp.pipeline import Compressor
 from ctxcomp.soft import PLACEHOLDER

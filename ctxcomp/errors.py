@@ -1,4 +1,4 @@
-"""Domain errors. The gRPC layer maps each class to one status code (service/errors.py)."""
+"""Domain errors. The gRPC layer maps each class to one status code (ctxcomp/service/errors.py)."""
 
 from __future__ import annotations
 

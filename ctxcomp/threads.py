@@ -78,7 +78,7 @@ def plan_threads(workers: int, requested: int | None = None, cores: int | None =
 
 
 def apply(plan: ThreadPlan) -> None:
-    """Set torch's intra-op threads, only when they change (see models/kv_transform.py for a
+    """Set torch's intra-op threads, only when they change (see ctxcomp/models/kv_transform.py for a
     batched-LAPACK deadlock that an explicit set_num_threads can provoke)."""
     import torch
 

@@ -3,7 +3,7 @@
 A document longer than one window is split into windows of at most
 `max_length` encoder tokens, preferably at sentence ends, each one starting
 with the query: `[CLS] query [SEP] document words [SEP]`. Training
-(models/training/train_relevance.py) and inference (ctxcomp.relevance) build
+(training/train_relevance.py) and inference (ctxcomp.relevance) build
 windows with this module, so both see the same inputs.
 """
 

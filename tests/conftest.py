@@ -54,7 +54,7 @@ def client(server):
 
 @pytest.fixture(scope="session")
 def squad_held_out():
-    from ctxcomp.models.training import squad
+    from training import squad
 
     return squad.splits().test
 

@@ -30,7 +30,7 @@ def kv_transform_for(llm: Any, transform: Any = None) -> Any:
         raise NotAvailable(
             f"the KV transform was calibrated for {transform.meta.get('llm_id', '?')} (fingerprint "
             f"{transform.llm_fingerprint[:12]}), not for this LLM ({llm.fingerprint[:12]}); run "
-            "`python -m ctxcomp.models.training.calibrate_kv_transform` and set CTXCOMP_KV_TRANSFORM"
+            "`python -m training.calibrate_kv_transform` and set CTXCOMP_KV_TRANSFORM"
         )
     return transform
 

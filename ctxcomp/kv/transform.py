@@ -2,7 +2,7 @@
 
 Keys are brought back to before RoPE (their channel statistics do not depend on
 position there), every layer's K and V [S, C] (C = kv_heads * head_dim) are
-mapped by the model's KvTransform (models/kv_transform.py), rounded with one
+mapped by the model's KvTransform (ctxcomp/models/kv_transform.py), rounded with one
 step, and the integer coefficients are entropy-coded component by component
 with rANS (ctxcomp.kv.rans), one stream per layer's K or V, coded on several
 threads. Each component is coded with the table of a fixed set that fits it on

@@ -37,7 +37,7 @@ from ctxcomp.text import unit_ids
 class CascadeConfig(SelectiveOptions):
     rate: float = field(default=0.33, metadata={"help": "kept share of tokens when the request sets no target"})
     # temperature and token_weight: the best of a 3x3 grid on the relevance model's dev articles
-    # (models/training/calibrate_relevance.py; figures in models/relevance/config.json "cascade_dev").
+    # (training/calibrate_relevance.py; figures in ctxcomp/models/relevance/config.json "cascade_dev").
     temperature: float = field(
         default=2.0, metadata={"help": "softmax temperature of the budget split over documents (relevance logits)"}
     )

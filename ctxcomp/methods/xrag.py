@@ -45,7 +45,7 @@ class Xrag(MethodBase):
                 "xrag_projector",
                 [f"projector trained for {loaded.meta.get('llm')} (fingerprint {loaded.llm_fingerprint[:12]}), "
                  f"server LLM is {llm.path.name} (fingerprint {llm.fingerprint[:12]})"],
-                "train a projector for this LLM: python -m ctxcomp.models.training.train_xrag_projector",
+                "train a projector for this LLM: python -m training.train_xrag_projector",
             )
         vectors = project(self.hub, [d.text for d in request.documents]).to(getattr(torch, config.dtype))
         soft = SoftTokens("xrag", vectors, llm.fingerprint, llm.path.name, tuple(d.id for d in request.documents))

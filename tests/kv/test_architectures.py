@@ -17,6 +17,7 @@ from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.kv.reuse import blend, concatenate, rerotate
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # training/ runs from the checkout root
 VOCAB = 512
 ROPE_SCALINGS = {
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -203,8 +204,8 @@ def test_kv_transform_calibrates_for_a_supported_architecture(hub, tmp_path, arc
     tokenizer.save_pretrained(tmp_path / "llm")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CTXCOMP_LLM"] = str(tmp_path / "llm")
-    subprocess.run([sys.executable, "-m", "ctxcomp.models.training.calibrate_kv_transform", "--tiny", "--out", str(tmp_path / "t")],
-                   check=True, timeout=300, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "training.calibrate_kv_transform", "--tiny", "--out", str(tmp_path / "t")],
+                   check=True, timeout=300, env=env, capture_output=True, cwd=CHECKOUT)
     made = transform_files.load(tmp_path / "t")
     llm = models.load_llm(str(tmp_path / "llm"))
     assert made.llm_fingerprint == llm.fingerprint

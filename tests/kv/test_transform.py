@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -26,6 +28,8 @@ from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
 from ctxcomp.kernels.attention import Rope
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.models import kv_transform as transform_files
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # training/ runs from the checkout root
 
 
 def _chunked(rows: np.ndarray, chunks: int) -> np.ndarray:
@@ -221,7 +225,8 @@ def test_transform_codec_is_refused_for_an_llm_it_was_not_calibrated_for(hub, tm
 def test_calibration_script_builds_a_working_transform(llm, tmp_path, squad_held_out) -> None:
     out = tmp_path / "calibrated"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # CPU: the plain PyTorch prefill
-    subprocess.run([sys.executable, "-m", "ctxcomp.models.training.calibrate_kv_transform", "--tiny", "--out", str(out)], check=True, timeout=300, env=env)
+    subprocess.run([sys.executable, "-m", "training.calibrate_kv_transform", "--tiny", "--out", str(out)],
+                   check=True, timeout=300, env=env, cwd=CHECKOUT)
     made = transform_files.load(out)
     assert made.llm_fingerprint == llm.fingerprint and made.meta["paragraphs"] == 3
     ids = llm.tokenizer(squad_held_out[0].context, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :64]

@@ -111,7 +111,7 @@ def test_trained_classifier_prefers_answer_words(hub, squad_held_out, role) -> N
     """On held-out articles, gold-answer words score higher than the rest (a random head would not);
     the distilled two-layer student too."""
     from ctxcomp import text, wordscore
-    from ctxcomp.models.training.train_token_classifier import word_labels
+    from training.train_token_classifier import word_labels
 
     paragraphs = squad_held_out[:40]
     words = [text.segment_words(p.context) for p in paragraphs]

@@ -132,7 +132,7 @@ def test_comi_after_a_stage_that_empties_documents(compressor) -> None:
 
 def test_tiny_projector_training_runs_and_loads(tmp_path) -> None:
     from ctxcomp.models import xrag_projector
-    from ctxcomp.models.training import train_xrag_projector
+    from training import train_xrag_projector
 
     meta = train_xrag_projector.main(["--tiny", "--out", str(tmp_path / "projector"), "--precision", "fp32"])
     loaded = xrag_projector.load(tmp_path / "projector")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from ctxcomp.models import openvino_encoder, openvino_int8
-from ctxcomp.models.training import calibration_texts, squad
+from training import calibration_texts, squad
 
 
 def statistics(low: list[list[float]], high: list[list[float]]) -> openvino_int8.InputStatistics:
