@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -195,7 +196,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start `ctxcomp serve` on a free port, send the embedded sample through the client, stop it."""
+    """Start `ctxcomp serve` on a free port, send the embedded sample through the client, stop it.
+
+    The server runs as the installed console script from a temporary folder, as a user's would:
+    nothing of the working directory (a checkout, say) is on its import path.
+    """
     from ctxcomp.client import CtxcompClient
 
     sample = json.loads(resources.files("ctxcomp.samples").joinpath("rag_request.json").read_text())
@@ -203,8 +208,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         server = subprocess.Popen(
-            [sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file)],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [console_script(), "serve", "--port", "0", "--port-file", str(port_file)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp,
         )
         try:
             port = _wait_for_port(port_file, server, timeout=args.timeout)
@@ -217,6 +222,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             server.terminate()
             server.wait(timeout=30)
     return 0
+
+
+def console_script() -> str:
+    """The installed `ctxcomp` command: beside this interpreter (a venv's bin/), else on PATH."""
+    found = shutil.which("ctxcomp", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if found is None:
+        raise SystemExit("the `ctxcomp` console script is not installed: run `pip install -e .` (or `make install`)")
+    return found
 
 
 def _wait_for_port(port_file: Path, server: subprocess.Popen, timeout: float) -> int:
