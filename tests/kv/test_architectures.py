@@ -7,6 +7,8 @@ Triton's interpreter (conftest sets TRITON_INTERPRET), so the kernel itself is c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
