@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from ctxcomp.errors import InvalidRequest
+from ctxcomp.errors import InvalidRequest, quoted
 from ctxcomp.types import CompressRequest, Document, DocumentResult, MessageResult, Span
 
 ROLES = ("system", "user", "assistant")
@@ -54,13 +54,13 @@ def check(request: CompressRequest, max_messages: int, max_chars: int) -> None:
         raise InvalidRequest("messages", f"{len(request.messages)} messages, limit is {max_messages}")
     for i, message in enumerate(request.messages):
         if message.role not in ROLES:
-            raise InvalidRequest(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {message.role!r}")
+            raise InvalidRequest(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {quoted(message.role)}")
         if len(message.content) > max_chars:
             raise InvalidRequest(f"messages[{i}].content", f"{len(message.content)} characters, limit is {max_chars}")
     if request.verbatim_turns < 0:
         raise InvalidRequest("verbatim_turns", f"must not be negative, got {request.verbatim_turns}")
     if request.history_mode not in HISTORY_MODES:
-        raise InvalidRequest("history_mode", f"must be one of {', '.join(HISTORY_MODES)}, got {request.history_mode!r}")
+        raise InvalidRequest("history_mode", f"must be one of {', '.join(HISTORY_MODES)}, got {quoted(request.history_mode)}")
     if not request.query.strip() and latest_user(request) is None:
         raise InvalidRequest("messages", "needs a user message (the query) when query is empty")
 

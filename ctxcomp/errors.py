@@ -7,10 +7,29 @@ class CtxcompError(Exception):
     """Base class of every error ctxcomp raises on purpose."""
 
 
+# How much of a client's value an error message repeats: enough to recognise it, never so much
+# that the status message outgrows gRPC's metadata limit (8 KB by default) and the client
+# gets RESOURCE_EXHAUSTED instead of the error.
+ECHO_CHARS = 64
+FIELD_CHARS = 200
+
+
+def quoted(value: object, limit: int = ECHO_CHARS) -> str:
+    """repr() of a client's value for an error message, cut to `limit` characters with its length."""
+    shown = repr(value)
+    if len(shown) <= limit:
+        return shown
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(shown)} characters as written"
+    return f"{shown[:limit]}... ({size})"
+
+
 class InvalidRequest(CtxcompError):
-    """The request is malformed; `field` names the offending field (proto path)."""
+    """The request is malformed; `field` names the offending field (proto path), cut to
+    FIELD_CHARS when a client-chosen name (an option key, say) makes it long."""
 
     def __init__(self, field: str, message: str) -> None:
+        if len(field) > FIELD_CHARS:
+            field = f"{field[:FIELD_CHARS]}..."
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message

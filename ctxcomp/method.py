@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
 
-from ctxcomp.errors import InvalidRequest
+from ctxcomp.errors import InvalidRequest, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.types import CompressRequest, DocumentResult
 
@@ -168,28 +168,28 @@ def _coerce(field: str, hint: Any, value: Any) -> Any:
     if origin is typing.Literal:
         if value not in typing.get_args(hint):
             allowed = ", ".join(repr(a) for a in typing.get_args(hint))
-            raise InvalidRequest(field, f"must be one of {allowed}, got {value!r}")
+            raise InvalidRequest(field, f"must be one of {allowed}, got {quoted(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise InvalidRequest(field, f"must be a list of strings, got {value!r}")
+            raise InvalidRequest(field, f"must be a list of strings, got {quoted(value)}")
         return tuple(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise InvalidRequest(field, f"must be true or false, got {value!r}")
+            raise InvalidRequest(field, f"must be true or false, got {quoted(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidRequest(field, f"must be an integer, got {value!r}")
+            raise InvalidRequest(field, f"must be an integer, got {quoted(value)}")
         if float(value) != int(value) or abs(value) > 2**53:
-            raise InvalidRequest(field, f"must be an integer of at most 2**53, got {value!r}")
+            raise InvalidRequest(field, f"must be an integer of at most 2**53, got {quoted(value)}")
         return int(value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise InvalidRequest(field, f"must be a number, got {value!r}")
+            raise InvalidRequest(field, f"must be a number, got {quoted(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise InvalidRequest(field, f"must be a string, got {value!r}")
+            raise InvalidRequest(field, f"must be a string, got {quoted(value)}")
         return value
     raise InvalidRequest(field, f"cannot be set from a request (type {_type_name(hint)})")

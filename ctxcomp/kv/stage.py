@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable
+from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.kv import blob
 from ctxcomp.kv.architectures import adapter_for
@@ -60,9 +60,9 @@ def check_kv_request(codec: str, model: str, hub: ModelHub, store: Any = None) -
         codec = LMCACHE_CODEC
     codec = codec or "fp16"
     if codec not in CODECS and codec != LMCACHE_CODEC:
-        raise InvalidRequest("kv_codec", f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
+        raise InvalidRequest("kv_codec", f"unknown codec {quoted(codec)}; valid: {', '.join(CODECS)}")
     if model and model not in (llm.fingerprint, llm.path.name):
-        raise InvalidRequest("kv_model", f"this server computes KV for {llm.path.name} (fingerprint {llm.fingerprint[:12]}), not {model!r}")
+        raise InvalidRequest("kv_model", f"this server computes KV for {llm.path.name} (fingerprint {llm.fingerprint[:12]}), not {quoted(model)}")
     if codec == "transform":
         try:
             kv_transform_for(llm, hub.get("kv_transform"))
