@@ -35,6 +35,16 @@ from ctxcomp.types import Span
 FORMATS = ("text", "html")
 DEFAULT_BLOCK_WORDS = 96  # HtmlRAG cuts blocks by a word budget; about one paragraph
 ALIGN_WINDOW = 20_000  # decoded characters searched for the next word before it counts as unaligned
+# The block walk recurses per level of nesting. Deeper than this (1,100 nested divs, tag soup of
+# unclosed <b>s), an element's subtree becomes its text: structure that deep is not structure.
+MAX_TREE_DEPTH = 128
+# libxml2 (huge_tree) stops nesting here and drops the text below: such a page is refused
+# (PageTooDeep) rather than rendered without it.
+PARSER_MAX_DEPTH = 2000
+
+
+class PageTooDeep(ValueError):
+    """The page nests elements deeper than the HTML parser keeps text (PARSER_MAX_DEPTH)."""
 
 DROPPED_TAGS = (
     "script", "style", "noscript", "template", "iframe", "svg", "canvas", "form", "button", "input",
@@ -91,8 +101,10 @@ class HtmlPage:
 
     def _block_words(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.block_starts[index], self.block_starts[index + 1]
-        inside = (self.word_text[:, 0] >= start) & (self.word_text[:, 1] <= end)
-        return self.word_text[inside] - start, self.word_raw[inside]
+        # words are in text order: a slice, not a pass over every word per block
+        first = int(np.searchsorted(self.word_text[:, 0], start, side="left"))
+        last = int(np.searchsorted(self.word_text[:, 1], end, side="right"))
+        return self.word_text[first:last] - start, self.word_raw[first:last]
 
 
 def render(raw: str, max_words: int = DEFAULT_BLOCK_WORDS) -> HtmlPage:
@@ -132,7 +144,8 @@ def _assemble(raw: str, cut: Sequence[Block], words: Sequence[tuple[np.ndarray, 
 
 def clean(raw: str) -> lxml.html.HtmlElement | None:
     """The page's element tree without scripts, styles, forms, comments, hidden elements and
-    boilerplate; None when lxml finds no document in it."""
+    boilerplate, nested at most MAX_TREE_DEPTH deep; None when lxml finds no document in it.
+    PageTooDeep when the parser dropped text below its depth limit."""
     parser = lxml.html.HTMLParser(remove_comments=True, remove_pis=True, recover=True, huge_tree=True)
     try:
         root = lxml.html.document_fromstring(raw, parser=parser)
@@ -146,11 +159,39 @@ def clean(raw: str) -> lxml.html.HtmlElement | None:
     body = root.find("body")
     if body is None:
         body = root
+    if tree_depth(root) >= PARSER_MAX_DEPTH:
+        raise PageTooDeep(f"HTML nested {PARSER_MAX_DEPTH} or more elements deep: the parser drops text that deep")
+    flatten_below(body, MAX_TREE_DEPTH)
     if title and title.strip():
         heading = lxml.html.Element("title")
         heading.text = title
         body.insert(0, heading)
     return body
+
+
+def tree_depth(root: lxml.html.HtmlElement) -> int:
+    """Levels of elements below `root` (iterative)."""
+    deepest, stack = 0, [(root, 0)]
+    while stack:
+        element, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in element if isinstance(child.tag, str))
+    return deepest
+
+
+def flatten_below(root: lxml.html.HtmlElement, depth: int) -> None:
+    """Replace the children of every element `depth` levels below `root` by their text (tails
+    included), so that no walk of the tree goes deeper. Iterative: any depth is safe."""
+    stack = [(root, 0)]
+    while stack:
+        element, level = stack.pop()
+        if level < depth:
+            stack.extend((child, level + 1) for child in element if isinstance(child.tag, str))
+        elif len(element):
+            text = "".join(element.itertext())
+            for child in list(element):
+                element.remove(child)
+            element.text = text
 
 
 def _is_boilerplate(element: lxml.html.HtmlElement) -> bool:

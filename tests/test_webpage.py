@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import lxml.html
 import numpy as np
 from hypothesis import given, settings
@@ -113,6 +115,23 @@ def test_malformed_pages_and_pages_without_text() -> None:
         assert len(page.word_text) == len(page.word_raw)
     assert webpage.render("</div></div><p>a<p>b<td>c").text.split() == ["a", "b", "c"]
     assert webpage.render("<p>" * 5000 + "deep").text == "deep"
+
+
+@pytest.mark.parametrize("raw", [
+    "<div>" * 1100 + "deep words here",
+    "<html><body>" + "<p>soup <b>bold <i>italic " * 3000 + "deep words here",
+], ids=["1100 divs", "unclosed tag soup"])
+def test_pages_nested_deeper_than_python_recurses_render_with_their_text(raw: str) -> None:
+    """Below MAX_TREE_DEPTH levels an element's subtree is its text: no RecursionError, no word lost."""
+    page = webpage.render(raw)
+    assert page.text.split()[-3:] == ["deep", "words", "here"]
+    assert page.text.split() == re.sub(r"<[^>]*>", " ", raw).split()
+    assert (page.word_raw[:, 0] >= 0).all()
+
+
+def test_a_page_deeper_than_the_parser_keeps_text_is_refused_not_cut() -> None:
+    with pytest.raises(webpage.PageTooDeep):
+        webpage.render("<b>" * 100_000 + "deep words here")
 
 
 def test_a_page_decoded_from_another_charset_keeps_its_characters() -> None:
