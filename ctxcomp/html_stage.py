@@ -20,14 +20,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ctxcomp import relevance, webpage
-from ctxcomp.errors import InvalidRequest
+from ctxcomp import lexical, relevance, webpage
+from ctxcomp.errors import InvalidRequest, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodOutput
 from ctxcomp.selection import render_spans
 from ctxcomp.types import CompressRequest, Document, DocumentResult, Span, WordLabel
 
 COARSE_FACTOR = 2.0  # the coarse cut keeps this many times the page's share; the method cuts the rest
+LEXICAL_FACTOR = 4.0  # on pages of many nodes, BM25 hands the relevance model this many times the cut's target
+MIN_RERANKED_NODES = 256  # ... and never fewer nodes than this
 PART_MARK = "#html-node-"  # a node document's id: the page's id, this, the node's number
 
 
@@ -50,16 +52,23 @@ class Pages:
 def check_formats(request: CompressRequest) -> None:
     for i, doc in enumerate(request.documents):
         if doc.format not in webpage.FORMATS:
-            raise InvalidRequest(f"documents[{i}].format", f"must be one of {', '.join(webpage.FORMATS)}, got {doc.format!r}")
+            raise InvalidRequest(f"documents[{i}].format", f"must be one of {', '.join(webpage.FORMATS)}, got {quoted(doc.format)}")
 
 
 def has_html(request: CompressRequest) -> bool:
     return any(doc.format == "html" for doc in request.documents)
 
 
+def _render(index: int, raw: str) -> webpage.HtmlPage:
+    try:
+        return webpage.render(raw)
+    except webpage.PageTooDeep as err:
+        raise InvalidRequest(f"documents[{index}].text", str(err)) from None
+
+
 def prepare(hub: ModelHub, request: CompressRequest, tokens_before: Sequence[int]) -> tuple[CompressRequest, tuple[int, ...], Pages]:
     """The request with its pages as text, their token counts, and the pages to restore from."""
-    pages = {i: webpage.render(doc.text) for i, doc in enumerate(request.documents) if doc.format == "html"}
+    pages = {i: _render(i, doc.text) for i, doc in enumerate(request.documents) if doc.format == "html"}
     budget = _budget(request, tokens_before)
     if budget is not None and request.query.strip():
         shares = {i: budget * tokens_before[i] / max(1, sum(tokens_before)) for i in pages}
@@ -104,29 +113,44 @@ def _budget(request: CompressRequest, tokens_before: Sequence[int]) -> int | Non
 def _coarse_cut(
     hub: ModelHub, query: str, pages: dict[int, webpage.HtmlPage], shares: dict[int, float]
 ) -> dict[int, webpage.HtmlPage]:
-    """Each page narrowed to its most relevant block-tree nodes, about COARSE_FACTOR x its share."""
+    """Each page narrowed to its most relevant block-tree nodes, about COARSE_FACTOR x its share.
+
+    Only pages bigger than that are scored. On a page of thousands of nodes, BM25 first keeps the
+    nodes that hold LEXICAL_FACTOR x the target (at least MIN_RERANKED_NODES of them), and the
+    relevance model ranks those alone: retrieve, then rerank, as over a corpus."""
     nodes = {i: _nodes(page) for i, page in pages.items()}
-    texts = [text for i in pages for text, _ in nodes[i]]
+    counts = {i: hub.count_tokens([text for text, _ in nodes[i]]) for i in pages}
+    big = [i for i in pages if sum(counts[i]) > COARSE_FACTOR * shares[i]]
+    candidates = {i: _lexical_candidates(query, nodes[i], counts[i], COARSE_FACTOR * shares[i]) for i in big}
+    texts = [nodes[i][n][0] for i in big for n in candidates[i]]
     if not texts:
         return pages
     scored = relevance.score(hub, [CompressRequest(query, tuple(Document(str(n), t) for n, t in enumerate(texts)))])[0]
-    logits, counts = np.asarray([s.relevance for s in scored]), hub.count_tokens(texts)
-    out, start = {}, 0
-    for i, page in pages.items():
-        members = nodes[i]
-        node_logits, node_tokens = logits[start : start + len(members)], counts[start : start + len(members)]
+    logits = np.asarray([s.relevance for s in scored])
+    out, start = dict(pages), 0
+    for i in big:
+        members, target = candidates[i], COARSE_FACTOR * shares[i]
+        node_logits = logits[start : start + len(members)]
         start += len(members)
-        if sum(node_tokens) <= COARSE_FACTOR * shares[i]:
-            out[i] = page
-            continue
         kept, total = [], 0
         for n in np.argsort(-node_logits, kind="stable"):
-            kept.extend(members[n][1])
-            total += node_tokens[n]
-            if total >= COARSE_FACTOR * shares[i]:
+            kept.extend(nodes[i][members[n]][1])
+            total += counts[i][members[n]]
+            if total >= target:
                 break
-        out[i] = page.keep(kept)
+        out[i] = pages[i].keep(kept)
     return out
+
+
+def _lexical_candidates(query: str, nodes: list[tuple[str, list[int]]], counts: Sequence[int], target: float) -> list[int]:
+    """Indices of the nodes the relevance model should rank: all of a small page's; on a page of
+    more than MIN_RERANKED_NODES, the BM25 best holding LEXICAL_FACTOR x target tokens."""
+    if len(nodes) <= MIN_RERANKED_NODES:
+        return list(range(len(nodes)))
+    order = np.argsort(-lexical.bm25(query, [text for text, _ in nodes]), kind="stable")
+    held = np.cumsum(np.asarray(counts)[order])
+    size = max(MIN_RERANKED_NODES, int(np.searchsorted(held, LEXICAL_FACTOR * target)) + 1)
+    return sorted(order[:size].tolist())
 
 
 def _nodes(page: webpage.HtmlPage) -> list[tuple[str, list[int]]]:
@@ -178,9 +202,17 @@ def _joined(hub: ModelHub, page: webpage.HtmlPage, results: list[DocumentResult]
     spent = sum(r.tokens_after for r in results)
     text = " ".join(r.text for r in nodes if r.text)
     tokens = hub.count_tokens([text])[0] if text else 0
-    while tokens > spent and any(r.kept_spans for r in nodes):
-        weakest = min((i for i, r in enumerate(nodes) if r.kept_spans), key=lambda i: nodes[i].score)
-        nodes[weakest] = _without_last_word(page, nodes[weakest])
+    weakest_first = sorted(range(len(nodes)), key=lambda i: (nodes[i].score, i))
+    at = 0
+    while tokens > spent and at < len(nodes):
+        # Half the excess in words between recounts: a word is at least a token, and a page
+        # has thousands of nodes, so one word per recount of the whole text is quadratic.
+        for _ in range(max(1, (tokens - spent) // 2)):
+            while at < len(nodes) and not nodes[weakest_first[at]].kept_spans:
+                at += 1
+            if at == len(nodes):
+                break
+            nodes[weakest_first[at]] = _without_last_word(page, nodes[weakest_first[at]])
         text = " ".join(r.text for r in nodes if r.text)
         tokens = hub.count_tokens([text])[0] if text else 0
     return replace(

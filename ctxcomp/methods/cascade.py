@@ -26,6 +26,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from ctxcomp import relevance
+from ctxcomp.cancellation import checkpoint
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
@@ -142,14 +143,16 @@ def grow(
 ) -> None:
     """Refit the documents of `order`, in turn, with what they keep plus what the budget has left
     (in whole sentences only, if asked: no fragments of a document judged irrelevant)."""
+    spent = [sum(s.counts) for s in selections]
+    left = budget - sum(spent)  # kept as a running total: a page's nodes are thousands of documents
     for d in order:
-        left = budget - sum(sum(s.counts) for s in selections)
         if left <= 0:
             return
-        if sum(selections[d].counts) < sizes[d]:
-            grown = keep_in_document(hub, scores[d], sum(selections[d].counts) + left, token_weight, sizes[d], whole_sentences)
-            if sum(grown.counts) > sum(selections[d].counts):
-                selections[d] = grown
+        if spent[d] < sizes[d]:
+            grown = keep_in_document(hub, scores[d], spent[d] + left, token_weight, sizes[d], whole_sentences)
+            if sum(grown.counts) > spent[d]:
+                left -= sum(grown.counts) - spent[d]
+                selections[d], spent[d] = grown, sum(grown.counts)
 
 
 def keep_in_document(
@@ -158,6 +161,7 @@ def keep_in_document(
     """The best units of one document within `budget` tokens: sentences by the sentence head,
     the edge sentence cut to its best words by the token head (with `whole_sentences`, the
     sentences are the units: none is cut)."""
+    checkpoint()  # a page's nodes are thousands of documents: a place to stop or give way
     if not len(doc.words):
         return fit_budget([doc.words], np.zeros(0), hub.count_tokens, 0, total_tokens=0)
     sentence_logits = doc.sentence_logits if len(doc.sentence_logits) else np.zeros(1)
