@@ -5,6 +5,9 @@ outside. Instead, whoever runs it says how to tell that the work is no longer
 wanted (`cancellable`), and the model loops call `checkpoint()` between model
 batches (encoder windows, embedding chunks, prefill layers). So abandoned work
 stops within about one model batch.
+
+The same checkpoints are where long work gives way (`yielding`): a server runs a large
+request in slices between them, and lets waiting small batches run in between.
 """
 
 from __future__ import annotations
@@ -33,8 +36,24 @@ def cancellable(abandoned: Callable[[], bool]) -> Iterator[None]:
         _watch.abandoned = outer
 
 
+@contextmanager
+def yielding(give_way: Callable[[], None]) -> Iterator[None]:
+    """While inside, `checkpoint()` on this thread calls `give_way()`, which may block while
+    other work runs (see ctxcomp.service.worker)."""
+    outer = getattr(_watch, "give_way", None)
+    _watch.give_way = give_way
+    try:
+        yield
+    finally:
+        _watch.give_way = outer
+
+
 def checkpoint() -> None:
-    """Raise Cancelled if the work on this thread is no longer wanted; call between model batches."""
+    """Raise Cancelled if the work on this thread is no longer wanted, else give way to waiting
+    work if asked to; call between model batches."""
     abandoned = getattr(_watch, "abandoned", None)
     if abandoned is not None and abandoned():
         raise Cancelled("the work was abandoned: its request was cancelled or its deadline passed")
+    give_way = getattr(_watch, "give_way", None)
+    if give_way is not None:
+        give_way()

@@ -127,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(
         batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_queued_tokens=args.max_queued_tokens,
-                               company_wait=args.company_wait),
+                               company_wait=args.company_wait, large_cost=args.large_cost),
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -154,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     hub = ModelHub(device=args.device, precision=args.precision)
     logging.getLogger("ctxcomp.service").info("models run on %s%s", hub.device, " in bf16" if hub.device != "cpu" else "")
-    limits = Limits(max_request_tokens=args.max_request_tokens)
+    limits = Limits(max_request_tokens=args.max_request_tokens, max_request_cost=args.max_request_cost)
     compressor = Compressor(hub, limits, kv_store=kv_store, kv_chunk_tokens=args.kv_chunk_tokens)
     asyncio.run(serve(compressor, config, on_ready=on_ready))
     return 0
@@ -321,9 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "its model time (0: take whatever has queued)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before RESOURCE_EXHAUSTED")
     p.add_argument("--max-queued-tokens", type=int, default=1 << 20,
-                   help="downstream-LLM tokens waiting before RESOURCE_EXHAUSTED")
+                   help="cost units (about a document token each) waiting in a lane before RESOURCE_EXHAUSTED")
     p.add_argument("--max-request-tokens", type=int, default=131_072,
                    help="downstream-LLM tokens one request may hold (more: INVALID_ARGUMENT naming documents)")
+    p.add_argument("--max-request-cost", type=int, default=400_000,  # pipeline.Limits.max_request_cost
+                   help="estimated model work one request may take, in units of a document token through the "
+                        "default method (HTML elements and KV prefill tokens cost more); about 0.25 ms each on "
+                        "2 cores. More: INVALID_ARGUMENT naming the field that makes it big")
+    p.add_argument("--large-cost", type=int, default=8_000,
+                   help="requests costing more run alone, in slices between model batches, with small batches in between")
     p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys; "
                    "or write them as LMCache chunks for vLLM (lmcache+fs:///path?model=NAME&hash_seed=0, README)")
     p.add_argument("--kv-chunk-tokens", type=int, default=256,

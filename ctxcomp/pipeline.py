@@ -9,16 +9,17 @@ requests together, stage by stage.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ctxcomp import conversation, html_stage, methods, relevance
-from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable
+from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
 from ctxcomp.types import ORDERS, CompressRequest, CompressResult
@@ -38,6 +39,23 @@ class Limits:
     # Downstream-LLM tokens over all documents: a request's cost, bounded up front so that
     # one request cannot hold the model worker for minutes (one 128k-token LLM context).
     max_request_tokens: int = 131_072
+    # A document's metadata comes back in its result, so it is bounded like its text: entries,
+    # and key and value characters together (all documents' together too, so a response
+    # echoing them stays far inside max_message_bytes).
+    max_metadata_entries: int = 64
+    max_metadata_chars: int = 16_384
+    max_total_metadata_chars: int = 1_000_000
+    # Estimated model work (see `request_costs`): refused up front past this, naming the field
+    # that makes it big, rather than holding a worker for minutes. On a 2-core Xeon a unit is
+    # about 0.25 ms of cascade work, so the default is about 100 s.
+    max_request_cost: int = 400_000
+
+
+# The unit of cost: one downstream-LLM token of document text through the default method.
+# A prefill token of the downstream LLM costs more (SmolLM2-135M against MiniLM's six layers,
+# and the codec after it), and an HTML page's elements are parsed, cut and aligned one by one.
+KV_TOKEN_COST = 16
+HTML_ELEMENT_COST = 1
 
 
 def validate(request: CompressRequest, limits: Limits) -> None:
@@ -57,28 +75,43 @@ def validate(request: CompressRequest, limits: Limits) -> None:
     if request.target_tokens is not None and request.target_tokens <= 0:
         raise InvalidRequest("target_tokens", f"must be positive, got {request.target_tokens}")
     if request.order not in ORDERS:
-        raise InvalidRequest("order", f"must be one of {', '.join(ORDERS)}, got {request.order!r}")
+        raise InvalidRequest("order", f"must be one of {', '.join(ORDERS)}, got {quoted(request.order)}")
     if request.order != "original" and not request.query.strip():
-        raise InvalidRequest("order", f"{request.order!r} ranks documents by relevance to the query; it must not be empty")
+        raise InvalidRequest("order", f"{quoted(request.order)} ranks documents by relevance to the query; it must not be empty")
 
 
 def validate_documents(request: CompressRequest, limits: Limits) -> None:
     html_stage.check_formats(request)
     seen: dict[str, int] = {}
-    total = 0
+    total = metadata_chars = 0
     for i, doc in enumerate(request.documents):
         if not doc.id:
             raise InvalidRequest(f"documents[{i}].id", "must not be empty")
         if doc.id in seen:
-            raise InvalidRequest(f"documents[{i}].id", f"duplicate id {doc.id!r} (also documents[{seen[doc.id]}])")
+            raise InvalidRequest(f"documents[{i}].id", f"duplicate id {quoted(doc.id)} (also documents[{seen[doc.id]}])")
         seen[doc.id] = i
         if len(doc.text) > limits.max_document_chars:
             raise InvalidRequest(
                 f"documents[{i}].text", f"{len(doc.text)} characters, limit is {limits.max_document_chars}"
             )
         total += len(doc.text)
+        metadata_chars += check_metadata(f"documents[{i}].metadata", doc.metadata, limits)
     if total > limits.max_total_chars:
         raise InvalidRequest("documents", f"{total} characters in all, limit is {limits.max_total_chars}")
+    if metadata_chars > limits.max_total_metadata_chars:
+        raise InvalidRequest(
+            "documents", f"{metadata_chars} metadata characters in all, limit is {limits.max_total_metadata_chars}"
+        )
+
+
+def check_metadata(field: str, metadata: Mapping[str, str], limits: Limits) -> int:
+    """The metadata's size in characters (keys and values), or InvalidRequest naming `field`."""
+    if len(metadata) > limits.max_metadata_entries:
+        raise InvalidRequest(field, f"{len(metadata)} entries, limit is {limits.max_metadata_entries}")
+    chars = sum(len(key) + len(value) for key, value in metadata.items())
+    if chars > limits.max_metadata_chars:
+        raise InvalidRequest(field, f"{chars} characters of keys and values, limit is {limits.max_metadata_chars}")
+    return chars
 
 
 @dataclass(frozen=True)
@@ -93,9 +126,40 @@ class Plan:
     planned_ms: float = 0.0  # time spent validating, counting and planning (the "validate" stage)
     conversation: conversation.Layout | None = None  # which documents are older messages
 
+    costs: tuple[tuple[str, int], ...] = ()  # (field path, estimated cost units): see request_costs
+
     @property
     def cost_tokens(self) -> int:
         return sum(self.tokens_before)
+
+    @property
+    def cost(self) -> int:
+        """Estimated model work, in units of a document token through the default method."""
+        return sum(units for _, units in self.costs) if self.costs else self.cost_tokens
+
+
+def request_costs(request: CompressRequest, tokens_before: Sequence[int], kv: bool) -> tuple[tuple[str, int], ...]:
+    """Where a request's model work goes, by field: each document's tokens (and an HTML page's
+    elements), and the KV prefill of the compressed context (its budget, or all of it)."""
+    costs = []
+    for i, (doc, tokens) in enumerate(zip(request.documents, tokens_before)):
+        elements = doc.text.count("<") if doc.format == "html" else 0
+        costs.append((f"documents[{i}].text", tokens + HTML_ELEMENT_COST * elements))
+    if kv:
+        total = sum(tokens_before)
+        kept = request.target_tokens or (math.ceil(request.rate * total) if request.rate else total)
+        costs.append(("return_kv", KV_TOKEN_COST * min(kept, total)))
+    return tuple(costs)
+
+
+def check_cost(costs: Sequence[tuple[str, int]], limit: int) -> None:
+    total = sum(units for _, units in costs)
+    if total > limit:
+        field, units = max(costs, key=lambda part: part[1])
+        raise InvalidRequest(
+            field, f"the request is about {total} units of model work, over this server's max_request_cost of {limit} "
+            f"(a unit is a document token through the default method); this field alone is {units}"
+        )
 
 
 class Compressor:
@@ -145,13 +209,13 @@ class Compressor:
         method = self.method(name)
         config = method.configure(request.options)
         if method.needs_query and not request.query.strip():
-            raise InvalidRequest("query", f"method {name!r} selects by relevance to the query; it must not be empty")
+            raise InvalidRequest("query", f"method {quoted(name)} selects by relevance to the query; it must not be empty")
         if config.selective and not request.query.strip():
             raise InvalidRequest("query", "selective augmentation judges relevance to the query; it must not be empty")
         if request.order != "original" and method.output != "text":
-            raise InvalidRequest("order", f"orders a text context; method {name!r} returns {method.output}")
+            raise InvalidRequest("order", f"orders a text context; method {quoted(name)} returns {method.output}")
         if layout is not None and method.output != "text":
-            raise InvalidRequest("messages", f"a conversation is compressed as text; method {name!r} returns {method.output}")
+            raise InvalidRequest("messages", f"a conversation is compressed as text; method {quoted(name)} returns {method.output}")
         codec = ""
         if request.return_kv:
             from ctxcomp.kv.stage import check_kv_request
@@ -160,7 +224,9 @@ class Compressor:
         tokens = count_within_limit(self.hub, [d.text for d in request.documents], self.limits.max_request_tokens)
         if layout is not None:
             layout = replace(layout, tokens=tuple(self.hub.count_tokens(list(layout.contents))))
-        return Plan(request, name, config, codec, tokens, (time.perf_counter() - started) * 1000.0, layout)
+        costs = request_costs(request, tokens, bool(codec))
+        check_cost(costs, self.limits.max_request_cost)
+        return Plan(request, name, config, codec, tokens, (time.perf_counter() - started) * 1000.0, layout, costs)
 
     def run(self, plans: Sequence[Plan]) -> list[CompressResult]:
         """Run planned requests together; the first request's error, if any, is raised."""

@@ -1,22 +1,27 @@
 """Micro-batching in front of the model worker: requests that arrive while a batch
 is computing are compressed together in the next one (one encoder pass).
 
-Admission counts cost, not only requests: the queue is bounded in requests and in
-downstream-LLM tokens, and a request that would not be served before its deadline
-is refused at once. A batch whose requests are cancelled or expire stops at the
-next model batch (ctxcomp.cancellation); its other requests run again without them."""
+Requests are admitted and scheduled by their estimated cost (`Plan.cost`: tokens through
+each model, HTML elements, KV prefill), not by count. Two lanes share the worker
+(ctxcomp.service.worker): small requests are batched as above; a request costing more than
+`large_cost` runs alone in the large lane, in slices between model batches, with the small
+batches that wait run in between. Each lane's queue is bounded in requests and in cost, and
+a request that would not be served before its deadline is refused at once. A batch whose
+requests are cancelled or expire stops at the next model batch (ctxcomp.cancellation); its
+other requests run again without them."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
 from typing import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ctxcomp.cancellation import Cancelled, cancellable
 from ctxcomp.errors import CtxcompError
 from ctxcomp.pipeline import Compressor, Plan
+from ctxcomp.service.worker import Lane, SharedWorker
 from ctxcomp.types import CompressRequest, CompressResult
 
 
@@ -51,13 +56,28 @@ class BatcherConfig:
     # 7.8 requests per batch instead of 16, 27% more CPU per request; bench/load.py P2).
     # A lone caller (last batch of 1) never waits. 0 = off.
     company_wait: float = 0.1
-    max_queued_tokens: int = 1 << 20  # downstream-LLM tokens waiting before new requests are refused
+    max_queued_tokens: int = 1 << 20  # cost units (Plan.cost) waiting in a lane before new requests are refused
+    # A request costing more than this runs in the large lane (alone, in slices). About 2 s of
+    # work on 2 cores: a normal RAG request (a few documents, a few thousand tokens) stays small.
+    large_cost: int = 8_000
 
 
 @dataclass
 class _Pending:
     plan: Plan
     future: asyncio.Future
+
+
+@dataclass
+class _Lane:
+    """One queue in front of the shared worker, with the thread its batches run on."""
+
+    name: Lane
+    max_batch: int
+    queue: asyncio.Queue
+    executor: Executor
+    queued_cost: int = 0  # cost of the requests waiting in the queue
+    task: asyncio.Task | None = None
 
 
 class MicroBatcher:
@@ -67,53 +87,65 @@ class MicroBatcher:
     ) -> None:
         self.compressor = compressor
         self.on_batch = on_batch  # called with each batch's size (metrics)
-        self.executor = executor
         self.config = config
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.max_queue)
-        self.batch_sizes: list[int] = []  # recent batch sizes, for metrics and tests
-        self.seconds_per_token = 0.0  # moving average of model time per downstream-LLM token
-        self.queued_tokens = 0  # cost of the requests waiting in the queue
+        self.worker = SharedWorker()
+        # The small lane runs on the server's executor; the large lane on a thread of its own,
+        # which waits at its checkpoints while the small lane's thread computes.
+        self._large_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxcomp-model-large")
+        self.lanes: dict[Lane, _Lane] = {
+            "small": _Lane("small", config.max_batch, asyncio.Queue(maxsize=config.max_queue), executor),
+            "large": _Lane("large", 1, asyncio.Queue(maxsize=config.max_queue), self._large_executor),
+        }
+        self.batch_sizes: list[int] = []  # recent small-lane batch sizes, for metrics and tests
+        self.seconds_per_cost = 0.0  # moving average of model time per cost unit
         self.cancelled_batches = 0  # batches stopped early because a request left (tests, metrics)
         self.skipped_requests = 0  # requests whose caller left before their batch started: never run
         self._unanswered: set[asyncio.Future] = set()  # admitted requests without an outcome yet
-        self._last_batch = (0, 0.0)  # (requests, model seconds) of the last batch: the company to wait for
-        self._task: asyncio.Task | None = None
+        self._last_batch = (0, 0.0)  # (requests, model seconds) of the last small batch: the company to wait for
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ctxcomp-batcher")
+        loop = asyncio.get_running_loop()
+        for lane in self.lanes.values():
+            lane.task = loop.create_task(self._run(lane), name=f"ctxcomp-batcher-{lane.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [lane.task for lane in self.lanes.values() if lane.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._large_executor.shutdown(wait=False, cancel_futures=True)
+
+    def lane_for(self, plan: Plan) -> _Lane:
+        return self.lanes["large" if plan.cost > self.config.large_cost else "small"]
 
     async def submit(self, request: CompressRequest, deadline_s: float | None = None) -> CompressResult:
         """Plan now, in a thread (errors name the field; a first KV request may load the LLM,
         which must not block the event loop), then wait for the batch holding this request.
 
-        With a deadline, a request that would wait longer than it has left (by the
-        tokens queued ahead of it and the recent time per token) is refused at once:
-        queued, it would only expire and delay the requests behind it. An empty queue
-        admits everything: then only the request's own work stands between it and its deadline.
+        With a deadline, a request that would wait longer than it has left (by the cost
+        queued ahead of it in its lane and the recent time per cost unit) is refused at once:
+        queued, it would only expire and delay the requests behind it. An empty queue admits
+        everything: then only the request's own work stands between it and its deadline.
         """
         plan = await asyncio.to_thread(self.compressor.plan, request)
-        cost = plan.cost_tokens
-        if self.queue.qsize() and self.queued_tokens + cost > self.config.max_queued_tokens:
+        lane, cost = self.lane_for(plan), plan.cost
+        if lane.queue.qsize() and lane.queued_cost + cost > self.config.max_queued_tokens:
             raise Overloaded(
-                f"server busy: {self.queued_tokens} tokens already queued, limit {self.config.max_queued_tokens}; retry later"
+                f"server busy: {lane.queued_cost} cost units already queued ({lane.name} requests), "
+                f"limit {self.config.max_queued_tokens}; retry later"
             )
-        if deadline_s is not None and self.queue.qsize():
-            expected = (self.queued_tokens + cost) * self.seconds_per_token
+        if deadline_s is not None and lane.queue.qsize():
+            expected = (lane.queued_cost + cost) * self.seconds_per_cost
             if expected > deadline_s:
                 raise Overloaded(
                     f"server busy: expected wait {expected:.2f} s exceeds the {deadline_s:.2f} s left before the deadline"
                 )
         pending = _Pending(plan, asyncio.get_running_loop().create_future())
         try:
-            self.queue.put_nowait(pending)
+            lane.queue.put_nowait(pending)
         except asyncio.QueueFull:
-            raise Overloaded(f"server busy: {self.config.max_queue} requests already queued; retry later") from None
-        self.queued_tokens += cost
+            raise Overloaded(f"server busy: {self.config.max_queue} {lane.name} requests already queued; retry later") from None
+        lane.queued_cost += cost
         self._unanswered.add(pending.future)
         pending.future.add_done_callback(self._unanswered.discard)
         return await pending.future
@@ -129,26 +161,27 @@ class MicroBatcher:
             future.set_exception(ShuttingDown("the server is shutting down and its grace period is over; retry"))
         return len(left)
 
-    def _take(self, pending: _Pending) -> _Pending:
-        self.queued_tokens -= pending.plan.cost_tokens
+    @staticmethod
+    def _take(lane: _Lane, pending: _Pending) -> _Pending:
+        lane.queued_cost -= pending.plan.cost
         return pending
 
-    async def _collect(self) -> list[_Pending]:
-        batch = [self._take(await self.queue.get())]
+    async def _collect(self, lane: _Lane) -> list[_Pending]:
+        batch = [self._take(lane, await lane.queue.get())]
         loop = asyncio.get_running_loop()
         started = loop.time()
-        waited_for, seconds = self._last_batch
+        waited_for, seconds = self._last_batch if lane.name == "small" else (0, 0.0)
         fixed_until = started + self.config.max_wait_ms / 1000.0
         company_until = started + self.config.company_wait * seconds
-        while len(batch) < self.config.max_batch:
+        while len(batch) < lane.max_batch:
             try:
-                batch.append(self._take(self.queue.get_nowait()))
+                batch.append(self._take(lane, lane.queue.get_nowait()))
             except asyncio.QueueEmpty:
                 left = max(fixed_until, company_until if len(batch) < waited_for else started) - loop.time()
                 if left <= 0:
                     break
                 try:
-                    batch.append(self._take(await asyncio.wait_for(self.queue.get(), left)))
+                    batch.append(self._take(lane, await asyncio.wait_for(lane.queue.get(), left)))
                 except TimeoutError:
                     break
         # A caller that gave up (deadline, cancellation) costs no model time.
@@ -156,7 +189,7 @@ class MicroBatcher:
         self.skipped_requests += len(batch) - len(live)
         return live
 
-    def _compress(self, batch: list[_Pending]) -> list[CompressResult | Exception | None]:
+    def _compress(self, lane: Lane, batch: list[_Pending]) -> list[CompressResult | Exception | None]:
         """Outcomes of the batch, in its order; None for a request that left (cancelled,
         expired) before its result. When a request leaves mid-batch, the work stops at the
         next model batch and the others run again without it. When the batch fails, each
@@ -164,17 +197,18 @@ class MicroBatcher:
         outcomes: dict[int, CompressResult | Exception] = {}
         live = list(range(len(batch)))
         try:
-            while live := [i for i in live if not batch[i].future.done()]:
-                try:
-                    with cancellable(lambda: any(batch[i].future.done() for i in live)):
-                        outcomes.update(zip(live, self.compressor.run_each([batch[i].plan for i in live])))
-                    break
-                except Cancelled:
-                    self.cancelled_batches += 1
-                except Exception:  # noqa: BLE001 - find whose error it is
-                    for i in live:
-                        outcomes[i] = self._alone(batch[i])
-                    break
+            with self.worker.turn(lane):
+                while live := [i for i in live if not batch[i].future.done()]:
+                    try:
+                        with cancellable(lambda: any(batch[i].future.done() for i in live)):
+                            outcomes.update(zip(live, self.compressor.run_each([batch[i].plan for i in live])))
+                        break
+                    except Cancelled:
+                        self.cancelled_batches += 1
+                    except Exception:  # noqa: BLE001 - find whose error it is
+                        for i in live:
+                            outcomes[i] = self._alone(batch[i])
+                        break
         finally:
             # Batches allocate many differently sized tensors; hand freed heap back to the
             # OS so the server's RSS tracks its working set instead of its high-water mark.
@@ -188,21 +222,24 @@ class MicroBatcher:
         except Exception as error:  # noqa: BLE001 - delivered to this request's caller
             return error
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            batch = await self._collect(lane)
             if not batch:
                 continue
-            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            if lane.name == "small":
+                self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             started = loop.time()
-            results = await loop.run_in_executor(self.executor, self._compress, batch)
-            self._last_batch = (len(batch), loop.time() - started)
-            served = sum(p.plan.cost_tokens for p, outcome in zip(batch, results) if outcome is not None)
-            if served:
-                self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (loop.time() - started) / served
+            results = await loop.run_in_executor(lane.executor, self._compress, lane.name, batch)
+            seconds = loop.time() - started
+            if lane.name == "small":
+                self._last_batch = (len(batch), seconds)
+                served = sum(p.plan.cost for p, outcome in zip(batch, results) if outcome is not None)
+                if served:  # the small lane's time is its own work: the large lane waits meanwhile
+                    self.seconds_per_cost = 0.8 * self.seconds_per_cost + 0.2 * seconds / served
             for p, outcome in zip(batch, results):
                 if p.future.done() or outcome is None:
                     continue

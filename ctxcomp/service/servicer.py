@@ -52,6 +52,11 @@ class CompressorServicer(pb_grpc.CompressorServicer):
         except TimeoutError:
             self.metrics.observe_request(method, rpc, "DEADLINE_EXCEEDED", time.perf_counter() - started)
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request was served")
+        except asyncio.CancelledError:  # the client cancelled, or grpc ended the call at its deadline
+            expired = context.time_remaining() is not None and context.time_remaining() <= 0
+            code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+            self.metrics.observe_request(method, rpc, code, time.perf_counter() - started)
+            raise
         except Exception as error:  # every error leaves through the one mapping
             code, message = status_for(error)
             self.metrics.observe_request(method, rpc, code.name, time.perf_counter() - started)

@@ -220,11 +220,51 @@ def test_expired_and_cancelled_work_stops_within_a_model_batch(hub) -> None:
         for leave in (expire, cancel):
             assert asyncio.run(scenario(leave)) < 4.0, leave.__name__
         assert server.server.batcher.cancelled_batches >= 2
+        codes = finished_by_code(server.server.metrics)
+        assert codes.get("DEADLINE_EXCEEDED", 0) >= 1 and codes.get("CANCELLED", 0) >= 1, codes  # /metrics counts them
+
+
+def finished_by_code(metrics) -> dict[str, float]:
+    """ctxcomp_requests_total summed per gRPC status code."""
+    codes: dict[str, float] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "ctxcomp_requests_total":
+                codes[sample.labels["code"]] = codes.get(sample.labels["code"], 0) + sample.value
+    return codes
+
+
+def test_small_requests_run_between_the_slices_of_a_large_one(hub) -> None:
+    """A request worth ~9 s of model work runs in the large lane; small requests sent meanwhile
+    wait about one of its model batches, not for all of it, and it completes all the same."""
+    big = many_documents(40)
+
+    async def scenario(server) -> tuple[float, list[float], object]:
+        client = AsyncCtxcompClient(server.address, timeout=120)
+        try:
+            async def timed() -> float:
+                started = time.monotonic()
+                await client.compress(QUERY, [TEXT], method="cascade")
+                return time.monotonic() - started
+
+            quiet = min([await timed() for _ in range(3)])
+            heavy = asyncio.ensure_future(client.compress(QUERY, big, method="cascade"))
+            await asyncio.sleep(0.5)
+            busy = [await timed() for _ in range(5)]
+            return quiet, busy, await heavy
+        finally:
+            await client.close()
+
+    with BackgroundServer(Compressor(hub), ServerConfig(port=0)) as server:
+        quiet, busy, heavy = asyncio.run(scenario(server))
+        assert heavy.tokens_after > 0
+        assert server.server.batcher.worker.slices >= len(busy)
+    assert max(busy) < quiet + 2.0, (quiet, busy)  # a slice, not the ~9 s of the heavy request
 
 
 def test_a_request_whose_deadline_passes_in_the_queue_never_runs(hub) -> None:
-    """The server's own deadline handling: a request queued behind ~9 s of work with 1.5 s
-    left is answered DEADLINE_EXCEEDED when its time is up, and the batcher drops it
+    """The server's own deadline handling: a large request queued behind ~9 s of large work
+    with 1.5 s left is answered DEADLINE_EXCEEDED when its time is up, and the batcher drops it
     unrun when the worker frees, rather than computing a result nobody waits for."""
     big = many_documents(40)
 
@@ -233,10 +273,10 @@ def test_a_request_whose_deadline_passes_in_the_queue_never_runs(hub) -> None:
         hurried = AsyncCtxcompClient(server.address, timeout=60)
         try:
             heavy = asyncio.ensure_future(heavy_client.stub.Compress(client_request(big), timeout=60))
-            await asyncio.sleep(0.5)  # the heavy batch holds the only worker
+            await asyncio.sleep(0.5)  # the heavy request holds the large lane
             started = time.monotonic()
             try:
-                await hurried.stub.Compress(client_request([TEXT]), timeout=1.5)
+                await hurried.stub.Compress(client_request(big), timeout=1.5)  # large too: queued behind it
                 outcome = None
             except grpc.RpcError as error:
                 outcome = error.code()
@@ -262,7 +302,7 @@ def client_request(documents: list[str]):
     return build_request(QUERY, documents, method="cascade")
 
 
-def test_admission_counts_queued_tokens_not_only_requests(hub) -> None:
+def test_admission_counts_queued_cost_not_only_requests(hub) -> None:
     config = ServerConfig(port=0, batching=BatcherConfig(max_queued_tokens=10_000))
     with BackgroundServer(Compressor(hub), config) as server:
 
@@ -273,14 +313,16 @@ def test_admission_counts_queued_tokens_not_only_requests(hub) -> None:
                 await asyncio.sleep(0.3)
                 second = asyncio.ensure_future(client.compress(QUERY, many_documents(10)))  # waits: the queue was empty
                 await asyncio.sleep(0.3)
-                third = client.compress(QUERY, [TEXT])  # would wait behind 13.5k queued tokens
-                return await asyncio.gather(third, first, second, return_exceptions=True)
+                third = client.compress(QUERY, many_documents(10))  # would wait behind 13.5k queued units
+                small = client.compress(QUERY, [TEXT])  # its own lane: nothing queued there
+                return await asyncio.gather(third, small, first, second, return_exceptions=True)
             finally:
                 await client.close()
 
-        refused = asyncio.run(scenario())[0]
+        refused, small = asyncio.run(scenario())[:2]
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "tokens already queued" in refused.details()
+    assert "cost units already queued (large requests)" in refused.details()
+    assert small.tokens_after > 0
 
 
 def test_a_chain_that_empties_the_context_says_why(client) -> None:

@@ -29,6 +29,8 @@ TEXT = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris, Fr
 PAGE = ("<html><head><title>Paris</title><style>p{}</style></head><body><nav class=\"menu\">Home</nav>"
         f"<article><h1>The tower</h1><p>{TEXT}</p><table><tr><td>1889</td><td>opened</td></tr></table></article>"
         "<footer>Contact</footer></body></html>")
+LONG = "x" * 9000  # longer than gRPC's 8 KB status metadata, were it echoed whole
+DEEP_PAGES = ("<div>" * 1100 + TEXT, "<b>" * 5000 + TEXT + "</b>" * 10, "<p><b><i>" * 800 + TEXT)
 FIELD_PATHS = ("query", "documents", "method", "rate", "target_tokens", "options", "target", "request", "return_kv",
                "kv_codec", "kv_model", "order", "messages", "verbatim_turns", "history_mode")
 
@@ -133,6 +135,39 @@ def test_oversize_request_is_refused_with_the_limit(server, compressor) -> None:
         assert client.compress("q", [TEXT], rate=0.5).tokens_after > 0  # the server is fine
 
 
+def _long_value_requests() -> list[tuple[str, pb.CompressRequest]]:
+    def request(**fields) -> pb.CompressRequest:
+        base = dict(query="When was it completed?", documents=[pb.Document(id="a", text=TEXT)], rate=0.5)
+        return pb.CompressRequest(**{**base, **fields})
+
+    options = request()
+    options.options.update({LONG: 1})
+    chat = [pb.Message(role="user", content="When was it completed?")]
+    return [
+        ("method", request(method=LONG)),
+        ("order", request(order=LONG)),
+        ("history_mode", request(messages=chat, history_mode=LONG)),
+        ("messages[0].role", request(messages=[pb.Message(role=LONG, content="hi")])),
+        ("documents[1].id", request(documents=[pb.Document(id=LONG, text=TEXT), pb.Document(id=LONG, text=TEXT)])),
+        ("options.xxx", options),
+        ("documents[0].metadata", request(documents=[pb.Document(id="a", text=TEXT, metadata={"k": "v" * 20_000})])),
+        ("documents[0].metadata", request(documents=[pb.Document(id="a", text=TEXT,
+                                                                 metadata={f"k{i}": "v" for i in range(100_000)})])),
+    ]
+
+
+@pytest.mark.parametrize("field, request_", _long_value_requests(), ids=lambda v: v if isinstance(v, str) else "")
+def test_long_values_are_named_not_echoed_whole(server, field, request_) -> None:
+    """8 KB and more in a field the error quotes: INVALID_ARGUMENT naming it, with a short message
+    (echoed whole, the message would outgrow gRPC's metadata limit: RESOURCE_EXHAUSTED)."""
+    with CtxcompClient(server.address, timeout=30) as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.stub.Compress(request_, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert caught.value.details().startswith(field), caught.value.details()
+    assert len(caught.value.details()) < 1000
+
+
 def test_expired_deadline_is_deadline_exceeded(server) -> None:
     with CtxcompClient(server.address, timeout=0.001) as hurried:
         with pytest.raises(grpc.RpcError) as caught:
@@ -218,9 +253,10 @@ json_values = st.recursive(
 documents = st.lists(
     st.builds(
         lambda i, t, m: pb.Document(id=i, text=t, metadata=m),
-        st.text(max_size=6),
+        st.text(max_size=6) | st.just(LONG),
         st.text(max_size=200) | st.sampled_from([TEXT, TEXT * 3, "1889. Paris! " * 5]),
-        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2)
+        | st.sampled_from([{f"k{i}": "v" for i in range(100)}, {"k": "v" * 20_000}]),
     ),
     max_size=5,
 )
@@ -247,7 +283,7 @@ def plausible(default):
 @st.composite
 def method_options(draw, name: str, wild: bool) -> dict:
     if name not in METHOD_NAMES:
-        return draw(st.dictionaries(st.text(max_size=6), json_values, max_size=2))
+        return draw(st.dictionaries(st.text(max_size=6) | st.just(LONG), json_values | st.just(LONG), max_size=2))
     names = [f.name for f in dataclasses.fields(preset(name))]
     keys = draw(st.lists(st.sampled_from([*names, "zzz"] if wild else names), max_size=3, unique=True))
     return {k: draw((json_values | plausible(getattr(preset(name), k, None))) if wild
@@ -260,7 +296,7 @@ def compress_requests(draw) -> pb.CompressRequest:
     models. Half the requests are wild; the other half are well-formed in every field but the
     option values, so they get past validation into the methods, the KV stage and the store."""
     wild = draw(st.booleans())
-    names = [*METHOD_NAMES, "nope", "LLMLINGUA2"] if wild else METHOD_NAMES
+    names = [*METHOD_NAMES, "nope", "LLMLINGUA2", LONG] if wild else METHOD_NAMES
     stages = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3))
     method = draw(st.sampled_from(["", ">".join(stages), stages[0]]))
     well_formed_documents = st.lists(st.sampled_from([TEXT, TEXT * 3, "1889. Paris! " * 5, "Lyon is a city."]),
@@ -274,10 +310,10 @@ def compress_requests(draw) -> pb.CompressRequest:
         return_word_labels=draw(st.booleans()),
         return_kv=draw(st.booleans()),
         kv_codec=draw(st.sampled_from(["", "fp16", "bf16", "int8", "int4", "transform", *(("zstd", "FP16") if wild else ())])),
-        kv_model=draw(st.sampled_from(["", "SmolLM2-135M-Instruct", "gpt2", "x" * 300])) if wild else "",
+        kv_model=draw(st.sampled_from(["", "SmolLM2-135M-Instruct", "gpt2", "x" * 300, LONG])) if wild else "",
         kv_best_effort=draw(st.booleans()),
     )
-    pages = [PAGE, "<p>" * 50 + TEXT, "<html><script>x</script></html>", "</div><td>1889</b>"]
+    pages = [PAGE, "<p>" * 50 + TEXT, "<html><script>x</script></html>", "</div><td>1889</b>", *DEEP_PAGES]
     for document in request.documents:
         if draw(st.booleans()):
             document.format = "html"
@@ -285,16 +321,16 @@ def compress_requests(draw) -> pb.CompressRequest:
                 document.text = draw(st.sampled_from(pages))
         elif wild and draw(st.integers(0, 9)) == 0:
             document.format = draw(st.sampled_from(["pdf", "HTML", "text"]))
-    request.order = draw(st.sampled_from(["", "relevance", "edges", *(("sideways",) if wild else ())]))
+    request.order = draw(st.sampled_from(["", "relevance", "edges", *(("sideways", LONG) if wild else ())]))
     request.html_output = draw(st.booleans())
     if draw(st.booleans()):
-        roles = ["system", "user", "assistant", *(("robot", "") if wild else ())]
+        roles = ["system", "user", "assistant", *(("robot", "", LONG) if wild else ())]
         request.messages.extend(draw(st.lists(st.builds(
             lambda r, c: pb.Message(role=r, content=c), st.sampled_from(roles),
             st.text(max_size=80) | st.sampled_from([TEXT, "When was it completed?", "In 1889."])), max_size=6)))
         if draw(st.booleans()):
             request.verbatim_turns = draw(st.integers(-2, 4))
-        request.history_mode = draw(st.sampled_from(["", "stable", "relevance", *(("chaos",) if wild else ())]))
+        request.history_mode = draw(st.sampled_from(["", "stable", "relevance", *(("chaos", LONG) if wild else ())]))
     target = draw(st.sampled_from(["none", "rate", "tokens"]))
     if target == "rate":
         request.rate = draw(st.floats(allow_nan=True, allow_infinity=True) | st.floats(0.05, 1.0) if wild
@@ -343,4 +379,5 @@ def test_fuzzed_requests_never_fail_internally(stored_client, request, rpc) -> N
         assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED), error.details()
         field = error.details().split(":", 1)[0]
         assert field.startswith(FIELD_PATHS), error.details()
+        assert len(error.details()) < 2500, "an error echoed a client's value whole"
     assert stored_client.stub.ListMethods(pb.ListMethodsRequest(), timeout=60).methods  # still serving
