@@ -8,8 +8,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
+from pathlib import Path
 
-from training import squad
+# Benches run from a checkout (`python bench/NAME.py`); the SQuAD split they share with the
+# training scripts is training/squad.py at the checkout root.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from training import squad  # noqa: E402
 
 SPLIT_HELP = {
     "test": "test articles: never read by any training or tuning script",
