@@ -120,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(logging.INFO)
     from ctxcomp import threads
     from ctxcomp.service.batcher import BatcherConfig
+    from ctxcomp.service.tenants import Tenants
 
     thread_plan = threads.plan_threads(args.workers, args.threads)
     threads.apply(thread_plan)
@@ -133,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         grace_s=args.grace,
         auth_token=os.environ.get("CTXCOMP_AUTH_TOKEN", ""),
+        tenants=Tenants.from_file(args.auth_tokens_file) if args.auth_tokens_file else None,
         tls_cert_file=args.tls_cert or "",
         tls_key_file=args.tls_key or "",
         metrics_port=args.metrics_port,
@@ -149,7 +151,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.kv_store:
         from ctxcomp.kv.stage import open_kv_store
 
-        kv_store = open_kv_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after)
+        kv_store = open_kv_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after,
+                                 max_bytes=args.kv_store_max_bytes)
+        from ctxcomp.kv.lmcache import LMCacheStore
+
+        if isinstance(kv_store, LMCacheStore) and config.tenants is not None and len({t for t, _ in config.tenants.tokens}) > 1:
+            raise SystemExit("an LMCache store (lmcache+fs://) is one namespace under vLLM's keys: it cannot keep "
+                             "tenants apart; use a file:// or redis:// store, or one tenant")
     from ctxcomp.hub import ModelHub
 
     hub = ModelHub(device=args.device, precision=args.precision)
@@ -337,13 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-store-timeout", type=float, default=0.5,
                    help="seconds a KV store call may take before the request gets UNAVAILABLE")
     p.add_argument("--kv-store-retry-after", type=float, default=1.0,
-                   help="after a store failure, seconds during which store calls fail at once")
+                   help="after a store failure, seconds during which store calls fail at once (that blob's only, "
+                        "when the failure is one blob's)")
+    p.add_argument("--kv-store-max-bytes", type=int, default=None,
+                   help="a file:// store's capacity: least recently used blobs are deleted to make room "
+                        "(redis: the server's maxmemory with an LRU policy)")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS only)")
     p.add_argument("--tls-key", help="PEM private key")
     metrics_port = os.environ.get("CTXCOMP_METRICS_PORT")
     p.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
                    help="serve Prometheus /metrics on this port (default: off)")
     p.add_argument("--metrics-host", default=os.environ.get("CTXCOMP_METRICS_HOST", "127.0.0.1"))
+    p.add_argument("--auth-tokens-file",
+                   help="bearer tokens of several tenants, one 'TENANT TOKEN' a line: each tenant's KV cache is its own")
     # The bearer token comes from CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).
     p.set_defaults(func=cmd_serve)
 

@@ -37,6 +37,7 @@ def build_request(
     messages: Sequence[Message | tuple[str, str]] = (),
     verbatim_turns: int = 1,
     history_mode: str = "relevance",
+    cache_salt: str = "",
 ) -> pb.CompressRequest:
     """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
     (compress_with_kv streams the bytes instead). kv_best_effort: if that store is down, the
@@ -44,7 +45,8 @@ def build_request(
     order: "original", "relevance" or "edges" (ctxcomp.types.ORDERS). html_output: documents
     sent with format="html" come back as simplified HTML. messages: a conversation, oldest first,
     as Message or (role, content); the latest user message is the query when `query` is empty
-    (ctxcomp.conversation)."""
+    (ctxcomp.conversation). cache_salt: stored KV is shared only by requests with the same salt
+    (and, on a server with tenants, of the same tenant)."""
     request = CompressRequest(
         query=query,
         documents=as_documents(documents),
@@ -61,6 +63,7 @@ def build_request(
         messages=tuple(m if isinstance(m, Message) else Message(*m) for m in messages),
         verbatim_turns=verbatim_turns,
         history_mode=history_mode,
+        cache_salt=cache_salt,
     )
     return wire.request_to_proto(request)
 

@@ -53,4 +53,9 @@ class NotAvailable(CtxcompError):
 
 
 class StoreUnavailable(CtxcompError):
-    """The KV store cannot be reached now (down, frozen, full); the client should retry."""
+    """The KV store cannot be reached now (down, frozen, full); the client should retry.
+    `key`: the one blob the failure concerns, or None when it is the store's own."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key

@@ -51,6 +51,8 @@ class Limits:
     max_request_cost: int = 400_000
 
 
+MAX_CACHE_SALT_CHARS = 256
+
 # The unit of cost: one downstream-LLM token of document text through the default method.
 # A prefill token of the downstream LLM costs more (SmolLM2-135M against MiniLM's six layers,
 # and the codec after it), and an HTML page's elements are parsed, cut and aligned one by one.
@@ -78,6 +80,8 @@ def validate(request: CompressRequest, limits: Limits) -> None:
         raise InvalidRequest("order", f"must be one of {', '.join(ORDERS)}, got {quoted(request.order)}")
     if request.order != "original" and not request.query.strip():
         raise InvalidRequest("order", f"{quoted(request.order)} ranks documents by relevance to the query; it must not be empty")
+    if len(request.cache_salt) > MAX_CACHE_SALT_CHARS:
+        raise InvalidRequest("cache_salt", f"{len(request.cache_salt)} characters, limit is {MAX_CACHE_SALT_CHARS}")
 
 
 def validate_documents(request: CompressRequest, limits: Limits) -> None:
@@ -220,7 +224,7 @@ class Compressor:
         if request.return_kv:
             from ctxcomp.kv.stage import check_kv_request
 
-            codec = check_kv_request(request.kv_codec, request.kv_model, self.hub, self.kv_store)
+            codec = check_kv_request(request.kv_codec, request.kv_model, self.hub, self.kv_store, request.cache_salt)
         tokens = count_within_limit(self.hub, [d.text for d in request.documents], self.limits.max_request_tokens)
         if layout is not None:
             layout = replace(layout, tokens=tuple(self.hub.count_tokens(list(layout.contents))))
@@ -312,6 +316,7 @@ class Compressor:
         """The request's KvBlob; None without return_kv; its CtxcompError when it failed.
         With kv_best_effort, a store outage is a note, not an error."""
         from ctxcomp.kv.stage import compute_kv
+        from ctxcomp.kv.store import kv_namespace
 
         if not plan.kv_codec:
             return None
@@ -319,6 +324,7 @@ class Compressor:
             return compute_kv(
                 self.hub, joined.prompt or joined.context, plan.kv_codec, self.kv_store,
                 chunk_tokens=self.kv_chunk_tokens, templated=bool(joined.prompt),
+                namespace=kv_namespace(plan.request.tenant, plan.request.cache_salt),
             )
         except StoreUnavailable as error:
             return f"served without the KV blob: {error}" if plan.request.kv_best_effort else error

@@ -52,6 +52,10 @@ class CompressRequest:
     messages: tuple[Message, ...] = ()  # a conversation; see ctxcomp.conversation
     verbatim_turns: int = 1  # with messages: exchanges before the latest user message kept whole
     history_mode: str = "relevance"  # with messages: "relevance" or "stable" (see ctxcomp.conversation)
+    cache_salt: str = ""  # with return_kv: mixed into every stored KV key; only equal salts share KV
+    # Who sent it, as the server authenticated them (never read from the wire): mixed into every
+    # stored KV key too, so tenants never share KV (ctxcomp.service.tenants).
+    tenant: str = ""
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,13 @@ CHUNK_TOKENS = 256
 CHUNK_CODEC = "fp16"
 
 
-def chunk_keys(model_fingerprint: str, token_ids: Sequence[int], chunk_tokens: int = CHUNK_TOKENS) -> list[str]:
-    """Chained keys of every full chunk of token_ids (a partial last chunk has none)."""
-    keys, previous = [], hashlib.sha256(f"ctxcomp-kv-chunk-v1\0{model_fingerprint}\0{chunk_tokens}".encode()).hexdigest()
+def chunk_keys(
+    model_fingerprint: str, token_ids: Sequence[int], chunk_tokens: int = CHUNK_TOKENS, namespace: str = ""
+) -> list[str]:
+    """Chained keys of every full chunk of token_ids (a partial last chunk has none); a
+    namespace (ctxcomp.kv.store.kv_namespace) starts the chain, so it is in every key."""
+    start = f"ctxcomp-kv-chunk-v1\0{model_fingerprint}\0{chunk_tokens}" + (f"\0{namespace}" if namespace else "")
+    keys, previous = [], hashlib.sha256(start.encode()).hexdigest()
     for start in range(0, len(token_ids) - chunk_tokens + 1, chunk_tokens):
         digest = blob.token_ids_digest(token_ids[start : start + chunk_tokens])
         previous = hashlib.sha256(f"{previous}\0{digest}".encode()).hexdigest()
@@ -65,13 +69,14 @@ class ChunkStore(Protocol):
 class BlobChunks:
     """Chunks as ordinary fp16 blobs in a BlobStore, under chunk_keys."""
 
-    def __init__(self, store: BlobStore, fingerprint: str, chunk_tokens: int = CHUNK_TOKENS) -> None:
+    def __init__(self, store: BlobStore, fingerprint: str, chunk_tokens: int = CHUNK_TOKENS, namespace: str = "") -> None:
         self.store = store
         self.fingerprint = fingerprint
         self.chunk_tokens = chunk_tokens
+        self.namespace = namespace
 
     def keys(self, token_ids: Sequence[int]) -> list[str]:
-        return chunk_keys(self.fingerprint, token_ids, self.chunk_tokens)
+        return chunk_keys(self.fingerprint, token_ids, self.chunk_tokens, self.namespace)
 
     def has(self, key: str, llm: Any) -> bool:
         return self.store.get(key) is not None

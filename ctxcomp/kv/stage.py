@@ -38,18 +38,25 @@ LMCACHE_CODEC = "lmcache"  # what a server with an LMCache store reports as the 
 
 
 def open_kv_store(
-    url: str, timeout_s: float = DEFAULT_TIMEOUT_S, retry_after_s: float = DEFAULT_RETRY_AFTER_S
+    url: str, timeout_s: float = DEFAULT_TIMEOUT_S, retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+    max_bytes: int | None = None,
 ) -> BlobStore | LMCacheStore:
-    """A store by URL: LMCache's layout (lmcache+fs://) or ctxcomp's blob stores (file://, redis://)."""
+    """A store by URL: LMCache's layout (lmcache+fs://) or ctxcomp's blob stores (file://, redis://);
+    `max_bytes` caps a file store."""
     if url.startswith(f"{LMCACHE_SCHEME}:"):
+        if max_bytes is not None:
+            raise ValueError("an LMCache store's capacity is LMCache's to manage; --kv-store-max-bytes is for file stores")
         return open_lmcache_store(url)
-    return open_store(url, timeout_s=timeout_s, retry_after_s=retry_after_s)
+    return open_store(url, timeout_s=timeout_s, retry_after_s=retry_after_s, max_bytes=max_bytes)
 
 
-def check_kv_request(codec: str, model: str, hub: ModelHub, store: Any = None) -> str:
-    """The codec to use; InvalidRequest naming kv_codec / kv_model otherwise."""
+def check_kv_request(codec: str, model: str, hub: ModelHub, store: Any = None, cache_salt: str = "") -> str:
+    """The codec to use; InvalidRequest naming kv_codec / kv_model / cache_salt otherwise."""
     llm = hub.get("downstream_llm")
     adapter_for(llm.model.config)  # an architecture without an exact prefill is refused here, by name
+    if isinstance(store, LMCacheStore) and cache_salt:
+        raise InvalidRequest("cache_salt", "this server writes LMCache chunks under vLLM's keys, one namespace for all: "
+                             "it cannot keep a salted context apart; send no cache_salt")
     if isinstance(store, LMCacheStore):
         if codec not in ("", LMCACHE_CODEC):
             raise InvalidRequest("kv_codec", f"this server writes KV as LMCache chunks ({store.layout.kv_dtype}); leave kv_codec empty")
@@ -73,20 +80,22 @@ def check_kv_request(codec: str, model: str, hub: ModelHub, store: Any = None) -
 
 def compute_kv(
     hub: ModelHub, context: str, codec: str, store: BlobStore | LMCacheStore | None, zstd_level: int = 3,
-    chunk_tokens: int = CHUNK_TOKENS, templated: bool = False,
+    chunk_tokens: int = CHUNK_TOKENS, templated: bool = False, namespace: str = "",
 ) -> KvBlob:
     """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored
     blob of the same key only after checking it (see `stored_blob`). With a store, a context
     without its own blob still reuses the stored chunks of its longest known prefix and
     prefills only the rest (ctxcomp.kv.chunks); chunk_tokens=0 keeps whole-context keys only.
-    An LMCache store gets the context's chunks instead of a blob (see `write_lmcache`)."""
+    Every key is in `namespace` (ctxcomp.kv.store.kv_namespace): nothing is shared across
+    namespaces. An LMCache store gets the context's chunks instead of a blob (see
+    `write_lmcache`); its keys are vLLM's, one namespace for all."""
     import torch
 
     llm = hub.get("downstream_llm")
     if isinstance(store, LMCacheStore):
         return write_lmcache(llm, context, store, templated)
     ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
-    key = blob_key(llm.fingerprint, ids, codec)
+    key = blob_key(llm.fingerprint, ids, codec, namespace)
     lookup = ""
     if store is not None:
         cached, lookup = stored_blob(store, key, llm.fingerprint, ids, codec)
@@ -96,7 +105,7 @@ def compute_kv(
         raise InvalidRequest("return_kv", "the compressed context is empty: there is no KV to compute")
     reused = 0
     if store is not None and chunk_tokens > 0:
-        done = prefill_with_chunks(llm, ids, BlobChunks(store, llm.fingerprint, chunk_tokens))
+        done = prefill_with_chunks(llm, ids, BlobChunks(store, llm.fingerprint, chunk_tokens, namespace))
         result, reused = done.result, done.reused * done.chunk_tokens
     else:
         result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))

@@ -3,15 +3,23 @@
 Each Server owns a registry (several servers in one process, as in tests, do
 not collide). The servicer reports every finished RPC (`observe_request`) and
 every result (`observe_result`); the batcher reports batch sizes.
+
+On a server with auth, /metrics takes the same bearer tokens as the API: its counters
+(KV store hits, say) are about every tenant's traffic, so an anonymous scrape would tell
+one caller about the others. Prometheus sends one with `authorization: {credentials_file}`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from ctxcomp.methods import CHAIN_SEPARATOR, is_method_name
+from ctxcomp.service.tenants import Tenants
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RATIO_BUCKETS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0)
@@ -85,9 +93,14 @@ class Metrics:
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, tenants: Tenants | None = None) -> int:
+        """Start the /metrics HTTP endpoint (with `tenants`, for their bearer tokens only);
+        returns the bound port (0 picks a free one)."""
+        app = make_wsgi_app(self.registry)
+        if tenants is not None:
+            app = _authenticated(app, tenants)
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="ctxcomp-metrics", daemon=True).start()
         self._http = server
         return int(server.server_port)
 
@@ -96,3 +109,18 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+def _authenticated(app: Callable, tenants: Tenants) -> Callable:
+    def checked(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if tenants.tenant_of(environ.get("HTTP_AUTHORIZATION", "")) is None:
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+            return [b"a bearer token of this server is required\n"]
+        return app(environ, start_response)
+
+    return checked
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass

@@ -19,6 +19,7 @@ from ctxcomp.pipeline import Compressor
 from ctxcomp.service.batcher import BatcherConfig, MicroBatcher
 from ctxcomp.service.metrics import Metrics
 from ctxcomp.service.auth import BearerTokenInterceptor
+from ctxcomp.service.tenants import Tenants
 from ctxcomp.service.servicer import CompressorServicer, add_to_server
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
@@ -34,7 +35,8 @@ class ServerConfig:
     grace_s: float = 10.0  # in-flight requests get this long to finish on shutdown
     warm_methods: tuple[str, ...] = field(default=())  # models loaded before SERVING; () = default method
     batching: BatcherConfig = field(default_factory=BatcherConfig)
-    auth_token: str = ""  # non-empty: every RPC but health needs "authorization: Bearer <token>"
+    auth_token: str = ""  # non-empty: every RPC but health needs "authorization: Bearer <token>" (tenant "default")
+    tenants: Tenants | None = None  # several tokens, each a tenant's (instead of auth_token)
     tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file, serve TLS only
     tls_key_file: str = ""
     kv_chunk_bytes: int = 1 << 20  # KV blob bytes per CompressStream message
@@ -54,8 +56,9 @@ class Server:
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ctxcomp-model")
         limit = compressor.limits.max_message_bytes
         interceptors = list(config.interceptors)
-        if config.auth_token:
-            interceptors.append(BearerTokenInterceptor(config.auth_token))
+        self.tenants = config.tenants or (Tenants.single(config.auth_token) if config.auth_token else None)
+        if self.tenants is not None:
+            interceptors.append(BearerTokenInterceptor(self.tenants))
         self.grpc = grpc.aio.server(
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
@@ -64,7 +67,7 @@ class Server:
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.batcher = MicroBatcher(compressor, self.executor, config.batching, on_batch=self.metrics.observe_batch)
-        add_to_server(CompressorServicer(compressor, self.batcher, config.kv_chunk_bytes, self.metrics), self.grpc)
+        add_to_server(CompressorServicer(compressor, self.batcher, config.kv_chunk_bytes, self.metrics, self.tenants), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -91,7 +94,7 @@ class Server:
         self.batcher.start()
         await self.grpc.start()
         if self.config.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port, self.tenants)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
         log.info("listening on %s:%d; loading models", self.config.host, self.port)
         loop = asyncio.get_running_loop()

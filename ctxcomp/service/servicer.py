@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import AsyncIterator
 
@@ -15,7 +16,9 @@ from ctxcomp.pipeline import Compressor
 from ctxcomp.service.batcher import MicroBatcher
 from ctxcomp.service.metrics import Metrics
 from ctxcomp.service.wire_guard import parse_compress_request, parse_list_methods_request
-from ctxcomp.types import CompressResult
+from ctxcomp.service.auth import tenant_of
+from ctxcomp.service.tenants import Tenants
+from ctxcomp.types import CompressRequest, CompressResult
 from ctxcomp.service.errors import status_for
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
@@ -23,12 +26,14 @@ from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
 class CompressorServicer(pb_grpc.CompressorServicer):
     def __init__(
-        self, compressor: Compressor, batcher: MicroBatcher, kv_chunk_bytes: int = 1 << 20, metrics: Metrics | None = None
+        self, compressor: Compressor, batcher: MicroBatcher, kv_chunk_bytes: int = 1 << 20, metrics: Metrics | None = None,
+        tenants: Tenants | None = None,
     ) -> None:
         self.compressor = compressor
         self.batcher = batcher
         self.kv_chunk_bytes = kv_chunk_bytes
         self.metrics = metrics or Metrics()
+        self.tenants = tenants  # with auth: whose call it is names the KV namespace
 
     async def _run(
         self, request: pb.CompressRequest | InvalidRequest, context: grpc.aio.ServicerContext, *, streaming: bool
@@ -45,7 +50,7 @@ class CompressorServicer(pb_grpc.CompressorServicer):
                     "return_kv", "this server has no KV store: call CompressStream to receive the blob in chunks"
                 )
             remaining = context.time_remaining()
-            submitted = self.batcher.submit(wire.request_from_proto(request), remaining)
+            submitted = self.batcher.submit(self._request(request, context), remaining)
             # Past the client's deadline the result is useless: stop waiting, and the
             # batcher skips the request if its batch has not started.
             result = await (asyncio.wait_for(submitted, remaining) if remaining is not None else submitted)
@@ -66,6 +71,13 @@ class CompressorServicer(pb_grpc.CompressorServicer):
             self.metrics.observe_result(result)
             return result
         raise AssertionError("unreachable: abort raises")
+
+    def _request(self, message: pb.CompressRequest, context: grpc.aio.ServicerContext) -> CompressRequest:
+        """The domain request, with the tenant the interceptor authenticated (never the client's word)."""
+        request = wire.request_from_proto(message)
+        if self.tenants is None:
+            return request
+        return dataclasses.replace(request, tenant=tenant_of(self.tenants, context.invocation_metadata()) or "")
 
     def _response(self, result: CompressResult) -> pb.CompressResponse:
         return wire.result_to_proto(result, tokenizer=self.compressor.hub.tokenizer_name)
