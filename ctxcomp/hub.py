@@ -67,8 +67,9 @@ class ModelHub:
                     chosen = "fp32" if self.precision == "auto" else self.precision  # on CUDA: fp32 placed in bf16
                     self.precisions[role] = (chosen, {})
                 else:
-                    timings = self._probe(role, spec.probe)
-                    chosen = encoder_precision.fastest(timings) if timings else "fp32"
+                    medians = self._probe(role, spec.probe)
+                    chosen = encoder_precision.choose(medians) if medians else "fp32"
+                    timings = {form: round(sum(ms), 2) for form, ms in medians.items()}  # the probe's total per form
                     for other in set(encoder_precision.PRECISIONS) - {chosen}:
                         self._loaded.pop((role, other), None)  # an unused copy is only memory
                     self.precisions[role] = (chosen, timings)
@@ -77,18 +78,23 @@ class ModelHub:
                     )
             return self.precisions[role][0]
 
-    def _probe(self, role: str, probe: Any) -> dict[str, float]:
-        """Milliseconds of the probe batch per form; a form that cannot be built or run for
-        this (possibly overridden) model is logged and left out."""
-        timings = {}
+    def _probe(self, role: str, probe: Any) -> dict[str, list[float]]:
+        """Median milliseconds per form at each of precision.PROBE_SHAPES; a form that cannot be
+        built or run for this (possibly overridden) model is logged and left out."""
+        import torch
+
+        runs = {}
         for form in encoder_precision.PRECISIONS:
             try:
-                timings[form] = encoder_precision.timed_ms(probe(self.get(role, form)))
+                shapes = [probe(self.get(role, form), rows, tokens) for rows, tokens in encoder_precision.PROBE_SHAPES]
+                with torch.inference_mode():
+                    shapes[0]()  # fails here, not in the timing, if the form cannot run this model
+                runs[form] = shapes
             except ModelUnavailable:
                 raise
             except Exception as err:  # noqa: BLE001 - e.g. an override encoder of another shape: not a candidate
                 logging.getLogger("ctxcomp.hub").warning("%s: %s form left out of auto (%s: %s)", role, form, type(err).__name__, err)
-        return timings
+        return encoder_precision.timed_rounds(runs) if runs else {}
 
     def load(self, roles: Sequence[str]) -> None:
         """Load the given roles now (server start-up), each in its preload form, so the first

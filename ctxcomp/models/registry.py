@@ -131,24 +131,26 @@ def precision_forms(role: str, load: Callable[[str | None], Any]) -> dict[str, C
     return forms
 
 
-def _probe_token_classifier(classifier: TokenClassifier) -> Callable[[], Any]:
+# Probes: one forward of a loaded encoder on a synthetic batch of `rows` x `tokens` (precision.probe_ids).
+
+def _probe_token_classifier(classifier: TokenClassifier, rows: int = 4, tokens: int = 256) -> Callable[[], Any]:
     from ctxcomp.models.precision import probe_ids
 
-    ids, mask, _ = probe_ids(classifier.model.config.vocab_size)
+    ids, mask, _ = probe_ids(classifier.model.config.vocab_size, rows, tokens)
     return lambda: classifier.model(input_ids=ids, attention_mask=mask)
 
 
-def _probe_relevance(scorer: Any) -> Callable[[], Any]:
+def _probe_relevance(scorer: Any, rows: int = 4, tokens: int = 256) -> Callable[[], Any]:
     from ctxcomp.models.precision import probe_ids
 
-    ids, mask, types = probe_ids(scorer.model.encoder.config.vocab_size)
+    ids, mask, types = probe_ids(scorer.model.encoder.config.vocab_size, rows, tokens)
     return lambda: scorer.model(ids, mask, types)
 
 
-def _probe_sentence_encoder(encoder: Any) -> Callable[[], Any]:
+def _probe_sentence_encoder(encoder: Any, rows: int = 4, tokens: int = 256) -> Callable[[], Any]:
     from ctxcomp.models.precision import probe_ids
 
-    ids, mask, _ = probe_ids(encoder[0].auto_model.config.vocab_size)
+    ids, mask, _ = probe_ids(encoder[0].auto_model.config.vocab_size, rows, tokens)
     return lambda: encoder({"input_ids": ids, "attention_mask": mask})
 
 
