@@ -105,3 +105,14 @@ def test_selectors_and_targets_meet() -> None:
     allowed = one("NetworkPolicy", "ctxcomp-redis")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert allowed == labels
 
+
+
+def test_metrics_are_scraped_from_the_monitoring_namespace_only_and_the_precision_is_pinned() -> None:
+    """/metrics counts every tenant's traffic; replicas of one deployment run one encoder form."""
+    rules = one("NetworkPolicy", "ctxcomp-server")["spec"]["ingress"]
+    open_ports = [port["port"] for rule in rules if "from" not in rule for port in rule["ports"]]
+    assert 9090 not in open_ports and 50051 in open_ports
+    (metrics,) = [rule for rule in rules if any(port["port"] == 9090 for port in rule["ports"])]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    args = one("Deployment", "ctxcomp")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert any(arg.startswith("--precision=") and arg != "--precision=auto" for arg in args)
