@@ -6,8 +6,11 @@ tuned (the models' training scripts and the model cards say which choices were m
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,3 +56,46 @@ def header(bench: str, split: str | None, **extra) -> dict:
     if split is not None:
         line["split"] = SPLIT_HELP[split]
     return line
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Record:
+    """A bench's output: each line printed as one JSON object as it comes and kept, so that a
+    full run can be written as its result record (`write`): the command, the commit, the date,
+    the machine and device, and every line."""
+
+    def __init__(self, bench: str) -> None:
+        self.bench = bench
+        self.lines: list[dict] = []
+
+    def emit(self, line: dict) -> None:
+        print(json.dumps(line), flush=True)
+        self.lines.append(line)
+
+    def write(self, name: str | None = None) -> Path:
+        root = RESULTS.parent.parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        record = {
+            "bench": self.bench,
+            "command": " ".join(["python", *sys.argv]),
+            "commit": commit + ("+uncommitted" if dirty else ""),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "device": device(),
+            "lines": self.lines,
+        }
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{name or self.bench}.json"
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        return path
+
+
+def device() -> str:
+    """Where the models ran: the CUDA device's name, or "cpu"."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

@@ -22,6 +22,21 @@ fault phase), then prints one JSON object per phase:
              matmul loop, as another replica would be), for the start-up policy
              (threads = cores / workers, passive OpenMP waits) against OpenMP's
              default waits (CTXCOMP_OMP_PASSIVE=0) and against 1 thread
+  fairness   one valid request must not hold the server hostage, nor one tenant learn
+             about another (`--only fairness`):
+             neighbour   15 clients of small requests, quiet and beside one HTML page of
+                         10,000 paragraphs (~80k tokens): their p99 both ways, and the page's
+                         outcome (done, or refused up front)
+             tenants     with two tenants and a file KV store: tenant B's KV request times for
+                         contexts tenant A already computed against contexts nobody sent, and
+                         A's own repeats (a same-tenant hit)
+             deep_html   pages nested 1,100 divs, 100k <b>, and unclosed tag soup
+             echo        8 KB values in every field an error quotes, and 65 MB of metadata
+             store_full  200 KV requests of distinct contexts into a file store with a cap:
+                         the folder's largest size against the cap, and the statuses
+  precision  ten starts of `--precision auto` (a fresh hub each): the form each encoder got
+
+A full run (no --quick, no --only) writes its lines as a result record, bench/results/load.json.
 """
 
 from __future__ import annotations
@@ -43,14 +58,16 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
-from common import header
+from common import Record, header
 
 from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
+from ctxcomp.types import Document
 from training import squad
 
 # (method, options): the default method and LLMLingua-2 in its settings.
 OPTION_MIX = [("", {}), ("llmlingua2", {}), ("llmlingua2", {"mode": "compat"}), ("llmlingua2", {"precision": "bf16"}),
               ("llmlingua2", {"query_weight": 1.0}), ("llmlingua2", {"force_reserve_digit": True})]
+RECORD = Record("load")
 COMPETITOR = "import torch\ntorch.set_num_threads(2)\na = torch.randn(512, 512)\nwhile True:\n    a @ a\n"
 
 
@@ -173,18 +190,18 @@ def load_phases(clients: int, seconds: float, requests: list[dict]) -> None:
         asyncio.run(run_phase(address, clients, 8.0, 60.0, requests))
         rss = {"after_warmup": rss_mb(server.pid)}
         baseline = asyncio.run(run_phase(address, 1, seconds / 3, 60.0, requests))
-        print(json.dumps({"phase": "baseline", **baseline}), flush=True)
+        RECORD.emit({"phase": "baseline", **baseline})
         steady = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
         steady["throughput_ratio_vs_baseline"] = round(steady["ok_per_s"] / max(baseline["ok_per_s"], 1e-9), 2)
-        print(json.dumps({"phase": "steady", **steady}), flush=True)
+        RECORD.emit({"phase": "steady", **steady})
         rss["after_steady"] = rss_mb(server.pid)
         overload = asyncio.run(run_phase(address, clients * 6, seconds / 3, 1.0, requests))
-        print(json.dumps({"phase": "overload", **overload}), flush=True)
+        RECORD.emit({"phase": "overload", **overload})
         rss["after_overload"] = rss_mb(server.pid)
         asyncio.run(run_phase(address, 1, 2.0, 60.0, requests))  # load over: a few requests, then measure
         rss["settled"] = rss_mb(server.pid)
-        print(json.dumps({"phase": "memory", **{k: round(v, 1) for k, v in rss.items()},
-                          "rss_growth": round(rss["settled"] / rss["after_warmup"] - 1, 4)}), flush=True)
+        RECORD.emit({"phase": "memory", **{k: round(v, 1) for k, v in rss.items()},
+                          "rss_growth": round(rss["settled"] / rss["after_warmup"] - 1, 4)})
 
 
 async def fault_traffic(address: str, redis: Redis, clients: int, seconds: float, requests: list[dict]) -> dict:
@@ -285,12 +302,12 @@ def fault_phase(clients: int, seconds: float, requests: list[dict]) -> None:
     restart = run["events"].get("restarted")
     recovery = round(run["first_stored_after_restart"][0] - restart, 2) if run["first_stored_after_restart"] else None
     internal = sum(c["INTERNAL"] for c in run["statuses"].values())
-    print(json.dumps({"phase": "faults", "clients": clients, "seconds": seconds,
+    RECORD.emit({"phase": "faults", "clients": clients, "seconds": seconds,
                       "statuses": {k: dict(v) for k, v in run["statuses"].items()},
                       "small_p50_ms": percentile(run["latencies"], 0.5), "small_p99_ms": percentile(run["latencies"], 0.99),
                       "events_s": {k: round(v, 2) for k, v in run["events"].items()},
                       "kv_recovery_s_after_redis_restart": recovery, "internal": internal,
-                      "stored_keys_checked": len(run["keys"]), "corrupt_blobs_left": corrupt}), flush=True)
+                      "stored_keys_checked": len(run["keys"]), "corrupt_blobs_left": corrupt})
 
 
 def in_process_rate(compressor, requests: list[dict], clients: int, seconds: float) -> tuple[float, float]:
@@ -340,14 +357,14 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
             if "server" not in chosen:  # every encoder the mix uses is loaded (and probed) by now
                 with CtxcompClient(address, timeout=60) as client:
                     chosen["server"] = {m.role: m.precision for m in client.list_methods().models if m.precision}
-                print(json.dumps({"phase": "p2", "encoder_precisions": chosen}), flush=True)
+                RECORD.emit({"phase": "p2", "encoder_precisions": chosen})
             server_cpu, generator_cpu = cpu_seconds(server.pid), time.process_time()
             batches_before = batch_size_totals(metrics_port)
             served = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
             batched, batches = (after - before for after, before in zip(batch_size_totals(metrics_port), batches_before))
             done = max(sum(served["statuses"].values()), 1)
             rate, cpu_ms = in_process[clients]
-            print(json.dumps({
+            RECORD.emit({
                 "phase": "p2", "clients": clients, "in_process_per_s": round(rate, 2), "grpc_per_s": served["ok_per_s"],
                 "grpc_vs_in_process": round(served["ok_per_s"] / rate, 3), "grpc_p50_ms": served["p50_ms"],
                 "cpu_ms_per_request": {
@@ -357,7 +374,7 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
                 },
                 "requests_per_batch": {"in_process": clients, "server": round(batched / max(batches, 1), 2)},
                 "statuses": served["statuses"],
-            }), flush=True)
+            })
 
 
 def threads_phase(seconds: float, requests: list[dict]) -> None:
@@ -377,9 +394,170 @@ def threads_phase(seconds: float, requests: list[dict]) -> None:
             finally:
                 competitor.kill()
                 competitor.wait()
-        print(json.dumps({"phase": "threads", "policy": name, "quiet_ok_per_s": quiet["ok_per_s"],
+        RECORD.emit({"phase": "threads", "policy": name, "quiet_ok_per_s": quiet["ok_per_s"],
                           "quiet_p50_ms": quiet["p50_ms"], "competing_ok_per_s": busy["ok_per_s"],
-                          "competing_p50_ms": busy["p50_ms"], "cpus": os.cpu_count()}), flush=True)
+                          "competing_p50_ms": busy["p50_ms"], "cpus": os.cpu_count()})
+
+
+# --- fairness: one request must not hold the server hostage, nor one tenant learn about another ---
+
+PAGE_QUERY = "Which entry is number 4242?"
+
+
+def html_page(paragraphs: int = 10_000) -> str:
+    """A valid page of many short paragraphs (~80k tokens at 10,000): the heavy neighbour."""
+    words = ("harbour", "ledger", "copper", "meadow", "signal", "lantern", "orchard", "quarry")
+    body = "".join(f"<p>{words[i % 8]} {i}</p>" for i in range(paragraphs))
+    return f"<html><body><h1>Inventory</h1>{body}</body></html>"
+
+
+async def neighbour_traffic(address: str, clients: int, seconds: float, small: list[dict], page: str) -> dict:
+    quiet = await run_phase(address, clients, seconds, 30.0, small)
+    outcome: dict = {}
+
+    async def send_page() -> None:
+        client = AsyncCtxcompClient(address, timeout=900)
+        started = time.perf_counter()
+        try:
+            result = await client.compress(PAGE_QUERY, [Document("page", page, {}, "html")], rate=0.2)
+            outcome.update(status="OK", tokens_before=result.tokens_before, tokens_after=result.tokens_after)
+        except grpc.RpcError as error:
+            outcome.update(status=error.code().name, message=error.details()[:300])
+        finally:
+            outcome["seconds"] = round(time.perf_counter() - started, 1)
+            await client.close()
+
+    page_task = asyncio.ensure_future(send_page())
+    await asyncio.sleep(1.0)  # the page is planned and running
+    busy = await run_phase(address, clients, seconds, 30.0, small)
+    outcome["in_flight_all_phase"] = not page_task.done()
+    await page_task
+    ratio = busy["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] and busy["p99_ms"] else None
+    return {"quiet": quiet, "beside_page": busy, "p99_ratio": round(ratio, 2) if ratio else None, "page": outcome}
+
+
+def neighbour_phase(clients: int, seconds: float, requests: list[dict]) -> None:
+    small = [r for r in requests if r["method"] == "" and len(r["documents"]) <= 3]
+    with serving() as (server, address):
+        asyncio.run(run_phase(address, clients, 6.0, 30.0, small))  # warm-up
+        line = asyncio.run(neighbour_traffic(address, clients, seconds, small, html_page()))
+    RECORD.emit({"phase": "fairness", "part": "neighbour", "clients": clients, "goal": "p99 ratio < 3", **line})
+
+
+def kv_seconds(client: CtxcompClient, context: str) -> tuple[float, float]:
+    started = time.perf_counter()
+    result = client.compress("What is this about?", [context], method="cascade", rate=0.5, return_kv=True, kv_codec="int8")
+    return time.perf_counter() - started, result.timings_ms.get("kv", 0.0)
+
+
+def spread(values: list[float]) -> dict:
+    ordered = sorted(values)
+    quartile = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)  # noqa: E731
+    return {"n": len(values), "p25_ms": quartile(0.25), "median_ms": quartile(0.5), "p75_ms": quartile(0.75)}
+
+
+def tenants_phase(count: int) -> None:
+    contexts = [p.context for p in squad.splits().test[: 2 * count + 1]]
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens = Path(tmp) / "tokens"
+        tokens.write_text("acme tok-a\nglobex tok-b\n")
+        with serving("--kv-store", f"file://{tmp}/kv", "--auth-tokens-file", str(tokens)) as (server, address):
+            with CtxcompClient(address, token="tok-a", timeout=300) as a, CtxcompClient(address, token="tok-b", timeout=300) as b:
+                kv_seconds(b, contexts[-1])  # warm-up: the LLM loads
+                kv_seconds(b, contexts[-1])
+                for context in contexts[:count]:
+                    kv_seconds(a, context)  # tenant A computes these
+                after_a, fresh, repeat = [], [], []
+                for i in range(count):  # tenant B, interleaved: contexts A sent, contexts nobody sent
+                    after_a.append(kv_seconds(b, contexts[i]))
+                    fresh.append(kv_seconds(b, contexts[count + i]))
+                    repeat.append(kv_seconds(a, contexts[i]))
+    line = {"phase": "fairness", "part": "tenants", "contexts": count}
+    for name, times in (("b_after_a", after_a), ("b_fresh", fresh), ("a_repeat", repeat)):
+        line[name] = {"wall": spread([t for t, _ in times]), "kv_stage": spread([k / 1000 for _, k in times])}
+    wall_a, wall_f = line["b_after_a"]["wall"], line["b_fresh"]["wall"]
+    line["indistinguishable"] = (wall_f["p25_ms"] <= wall_a["median_ms"] <= wall_f["p75_ms"]
+                                 and wall_a["p25_ms"] <= wall_f["median_ms"] <= wall_a["p75_ms"])
+    RECORD.emit(line)
+
+
+def deep_html_phase() -> None:
+    pages = {"divs_1100": "<div>" * 1100 + "The tower opened in 1889.",
+             "bold_100k": "<b>" * 100_000 + "The tower opened in 1889.",
+             "tag_soup": "<html><body>" + "<p>soup <b>bold <i>italic " * 3000 + "The tower opened in 1889."}
+    line = {"phase": "fairness", "part": "deep_html"}
+    with serving() as (server, address), CtxcompClient(address, timeout=300) as client:
+        for name, page in pages.items():
+            try:
+                client.compress("When did the tower open?", [Document("p", page, {}, "html")], rate=0.5)
+                line[name] = {"status": "OK"}
+            except grpc.RpcError as error:
+                line[name] = {"status": error.code().name, "message": error.details()[:160]}
+    RECORD.emit(line)
+
+
+def echo_phase() -> None:
+    long = "x" * 8192
+    fields = {"method": dict(method=long), "order": dict(order=long),
+              "history_mode": dict(messages=[("user", "When?")], history_mode=long),
+              "role": dict(messages=[(long, "hi")]), "option": dict(options={long: 1})}
+    line = {"phase": "fairness", "part": "echo"}
+    with serving() as (server, address), CtxcompClient(address, timeout=300, max_message_bytes=200 << 20) as client:
+        for name, extra in fields.items():
+            line[name] = outcome(lambda: client.compress("When?", ["The tower opened in 1889."], rate=0.5, **extra))
+        twice = [Document(long, "The tower opened in 1889."), Document(long, "It is in Paris.")]
+        line["id"] = outcome(lambda: client.compress("When?", twice, rate=0.5))
+        bloated = Document("a", "The tower opened in 1889.", {f"k{i:07d}": "v" * 640 for i in range(100_000)})
+        line["metadata_65mb"] = outcome(lambda: client.compress("When?", [bloated], rate=0.5))
+    RECORD.emit(line)
+
+
+def outcome(call) -> dict:
+    try:
+        call()
+        return {"status": "OK"}
+    except grpc.RpcError as error:
+        return {"status": error.code().name, "message_chars": len(error.details() or ""),
+                "field": (error.details() or "").split(":", 1)[0][:40]}
+
+
+def store_full_phase(requests: int, cap_mb: int) -> None:
+    contexts = [p.context for p in squad.splits().test][:requests]
+    statuses: collections.Counter = collections.Counter()
+    largest = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "kv"
+        flags = ("--kv-store", f"file://{folder}", "--kv-store-max-bytes", str(cap_mb << 20))
+        with serving(*flags) as (server, address), CtxcompClient(address, timeout=300) as client:
+            for context in contexts:
+                try:
+                    client.compress("What is this about?", [context], method="cascade", rate=0.5, return_kv=True, kv_codec="int8")
+                    statuses["OK"] += 1
+                except grpc.RpcError as error:
+                    statuses[error.code().name] += 1
+                largest = max(largest, sum(p.stat().st_size for p in folder.glob("*/*.kvblob")))
+    RECORD.emit({"phase": "fairness", "part": "store_full", "requests": len(contexts), "cap_mb": cap_mb,
+                 "largest_mb": round(largest / (1 << 20), 1), "statuses": dict(statuses)})
+
+
+def fairness_phases(quick: bool, clients: int, seconds: float, requests: list[dict]) -> None:
+    neighbour_phase(4 if quick else clients, 10.0 if quick else seconds, requests)
+    tenants_phase(4 if quick else 16)
+    deep_html_phase()
+    echo_phase()
+    store_full_phase(20 if quick else 200, 5 if quick else 50)
+
+
+def precision_phase(starts: int) -> None:
+    from ctxcomp.hub import ModelHub
+
+    picks = []
+    for _ in range(starts):
+        hub = ModelHub(precision="auto")
+        picks.append({role: (hub.precision_of(role), hub.precisions[role][1]) for role in ("token_classifier", "relevance")})
+    RECORD.emit({"phase": "precision", "starts": starts,
+                 "chosen": {role: collections.Counter(p[role][0] for p in picks) for role in picks[0]},
+                 "probe_ms": [{role: p[role][1] for role in p} for p in picks]})
 
 
 def main() -> None:
@@ -388,9 +566,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--skip-threads", action="store_true", help="leave out the threads phase")
-    parser.add_argument("--only", choices=["load", "faults", "p2", "threads"], help="run this phase alone")
+    parser.add_argument("--only", choices=["load", "faults", "p2", "threads", "fairness", "precision"],
+                        help="run this phase alone")
     args = parser.parse_args()
-    print(json.dumps(header("load", "test", requests_from="the test articles' paragraphs; only timings and statuses are reported")), flush=True)
+    RECORD.emit(header("load", "test", requests_from="the test articles' paragraphs; only timings and statuses are reported"))
     requests = make_requests(400, seed=5)
     if args.quick:
         fault_phase(4, 15.0, requests)
@@ -400,10 +579,13 @@ def main() -> None:
         "faults": lambda: fault_phase(8, args.seconds / 2, requests),
         "p2": lambda: p2_phase(args.seconds / 4, requests),
         "threads": lambda: threads_phase(args.seconds / 4, requests),
+        "fairness": lambda: fairness_phases(False, 15, args.seconds / 2, requests),
+        "precision": lambda: precision_phase(10),
     }
     for name, run in phases.items():
         if args.only in (None, name) and not (name == "threads" and args.skip_threads and args.only is None):
             run()
+    print(json.dumps({"record": str(RECORD.write(f"load-{args.only}" if args.only else "load"))}), flush=True)
 
 
 if __name__ == "__main__":
