@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from ctxcomp.errors import CtxcompError
 
@@ -26,26 +26,25 @@ class Cancelled(CtxcompError):
 
 
 @contextmanager
-def cancellable(abandoned: Callable[[], bool]) -> Iterator[None]:
-    """While inside, `checkpoint()` on this thread raises Cancelled once `abandoned()` is true."""
-    outer = getattr(_watch, "abandoned", None)
-    _watch.abandoned = abandoned
+def _watching(name: str, value: Callable) -> Iterator[None]:
+    """`value` as this thread's `name` while inside (the outer one again after)."""
+    outer = getattr(_watch, name, None)
+    setattr(_watch, name, value)
     try:
         yield
     finally:
-        _watch.abandoned = outer
+        setattr(_watch, name, outer)
 
 
-@contextmanager
-def yielding(give_way: Callable[[], None]) -> Iterator[None]:
+def cancellable(abandoned: Callable[[], bool]) -> ContextManager[None]:
+    """While inside, `checkpoint()` on this thread raises Cancelled once `abandoned()` is true."""
+    return _watching("abandoned", abandoned)
+
+
+def yielding(give_way: Callable[[], None]) -> ContextManager[None]:
     """While inside, `checkpoint()` on this thread calls `give_way()`, which may block while
     other work runs (see ctxcomp.service.worker)."""
-    outer = getattr(_watch, "give_way", None)
-    _watch.give_way = give_way
-    try:
-        yield
-    finally:
-        _watch.give_way = outer
+    return _watching("give_way", give_way)
 
 
 def checkpoint() -> None:
