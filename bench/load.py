@@ -457,7 +457,17 @@ def spread(values: list[float]) -> dict:
 
 
 def tenants_phase(count: int) -> None:
-    contexts = [p.context for p in squad.splits().test[: 2 * count + 1]]
+    """Tenant B's KV requests for contexts tenant A computed, and for contexts nobody sent.
+    The two sets are matched in length (neighbours by length, one to each set at random), so
+    any difference in B's times would come from A's requests, not from the contexts."""
+    by_length = sorted((p.context for p in squad.splits().test), key=len)[:: 7][: 2 * count + 1]
+    rng = random.Random(11)
+    computed, fresh_contexts = [], []
+    for pair in zip(by_length[0:-1:2], by_length[1:-1:2]):
+        first, second = rng.sample(pair, 2)
+        computed.append(first)
+        fresh_contexts.append(second)
+    contexts = computed + fresh_contexts + [by_length[-1]]
     with tempfile.TemporaryDirectory() as tmp:
         tokens = Path(tmp) / "tokens"
         tokens.write_text("acme tok-a\nglobex tok-b\n")
@@ -483,6 +493,7 @@ def tenants_phase(count: int) -> None:
 
 def deep_html_phase() -> None:
     pages = {"divs_1100": "<div>" * 1100 + "The tower opened in 1889.",
+             "bold_20k": "<b>" * 20_000 + "The tower opened in 1889.",
              "bold_100k": "<b>" * 100_000 + "The tower opened in 1889.",
              "tag_soup": "<html><body>" + "<p>soup <b>bold <i>italic " * 3000 + "The tower opened in 1889."}
     line = {"phase": "fairness", "part": "deep_html"}
@@ -542,7 +553,7 @@ def store_full_phase(requests: int, cap_mb: int) -> None:
 
 def fairness_phases(quick: bool, clients: int, seconds: float, requests: list[dict]) -> None:
     neighbour_phase(4 if quick else clients, 10.0 if quick else seconds, requests)
-    tenants_phase(4 if quick else 16)
+    tenants_phase(4 if quick else 24)
     deep_html_phase()
     echo_phase()
     store_full_phase(20 if quick else 200, 5 if quick else 50)
