@@ -47,6 +47,13 @@ def yielding(give_way: Callable[[], None]) -> ContextManager[None]:
     return _watching("give_way", give_way)
 
 
+def in_slices() -> bool:
+    """Whether the work on this thread runs in slices (a large request, see `yielding`): its
+    model loops then take smaller batches (a quarter of the usual encoder tokens), so that each
+    slice, and a small request's wait, is short."""
+    return getattr(_watch, "give_way", None) is not None
+
+
 def checkpoint() -> None:
     """Raise Cancelled if the work on this thread is no longer wanted, else give way to waiting
     work if asked to; call between model batches."""

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ctxcomp import lexical, relevance, webpage
+from ctxcomp.cancellation import checkpoint
 from ctxcomp.errors import InvalidRequest, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodOutput
@@ -60,6 +61,7 @@ def has_html(request: CompressRequest) -> bool:
 
 
 def _render(index: int, raw: str) -> webpage.HtmlPage:
+    checkpoint()
     try:
         return webpage.render(raw)
     except webpage.PageTooDeep as err:
@@ -121,6 +123,7 @@ def _coarse_cut(
     nodes = {i: _nodes(page) for i, page in pages.items()}
     counts = {i: hub.count_tokens([text for text, _ in nodes[i]]) for i in pages}
     big = [i for i in pages if sum(counts[i]) > COARSE_FACTOR * shares[i]]
+    checkpoint()
     candidates = {i: _lexical_candidates(query, nodes[i], counts[i], COARSE_FACTOR * shares[i]) for i in big}
     texts = [nodes[i][n][0] for i in big for n in candidates[i]]
     if not texts:

@@ -20,7 +20,7 @@ import torch
 
 from ctxcomp import windows as win
 from ctxcomp.batching import batches_by_length
-from ctxcomp.cancellation import checkpoint
+from ctxcomp.cancellation import checkpoint, in_slices
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodOutput
 from ctxcomp.selection import empty_results
@@ -59,8 +59,10 @@ def score(hub: ModelHub, requests: Sequence[CompressRequest]) -> list[tuple[Docu
     scorer = hub.get("relevance")
     texts = [d.text for r in requests for d in r.documents]
     segmented = segment(hub, scorer, requests, texts)
+    checkpoint()
     windows = [w for s in segmented for w in s.windows]
     doc_logits, sent_logits, word_logits = encode(scorer, segmented, windows)
+    checkpoint()
     flat = [
         DocumentScores(s.words, s.sentences, s.owner, float(doc_logits[d]), sent_logits[d], word_logits[d])
         for d, s in enumerate(segmented)
@@ -73,7 +75,8 @@ def segment(hub: ModelHub, scorer: Any, requests: Sequence[CompressRequest], tex
     """Words, sentences and windows of every document of every request (one spaCy pass)."""
     tokenizer = scorer.tokenizer
     sentences = split_sentences(hub.get("spacy"), texts)
-    queries = [win.query_ids(tokenizer, r.query, scorer.max_length) for r in requests for _ in r.documents]
+    asked = [win.query_ids(tokenizer, r.query, scorer.max_length) for r in requests]  # once per request, not per document
+    queries = [asked[q] for q, r in enumerate(requests) for _ in r.documents]
     out = []
     for d, (text, sents, query) in enumerate(zip(texts, sentences, queries)):
         checkpoint()
@@ -93,7 +96,8 @@ def encode(scorer: Any, segmented: Sequence[_Segmented], windows: Sequence[win.W
     documents = torch.full((len(segmented),), -torch.inf)
     sentences = torch.full((int(sentence_base[-1]),), -torch.inf)
     word_sums, word_counts = torch.zeros(int(word_base[-1])), torch.zeros(int(word_base[-1]))
-    for batch in batches_by_length([len(w.input_ids) for w in windows], MAX_BATCH_TOKENS):
+    max_tokens = MAX_BATCH_TOKENS // 4 if in_slices() else MAX_BATCH_TOKENS
+    for batch in batches_by_length([len(w.input_ids) for w in windows], max_tokens):
         checkpoint()
         members = [windows[i] for i in batch]
         padded = win.pad_windows(members, pad_id)
@@ -113,9 +117,10 @@ def encode(scorer: Any, segmented: Sequence[_Segmented], windows: Sequence[win.W
         logits = model.sentence_logits(out, ids.to(device), len(present)).float().cpu()
         sentences.scatter_reduce_(0, present, logits, "amax")
     words = (word_sums / word_counts.clamp(min=1)).numpy()
+    by_sentence = sentences.numpy()  # sliced per document in numpy: a torch slice costs ~20 us each
     return (
         documents.numpy(),
-        [sentences[sentence_base[d] : sentence_base[d] + len(s.sentences)].numpy() for d, s in enumerate(segmented)],
+        [by_sentence[sentence_base[d] : sentence_base[d] + len(s.sentences)] for d, s in enumerate(segmented)],
         [words[word_base[d] : word_base[d + 1]] for d in range(len(segmented))],
     )
 

@@ -29,6 +29,7 @@ import lxml.etree
 import lxml.html
 import numpy as np
 
+from ctxcomp.cancellation import checkpoint
 from ctxcomp.text import segment_words
 from ctxcomp.types import Span
 
@@ -111,10 +112,13 @@ def render(raw: str, max_words: int = DEFAULT_BLOCK_WORDS) -> HtmlPage:
     """Clean, cut into blocks and align. Never raises on markup lxml can recover; a page with no
     text gives a page with no blocks."""
     root = clean(raw)
+    checkpoint()
     cut = blocks(root, max_words) if root is not None else []
     decoded, raw_start, raw_end = decoded_text(raw)
     word_spans, cursor = [], 0
-    for block in cut:
+    for b, block in enumerate(cut):
+        if b % 256 == 0:
+            checkpoint()  # a page of ten thousand blocks takes a while: a place to stop or give way
         words = segment_words(block.text)
         raw_spans = np.full((len(words), 2), -1, dtype=np.int64)
         marker = len(_MARKERS.get(block.kind, ""))
@@ -153,7 +157,9 @@ def clean(raw: str) -> lxml.html.HtmlElement | None:
         return None
     title = root.findtext(".//title")
     lxml.etree.strip_elements(root, *DROPPED_TAGS, with_tail=False)
-    for element in list(root.iter(lxml.etree.Element)):
+    for n, element in enumerate(list(root.iter(lxml.etree.Element))):
+        if n % 2048 == 0:
+            checkpoint()
         if element.getparent() is not None and _is_boilerplate(element):
             element.drop_tree()  # keeps the tail: text after the element is not the element's
     body = root.find("body")

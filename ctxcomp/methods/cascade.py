@@ -84,6 +84,7 @@ def compress_scored(hub: ModelHub, item: MethodItem, scores: Sequence[relevance.
     config: CascadeConfig = item.config
     budget = token_budget(item.request, config.rate, item.tokens_before)
     budgets = document_budgets(scores, item.tokens_before, budget, config)
+    checkpoint()
     selections = [
         keep_in_document(hub, doc, int(doc_budget), config.token_weight, before)
         for doc, doc_budget, before in zip(scores, budgets, item.tokens_before)
