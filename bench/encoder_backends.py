@@ -99,8 +99,8 @@ def runners(classifier, onnx: dict[str, Path], threads: int) -> dict[str, Callab
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = ort.InferenceSession(str(onnx[name]), options, providers=["CPUExecutionProvider"])
-            return lambda feed: session.run(None, feed)[0]
+            runtime = ort.InferenceSession(str(onnx[name]), options, providers=["CPUExecutionProvider"])
+            return lambda feed: runtime.run(None, feed)[0]
         return build
 
     return {
