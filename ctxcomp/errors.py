@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class CtxcompError(Exception):
     """Base class of every error ctxcomp raises on purpose."""
@@ -21,6 +24,12 @@ def quoted(value: object, limit: int = ECHO_CHARS) -> str:
         return shown
     size = f"{len(value)} characters" if isinstance(value, str) else f"{len(shown)} characters as written"
     return f"{shown[:limit]}... ({size})"
+
+
+def did_you_mean(value: str, valid: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" for the valid name closest to a misspelt one, or "" when none is close."""
+    close = difflib.get_close_matches(value, list(valid), n=1, cutoff=0.75) if len(value) <= ECHO_CHARS else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class InvalidRequest(CtxcompError):

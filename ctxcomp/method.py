@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
 
-from ctxcomp.errors import InvalidRequest, quoted
+from ctxcomp.errors import InvalidRequest, did_you_mean, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.types import CompressRequest, DocumentResult
 
@@ -141,7 +141,7 @@ def apply_options(config: Any, options: Mapping[str, Any], prefix: str = "option
     changes = {}
     for name, value in options.items():
         if name not in known:
-            raise InvalidRequest(f"{prefix}.{name}", f"unknown option; valid options: {', '.join(sorted(known))}")
+            raise InvalidRequest(f"{prefix}.{name}", f"unknown option{did_you_mean(name, known)}; valid options: {', '.join(sorted(known))}")
         changes[name] = _coerce(f"{prefix}.{name}", hints[name], value)
     updated = dataclasses.replace(config, **changes)
     check = getattr(updated, "check", None)

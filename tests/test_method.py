@@ -37,6 +37,17 @@ def test_unknown_method_lists_valid_ones() -> None:
     assert caught.value.field == "method"
 
 
+def test_misspelt_method_and_option_names_get_a_suggestion() -> None:
+    with pytest.raises(InvalidRequest, match=r"unknown method 'casacde' \(did you mean 'cascade'\?\)"):
+        methods.method_class("casacde")
+    with pytest.raises(InvalidRequest, match=r"unknown option \(did you mean 'query_weight'\?\)") as caught:
+        apply_options(LLMLingua2Config(), {"query_wieght": 0.5})
+    assert caught.value.field == "options.query_wieght"
+    with pytest.raises(InvalidRequest) as unrelated:
+        methods.method_class("lingua-3000")
+    assert "did you mean" not in str(unrelated.value)
+
+
 def test_every_registered_method_describes_its_options() -> None:
     for name in methods.method_names():
         cls = methods.method_class(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from ctxcomp.errors import InvalidRequest, quoted
+from ctxcomp.errors import InvalidRequest, did_you_mean, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method
 
@@ -41,7 +41,8 @@ def is_method_name(name: str) -> bool:
 
 def method_class(name: str) -> type[Method]:
     if name not in REGISTRY:
-        raise InvalidRequest("method", f"unknown method {quoted(name)}; valid methods: {', '.join(method_names())}")
+        raise InvalidRequest("method", f"unknown method {quoted(name)}{did_you_mean(name, method_names())}; "
+                             f"valid methods: {', '.join(method_names())}")
     module, _, attr = REGISTRY[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
