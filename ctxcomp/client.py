@@ -1,13 +1,24 @@
-"""Typed Python clients for the ctxcomp service (blocking and asyncio)."""
+"""Typed Python clients for the ctxcomp service (blocking and asyncio).
+
+A status the server answers with comes back as the exception the in-process API raises for
+the same problem (InvalidRequest with its field, Overloaded, Unavailable, NotAvailable, ...),
+carrying the server's message; it is a grpc.RpcError too, with the status's code() and
+details(), for callers that handle gRPC errors as such.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import functools
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ctxcomp import wire
+from ctxcomp.errors import (
+    CtxcompError, DeadlineExceeded, InvalidRequest, NotAvailable, Overloaded, Unauthenticated, Unavailable,
+)
 from ctxcomp.types import CompressRequest, CompressResult, Document, Message
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
@@ -93,6 +104,61 @@ def _open_channel(module: Any, target: str, root_certificates: bytes | None, max
     return module.insecure_channel(target, options=options)
 
 
+# The server's one mapping (ctxcomp.service.errors), read backwards; other codes (INTERNAL,
+# FAILED_PRECONDITION, ...) come back as CtxcompError.
+ERROR_BY_STATUS: dict[grpc.StatusCode, type[CtxcompError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.UNIMPLEMENTED: NotAvailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+class RemoteError(grpc.RpcError):
+    """What a client raises for a server's status, mixed into the domain error class."""
+
+    status: grpc.StatusCode
+    message: str
+
+    def code(self) -> grpc.StatusCode:
+        return self.status
+
+    def details(self) -> str:
+        return self.message
+
+
+@functools.cache
+def _remote_class(base: type[CtxcompError]) -> type:
+    return type(f"Remote{base.__name__}", (base, RemoteError), {"__module__": __name__})
+
+
+def remote_error(error: grpc.RpcError) -> CtxcompError:
+    """The domain error for a status the server answered with (see ERROR_BY_STATUS)."""
+    status, message = error.code(), error.details() or ""
+    base = ERROR_BY_STATUS.get(status, CtxcompError)
+    cls = _remote_class(base)
+    if base is InvalidRequest:
+        field, _, why = message.partition(": ")
+        raised = cls(field, why)
+    else:
+        raised = cls(message or status.name)
+    raised.status, raised.message = status, message
+    return raised
+
+
+@contextmanager
+def domain_errors() -> Iterator[None]:
+    """Calls inside raise the domain error of a server's status instead of grpc's own."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        if isinstance(error, RemoteError):
+            raise
+        raise remote_error(error) from None
+
+
 def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -145,7 +211,7 @@ class _Connection:
 
 
 class CtxcompClient(_Connection):
-    """Blocking client. Errors surface as grpc.RpcError with the server's status and message."""
+    """Blocking client. A server's error status raises its domain error (see the module doc)."""
 
     def __init__(self, target: str, **kwargs: Any):
         super().__init__(target, **kwargs)
@@ -154,7 +220,8 @@ class CtxcompClient(_Connection):
     def compress(self, query: str, documents: Sequence[Document | str], **kwargs: Any) -> CompressResult:
         """See build_request for the keyword arguments."""
         request = build_request(query, documents, **kwargs)
-        response = self.stub.Compress(request, timeout=self.timeout, metadata=self.metadata)
+        with domain_errors():
+            response = self.stub.Compress(request, timeout=self.timeout, metadata=self.metadata)
         return wire.result_from_proto(response)
 
     def compress_with_kv(
@@ -170,15 +237,18 @@ class CtxcompClient(_Connection):
         request = build_request(query, documents, **kwargs)
         request.return_kv = True
         request.kv_codec = kv_codec
-        stream = self.stub.CompressStream(request, timeout=self.timeout, metadata=self.metadata)
-        return reassemble(stream)
+        with domain_errors():
+            stream = self.stub.CompressStream(request, timeout=self.timeout, metadata=self.metadata)
+            return reassemble(stream)
 
     def list_methods(self) -> pb.ListMethodsResponse:
-        return self.stub.ListMethods(pb.ListMethodsRequest(), timeout=self.timeout, metadata=self.metadata)
+        with domain_errors():
+            return self.stub.ListMethods(pb.ListMethodsRequest(), timeout=self.timeout, metadata=self.metadata)
 
     def health(self, service: str = "") -> str:
         """'SERVING', 'NOT_SERVING', ... for the whole server or one service name."""
-        reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        with domain_errors():
+            reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def close(self) -> None:
@@ -198,7 +268,8 @@ class AsyncCtxcompClient(_Connection):
 
     async def compress(self, query: str, documents: Sequence[Document | str], **kwargs: Any) -> CompressResult:
         request = build_request(query, documents, **kwargs)
-        response = await self.stub.Compress(request, timeout=self.timeout, metadata=self.metadata)
+        with domain_errors():
+            response = await self.stub.Compress(request, timeout=self.timeout, metadata=self.metadata)
         return wire.result_from_proto(response)
 
     async def close(self) -> None:

@@ -61,7 +61,28 @@ class NotAvailable(CtxcompError):
     """A feature was asked for that this server does not provide (yet)."""
 
 
-class StoreUnavailable(CtxcompError):
+class Overloaded(CtxcompError):
+    """The server's queue is full, or the request would not be served before its deadline;
+    the client should back off and retry."""
+
+
+class Unavailable(CtxcompError):
+    """Something the request needs cannot be reached now; the client should retry (later, or elsewhere)."""
+
+
+class ShuttingDown(Unavailable):
+    """The server is stopping and its grace period is over; the client should retry elsewhere."""
+
+
+class Unauthenticated(CtxcompError):
+    """The server refused the call's credentials (a bearer token, with auth on)."""
+
+
+class DeadlineExceeded(CtxcompError):
+    """The call's deadline passed before the server answered."""
+
+
+class StoreUnavailable(Unavailable):
     """The KV store cannot be reached now (down, frozen, full); the client should retry.
     `key`: the one blob the failure concerns, or None when it is the store's own."""
 

@@ -19,7 +19,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ctxcomp.cancellation import Cancelled, cancellable
-from ctxcomp.errors import CtxcompError
+from ctxcomp.errors import Overloaded, ShuttingDown
 from ctxcomp.pipeline import Compressor, Plan
 from ctxcomp.service.worker import Lane, SharedWorker
 from ctxcomp.types import CompressRequest, CompressResult
@@ -35,14 +35,6 @@ def _load_malloc_trim() -> Callable[[], None]:
 
 
 _release_free_heap = _load_malloc_trim()
-
-
-class Overloaded(CtxcompError):
-    """The admission queue is full; the client should back off and retry."""
-
-
-class ShuttingDown(CtxcompError):
-    """The server is stopping and its grace period is over; the client should retry elsewhere."""
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ import logging
 
 import grpc
 
-from ctxcomp.errors import CtxcompError, InvalidRequest, ModelUnavailable, NotAvailable, StoreUnavailable
-from ctxcomp.service.batcher import Overloaded, ShuttingDown
+from ctxcomp.errors import (
+    CtxcompError, InvalidRequest, ModelUnavailable, NotAvailable, Overloaded, ShuttingDown, StoreUnavailable,
+)
 
 log = logging.getLogger("ctxcomp.service")
 # gRPC carries the status message in trailing metadata (8 KB by default): a longer one would

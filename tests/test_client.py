@@ -1,0 +1,66 @@
+"""The clients raise the in-process API's exceptions for a server's error statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
+from ctxcomp.errors import InvalidRequest, Overloaded, Unavailable
+from ctxcomp.service.batcher import BatcherConfig
+from ctxcomp.service.server import BackgroundServer, ServerConfig
+from ctxcomp.types import CompressRequest, Document
+
+TEXT = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris, France."
+
+
+def test_a_bad_request_raises_what_it_raises_in_process(client, compressor) -> None:
+    with pytest.raises(InvalidRequest) as local:
+        compressor.compress(CompressRequest("When?", (Document("0", TEXT),), rate=5.0))
+    with pytest.raises(InvalidRequest) as remote:
+        client.compress("When?", [TEXT], rate=5.0)
+    assert remote.value.field == local.value.field == "rate"
+    assert str(remote.value) == str(local.value)
+    assert isinstance(remote.value, grpc.RpcError) and remote.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_async_client_raises_the_same(server) -> None:
+    async def scenario() -> None:
+        client = AsyncCtxcompClient(server.address, timeout=60)
+        try:
+            with pytest.raises(InvalidRequest, match="did you mean 'cascade'") as caught:
+                await client.compress("When?", [TEXT], method="casacde")
+            assert caught.value.field == "method"
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_busy_and_unreachable_servers_raise_overloaded_and_unavailable(compressor) -> None:
+    config = ServerConfig(port=0, batching=BatcherConfig(max_batch=1, max_queue=1))
+    with BackgroundServer(compressor, config) as server:
+        async def flood() -> list:
+            client = AsyncCtxcompClient(server.address, timeout=60)
+            try:
+                return await asyncio.gather(*(client.compress("When?", [TEXT * 20]) for _ in range(8)),
+                                            return_exceptions=True)
+            finally:
+                await client.close()
+
+        outcomes = asyncio.run(flood())
+    assert any(isinstance(o, Overloaded) for o in outcomes), outcomes
+    with CtxcompClient("127.0.0.1:9", timeout=5) as nobody, pytest.raises(Unavailable):
+        nobody.compress("When?", [TEXT])
+
+
+def test_the_cli_prints_one_line_for_a_remote_bad_request(server) -> None:
+    done = subprocess.run([sys.executable, "-m", "ctxcomp.cli", "compress", "--server", server.address, "--query", "When?",
+                           "--rate", "5"], input=json.dumps({"id": "a", "text": TEXT}), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["ctxcomp: rate: must be in (0, 1], got 5.0"]
