@@ -81,7 +81,10 @@ def print_result(result: CompressResult, as_json: bool, out: TextIO) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    handle = open(args.input, encoding="utf-8") if args.input not in (None, "-") else sys.stdin
+    try:
+        handle = open(args.input, encoding="utf-8") if args.input not in (None, "-") else sys.stdin
+    except OSError as err:
+        raise InvalidRequest("input", f"{args.input}: {err.strerror or type(err).__name__}") from None
     with handle:
         query, documents = read_jsonl(handle, args.query)
     kwargs = dict(

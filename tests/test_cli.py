@@ -39,6 +39,12 @@ def test_compress_reports_bad_input_without_a_traceback() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_missing_input_file_is_one_line() -> None:
+    done = run_cli("compress", "/nonexistent/docs.jsonl", "--rate", "0.5")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["ctxcomp: input: /nonexistent/docs.jsonl: No such file or directory"]
+
+
 def test_demo_serves_and_prints_a_compressed_context() -> None:
     done = run_cli("demo")
     assert done.returncode == 0, done.stderr[-2000:]
