@@ -61,7 +61,6 @@ def has_html(request: CompressRequest) -> bool:
 
 
 def _render(index: int, raw: str) -> webpage.HtmlPage:
-    checkpoint()
     try:
         return webpage.render(raw)
     except webpage.PageTooDeep as err:

@@ -59,7 +59,6 @@ def score(hub: ModelHub, requests: Sequence[CompressRequest]) -> list[tuple[Docu
     scorer = hub.get("relevance")
     texts = [d.text for r in requests for d in r.documents]
     segmented = segment(hub, scorer, requests, texts)
-    checkpoint()
     windows = [w for s in segmented for w in s.windows]
     doc_logits, sent_logits, word_logits = encode(scorer, segmented, windows)
     checkpoint()
