@@ -131,6 +131,7 @@ def test_full_queue_is_refused_with_resource_exhausted(compressor) -> None:
     import asyncio
 
     from ctxcomp.client import AsyncCtxcompClient
+    from ctxcomp.errors import Overloaded
     from ctxcomp.service.batcher import BatcherConfig
     from ctxcomp.service.server import BackgroundServer, ServerConfig
 
@@ -147,6 +148,7 @@ def test_full_queue_is_refused_with_resource_exhausted(compressor) -> None:
 
         outcomes = asyncio.run(fire())
     refused = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+    assert all(isinstance(o, Overloaded) for o in refused)  # the in-process exception, raised by the client
     served = [o for o in outcomes if not isinstance(o, Exception)]
     assert served and refused
     assert {o.code() for o in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
