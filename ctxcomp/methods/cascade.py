@@ -8,10 +8,11 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
    to softmax(relevance / temperature) (LongLLMLingua's dynamic ratio), each
    capped at its size, what a capped document cannot use passed on;
 3. keep sentences by the sentence head, each document within its budget;
-4. drop tokens by the token head only where the budget demands it: a word's
-   priority is its sentence's logit plus `token_weight` times its own, so
-   whole sentences go in order and only the sentence at the budget's edge is
-   cut to its best words (code blocks, JSON, links stay whole units);
+4. cut the sentence at the budget's edge, as `edge_cut` says: to the best
+   contiguous run of its clauses if at least a third of it fits, else not at all
+   (`clause`); never (`sentence`); or to its best words by the token head
+   (`words`: a word's priority is its sentence's logit plus `token_weight`
+   times its own). Code blocks, JSON and links stay whole units;
 5. fill: budget the relevant documents cannot use (all of them are whole) goes
    to the dropped ones, best first, in whole sentences, unless `fill_budget` is
    off (a target is then only a cap). At tight budgets no relevant document is
@@ -20,8 +21,10 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from functools import partial
+from typing import ClassVar, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -30,8 +33,17 @@ from ctxcomp.cancellation import checkpoint
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
-from ctxcomp.selection import Selection, document_results, fit_budget, split_budget, token_budget
-from ctxcomp.text import unit_ids
+from ctxcomp.selection import Selection, document_results, fit_budget, split_budget, token_budget, word_costs
+from ctxcomp.text import TextSpans, unit_ids
+
+EdgeCut = Literal["clause", "sentence", "words"]
+CLAUSE_MIN_SHARE = 1 / 3  # of the edge sentence's tokens a clause cut must keep (one of three clauses), or the sentence goes
+_CLAUSE_END = re.compile(r"[,;:)\]]$|^[-–—]$")  # a word that ends a clause (or is a dash)
+# words that start a clause: subordinating and coordinating conjunctions, relative pronouns
+_CLAUSE_START = frozenset(
+    "because although though while whereas since unless until when whenever where which who whom whose "
+    "but so yet after before if".split()
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,11 @@ class CascadeConfig(SelectiveOptions):
     token_weight: float = field(
         default=0.3, metadata={"help": "word priority = sentence logit + this x token logit (0 = whole sentences only)"}
     )
+    edge_cut: str = field(
+        default="words",
+        metadata={"help": "the sentence at the budget's edge: clause (a contiguous part of it, or none), "
+                          "sentence (none of it) or words (its best words)"},
+    )
     fill_budget: bool = field(
         default=True,
         metadata={"help": "budget the relevant documents leave once all are whole goes to dropped ones, best first"},
@@ -62,6 +79,8 @@ class CascadeConfig(SelectiveOptions):
             raise InvalidRequest("options.drop_below", f"must be in [0, 1), got {self.drop_below}")
         if not 0.0 <= self.token_weight <= 10.0:
             raise InvalidRequest("options.token_weight", f"must be in [0, 10], got {self.token_weight}")
+        if self.edge_cut not in get_args(EdgeCut):
+            raise InvalidRequest("options.edge_cut", f"must be one of {', '.join(get_args(EdgeCut))}, got {self.edge_cut!r}")
 
 
 class Cascade(MethodBase):
@@ -86,7 +105,7 @@ def compress_scored(hub: ModelHub, item: MethodItem, scores: Sequence[relevance.
     budgets = document_budgets(scores, item.tokens_before, budget, config)
     checkpoint()
     selections = [
-        keep_in_document(hub, doc, int(doc_budget), config.token_weight, before)
+        keep_in_document(hub, doc, int(doc_budget), config, before)
         for doc, doc_budget, before in zip(scores, budgets, item.tokens_before)
     ]
     spend_leftover(hub, scores, budgets, selections, budget, config, item.tokens_before)
@@ -132,15 +151,15 @@ def spend_leftover(
     documents, best first, in whole sentences only."""
     by_relevance = np.argsort([-doc.relevance for doc in scores], kind="stable")
     kept = [d for d in by_relevance if budgets[d] >= 1]
-    grow(hub, scores, selections, budget, config.token_weight, sizes, kept)
+    grow(hub, scores, selections, budget, config, sizes, kept)
     if config.fill_budget and all(sum(selections[d].counts) >= sizes[d] for d in kept):
         dropped = [d for d in by_relevance if budgets[d] < 1]
-        grow(hub, scores, selections, budget, config.token_weight, sizes, dropped, whole_sentences=True)
+        grow(hub, scores, selections, budget, config, sizes, dropped, whole_sentences=True)
 
 
 def grow(
     hub: ModelHub, scores: Sequence[relevance.DocumentScores], selections: list[Selection], budget: int,
-    token_weight: float, sizes: Sequence[int], order: Sequence[int], whole_sentences: bool = False,
+    config: CascadeConfig, sizes: Sequence[int], order: Sequence[int], whole_sentences: bool = False,
 ) -> None:
     """Refit the documents of `order`, in turn, with what they keep plus what the budget has left
     (in whole sentences only, if asked: no fragments of a document judged irrelevant)."""
@@ -150,25 +169,97 @@ def grow(
         if left <= 0:
             return
         if spent[d] < sizes[d]:
-            grown = keep_in_document(hub, scores[d], spent[d] + left, token_weight, sizes[d], whole_sentences)
+            grown = keep_in_document(hub, scores[d], spent[d] + left, config, sizes[d], whole_sentences)
             if sum(grown.counts) > spent[d]:
                 left -= sum(grown.counts) - spent[d]
                 selections[d], spent[d] = grown, sum(grown.counts)
 
 
 def keep_in_document(
-    hub: ModelHub, doc: relevance.DocumentScores, budget: int, token_weight: float, size: int, whole_sentences: bool = False
+    hub: ModelHub, doc: relevance.DocumentScores, budget: int, config: CascadeConfig, size: int,
+    whole_sentences: bool = False,
 ) -> Selection:
     """The best units of one document within `budget` tokens: sentences by the sentence head,
-    the edge sentence cut to its best words by the token head (with `whole_sentences`, the
-    sentences are the units: none is cut)."""
+    the sentence at the budget's edge cut as `config.edge_cut` says (with `whole_sentences`,
+    or edge_cut "sentence", none is cut)."""
     checkpoint()  # a page's nodes are thousands of documents: a place to stop or give way
     if not len(doc.words):
         return fit_budget([doc.words], np.zeros(0), hub.count_tokens, 0, total_tokens=0)
     sentence_logits = doc.sentence_logits if len(doc.sentence_logits) else np.zeros(1)
-    priority = sentence_logits[doc.sentence_of_word] + token_weight * doc.word_logits
-    return fit_budget(
-        [doc.words], priority.astype(np.float64), hub.count_tokens, budget,
-        total_tokens=size, count_pieces=hub.count_piece_tokens,
-        units=doc.sentence_of_word if whole_sentences else unit_ids(doc.words),
-    )
+    sentence_priority = sentence_logits[doc.sentence_of_word].astype(np.float64)
+    fit = partial(fit_budget, [doc.words], total_tokens=size, count_pieces=hub.count_piece_tokens)
+    if config.edge_cut == "words" and not whole_sentences:
+        priority = sentence_priority + config.token_weight * doc.word_logits
+        return fit(priority, hub.count_tokens, budget, units=unit_ids(doc.words))
+    if whole_sentences or config.edge_cut == "sentence" or budget >= size:
+        return fit(sentence_priority, hub.count_tokens, budget, units=doc.sentence_of_word)
+    clause = edge_clause(hub, doc, sentence_logits, budget)
+    units = np.where(clause, -1, doc.sentence_of_word)  # the clause is a unit of its own, the rest of its sentence too
+    units = np.cumsum(np.r_[True, units[1:] != units[:-1]]) - 1
+    in_clause_sentence = np.isin(doc.sentence_of_word, doc.sentence_of_word[clause])
+    allowed = np.where(in_clause_sentence & ~clause, -np.inf, sentence_priority)
+    return fit(allowed, hub.count_tokens, budget, units=units)
+
+
+def edge_clause(hub: ModelHub, doc: relevance.DocumentScores, sentence_logits: np.ndarray, budget: int) -> np.ndarray:
+    """[W] bool: the clause kept of the sentence at the budget's edge (none kept: all False).
+
+    Sentences are taken whole in the sentence head's order while they fit; the first that
+    does not is the edge. Its best contiguous run of clauses (summed token logits) that fits
+    what is left and holds at least CLAUSE_MIN_SHARE of its tokens is kept; otherwise none of it.
+    """
+    costs = word_costs([doc.words], hub.count_piece_tokens)
+    owner = doc.sentence_of_word
+    sentence_costs = np.bincount(owner, costs, minlength=len(sentence_logits))
+    left = budget
+    out = np.zeros(len(owner), bool)
+    for sentence in np.argsort(-sentence_logits, kind="stable"):
+        if sentence_costs[sentence] <= left:
+            left -= sentence_costs[sentence]
+            continue
+        in_sentence = np.flatnonzero(owner == sentence)
+        if len(in_sentence):
+            least = CLAUSE_MIN_SHARE * float(sentence_costs[sentence])
+            run = best_run(clause_spans(doc.words, in_sentence), costs, doc.word_logits, least, left)
+            if run is not None:
+                out[run[0] : run[1]] = True
+        return out
+    return out
+
+
+def clause_spans(words: TextSpans, indices: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) word ranges of the clauses of one sentence (words `indices`, contiguous):
+    a clause ends at a word ending in , ; : ) ] or at a dash, or before a conjunction or
+    relative pronoun (because, which, but...)."""
+    strings = words.strings()
+    spans, start = [], int(indices[0])
+    for i in indices.tolist():
+        if i > start and strings[i].lower() in _CLAUSE_START:
+            spans.append((start, i))
+            start = i
+        if _CLAUSE_END.search(strings[i]):
+            spans.append((start, i + 1))
+            start = i + 1
+    if start <= int(indices[-1]):
+        spans.append((start, int(indices[-1]) + 1))
+    return spans
+
+
+def best_run(
+    clauses: list[tuple[int, int]], costs: np.ndarray, logits: np.ndarray, least: float, most: int
+) -> tuple[int, int] | None:
+    """The [start, end) word range of consecutive clauses with the highest summed logit among
+    those that cost between `least` and `most` tokens, or None if none does."""
+    best, best_score = None, -np.inf
+    for a in range(len(clauses)):
+        for b in range(a, len(clauses)):
+            start, end = clauses[a][0], clauses[b][1]
+            cost = costs[start:end].sum()
+            if cost > most:
+                break
+            if cost < least:
+                continue
+            score = float(logits[start:end].sum())
+            if score > best_score:
+                best, best_score = (start, end), score
+    return best

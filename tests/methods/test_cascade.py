@@ -98,7 +98,7 @@ def test_dropped_documents_come_back_in_whole_sentences_only(compressor, hub) ->
 
 
 @pytest.mark.parametrize("options, field", [({"temperature": 0}, "options.temperature"), ({"drop_below": 1.0}, "options.drop_below"),
-                                            ({"token_weight": -1}, "options.token_weight")])
+                                            ({"token_weight": -1}, "options.token_weight"), ({"edge_cut": "word"}, "options.edge_cut")])
 def test_bad_options_name_the_field(compressor, options, field) -> None:
     with pytest.raises(InvalidRequest) as err:
         compressor.plan(demo_request(method="cascade", options=options))
@@ -109,3 +109,72 @@ def test_cascade_needs_a_query(compressor) -> None:
     with pytest.raises(InvalidRequest) as err:
         compressor.plan(dataclasses.replace(demo_request(method="cascade"), query=" "))
     assert err.value.field == "query"
+
+
+VASA = "The Vasa sank in 1628 because it was top-heavy and unstable. It was built in Stockholm. The weather was fine that day."
+PARIS = "Paris is the capital of France. It rains often in autumn."
+
+
+def vasa_request(texts: tuple[str, ...], rate: float, **options) -> CompressRequest:
+    documents = tuple(Document(str(i), text) for i, text in enumerate(texts))
+    return CompressRequest("Why did the Vasa sink?", documents, method="cascade", rate=rate, options=options)
+
+
+def sentence_pieces(hub, result, request) -> list[tuple[int, int, int]]:
+    """(document, sentence, runs of kept words) for every sentence of which some but not all words are kept."""
+    from ctxcomp.text import segment_words, sentence_of_word, split_sentences
+
+    out = []
+    for d, (doc, sentences) in enumerate(zip(result.documents, split_sentences(hub.get("spacy"), [x.text for x in request.documents]))):
+        words = segment_words(request.documents[d].text)
+        owner = sentence_of_word(words, sentences)
+        kept = [any(s.start <= a and b <= s.end for s in doc.kept_spans) for a, b in zip(words.starts, words.ends)]
+        for sentence in range(len(sentences)):
+            flags = [k for k, o in zip(kept, owner) if o == sentence]
+            if any(flags) and not all(flags):
+                runs = sum(1 for i, k in enumerate(flags) if k and (i == 0 or not flags[i - 1]))
+                out.append((d, sentence, runs))
+    return out
+
+
+@pytest.mark.parametrize("texts", [(VASA, PARIS), (VASA,)])
+@pytest.mark.parametrize("rate", [0.5, 0.33])
+def test_a_clause_cut_keeps_one_contiguous_clause_of_the_edge_sentence_or_none(compressor, hub, texts, rate) -> None:
+    """No "It Stockholm." and no "The Vasa 1628 it was...": at most one sentence per document is
+    cut, and what stays of it is one run of text."""
+    request = vasa_request(texts, rate, edge_cut="clause")
+    result = compressor.compress(request)
+    assert 0 < result.tokens_after <= int(result.tokens_before * rate)
+    assert "It Stockholm" not in result.context and "Vasa 1628" not in result.context
+    pieces = sentence_pieces(hub, result, request)
+    assert len({d for d, _, _ in pieces}) == len(pieces)  # one cut sentence per document at most
+    assert all(runs == 1 for _, _, runs in pieces)
+
+
+def test_the_why_of_the_vasa_survives_a_clause_cut(compressor) -> None:
+    result = compressor.compress(vasa_request((VASA,), 0.33, edge_cut="clause"))
+    assert "because it was top-heavy and unstable." in result.context
+
+
+def test_a_sentence_cut_keeps_whole_sentences_only(compressor, hub) -> None:
+    request = vasa_request((VASA, PARIS), 0.5, edge_cut="sentence")
+    result = compressor.compress(request)
+    assert result.tokens_after > 0 and sentence_pieces(hub, result, request) == []
+
+
+def test_a_words_cut_may_keep_the_best_words_of_a_sentence(compressor, hub) -> None:
+    request = vasa_request((VASA,), 0.5, edge_cut="words")
+    result = compressor.compress(request)
+    assert sentence_pieces(hub, result, request)
+
+
+def test_clauses_end_at_punctuation_and_before_conjunctions() -> None:
+    import numpy as np
+
+    from ctxcomp.methods.cascade import clause_spans
+    from ctxcomp.text import segment_words
+
+    words = segment_words("The ship, built in 1626, sank because it was top-heavy; nobody drowned.")
+    spans = clause_spans(words, np.arange(len(words)))
+    texts = [" ".join(words.strings()[a:b]) for a, b in spans]
+    assert texts == ["The ship,", "built in 1626,", "sank", "because it was top-heavy;", "nobody drowned."]
