@@ -130,6 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("ctxcomp.service").info(thread_plan.describe())
 
     config = ServerConfig(
+        warm_methods=preload_methods(args.preload),
         batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_queued_tokens=args.max_queued_tokens,
                                company_wait=args.company_wait, large_cost=args.large_cost),
         host=args.host,
@@ -169,6 +170,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     compressor = Compressor(hub, limits, kv_store=kv_store, kv_chunk_tokens=args.kv_chunk_tokens)
     asyncio.run(serve(compressor, config, on_ready=on_ready))
     return 0
+
+
+def preload_methods(flag: str) -> tuple[str, ...]:
+    """--preload: "all" (every method whose models can load here) or method names, comma-separated."""
+    if flag.strip() == "all":
+        return tuple(methods.method_names())
+    names = tuple(n.strip() for n in flag.split(",") if n.strip())
+    for name in names:
+        try:
+            for stage in name.split(methods.CHAIN_SEPARATOR):
+                methods.method_class(stage)
+        except InvalidRequest as err:
+            raise SystemExit(f"ctxcomp serve: --preload: {err.message}") from None
+    return names
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -213,21 +228,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     nothing of the working directory (a checkout, say) is on its import path.
     """
     from ctxcomp.client import CtxcompClient
+    from ctxcomp.pipeline import sample_request
 
-    sample = json.loads(resources.files("ctxcomp.samples").joinpath("rag_request.json").read_text())
-    documents = [Document(d["id"], d["text"], d.get("metadata", {})) for d in sample["documents"]]
+    sample = sample_request()
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         server = subprocess.Popen(
-            [console_script(), "serve", "--port", "0", "--port-file", str(port_file)],
+            [console_script(), "serve", "--port", "0", "--port-file", str(port_file), "--preload", methods.DEFAULT_METHOD],
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp,
         )
         try:
             port = _wait_for_port(port_file, server, timeout=args.timeout)
             with CtxcompClient(f"127.0.0.1:{port}") as client:
                 print(f"server health: {client.health()}", flush=True)
-                print(f"query: {sample['query']}\n", flush=True)
-                result = client.compress(sample["query"], documents, rate=args.rate)
+                print(f"query: {sample.query}\n", flush=True)
+                result = client.compress(sample.query, list(sample.documents), rate=args.rate)
             print_result(result, False, sys.stdout)
         finally:
             server.terminate()
@@ -257,16 +272,22 @@ def _wait_for_port(port_file: Path, server: subprocess.Popen, timeout: float) ->
 def cmd_batch(args: argparse.Namespace) -> int:
     """Compress a corpus (JSONL or Parquet: id, text, optional query) into Parquet parts."""
     from ctxcomp.batch import JobConfig, run
+    from ctxcomp.batch.runner import Interrupted
 
     options = json.loads(args.options) if args.options else {}
     if not isinstance(options, dict):
         raise InvalidRequest("options", "must be a JSON object")
     config = JobConfig(
-        method=args.method or "", rate=args.rate, target_tokens=args.target_tokens,
+        method=args.method or methods.DEFAULT_METHOD, rate=args.rate, target_tokens=args.target_tokens,
         options=options, kv_store=args.kv_store or "", kv_codec=args.kv_codec, embeddings=args.embeddings,
     )
-    figures = run(Path(args.input), Path(args.output), config, engine=args.engine, batch_size=args.batch_size,
-                  workers=args.workers, threads=args.threads, progress=not args.no_progress)
+    try:
+        figures = run(Path(args.input), Path(args.output), config, engine=args.engine, batch_size=args.batch_size,
+                      workers=args.workers, threads=args.threads, progress=not args.no_progress)
+    except Interrupted as stopped:
+        print(json.dumps(stopped.figures), flush=True)
+        print(f"ctxcomp batch: {stopped}; run the same command again to resume", file=sys.stderr, flush=True)
+        return 130
     print(json.dumps(figures), flush=True)
     return 0
 
@@ -316,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gRPC server until SIGTERM")
     p.add_argument("--host", default=os.environ.get("CTXCOMP_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("CTXCOMP_PORT", "50051")), help="0 picks a free one")
+    p.add_argument("--preload", default=f"{methods.DEFAULT_METHOD},llmlingua2",
+                   help="methods whose models load and run the embedded sample before health turns SERVING, "
+                        "comma-separated, or 'all' (default: %(default)s); any other method loads on first use")
     p.add_argument("--workers", type=int, default=1, help="threads running model work")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads per worker (default 0: the cores this process may use / workers)")

@@ -9,11 +9,14 @@ requests together, stage by stage.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from importlib import resources
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -22,7 +25,9 @@ from ctxcomp import conversation, html_stage, methods, relevance
 from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
-from ctxcomp.types import ORDERS, CompressRequest, CompressResult
+from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document
+
+log = logging.getLogger("ctxcomp")
 
 CONTEXT_SEPARATOR = "\n\n"
 
@@ -181,6 +186,7 @@ class Compressor:
         self.limits = limits or Limits()
         self.default_method = default_method
         self._methods: dict[str, Method] = {}
+        self._ready: set[str] = set()  # methods whose models are loaded (warm_up, or a first use)
         self._lock = threading.RLock()  # re-entrant: a chain asks for its stages while being built
 
     def method(self, name: str) -> Method:
@@ -190,10 +196,36 @@ class Compressor:
                 self._methods[name] = methods.build(name, self.hub, self.method)
             return self._methods[name]
 
-    def warm_up(self, names: list[str] | None = None) -> None:
-        """Load every model the named methods need (the default method's by default)."""
+    def warm_up(self, names: list[str] | None = None) -> dict[str, float]:
+        """Load every model the named methods need (the default method's by default) and run
+        the embedded sample request through each, so that a method's first request costs what
+        its tenth does. Returns the seconds each method took."""
+        sample = sample_request()
+        seconds = {}
         for name in names or [self.default_method]:
+            unavailable = self.method(name).check(self.hub)
+            if unavailable:
+                log.warning("method %s is not preloaded: %s", name, "; ".join(unavailable))
+                continue
+            started = time.perf_counter()
             self.hub.load(self.method(name).requires)
+            self.compress(replace(sample, method=name))
+            self._ready.add(name)
+            seconds[name] = time.perf_counter() - started
+            log.info("method %s loaded and warmed in %.1f s", name, seconds[name])
+        return seconds
+
+    def ready(self, name: str) -> None:
+        """Load the models of a method that was not warmed up, logging what its first use cost."""
+        if name in self._ready:
+            return
+        started = time.perf_counter()
+        missing = set(self.method(name).requires) - self.hub.loaded_roles()
+        self.hub.load(self.method(name).requires)
+        self._ready.add(name)
+        if missing:
+            log.info("method %s: first use loaded %s in %.1f s (a server warms it before SERVING with --preload)",
+                     name, ", ".join(sorted(missing)), time.perf_counter() - started)
 
     def compress(self, request: CompressRequest) -> CompressResult:
         return self.compress_batch([request])[0]
@@ -305,6 +337,7 @@ class Compressor:
                                                                       plans[i].cost_tokens):
                         owners.append(i)
                         side.append(MethodItem(request, plans[i].config, (tokens,)))
+                self.ready(name)
                 results = self.method(name).compress_many(items + side)
                 for i, output in zip(members, results):
                     done[i] = output
@@ -450,3 +483,11 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def sample_request() -> CompressRequest:
+    """The embedded sample (ctxcomp/samples/rag_request.json): `make demo`'s request, and the one
+    a server runs through each method it warms up."""
+    sample = json.loads(resources.files("ctxcomp.samples").joinpath("rag_request.json").read_text())
+    documents = tuple(Document(d["id"], d["text"], d.get("metadata", {})) for d in sample["documents"])
+    return CompressRequest(sample["query"], documents)
