@@ -65,6 +65,43 @@ def test_killed_run_resumes_without_duplicates(tmp_path) -> None:
     assert all(a <= b for a, b in zip(table.column("tokens_after").to_pylist(), table.column("tokens_before").to_pylist()))
 
 
+def test_ctrl_c_stops_cleanly_with_status_130_and_a_rerun_resumes(tmp_path) -> None:
+    """SIGINT mid-run: no traceback, exit 130, whole parts only; the rerun writes the rest once."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 2000)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ctxcomp.cli", "batch", str(corpus), str(out), "--rate", "0.5",
+               "--batch-size", "50", "--no-progress"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("part-*.parquet"))) < 2:
+        assert first.poll() is None, "the run finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "run the same command again to resume" in stderr
+    stopped = json.loads(stdout.strip().splitlines()[-1])
+    assert stopped["written"] == pq.read_table(sorted(out.glob("part-*.parquet"))).num_rows < 2000
+    assert not list(out.glob(".part-*"))
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=900, check=True)
+    figures = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert figures["skipped_done"] == stopped["written"] and figures["skipped_done"] + figures["written"] == 2000
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(f"r{i}" for i in range(2000))
+    assert set(table.column("method").to_pylist()) == {"cascade"}  # the default method, named
+
+
+def test_the_query_column_goes_out_as_it_came(tmp_path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 6)
+    run(corpus, tmp_path / "out", JobConfig(rate=0.5), progress=False)
+    table = read_output(tmp_path / "out")
+    by_id = dict(zip(table.column("id").to_pylist(), table.column("query").to_pylist()))
+    assert by_id == {f"r{i}": ("Where was it played?" if i % 2 else None) for i in range(6)}
+    assert set(table.column("method").to_pylist()) == {"cascade"}
+
+
 def test_ray_runner_matches_the_local_runner(tmp_path) -> None:
     corpus = write_corpus(tmp_path / "corpus.jsonl", 120)
     config = JobConfig(method="llmlingua2", rate=0.4)

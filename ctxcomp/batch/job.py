@@ -17,12 +17,14 @@ import numpy as np
 import pyarrow as pa
 
 from ctxcomp import methods
+from ctxcomp.cancellation import Cancelled
 from ctxcomp.errors import CtxcompError
 from ctxcomp.types import CompressRequest, Document
 
 OUTPUT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("query", pa.string()),  # the record's query, as it came (null without one)
         ("text", pa.string()),
         ("tokens_before", pa.int64()),
         ("tokens_after", pa.int64()),
@@ -85,8 +87,9 @@ class CompressBatch:
         rows: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
         compressed = [r.context if r is not None else "" for r in results]
         embeddings = self._embed(compressed, results) if self.config.embeddings else [None] * len(ids)
-        for record_id, result, error, embedding in zip(ids, results, errors, embeddings):
+        for record_id, query, result, error, embedding in zip(ids, raw_queries, results, errors, embeddings):
             rows["id"].append(record_id)
+            rows["query"].append(None if query is None else str(query))
             rows["text"].append(result.context if result else None)
             rows["tokens_before"].append(result.tokens_before if result else None)
             rows["tokens_after"].append(result.tokens_after if result else None)
@@ -105,15 +108,20 @@ class CompressBatch:
         )
 
     def _compress(self, requests: list[CompressRequest]) -> tuple[list[Any], list[str | None]]:
-        """Results in order; a record the pipeline refuses gets its error, the rest still run."""
+        """Results in order; a record the pipeline refuses gets its error, the rest still run.
+        Cancelled (the run was interrupted) is no record's error: it ends the batch."""
         try:
             return list(self.compressor.compress_batch(requests)), [None] * len(requests)
+        except Cancelled:
+            raise
         except CtxcompError:
             results, errors = [], []
             for request in requests:
                 try:
                     results.append(self.compressor.compress(request))
                     errors.append(None)
+                except Cancelled:
+                    raise
                 except CtxcompError as err:
                     results.append(None)
                     errors.append(str(err))

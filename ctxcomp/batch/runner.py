@@ -10,22 +10,31 @@ Output folder layout:
 Resuming: the ids in existing parts are done; a restart with the same
 arguments compresses only the rest and never writes an id twice (duplicate
 ids inside the input are written once, too).
+
+Ctrl-C (SIGINT) stops the run at the next model checkpoint: the batch in flight is dropped
+(never half-written), `run` raises Interrupted with the figures so far, and a rerun resumes.
+A second Ctrl-C exits at once (status 130); the parts written are whole either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctxcomp.batch.job import CompressBatch, JobConfig
+from ctxcomp.cancellation import Cancelled, cancellable
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.threads import ThreadPlan, plan_threads
 from ctxcomp.threads import apply as apply_threads
@@ -137,6 +146,67 @@ class OutputFolder:
         return len(ids)
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped the run; `figures` are run()'s figures up to the last part written."""
+
+    def __init__(self, figures: dict[str, Any]) -> None:
+        super().__init__(f"interrupted after {figures['written']} records written")
+        self.figures = figures
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
+    """While inside (on the main thread), the first SIGINT sets `stop` and the second exits
+    at once with status 130; elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+        print("\nctxcomp batch: stopping (Ctrl-C again to quit at once; a rerun resumes)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Progress:
+    """The records-written bar and rate, started once the models are loaded (`start`), so
+    that neither the ETA nor records_per_s counts loading."""
+
+    def __init__(self, total: int, already: int, shown: bool) -> None:
+        self.total, self.already, self.shown = total, already, shown
+        self.bar: Any = None
+        self.started: float | None = None
+        self.written = 0
+
+    def start(self) -> None:
+        if self.started is None:
+            from tqdm import tqdm
+
+            self.started = time.perf_counter()
+            self.bar = tqdm(total=self.total, initial=min(self.already, self.total), unit="rec", file=sys.stderr,
+                            disable=not self.shown, dynamic_ncols=True)
+
+    def update(self, count: int) -> None:
+        self.start()
+        self.written += count
+        self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.started if self.started is not None else 0.0
+        return round(self.written / elapsed, 2) if elapsed > 0 else 0.0
+
+
 def run(
     input_path: Path,
     output: Path,
@@ -148,43 +218,46 @@ def run(
     threads: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Compress every record of input_path not yet in output; returns run figures.
+    """Compress every record of input_path not yet in output; returns run figures
+    (records_per_s counts from the moment the models are loaded). Raises Interrupted on Ctrl-C.
 
     threads: torch intra-op threads per worker; 0 splits this process's cores between the
     workers (one local worker, or `workers` Ray actors). Said on stderr at the start."""
-    import time
-
-    from tqdm import tqdm
-
     if batch_size < 1:
         raise InvalidRequest("batch_size", f"must be positive, got {batch_size}")
     folder = OutputFolder(output, config, input_path)
     total = count_records(input_path)
     already = len(folder.done)
-    bar = tqdm(total=total, initial=min(already, total), unit="rec", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = Progress(total, already, progress)
     started = time.perf_counter()
-    written = 0
     thread_plan = plan_threads(1 if engine == "local" else workers, threads)
     print(f"ctxcomp batch: {thread_plan.describe()}", file=sys.stderr, flush=True)
-    tables = (
-        _run_local(input_path, folder, config, batch_size, thread_plan)
-        if engine == "local"
-        else _run_ray(input_path, folder, config, batch_size, workers, thread_plan)
-    )
-    for table in tables:
-        count = folder.write(table)
-        written += count
-        bar.update(count)
+    stop = threading.Event()
+    with stop_on_interrupt(stop), cancellable(stop.is_set):
+        tables = (
+            _run_local(input_path, folder, config, batch_size, thread_plan, bar.start)
+            if engine == "local"
+            else _run_ray(input_path, folder, config, batch_size, workers, thread_plan)
+        )
+        try:
+            for table in tables:
+                bar.update(folder.write(table))
+                if stop.is_set():
+                    break
+        except Cancelled:
+            pass
     bar.close()
-    indexed = folder.build_index() if config.embeddings else 0
-    elapsed = time.perf_counter() - started
-    return {"engine": engine, "records": total, "skipped_done": already, "written": written,
-            "seconds": round(elapsed, 2), "records_per_s": round(written / elapsed, 2) if elapsed else 0.0,
-            "indexed": indexed}
+    indexed = folder.build_index() if config.embeddings and not stop.is_set() else 0
+    figures = {"engine": engine, "records": total, "skipped_done": already, "written": bar.written,
+               "seconds": round(time.perf_counter() - started, 2), "records_per_s": bar.rate(), "indexed": indexed}
+    if stop.is_set():
+        raise Interrupted(figures)
+    return figures
 
 
 def _run_local(
-    input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int, thread_plan: ThreadPlan
+    input_path: Path, folder: OutputFolder, config: JobConfig, batch_size: int, thread_plan: ThreadPlan,
+    loaded: Callable[[], None],
 ) -> Iterator[pa.Table]:
     apply_threads(thread_plan)
     worker: CompressBatch | None = None
@@ -192,7 +265,10 @@ def _run_local(
         todo = folder.pending(batch)
         if not todo["id"]:
             continue
-        worker = worker or CompressBatch(config)  # models load only when there is work
+        if worker is None:  # models load only when there is work
+            worker = CompressBatch(config)
+            worker.compressor.warm_up([config.method or worker.compressor.default_method])
+            loaded()
         yield worker(todo)
 
 
