@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 from ctxcomp.method import describe_options
 from importlib import resources
@@ -120,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ctxcomp.service import logs
     from ctxcomp.service.server import ServerConfig, serve
 
-    logs.configure(logging.INFO)
+    logs.configure(getattr(logging, args.log_level.upper()))
     from ctxcomp import threads
     from ctxcomp.service.batcher import BatcherConfig
     from ctxcomp.service.tenants import Tenants
@@ -315,6 +316,8 @@ def share_arg(value: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxcomp", description="Context compression for RAG.")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning"], default="info",
+                        help="debug also lets third-party warnings, progress bars and gRPC's own lines through")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compress", help="compress documents from JSONL (file or stdin)")
@@ -426,18 +429,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Keep library chatter (load reports, progress bars) out of the CLI's output."""
+def quiet_libraries(level: str) -> None:
+    """Keep library chatter (warnings, load reports, progress bars, gRPC's C-core lines) out of
+    the CLI's output, unless the log level is debug."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if level == "debug":
+        return
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when gRPC's core starts, after this
+    warnings.simplefilter("ignore")
+    warnings.filterwarnings("default", module=r"ctxcomp(\.|$)")
+    for name in ("sentence_transformers", "transformers", "openvino", "nncf", "ray", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # sentence-transformers' bars follow its logger
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
+def exit_quietly(code: int) -> None:
+    """Exit now, after the atexit handlers but before the interpreter's teardown, where native
+    extensions that torch imports (triton's nanobind modules) print pages of leak reports."""
+    import atexit
+
+    logging.shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    quiet_libraries()
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    quiet_libraries(args.log_level)
     try:
         return args.func(args)
     except CtxcompError as err:
@@ -445,5 +471,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> None:
+    """The `ctxcomp` command (and `python -m ctxcomp.cli`)."""
+    args = build_parser().parse_args()
+    code = run_command(args)
+    if args.log_level == "debug":
+        sys.exit(code)
+    exit_quietly(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -30,6 +30,33 @@ def test_compress_reads_jsonl_from_stdin_and_prints_json() -> None:
     assert out["documents"][0]["metadata"] == {"k": "v"}
     assert 0 < out["tokens_after"] <= 12
     assert isinstance(out["ratio"], float)
+    assert done.stderr == ""  # no library warnings, progress bars or leak reports at exit
+
+
+def test_the_server_logs_only_its_own_json_lines(tmp_path) -> None:
+    """No library warnings, progress bars, gRPC core lines or leak reports at exit: every
+    line on stderr is one of the server's JSON log records, from start to SIGTERM."""
+    import signal
+    import time
+
+    from ctxcomp.client import CtxcompClient
+
+    port_file = tmp_path / "port"
+    server = subprocess.Popen([sys.executable, "-m", "ctxcomp.cli", "serve", "--port", "0", "--port-file", str(port_file),
+                               "--preload", "cascade"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not port_file.exists():
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        with CtxcompClient(f"127.0.0.1:{port_file.read_text()}") as client:
+            client.compress("Who painted the Mona Lisa?", ["The Mona Lisa was painted by Leonardo da Vinci."], method="llmlingua2")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=60)
+    records = [json.loads(line) for line in stderr.splitlines() if line.strip()]  # raises on any other line
+    assert any(r["msg"] == "serving" for r in records)
+    assert any("method llmlingua2: first use loaded" in r["msg"] for r in records), [r["msg"] for r in records]
 
 
 def test_compress_reports_bad_input_without_a_traceback() -> None:
