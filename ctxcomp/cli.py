@@ -101,11 +101,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
         from ctxcomp.client import CtxcompClient
 
         with CtxcompClient(args.server) as client:
-            result = client.compress(query, documents, **kwargs)
+            result = client.compress(query, documents, llm=args.llm or "", **kwargs)
     else:
+        from ctxcomp.hub import ModelHub
         from ctxcomp.pipeline import Compressor
 
-        result = Compressor().compress(CompressRequest(query=query, documents=documents, **kwargs))
+        hub = ModelHub(llm_tokenizers={"cli": args.llm} if args.llm else None)
+        request = CompressRequest(query=query, documents=documents, llm="cli" if args.llm else "", **kwargs)
+        result = Compressor(hub).compress(request)
     print_result(result, args.json, sys.stdout)
     return 0
 
@@ -165,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              "tenants apart; use a file:// or redis:// store, or one tenant")
     from ctxcomp.hub import ModelHub
 
-    hub = ModelHub(device=args.device, precision=args.precision)
+    hub = ModelHub(device=args.device, precision=args.precision, llm_tokenizers=dict(args.llm_tokenizer))
     logging.getLogger("ctxcomp.service").info("models run on %s%s", hub.device, " in bf16" if hub.device != "cpu" else "")
     limits = Limits(max_request_tokens=args.max_request_tokens, max_request_cost=args.max_request_cost)
     compressor = Compressor(hub, limits, kv_store=kv_store, kv_chunk_tokens=args.kv_chunk_tokens)
@@ -303,6 +306,14 @@ def device_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def named_tokenizer_arg(value: str) -> tuple[str, str]:
+    """--llm-tokenizer NAME=ID."""
+    name, sep, location = value.partition("=")
+    if not sep or not name.strip() or not location.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=ID (a HF id, folder or .gguf file), got {value!r}")
+    return name.strip(), location.strip()
+
+
 def share_arg(value: str) -> float:
     """A share in [0, 1] (--company-wait)."""
     try:
@@ -334,12 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html-output", action="store_true",
                    help='documents with "format": "html" come back as simplified HTML, not text')
     p.add_argument("--server", help="host:port of a running ctxcomp server (default: compress in-process)")
+    p.add_argument("--llm", help="count the budget and tokens in your LLM's tokenizer: in-process a HF id, folder or "
+                                 ".gguf file; with --server the name the server loaded it under (--llm-tokenizer)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("serve", help="run the gRPC server until SIGTERM")
     p.add_argument("--host", default=os.environ.get("CTXCOMP_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("CTXCOMP_PORT", "50051")), help="0 picks a free one")
+    p.add_argument("--llm-tokenizer", action="append", default=[], metavar="NAME=ID",
+                   type=named_tokenizer_arg,
+                   help="load this LLM's tokenizer alone (HF id, folder or .gguf) under NAME: requests with llm=NAME "
+                        "count their budget and tokens in it (repeatable)")
     p.add_argument("--preload", default=f"{methods.DEFAULT_METHOD},llmlingua2",
                    help="methods whose models load and run the embedded sample before health turns SERVING, "
                         "comma-separated, or 'all' (default: %(default)s); any other method loads on first use")

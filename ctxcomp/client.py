@@ -49,6 +49,7 @@ def build_request(
     verbatim_turns: int = 1,
     history_mode: str = "relevance",
     cache_salt: str = "",
+    llm: str = "",
 ) -> pb.CompressRequest:
     """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
     (compress_with_kv streams the bytes instead). kv_best_effort: if that store is down, the
@@ -57,7 +58,8 @@ def build_request(
     sent with format="html" come back as simplified HTML. messages: a conversation, oldest first,
     as Message or (role, content); the latest user message is the query when `query` is empty
     (ctxcomp.conversation). cache_salt: stored KV is shared only by requests with the same salt
-    (and, on a server with tenants, of the same tenant)."""
+    (and, on a server with tenants, of the same tenant). llm: the name of a tokenizer the server
+    loaded (`ctxcomp serve --llm-tokenizer NAME=ID`): the budget and tokens_* count in it."""
     request = CompressRequest(
         query=query,
         documents=as_documents(documents),
@@ -75,6 +77,7 @@ def build_request(
         verbatim_turns=verbatim_turns,
         history_mode=history_mode,
         cache_salt=cache_salt,
+        llm=llm,
     )
     return wire.request_to_proto(request)
 

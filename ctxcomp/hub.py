@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ctxcomp import models
 from ctxcomp.errors import ModelUnavailable
@@ -27,10 +28,20 @@ class ModelHub:
     or openvino-fp32 / openvino-int8 compiled by OpenVINO, or on CPU with "auto" the fastest
     of those that load here on one synthetic batch, timed at its first load
     (ctxcomp.models.precision); `precisions` says what was chosen and the times.
+
+    `llm_tokenizers` maps a name to another LLM's tokenizer (HF id, folder or .gguf file): a
+    request that names it (`CompressRequest.llm`) has its budget and counts in that tokenizer,
+    while the work runs inside `counting(name)`; only the tokenizer is ever loaded.
     """
 
-    def __init__(self, overrides: dict[str, str] | None = None, device: str | None = None, precision: str | None = None) -> None:
+    def __init__(
+        self, overrides: dict[str, str] | None = None, device: str | None = None, precision: str | None = None,
+        llm_tokenizers: Mapping[str, str] | None = None,
+    ) -> None:
         self.overrides = dict(overrides or {})
+        self.llm_tokenizers = dict(llm_tokenizers or {})
+        self._counting = threading.local()
+        self._named_tokenizers: dict[str, Any] = {}
         self.device = models.registry.check_device(device or os.environ.get("CTXCOMP_DEVICE", "") or "cpu")
         self.precision = encoder_precision.check(precision or os.environ.get("CTXCOMP_PRECISION", "") or "auto")
         if self.precision not in ("auto", "fp32", "bf16") and self.device != "cpu":
@@ -40,7 +51,7 @@ class ModelHub:
             models.registry.role_spec(role)
         self._loaded: dict[tuple[str, str], Any] = {}
         self._lock = threading.RLock()  # re-entrant: a loader may ask for another role
-        self._piece_counts: dict[str, int] = {}
+        self._piece_counts: dict[str, dict[str, int]] = {}  # per counting tokenizer
 
     def get(self, role: str, form: str | None = None) -> Any:
         """The loaded model of a role; `form` picks another form of it ("tokenizer", "int8")."""
@@ -116,15 +127,50 @@ class ModelHub:
         with self._lock:
             return {role for role, _ in self._loaded}
 
+    def loaded_forms(self) -> set[tuple[str, str]]:
+        """(role, form) of every model loaded: ("downstream_llm", "model") only once weights are."""
+        with self._lock:
+            return set(self._loaded)
+
     @property
     def tokenizer_name(self) -> str:
         return models.resolve("downstream_llm", self.overrides.get("downstream_llm")).location
 
+    @contextlib.contextmanager
+    def counting(self, llm: str) -> Iterator[None]:
+        """While inside, on this thread, tokens are counted in the tokenizer named `llm` (one of
+        `llm_tokenizers`; "" is the downstream LLM's)."""
+        if llm and llm not in self.llm_tokenizers:
+            raise ValueError(f"no tokenizer named {llm!r}")
+        outer = getattr(self._counting, "llm", "")
+        self._counting.llm = llm
+        try:
+            yield
+        finally:
+            self._counting.llm = outer
+
+    def tokenizer(self) -> Any:
+        """The tokenizer counts are in on this thread (see `counting`)."""
+        llm = getattr(self._counting, "llm", "")
+        if not llm:
+            return self.get("downstream_llm", "tokenizer")
+        with self._lock:
+            if llm not in self._named_tokenizers:
+                self._named_tokenizers[llm] = models.registry.load_tokenizer(self.llm_tokenizers[llm])
+            return self._named_tokenizers[llm]
+
+    def load_llm_tokenizers(self) -> None:
+        """Load every named tokenizer now (server start-up)."""
+        for llm in self.llm_tokenizers:
+            with self.counting(llm):
+                self.tokenizer()
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Downstream-LLM token counts of each text, no special tokens. [N] ints."""
+        """Token counts of each text in the counting tokenizer (the downstream LLM's unless
+        `counting` says otherwise), no special tokens. [N] ints."""
         if not texts:
             return []
-        return token_counts(self.get("downstream_llm", "tokenizer"), texts)
+        return token_counts(self.tokenizer(), texts)
 
     def count_piece_tokens(self, pieces: Sequence[str]) -> list[int]:
         """count_tokens for short, often repeated strings (words), memoised.
@@ -132,7 +178,7 @@ class ModelHub:
         Word costs repeat across documents and requests; only unseen pieces go
         to the tokenizer. The memo is bounded and simply restarts when full.
         """
-        memo = self._piece_counts
+        memo = self._piece_counts.setdefault(getattr(self._counting, "llm", ""), {})
         unseen = list(dict.fromkeys(p for p in pieces if p not in memo))
         if unseen:
             if len(memo) + len(unseen) > _PIECE_MEMO_LIMIT:

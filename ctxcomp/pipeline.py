@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ctxcomp import conversation, html_stage, methods, relevance
-from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable, quoted
+from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable, did_you_mean, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
 from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document
@@ -200,6 +200,7 @@ class Compressor:
         """Load every model the named methods need (the default method's by default) and run
         the embedded sample request through each, so that a method's first request costs what
         its tenth does. Returns the seconds each method took."""
+        self.hub.load_llm_tokenizers()
         sample = sample_request()
         seconds = {}
         for name in names or [self.default_method]:
@@ -238,6 +239,21 @@ class Compressor:
         """Validate a request; resolve its method (or chain), its config and its KV codec."""
         started = time.perf_counter()
         validate(request, self.limits)
+        self._check_llm(request)
+        with self.hub.counting(request.llm):
+            return self._plan(request, started)
+
+    def _check_llm(self, request: CompressRequest) -> None:
+        if not request.llm:
+            return
+        if request.llm not in self.hub.llm_tokenizers:
+            names = sorted(self.hub.llm_tokenizers)
+            loaded = f"this server counts in: {', '.join(names)}" if names else "this server loaded none (--llm-tokenizer NAME=ID)"
+            raise InvalidRequest("llm", f"no tokenizer named {quoted(request.llm)}{did_you_mean(request.llm, names)}; {loaded}")
+        if request.return_kv:
+            raise InvalidRequest("llm", "KV blobs are the server's own LLM's: with return_kv, leave llm empty")
+
+    def _plan(self, request: CompressRequest, started: float) -> Plan:
         request, layout = conversation.expand(request)
         if layout is not None:
             validate_documents(request, self.limits)  # the older messages count against the limits too
@@ -278,6 +294,18 @@ class Compressor:
         The KV stage runs per request, so its errors (an empty context, a store that is down)
         are that request's outcome; the others still get their results.
         """
+        groups: dict[str, list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault(plan.request.llm, []).append(i)
+        outcomes: list[CompressResult | CtxcompError] = [None] * len(plans)  # type: ignore[list-item]
+        for llm, members in groups.items():  # each tokenizer's requests count in it
+            with self.hub.counting(llm):
+                for i, outcome in zip(members, self._run_counted([plans[i] for i in members])):
+                    outcomes[i] = outcome
+        return outcomes
+
+    def _run_counted(self, plans: Sequence[Plan]) -> list[CompressResult | CtxcompError]:
+        """run_each for requests that all count in the same tokenizer."""
         timings: dict[str, float] = {}
         sent, pages = plans, [html_stage.Pages({})] * len(plans)
         if any(html_stage.has_html(plan.request) for plan in plans):
@@ -316,7 +344,7 @@ class Compressor:
             return Joined(output.documents, (), CONTEXT_SEPARATOR.join(d.text for d in output.documents if d.text), "")
         documents, messages = conversation.split(plan.conversation, output.documents)
         context = CONTEXT_SEPARATOR.join(d.text for d in documents if d.text)
-        tokenizer = self.hub.get("downstream_llm", "tokenizer")
+        tokenizer = self.hub.tokenizer()  # the request's own LLM's chat template, when it named one
         return Joined(documents, messages, context,
                       conversation.prompt(tokenizer, plan.conversation, messages, context))
 
@@ -473,6 +501,7 @@ def result(plan: Plan, output: MethodOutput, joined: Joined, kv: Any, timings: d
         soft=output.soft,
         messages=joined.messages,
         prompt=joined.prompt,
+        llm=plan.request.llm,
     )
 
 

@@ -53,6 +53,7 @@ class CompressRequest:
     verbatim_turns: int = 1  # with messages: exchanges before the latest user message kept whole
     history_mode: str = "relevance"  # with messages: "relevance" or "stable" (see ctxcomp.conversation)
     cache_salt: str = ""  # with return_kv: mixed into every stored KV key; only equal salts share KV
+    llm: str = ""  # tokenizer budgets and counts are in: one the server loaded by name; "" = its LLM's
     # Who sent it, as the server authenticated them (never read from the wire): mixed into every
     # stored KV key too, so tenants never share KV (ctxcomp.service.tenants).
     tenant: str = ""
@@ -114,6 +115,7 @@ class CompressResult:
     soft: Any = None  # ctxcomp.soft.SoftTokens from vector-output methods (xrag, comi)
     messages: tuple[MessageResult, ...] = ()  # with a conversation in the request: every message, in order
     prompt: str = ""  # with a conversation: the chat-templated prompt; a KV blob is this prompt's
+    llm: str = ""  # the named tokenizer the tokens_* counts are in ("" = the server's LLM)
 
     @property
     def ratio(self) -> float:

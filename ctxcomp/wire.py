@@ -37,6 +37,7 @@ def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
         html_output=request.html_output,
         messages=[pb.Message(role=m.role, content=m.content) for m in request.messages],
         cache_salt=request.cache_salt,
+        llm=request.llm,
     )
     if request.messages and request.verbatim_turns != 1:
         message.verbatim_turns = request.verbatim_turns
@@ -71,6 +72,7 @@ def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
         verbatim_turns=message.verbatim_turns if message.HasField("verbatim_turns") else 1,
         history_mode=message.history_mode or "relevance",
         cache_salt=message.cache_salt,
+        llm=message.llm,
     )
 
 

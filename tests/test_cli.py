@@ -59,6 +59,19 @@ def test_the_server_logs_only_its_own_json_lines(tmp_path) -> None:
     assert any("method llmlingua2: first use loaded" in r["msg"] for r in records), [r["msg"] for r in records]
 
 
+def test_compress_counts_in_the_users_own_tokenizer(tmp_path) -> None:
+    from tests.test_hub import word_level_tokenizer
+
+    text = "The Mona Lisa was painted by Leonardo da Vinci in the early 1500s ."
+    word_level_tokenizer(tmp_path / "tok", [text])
+    lines = [json.dumps({"query": "Who painted the Mona Lisa?"}), json.dumps(text)]
+    done = run_cli("compress", "--json", "--target-tokens", "6", "--llm", str(tmp_path / "tok"), stdin="\n".join(lines))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["tokens_before"] == 14 and 0 < out["tokens_after"] <= 6  # one token per word of that tokenizer
+    assert out["tokens_after"] == len(out["context"].split())
+
+
 def test_compress_reports_bad_input_without_a_traceback() -> None:
     done = run_cli("compress", "--rate", "2", stdin=json.dumps("text") + "\n")
     assert done.returncode == 2

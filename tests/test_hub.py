@@ -106,3 +106,60 @@ def test_on_cuda_the_methods_and_kv_agree_with_cpu(compressor) -> None:
     with_kv = gpu.compress(CompressRequest(request.query, request.documents, method="llmlingua2", rate=0.5, return_kv=True))
     keys, _, meta = blob.decode(with_kv.kv.data, expect_fingerprint=gpu.hub.get("downstream_llm").fingerprint)
     assert meta.tokens == keys.shape[2] > 0
+
+
+def word_level_tokenizer(folder, texts: list[str]):
+    """A tokenizer trained here (one token per word or punctuation mark): another LLM's
+    tokenizer, with no weights anywhere."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+    fast.save_pretrained(folder)
+    return fast
+
+
+def test_a_named_tokenizer_counts_budgets_and_tokens_without_llm_weights(tmp_path) -> None:
+    import dataclasses
+
+    from ctxcomp.errors import InvalidRequest
+    from ctxcomp.pipeline import Compressor
+    from ctxcomp.types import CompressRequest, Document
+
+    docs = ["The Vasa sank in 1628, because it was top-heavy.", "Paris is the capital of France; it rains in autumn."]
+    own = word_level_tokenizer(tmp_path / "tok", docs)
+    hub = ModelHub(llm_tokenizers={"mine": str(tmp_path / "tok")})
+    compressor = Compressor(hub)
+    request = CompressRequest("Why did the Vasa sink?", tuple(Document(str(i), d) for i, d in enumerate(docs)),
+                              method="recomp_extractive", target_tokens=12, llm="mine")
+    result = compressor.compress(request)
+
+    def count(text: str) -> int:
+        return len(own(text, add_special_tokens=False)["input_ids"])
+
+    assert result.tokens_before == sum(count(d) for d in docs) == 25  # 13 + 12 words and marks (top - heavy)
+    assert 0 < result.tokens_after <= 12
+    assert [d.tokens_after for d in result.documents] == [count(d.text) for d in result.documents]
+    assert result.llm == "mine"
+    assert ("downstream_llm", "model") not in hub.loaded_forms()
+    plain = compressor.compress(CompressRequest(request.query, request.documents, method="recomp_extractive"))
+    assert plain.tokens_before == sum(hub.count_tokens(docs)) != result.tokens_before  # the server LLM's own
+    with pytest.raises(InvalidRequest) as kv:
+        compressor.plan(dataclasses.replace(request, return_kv=True))
+    assert kv.value.field == "llm"
+    with pytest.raises(InvalidRequest) as typo:
+        compressor.plan(dataclasses.replace(request, llm="mien"))
+    assert "did you mean 'mine'" in typo.value.message
+
+
+def test_an_unknown_or_kv_llm_names_the_field(compressor) -> None:
+    from ctxcomp.errors import InvalidRequest
+    from ctxcomp.types import CompressRequest, Document
+
+    documents = (Document("a", "The Vasa sank in 1628."),)
+    with pytest.raises(InvalidRequest) as unknown:
+        compressor.plan(CompressRequest("Why?", documents, llm="llama3"))
+    assert unknown.value.field == "llm" and "loaded none" in unknown.value.message

@@ -306,6 +306,20 @@ def load_llm_tokenizer(override: str | None = None) -> Any:
     return _from_pretrained(source.role, AutoTokenizer.from_pretrained, folder)
 
 
+def load_tokenizer(location: str) -> Any:
+    """Another LLM's tokenizer alone (budgets counted in it): a HF id, a folder, or a .gguf
+    file, whose tokenizer is read from the GGUF metadata without its weights."""
+    from transformers import AutoTokenizer
+
+    path = Path(location)
+    try:
+        if path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as err:
+        raise ModelUnavailable("llm tokenizer", [f"{location} ({err})"], "name a tokenizer folder, HF id or .gguf file") from err
+
+
 def load_llm(override: str | None = None) -> LoadedLLM:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

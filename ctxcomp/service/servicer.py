@@ -80,7 +80,8 @@ class CompressorServicer(pb_grpc.CompressorServicer):
         return dataclasses.replace(request, tenant=tenant_of(self.tenants, context.invocation_metadata()) or "")
 
     def _response(self, result: CompressResult) -> pb.CompressResponse:
-        return wire.result_to_proto(result, tokenizer=self.compressor.hub.tokenizer_name)
+        hub = self.compressor.hub
+        return wire.result_to_proto(result, tokenizer=hub.llm_tokenizers[result.llm] if result.llm else hub.tokenizer_name)
 
     async def Compress(self, request: pb.CompressRequest, context: grpc.aio.ServicerContext) -> pb.CompressResponse:
         return self._response(await self._run(request, context, streaming=False))

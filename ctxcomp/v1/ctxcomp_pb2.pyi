@@ -27,7 +27,7 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., format: _Optional[str] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order", "html_output", "messages", "verbatim_turns", "history_mode", "cache_salt")
+    __slots__ = ("query", "documents", "method", "rate", "target_tokens", "options", "return_kv", "return_word_labels", "kv_codec", "kv_model", "kv_best_effort", "order", "html_output", "messages", "verbatim_turns", "history_mode", "cache_salt", "llm")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class CompressRequest(_message.Message):
     VERBATIM_TURNS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_MODE_FIELD_NUMBER: _ClassVar[int]
     CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
+    LLM_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     method: str
@@ -62,7 +63,8 @@ class CompressRequest(_message.Message):
     verbatim_turns: int
     history_mode: str
     cache_salt: str
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ..., html_output: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., verbatim_turns: _Optional[int] = ..., history_mode: _Optional[str] = ..., cache_salt: _Optional[str] = ...) -> None: ...
+    llm: str
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., method: _Optional[str] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., return_kv: _Optional[bool] = ..., return_word_labels: _Optional[bool] = ..., kv_codec: _Optional[str] = ..., kv_model: _Optional[str] = ..., kv_best_effort: _Optional[bool] = ..., order: _Optional[str] = ..., html_output: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., verbatim_turns: _Optional[int] = ..., history_mode: _Optional[str] = ..., cache_salt: _Optional[str] = ..., llm: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("role", "content")
