@@ -77,3 +77,40 @@ def cache_from_blob(data: bytes, llm: Any, transform: Any = None) -> tuple[Any, 
     for layer in range(meta.layers):
         cache.update(keys[layer].unsqueeze(0), values[layer].unsqueeze(0), layer)
     return cache, meta
+
+
+RAG_INSTRUCTION = "Answer the question using the context above."
+
+
+def rag_prompt_ids(llm: Any, context: str, question: str, instruction: str = RAG_INSTRUCTION) -> tuple[list[int], list[int]]:
+    """(context ids, ids after them) of a plain RAG prompt the blob can be the start of: the
+    compressed context first (the blob's tokens, positions 0..n-1), then the LLM's own chat
+    template around the question, ending where the assistant's answer starts. A blob holds the
+    context alone, so the context cannot sit inside the template's user turn."""
+    context_ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
+    turn = [{"role": "user", "content": f"{instruction}\n\nQuestion: {question}"}]
+    text = llm.tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    return context_ids, llm.tokenizer("\n\n" + text, add_special_tokens=False)["input_ids"]
+
+
+def generate_from_blob(
+    llm: Any, data: bytes, context: str, question: str, *, max_new_tokens: int = 64,
+    instruction: str = RAG_INSTRUCTION, transform: Any = None,
+) -> str:
+    """The LLM's greedy answer to `question` over `context`, continuing from the context's KV
+    blob (`data`, from a ctxcomp server or blob_from_prefill) instead of prefilling it: the
+    tokens are those a full prefill of the same prompt gives. Refuses a blob of another model
+    or of another text than `context`."""
+    import torch
+
+    cache, meta = cache_from_blob(data, llm, transform)
+    context_ids, question_ids = rag_prompt_ids(llm, context, question, instruction)
+    if blob.token_ids_digest(context_ids) != meta.token_ids_sha256 or meta.start_pos != 0:
+        raise blob.BlobRefused("the blob is not this context's KV (its token ids differ): pass the context it was made for")
+    device = next(llm.model.parameters()).device
+    ids = torch.tensor([context_ids + question_ids], device=device)
+    with torch.inference_mode():
+        out = llm.model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=llm.tokenizer.pad_token_id or llm.tokenizer.eos_token_id)
+    return llm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

@@ -246,3 +246,21 @@ def test_an_unreachable_store_fails_fast_with_store_unavailable(redis_server) ->
         store.put("ab12", b"x")
         assert store.get("ab12") == b"x"
         store.delete("ab12")
+
+
+def test_generate_from_blob_answers_with_the_tokens_of_a_full_prefill(client, llm) -> None:
+    """The README's KV recipe: a served blob, the LLM's chat template, greedy generation."""
+    from ctxcomp.kv.handoff import generate_from_blob, rag_prompt_ids
+
+    docs = ["The Vasa was a Swedish warship that sank on her maiden voyage in 1628.", "She was raised in 1961."]
+    question = "When did the Vasa sink?"
+    result, data = client.compress_with_kv(question, docs, rate=0.8, kv_codec="fp16")
+    answer = generate_from_blob(llm, data, result.context, question, max_new_tokens=12)
+    context_ids, question_ids = rag_prompt_ids(llm, result.context, question)
+    full = torch.tensor([context_ids + question_ids])
+    with torch.inference_mode():
+        want = llm.model.generate(full, attention_mask=torch.ones_like(full), max_new_tokens=12, do_sample=False)
+    assert answer == llm.tokenizer.decode(want[0, full.shape[1]:], skip_special_tokens=True).strip()
+    assert answer and "<|im_end|>" not in answer
+    with pytest.raises(blob.BlobRefused, match="not this context"):
+        generate_from_blob(llm, data, "Another context entirely.", question)
