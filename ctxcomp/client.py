@@ -120,16 +120,17 @@ ERROR_BY_STATUS: dict[grpc.StatusCode, type[CtxcompError]] = {
 
 
 class RemoteError(grpc.RpcError):
-    """What a client raises for a server's status, mixed into the domain error class."""
+    """What a client raises for a server's status, mixed into the domain error class; `str()`
+    and the domain attributes (an InvalidRequest's `field` and `message`) read as in-process."""
 
     status: grpc.StatusCode
-    message: str
+    status_details: str
 
     def code(self) -> grpc.StatusCode:
         return self.status
 
     def details(self) -> str:
-        return self.message
+        return self.status_details
 
 
 @functools.cache
@@ -147,7 +148,7 @@ def remote_error(error: grpc.RpcError) -> CtxcompError:
         raised = cls(field, why)
     else:
         raised = cls(message or status.name)
-    raised.status, raised.message = status, message
+    raised.status, raised.status_details = status, message
     return raised
 
 

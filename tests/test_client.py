@@ -51,3 +51,17 @@ def test_the_cli_prints_one_line_for_a_remote_bad_request(server) -> None:
                            "--rate", "5"], input=json.dumps({"id": "a", "text": TEXT}), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["ctxcomp: rate: must be in (0, 1], got 5.0"]
+
+
+def test_a_remote_bad_request_reads_like_the_in_process_one(client, compressor) -> None:
+    import grpc
+
+    from ctxcomp.errors import InvalidRequest
+    from ctxcomp.types import CompressRequest, Document
+
+    with pytest.raises(InvalidRequest) as remote:
+        client.compress("Why?", ["Some text."], rate=2.0)
+    with pytest.raises(InvalidRequest) as local:
+        compressor.plan(CompressRequest("Why?", (Document("0", "Some text."),), rate=2.0))
+    assert (remote.value.field, remote.value.message, str(remote.value)) == (local.value.field, local.value.message, str(local.value))
+    assert remote.value.code() == grpc.StatusCode.INVALID_ARGUMENT and remote.value.details() == str(local.value)
