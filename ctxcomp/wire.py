@@ -7,17 +7,17 @@ Used by both sides: the service (request in, result out) and the client
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
 
-from ctxcomp.soft import SoftTokens
-from ctxcomp.soft import decode as decode_soft
-from ctxcomp.soft import encode as encode_soft
 from ctxcomp.types import (
     CompressRequest, CompressResult, Document, DocumentResult, Message, MessageResult, Span, WordLabel,
 )
 from ctxcomp.v1 import ctxcomp_pb2 as pb
+
+if TYPE_CHECKING:  # soft tokens are torch tensors: torch loads only when a message carries some
+    from ctxcomp.soft import SoftTokens
 
 
 def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
@@ -117,7 +117,15 @@ def result_to_proto(result: CompressResult, tokenizer: str = "") -> pb.CompressR
     )
 
 
+def _soft_from_proto(message: pb.SoftTokens) -> SoftTokens:
+    from ctxcomp.soft import decode as decode_soft
+
+    return decode_soft(message.safetensors)
+
+
 def _soft_to_proto(soft: SoftTokens) -> pb.SoftTokens:
+    from ctxcomp.soft import encode as encode_soft
+
     return pb.SoftTokens(
         kind=soft.kind,
         safetensors=encode_soft(soft),
@@ -163,7 +171,7 @@ def result_from_proto(message: pb.CompressResponse) -> CompressResult:
         timings_ms=dict(message.timings_ms),
         note=message.note,
         kv_keys=tuple(message.kv_keys),
-        soft=decode_soft(message.soft_tokens.safetensors) if message.HasField("soft_tokens") else None,
+        soft=_soft_from_proto(message.soft_tokens) if message.HasField("soft_tokens") else None,
         messages=tuple(
             MessageResult(m.role, m.text, tuple(Span(s.start, s.end) for s in m.kept_spans), m.tokens_before,
                           m.tokens_after, m.verbatim)

@@ -65,3 +65,16 @@ def test_a_remote_bad_request_reads_like_the_in_process_one(client, compressor) 
         compressor.plan(CompressRequest("Why?", (Document("0", "Some text."),), rate=2.0))
     assert (remote.value.field, remote.value.message, str(remote.value)) == (local.value.field, local.value.message, str(local.value))
     assert remote.value.code() == grpc.StatusCode.INVALID_ARGUMENT and remote.value.details() == str(local.value)
+
+
+def test_the_client_and_the_wrappers_import_without_torch() -> None:
+    """A RAG app that talks to a remote server does not pay for torch or transformers at import
+    (haystack itself imports torch, so its wrapper is not in the list)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ctxcomp, ctxcomp.client, ctxcomp.langchain, ctxcomp.llamaindex; "
+            "print(sorted(m for m in ('torch', 'transformers', 'ctxcomp.pipeline') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
