@@ -42,6 +42,7 @@ def build_request(
     return_word_labels: bool = False,
     return_kv: bool = False,
     kv_codec: str = "",
+    kv_model: str = "",
     kv_best_effort: bool = False,
     order: str = "original",
     html_output: bool = False,
@@ -52,7 +53,8 @@ def build_request(
     llm: str = "",
 ) -> pb.CompressRequest:
     """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
-    (compress_with_kv streams the bytes instead). kv_best_effort: if that store is down, the
+    (compress_with_kv streams the bytes instead); kv_model, when set, must name the server's
+    LLM (its fingerprint or id), so a blob never comes from a model the caller did not expect. kv_best_effort: if that store is down, the
     text comes back without a blob and result.note says so, instead of UNAVAILABLE.
     order: "original", "relevance" or "edges" (ctxcomp.types.ORDERS). html_output: documents
     sent with format="html" come back as simplified HTML. messages: a conversation, oldest first,
@@ -70,6 +72,7 @@ def build_request(
         return_word_labels=return_word_labels,
         return_kv=return_kv,
         kv_codec=kv_codec,
+        kv_model=kv_model,
         kv_best_effort=kv_best_effort,
         order=order,
         html_output=html_output,

@@ -59,19 +59,20 @@ class Connection:
 
 def connection_for(settings: Any, token: str | None = None) -> Connection:
     """The Connection a wrapper's fields describe (address, method, rate, target_tokens, options,
-    order, html_output, document_format, token, timeout); `token` overrides settings.token."""
+    order, html_output, llm, document_format, token, timeout); `token` overrides settings.token."""
     request = request_options(
-        settings.method, settings.rate, settings.target_tokens, settings.options, settings.order, settings.html_output)
+        settings.method, settings.rate, settings.target_tokens, settings.options, settings.order, settings.html_output,
+        settings.llm)
     return Connection(settings.address, request, token if token is not None else settings.token, settings.timeout,
                       settings.document_format)
 
 
 def request_options(
     method: str, rate: float | None, target_tokens: int | None, options: Mapping[str, Any], order: str,
-    html_output: bool = False,
+    html_output: bool = False, llm: str = "",
 ) -> dict[str, Any]:
     return {"method": method, "rate": rate, "target_tokens": target_tokens, "options": dict(options), "order": order,
-            "html_output": html_output}
+            "html_output": html_output, "llm": llm}
 
 
 def compressions(result: types.CompressResult, drop_empty: bool) -> list[Compression]:

@@ -44,12 +44,13 @@ class CtxcompDocumentCompressor:
         drop_empty: bool = True,
         document_format: str = "text",
         html_output: bool = False,
+        llm: str = "",
         token: Secret | None = Secret.from_env_var("CTXCOMP_TOKEN", strict=False),
         timeout: float = 60.0,
     ) -> None:
         self.address, self.method, self.rate, self.target_tokens = address, method, rate, target_tokens
         self.options, self.order, self.drop_empty = dict(options or {}), order, drop_empty
-        self.document_format, self.html_output = document_format, html_output
+        self.document_format, self.html_output, self.llm = document_format, html_output, llm
         self.token, self.timeout = token, timeout
         self.connection = connection_for(self, token.resolve_value() if token else "")
 
@@ -57,7 +58,7 @@ class CtxcompDocumentCompressor:
         return default_to_dict(
             self, address=self.address, method=self.method, rate=self.rate, target_tokens=self.target_tokens,
             options=self.options, order=self.order, drop_empty=self.drop_empty,
-            document_format=self.document_format, html_output=self.html_output, token=self.token.to_dict() if self.token else None, timeout=self.timeout,
+            document_format=self.document_format, html_output=self.html_output, llm=self.llm, token=self.token.to_dict() if self.token else None, timeout=self.timeout,
         )
 
     @classmethod

@@ -46,6 +46,7 @@ class CtxcompCompressor(BaseDocumentCompressor):
     drop_empty: bool = Field(default=True, description="leave out documents compressed to nothing")
     document_format: str = Field(default="text", description='"html": page_content is an HTML page')
     html_output: bool = Field(default=False, description="HTML documents come back as simplified HTML")
+    llm: str = Field(default="", description="name of your LLM's tokenizer on the server (--llm-tokenizer): budgets count in it")
     token: str | None = Field(default=None, description="bearer token, when the server asks for one")
     timeout: float = 60.0
     _connection: Connection | None = PrivateAttr(default=None)
@@ -98,6 +99,7 @@ class CtxcompRetriever(BaseRetriever):
     rate: float | None = None
     target_tokens: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    llm: str = ""
     token: str | None = None
     timeout: float = 60.0
     _compressor: CtxcompCompressor | None = PrivateAttr(default=None)
@@ -107,7 +109,7 @@ class CtxcompRetriever(BaseRetriever):
         if self._compressor is None:
             self._compressor = CtxcompCompressor(
                 address=self.address, method=self.method, rate=self.rate, target_tokens=self.target_tokens,
-                options=self.options, token=self.token, timeout=self.timeout,
+                options=self.options, llm=self.llm, token=self.token, timeout=self.timeout,
             )
         return self._compressor
 

@@ -34,6 +34,7 @@ class CtxcompNodePostprocessor(BaseNodePostprocessor):
     drop_empty: bool = Field(default=True, description="leave out nodes compressed to nothing")
     document_format: str = Field(default="text", description='"html": node texts are HTML pages')
     html_output: bool = Field(default=False, description="HTML nodes come back as simplified HTML")
+    llm: str = Field(default="", description="name of your LLM's tokenizer on the server (--llm-tokenizer): budgets count in it")
     token: Optional[str] = Field(default=None, description="bearer token, when the server asks for one")
     timeout: float = 60.0
     _connection: Optional[Connection] = PrivateAttr(default=None)
