@@ -126,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure(getattr(logging, args.log_level.upper()))
     from ctxcomp import threads
-    from ctxcomp.service.batcher import BatcherConfig
+    from ctxcomp.service.microbatcher import BatcherConfig
     from ctxcomp.service.tenants import Tenants
 
     thread_plan = threads.plan_threads(args.workers, args.threads)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ctxcomp import windows as win
-from ctxcomp.batching import batches_by_length
+from ctxcomp.encoder_batches import batches_by_length
 from ctxcomp.cancellation import checkpoint, in_slices
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import MethodOutput

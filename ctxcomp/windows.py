@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ctxcomp.batching import pad_rows, padded_width
+from ctxcomp.encoder_batches import pad_rows, padded_width
 from ctxcomp.tokenization import word_token_ids
 
 MAX_QUERY_TOKENS = 96  # a longer query is cut: the document must keep most of the window
@@ -92,7 +92,7 @@ class WindowBatch:
 
 
 def pad_windows(windows: Sequence[Window], pad_id: int) -> WindowBatch:
-    """Dynamic padding to the longest window, rounded up (ctxcomp.batching.padded_width)."""
+    """Dynamic padding to the longest window, rounded up (ctxcomp.encoder_batches.padded_width)."""
     width = padded_width([len(w.input_ids) for w in windows])
     ids = pad_rows([w.input_ids for w in windows], pad_id, width)
     mask = pad_rows([[1] * len(w.input_ids) for w in windows], 0, width)

@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from ctxcomp.batching import batches_by_length, pad_rows, padded_width
+from ctxcomp.encoder_batches import batches_by_length, pad_rows, padded_width
 from ctxcomp.cancellation import checkpoint
 from ctxcomp.text import SENTENCE_END
 from ctxcomp.tokenization import word_token_ids
@@ -69,7 +69,7 @@ def _make_chunk(tokenizer: Any, ids_per_word: list[list[int]], doc: int, start: 
 def pad_batch(chunks: Sequence[Chunk], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and word index, each [B, T]; word index -1 on specials/padding.
 
-    T is the longest chunk rounded up (ctxcomp.batching.padded_width).
+    T is the longest chunk rounded up (ctxcomp.encoder_batches.padded_width).
     """
     width = padded_width([len(c.input_ids) for c in chunks])
     ids = pad_rows([c.input_ids for c in chunks], pad_id, width)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctxcomp.batching import padded_width
+from ctxcomp.encoder_batches import padded_width
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CALIBRATION_TEXTS = Path(__file__).resolve().parent / "calibration" / "texts.json"
@@ -98,7 +98,7 @@ class CompiledGraph:
 
     The CPU plugin re-prepares every node whenever the input shape differs from the last call's.
     Measured one test paragraph per request, fast mode, no-AMX limits: int8 on fixed widths
-    (each row padded as batches are, ctxcomp.batching.padded_width) 2.5-4% faster per request than the
+    (each row padded as batches are, ctxcomp.encoder_batches.padded_width) 2.5-4% faster per request than the
     any-shape model at each row's exact length, 5-6% on 10-document requests, for 27-135 MB per
     encoder (a width costs 0.15-0.3 s to compile, so each is compiled the first time a row needs
     it). fp32 gained nothing there (six layers: 18.7 ms both ways, the padding's extra products

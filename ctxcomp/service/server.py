@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ctxcomp.pipeline import Compressor
-from ctxcomp.service.batcher import BatcherConfig, MicroBatcher
+from ctxcomp.service.microbatcher import BatcherConfig, MicroBatcher
 from ctxcomp.service.metrics import Metrics
 from ctxcomp.service.auth import BearerTokenInterceptor
 from ctxcomp.service.tenants import Tenants

@@ -13,7 +13,7 @@ from ctxcomp import wire
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.models import describe_roles
 from ctxcomp.pipeline import Compressor
-from ctxcomp.service.batcher import MicroBatcher
+from ctxcomp.service.microbatcher import MicroBatcher
 from ctxcomp.service.metrics import Metrics
 from ctxcomp.service.wire_guard import parse_compress_request, parse_list_methods_request
 from ctxcomp.service.auth import tenant_of

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ctxcomp.batching import padded_width
+from ctxcomp.encoder_batches import padded_width
 from ctxcomp.hub import ModelHub
 from ctxcomp.models import openvino_encoder
 

@@ -14,7 +14,7 @@ from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
 from ctxcomp.kv import blob
 from ctxcomp.kv.store import open_store
 from ctxcomp.pipeline import Compressor
-from ctxcomp.service.batcher import BatcherConfig
+from ctxcomp.service.microbatcher import BatcherConfig
 from ctxcomp.service.server import BackgroundServer, ServerConfig
 from ctxcomp.types import CompressRequest, Document
 

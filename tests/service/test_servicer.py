@@ -132,7 +132,7 @@ def test_full_queue_is_refused_with_resource_exhausted(compressor) -> None:
 
     from ctxcomp.client import AsyncCtxcompClient
     from ctxcomp.errors import Overloaded
-    from ctxcomp.service.batcher import BatcherConfig
+    from ctxcomp.service.microbatcher import BatcherConfig
     from ctxcomp.service.server import BackgroundServer, ServerConfig
 
     config = ServerConfig(port=0, batching=BatcherConfig(max_batch=1, max_queue=1))

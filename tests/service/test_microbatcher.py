@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.service.batcher import BatcherConfig, MicroBatcher
+from ctxcomp.service.microbatcher import BatcherConfig, MicroBatcher
 from ctxcomp.types import CompressRequest, Document
 
 TEXT = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris, France."
