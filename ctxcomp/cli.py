@@ -168,7 +168,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              "tenants apart; use a file:// or redis:// store, or one tenant")
     from ctxcomp.hub import ModelHub
 
-    hub = ModelHub(device=args.device, precision=args.precision, llm_tokenizers=dict(args.llm_tokenizer))
+    try:
+        hub = ModelHub(device=args.device, precision=args.precision, llm_tokenizers=dict(args.llm_tokenizer))
+    except ValueError as err:  # CTXCOMP_DEVICE / CTXCOMP_PRECISION, checked where they are read
+        raise SystemExit(f"ctxcomp serve: {err}") from None
     logging.getLogger("ctxcomp.service").info("models run on %s%s", hub.device, " in bf16" if hub.device != "cpu" else "")
     limits = Limits(max_request_tokens=args.max_request_tokens, max_request_cost=args.max_request_cost)
     compressor = Compressor(hub, limits, kv_store=kv_store, kv_chunk_tokens=args.kv_chunk_tokens)
@@ -363,10 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="threads running model work")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads per worker (default 0: the cores this process may use / workers)")
-    p.add_argument("--device", type=device_arg, default=os.environ.get("CTXCOMP_DEVICE", "cpu"),
-                   help="where the encoders and the LLM run: cpu (default), cuda or cuda:N (bf16 there)")
-    p.add_argument("--precision", choices=list(encoder_precision.CHOICES), default=os.environ.get("CTXCOMP_PRECISION", "auto"),
-                   help="encoders on CPU: auto (default: the fastest on this machine, timed at start-up and logged), "
+    # No defaults here: the hub resolves flag, then CTXCOMP_DEVICE / CTXCOMP_PRECISION, then its own default.
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="where the encoders and the LLM run: cpu (default; CTXCOMP_DEVICE), cuda or cuda:N (bf16 there)")
+    p.add_argument("--precision", choices=list(encoder_precision.CHOICES), default=None,
+                   help="encoders on CPU: auto (default; CTXCOMP_PRECISION: the fastest on this machine, timed at "
+                        "start-up and logged), "
                         "or fp32, bf16, int8 (torch), openvino-fp32, openvino-int8 (needs the openvino package)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
     p.add_argument("--port-file", help="write the bound port here once serving")
