@@ -248,6 +248,42 @@ def position_rows(record: Record, hub: ModelHub, reader: Reader, paragraphs, n: 
             record.emit({**line, "documents": POSITION_DOCUMENTS, "gold": position})
 
 
+def report(path: Path) -> str:
+    """A result record of this bench as markdown tables (what docs/reader.md shows)."""
+    import json
+
+    record = json.loads(path.read_text())
+    lines = record["lines"]
+    head = lines[0]
+    out = [f"`{record['command']}` at {record['commit'][:12]}, {record['date'][:10]}, {head['cpu']} "
+           f"({head['cores']} cores; {', '.join(head['cpu_flags'])}), device {record['device']}; "
+           f"reader: {head['reader']}; {head['split']}.", ""]
+    out += ["| target | method | compression | EM | F1 [95%] | F1 - full [paired 95%] | vs minilm_topk | "
+            "vs recomp_extractive | prompt tokens | prefill ms |", "|" + "---|" * 10]
+
+    def diff(pair: list | None) -> str:
+        return f"{pair[0]:+.3f} [{pair[1][0]:+.3f}, {pair[1][1]:+.3f}]" if pair else ""
+
+    for line in lines:
+        if "f1" not in line or "gold" in line:
+            continue
+        vs = line.get("f1_vs", {})
+        out.append(
+            f"| {line['target'] or '-'} | {line['method']} | {line.get('compression', 1.0)}x | {line['em']:.3f} | "
+            f"{line['f1']:.3f} [{line['f1_interval95'][0]:.3f}, {line['f1_interval95'][1]:.3f}] | "
+            f"{diff(line['f1_vs_full']) if line['method'] != 'full_context' else ''} | {diff(vs.get('minilm_topk'))} | "
+            f"{diff(vs.get('recomp_extractive'))} | {line['prompt_tokens']} | {line['prefill_ms']} |"
+        )
+    positions = [line for line in lines if "gold" in line]
+    if positions:
+        out += ["", f"Ten paragraphs, the gold one at each position ({positions[0]['requests']} requests each):", "",
+                "| gold at | method | compression | F1 | F1 - full [paired 95%] |", "|---|---|---|---|---|"]
+        for line in positions:
+            out.append(f"| {line['gold']} | {line['method']} | {line.get('compression', 1.0)}x | {line['f1']:.3f} | "
+                       f"{diff(line['f1_vs_full']) if line['method'] != 'full_context' else ''} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 requests, 5x, cascade only (about a minute after load)")
@@ -257,8 +293,12 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=0, help="requests of the ten-paragraph gold-position setting")
     parser.add_argument("--reader", default=None, help="Hugging Face id, model folder or .gguf file (default: see above)")
     parser.add_argument("--record", default=None, help="result record name (default reader-SPLIT; none with --quick)")
+    parser.add_argument("--report", type=Path, help="print this result record as markdown tables, and run nothing")
     add_split_argument(parser)
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report), end="")
+        return
     targets = {"5x": TARGETS["5x"]} if args.quick else {t: TARGETS[t] for t in args.targets.split(",")}
     methods = ["cascade"] if args.quick else args.methods.split(",")
     record = Record("reader")
