@@ -10,7 +10,8 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
 3. keep sentences by the sentence head, each document within its budget;
 4. cut the sentence at the budget's edge, as `edge_cut` says: to the best
    contiguous run of its clauses if at least a third of it fits, else not at all
-   (`clause`); never (`sentence`); or to its best words by the token head
+   (`clause`; when the whole budget buys no sentence and no clause, the best
+   document gets its best words); never (`sentence`); or to its best words by the token head
    (`words`: a word's priority is its sentence's logit plus `token_weight`
    times its own). Code blocks, JSON and links stay whole units;
 5. fill: budget the relevant documents cannot use (all of them are whole) goes
@@ -22,7 +23,7 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import ClassVar, Literal, Sequence, get_args
 
@@ -111,6 +112,12 @@ def compress_scored(hub: ModelHub, item: MethodItem, scores: Sequence[relevance.
         for doc, doc_budget, before in zip(scores, budgets, item.tokens_before)
     ]
     spend_leftover(hub, scores, budgets, selections, budget, config, item.tokens_before)
+    if budget > 0 and not any(sum(s.counts) for s in selections) and len(scores):
+        # A budget too small for any sentence or clause: the best document's best words are
+        # still better than no context at all.
+        best = int(np.argmax([d.relevance for d in scores]))
+        selections[best] = keep_in_document(hub, scores[best], budget, replace(config, edge_cut="words"),
+                                            item.tokens_before[best])
     merged = Selection(
         [m for s in selections for m in s.masks],
         [r for s in selections for r in s.rendered],

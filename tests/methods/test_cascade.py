@@ -178,3 +178,9 @@ def test_clauses_end_at_punctuation_and_before_conjunctions() -> None:
     spans = clause_spans(words, np.arange(len(words)))
     texts = [" ".join(words.strings()[a:b]) for a, b in spans]
     assert texts == ["The ship,", "built in 1626,", "sank", "because it was top-heavy;", "nobody drowned."]
+
+
+def test_a_budget_too_small_for_any_clause_still_keeps_the_best_words(compressor) -> None:
+    result = compressor.compress(CompressRequest("Why did the Vasa sink?", (Document("0", VASA),), method="cascade",
+                                                 target_tokens=4))
+    assert 0 < result.tokens_after <= 4
