@@ -107,7 +107,7 @@ def batches_part(count: int, wave: int, seed: int) -> bool:
     from ctxcomp.kv.store import open_store
     from training import squad
     from ctxcomp.pipeline import Compressor
-    from ctxcomp.service.batcher import BatcherConfig
+    from ctxcomp.service.microbatcher import BatcherConfig
     from ctxcomp.service.server import BackgroundServer, ServerConfig
     from ctxcomp.types import CompressRequest
 
