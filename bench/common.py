@@ -63,26 +63,24 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 class Record:
     """A bench's output: each line printed as one JSON object as it comes and kept, so that a
-    full run can be written as its result record (`write`): the command, the commit, the date,
-    the machine and device, and every line."""
+    full run can be written as its result record (`write`): the command, the commit the run
+    started from (a long run may outlast the checkout's HEAD), the date, the machine and
+    device, and every line."""
 
     def __init__(self, bench: str) -> None:
         self.bench = bench
         self.lines: list[dict] = []
+        self.commit = checkout_commit()
 
     def emit(self, line: dict) -> None:
         print(json.dumps(line), flush=True)
         self.lines.append(line)
 
     def write(self, name: str | None = None) -> Path:
-        root = RESULTS.parent.parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
         record = {
             "bench": self.bench,
             "command": " ".join(["python", *sys.argv]),
-            "commit": commit + ("+uncommitted" if dirty else ""),
+            "commit": self.commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(),
             "device": device(),
@@ -92,6 +90,15 @@ class Record:
         path = RESULTS / f"{name or self.bench}.json"
         path.write_text(json.dumps(record, indent=1) + "\n")
         return path
+
+
+def checkout_commit() -> str:
+    """HEAD of the checkout, "+uncommitted" when tracked files differ from it."""
+    root = RESULTS.parent.parent
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True).stdout.strip()
+    return commit + ("+uncommitted" if dirty else "")
 
 
 def device() -> str:
