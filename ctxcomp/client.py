@@ -62,26 +62,12 @@ def build_request(
     (ctxcomp.conversation). cache_salt: stored KV is shared only by requests with the same salt
     (and, on a server with tenants, of the same tenant). llm: the name of a tokenizer the server
     loaded (`ctxcomp serve --llm-tokenizer NAME=ID`): the budget and tokens_* count in it."""
-    request = CompressRequest(
-        query=query,
-        documents=as_documents(documents),
-        method=method,
-        rate=rate,
-        target_tokens=target_tokens,
-        options=dict(options or {}),
-        return_word_labels=return_word_labels,
-        return_kv=return_kv,
-        kv_codec=kv_codec,
-        kv_model=kv_model,
-        kv_best_effort=kv_best_effort,
-        order=order,
-        html_output=html_output,
+    fields = dict(locals())  # exactly the parameters: one per CompressRequest field (tests/test_request_fields.py)
+    fields.update(
+        documents=as_documents(documents), options=dict(options or {}),
         messages=tuple(m if isinstance(m, Message) else Message(*m) for m in messages),
-        verbatim_turns=verbatim_turns,
-        history_mode=history_mode,
-        cache_salt=cache_salt,
-        llm=llm,
     )
+    request = CompressRequest(**fields)
     return wire.request_to_proto(request)
 
 
