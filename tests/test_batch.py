@@ -38,17 +38,27 @@ def read_output(folder: Path):
     return pq.read_table(sorted(folder.glob("part-*.parquet"))).sort_by("id")
 
 
-def test_killed_run_resumes_without_duplicates(tmp_path) -> None:
-    corpus = write_corpus(tmp_path / "corpus.jsonl", 2000)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "ctxcomp.cli", "batch", str(corpus), str(out), "--method", "llmlingua2",
-               "--rate", "0.5", "--batch-size", "50", "--no-progress"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+def batch_command(tmp_path: Path, *flags: str) -> tuple[list[str], Path]:
+    """`ctxcomp batch` over a 2,000-record corpus in 50-record batches, and its output folder."""
+    corpus, out = write_corpus(tmp_path / "corpus.jsonl", 2000), tmp_path / "out"
+    return [sys.executable, "-m", "ctxcomp.cli", "batch", str(corpus), str(out), *flags, "--rate", "0.5",
+            "--batch-size", "50", "--no-progress"], out
+
+
+def started_until_parts(command: list[str], out: Path, parts: int, stderr: int) -> subprocess.Popen:
+    """The command running, once it has written `parts` parts."""
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
     deadline = time.monotonic() + 300
-    while len(list(out.glob("part-*.parquet"))) < 4:
-        assert first.poll() is None, "the run finished before it could be killed"
+    while len(list(out.glob("part-*.parquet"))) < parts:
+        assert run.poll() is None, "the run finished before it could be stopped"
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    return run
+
+
+def test_killed_run_resumes_without_duplicates(tmp_path) -> None:
+    command, out = batch_command(tmp_path, "--method", "llmlingua2")
+    first = started_until_parts(command, out, 4, subprocess.DEVNULL)
     first.send_signal(signal.SIGKILL)
     first.wait()
     parts_at_kill = len(list(out.glob("part-*.parquet")))
@@ -67,16 +77,8 @@ def test_killed_run_resumes_without_duplicates(tmp_path) -> None:
 
 def test_ctrl_c_stops_cleanly_with_status_130_and_a_rerun_resumes(tmp_path) -> None:
     """SIGINT mid-run: no traceback, exit 130, whole parts only; the rerun writes the rest once."""
-    corpus = write_corpus(tmp_path / "corpus.jsonl", 2000)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "ctxcomp.cli", "batch", str(corpus), str(out), "--rate", "0.5",
-               "--batch-size", "50", "--no-progress"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while len(list(out.glob("part-*.parquet"))) < 2:
-        assert first.poll() is None, "the run finished before it could be interrupted"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    command, out = batch_command(tmp_path)
+    first = started_until_parts(command, out, 2, subprocess.PIPE)
     first.send_signal(signal.SIGINT)
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 130, stderr
