@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ctxcomp.kernels.attention import Rope, apply_rope, rope_cos_sin
-from ctxcomp.kv.architectures import adapter_for, head_dim_of, model_rope
+from ctxcomp.kv.architectures import adapter_for, check_context, head_dim_of, model_rope
 
 
 def rerotate(k: torch.Tensor, delta: int, rope: Rope) -> torch.Tensor:
@@ -58,6 +58,7 @@ def blend(model: Any, input_ids: torch.Tensor, keys: torch.Tensor, values: torch
     config, inner = model.config, model.model
     adapter, head_dim = adapter_for(config), head_dim_of(config)
     seq = input_ids.shape[1]
+    check_context(config, seq)  # full attention here too: a sliding-window layer would see less
     positions = torch.arange(seq, device=input_ids.device)
     cos, sin = model_rope(model, 0, seq).tables(seq, input_ids.device)
     hidden = inner.embed_tokens(input_ids)[0]  # [S, hidden]

@@ -159,6 +159,18 @@ def test_a_context_past_a_sliding_window_is_refused() -> None:
             prefill(qwen, ids(17))
 
 
+def test_reused_kv_past_a_sliding_window_is_refused_too() -> None:
+    from ctxcomp.kv.reuse import blend
+
+    model = tiny("mistral", sliding_window=16)
+    done = prefill(model, ids(16))
+    keys, values = torch.stack([k[0] for k in done.keys]), torch.stack([v[0] for v in done.values])
+    blend(model, ids(16), keys, values, 0.5)  # within the window
+    longer = prefill(tiny("mistral"), ids(17))  # any K/V of 17 tokens: the check comes first
+    with pytest.raises(NotAvailable, match="sliding window of 16 tokens"):
+        blend(model, ids(17), torch.stack([k[0] for k in longer.keys]), torch.stack([v[0] for v in longer.values]), 0.5)
+
+
 def test_a_server_with_an_unsupported_llm_refuses_kv_requests_by_name(hub, tmp_path) -> None:
     """An operator's Gemma 2 (tiny, random, with the shipped tokenizer) as the server's LLM."""
     import grpc
