@@ -9,7 +9,7 @@ scorer goes through the same budgeted selection (fit_budget); only the word
 priorities differ:
   classifier        ctxcomp's trained token classifier (the llmlingua2 method), fp32;
                     classifier_<precision>: the same in each other precision
-  fast_classifier   its two-layer student (llmlingua2's classifier "fast"), fp32;
+  fast_classifier   its three-layer student (llmlingua2's classifier "fast"), fp32;
                     fast_classifier_<precision> likewise
   self_information  the shipped LLM's surprisal of each word (Selective Context style)
   random            uniform random priorities (seeded)

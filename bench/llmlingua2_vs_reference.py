@@ -6,7 +6,7 @@ Same checkpoint (our trained classifier, saved where the reference accepts it),
 same inputs: SQuAD dev paragraphs of the test articles as single-document
 requests and as 10-document requests (gold paragraph among others of its
 article). Ours runs that checkpoint (classifier "full") in every precision, and
-its two-layer student (classifier "fast", llmlingua2's fast mode: the reference
+its three-layer student (classifier "fast", llmlingua2's fast mode: the reference
 still runs the six layers) in every precision. Prints one JSON object per setting
 and form with:
   agreement            word-level keep/drop agreement with the reference, with a
@@ -113,7 +113,7 @@ def reference_labels(reference, group: list[str]) -> list[np.ndarray]:
     return labels
 
 
-# Our forms: the six-layer classifier the reference also runs, then its two-layer student
+# Our forms: the six-layer classifier the reference also runs, then its three-layer student
 # ("fast"), each in every precision.
 FORMS = [(classifier, precision) for classifier in ("full", "fast") for precision in PRECISIONS]
 

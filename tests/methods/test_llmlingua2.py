@@ -109,7 +109,7 @@ def test_long_document_is_chunked_not_truncated(compressor, hub) -> None:
 @pytest.mark.parametrize("role", ["token_classifier", "token_classifier_fast"])
 def test_trained_classifier_prefers_answer_words(hub, squad_held_out, role) -> None:
     """On held-out articles, gold-answer words score higher than the rest (a random head would not);
-    the distilled two-layer student too."""
+    the distilled three-layer student too."""
     from ctxcomp import text, wordscore
     from training.train_token_classifier import word_labels
 

@@ -136,6 +136,5 @@ def test_tiny_projector_training_runs_and_loads(tmp_path) -> None:
 
     meta = train_xrag_projector.main(["--tiny", "--out", str(tmp_path / "projector"), "--precision", "fp32"])
     loaded = xrag_projector.load(tmp_path / "projector")
-    assert meta["stage1"]["steps"] == 3 and meta["stage2"]["steps"] == 3
     assert loaded.projector(torch.zeros(2, 384)).shape == (2, 576)
     assert loaded.llm_fingerprint == meta["llm_fingerprint"]
