@@ -130,11 +130,13 @@ def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 class CodecImpl:
     """One codec: encode K/V [L, H, S, D] to tensors plus the metadata fields it sets, and back.
 
-    Both receive the KvTransform (or a function loading it) when the codec needs one.
+    Both receive the KvTransform (or a function loading it) when the codec needs one, which
+    `needs_transform` says: callers ask it, never the codec's name.
     """
 
     encode: Callable[[torch.Tensor, torch.Tensor, BlobMeta, Any], tuple[dict[str, torch.Tensor], dict[str, object]]]
     decode: Callable[[dict[str, torch.Tensor], BlobMeta, Any], tuple[torch.Tensor, torch.Tensor]]
+    needs_transform: bool = False
 
 
 def encode(
@@ -381,6 +383,6 @@ CODECS: dict[str, CodecImpl] = {
     "bf16": CodecImpl(_encode_raw(torch.bfloat16), _decode_raw),
     "int8": CodecImpl(_encode_quantized("int8"), _decode_quantized),
     "int4": CodecImpl(_encode_quantized("int4"), _decode_quantized),
-    "transform": CodecImpl(_encode_transform, _decode_transform),
+    "transform": CodecImpl(_encode_transform, _decode_transform, needs_transform=True),
 }
 _DEFAULTS = BlobMeta("", "", 0, 0, 0, 0, "", 0, 0.0)  # what a caller leaves unset

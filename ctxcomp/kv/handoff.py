@@ -59,7 +59,8 @@ def blob_from_prefill(
         rope_theta=rope_theta_of(llm.model.config),
         **blob.rope_fields(result.rope),
     )
-    checked = kv_transform_for(llm, transform) if codec == "transform" else None
+    needs = codec in blob.CODECS and blob.CODECS[codec].needs_transform
+    checked = kv_transform_for(llm, transform) if needs else None
     return blob.encode(result.keys, result.values, meta, codec=codec, zstd_level=zstd_level, transform=checked)
 
 

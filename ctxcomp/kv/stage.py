@@ -70,11 +70,11 @@ def check_kv_request(codec: str, model: str, hub: ModelHub, store: Any = None, c
         raise InvalidRequest("kv_codec", f"unknown codec {quoted(codec)}; valid: {', '.join(CODECS)}")
     if model and model not in (llm.fingerprint, llm.path.name):
         raise InvalidRequest("kv_model", f"this server computes KV for {llm.path.name} (fingerprint {llm.fingerprint[:12]}), not {quoted(model)}")
-    if codec == "transform":
+    if codec in CODECS and blob.CODECS[codec].needs_transform:
         try:
             kv_transform_for(llm, hub.get("kv_transform"))
         except (NotAvailable, ModelUnavailable) as err:
-            raise InvalidRequest("kv_codec", f"codec 'transform' is not available on this server: {err}") from err
+            raise InvalidRequest("kv_codec", f"codec {quoted(codec)} is not available on this server: {err}") from err
     return codec
 
 
@@ -109,7 +109,7 @@ def compute_kv(
         result, reused = done.result, done.reused * done.chunk_tokens
     else:
         result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))
-    transform = hub.get("kv_transform") if codec == "transform" else None
+    transform = hub.get("kv_transform") if codec in CODECS and blob.CODECS[codec].needs_transform else None
     data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level, transform=transform)  # type: ignore[arg-type]
     if store is not None:
         store.put(key, data)
