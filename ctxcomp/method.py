@@ -131,8 +131,28 @@ def describe_options(config: Any) -> list[dict[str, str]]:
     ]
 
 
+def share(default: float, help: str) -> Any:
+    """A config field holding a share of the input, in (0, 1]: its range is checked once, where
+    options are applied, for every method."""
+    return field(default=default, metadata={"help": help, "range": (0.0, 1.0, "(]")})
+
+
+def check_ranges(config: Any, prefix: str) -> None:
+    """InvalidRequest naming the first field outside the "range" its metadata declares."""
+    for f in dataclasses.fields(config):
+        if "range" not in f.metadata:
+            continue
+        low, high, ends = f.metadata["range"]
+        value = getattr(config, f.name)
+        above = value > low if ends[0] == "(" else value >= low
+        below = value < high if ends[1] == ")" else value <= high
+        if not (above and below):
+            raise InvalidRequest(f"{prefix}.{f.name}", f"must be in {ends[0]}{low:g}, {high:g}{ends[1]}, got {value}")
+
+
 def apply_options(config: Any, options: Mapping[str, Any], prefix: str = "options") -> Any:
-    """A copy of a frozen config with request options applied, each checked by type.
+    """A copy of a frozen config with request options applied, each checked by type and by the
+    range its field declares (`share`), then by the config's own `check`.
 
     Raises InvalidRequest naming `<prefix>.<name>` for an unknown name or a bad value.
     """
@@ -144,6 +164,7 @@ def apply_options(config: Any, options: Mapping[str, Any], prefix: str = "option
             raise InvalidRequest(f"{prefix}.{name}", f"unknown option{did_you_mean(name, known)}; valid options: {', '.join(sorted(known))}")
         changes[name] = _coerce(f"{prefix}.{name}", hints[name], value)
     updated = dataclasses.replace(config, **changes)
+    check_ranges(updated, prefix)
     check = getattr(updated, "check", None)
     if check is not None:
         try:

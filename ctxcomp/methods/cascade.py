@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import ClassVar, Literal, Sequence, get_args
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from ctxcomp import relevance
 from ctxcomp.cancellation import checkpoint
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
-from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions, share
 from ctxcomp.selection import Selection, document_results, fit_budget, split_budget, token_budget, word_costs
 from ctxcomp.text import TextSpans, unit_ids
 
@@ -49,7 +49,7 @@ _CLAUSE_START = frozenset(
 
 @dataclass(frozen=True)
 class CascadeConfig(SelectiveOptions):
-    rate: float = field(default=0.33, metadata={"help": "kept share of tokens when the request sets no target"})
+    rate: float = share(0.33, "kept share of tokens when the request sets no target")
     # temperature and token_weight: the best of a 3x3 grid on the relevance model's dev articles
     # (training/calibrate_relevance.py; figures in ctxcomp/models/relevance/config.json "cascade_dev").
     temperature: float = field(
@@ -63,7 +63,7 @@ class CascadeConfig(SelectiveOptions):
     )
     # edge_cut: chosen by reader F1 on the dev articles (bench/reader.py, bench/results/reader-dev-cascade.json:
     # clause 0.533 / 0.562 at 5x / 10x, words 0.517 / 0.523, sentence 0.513 / 0.502, 100 requests).
-    edge_cut: str = field(
+    edge_cut: EdgeCut = field(
         default="clause",
         metadata={"help": "the sentence at the budget's edge: clause (a contiguous part of it, or none), "
                           "sentence (none of it) or words (its best words)"},
@@ -74,16 +74,12 @@ class CascadeConfig(SelectiveOptions):
     )
 
     def check(self) -> None:
-        if not 0.0 < self.rate <= 1.0:
-            raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
         if not 0.01 <= self.temperature <= 100.0:
             raise InvalidRequest("options.temperature", f"must be in [0.01, 100], got {self.temperature}")
         if not 0.0 <= self.drop_below < 1.0:
             raise InvalidRequest("options.drop_below", f"must be in [0, 1), got {self.drop_below}")
         if not 0.0 <= self.token_weight <= 10.0:
             raise InvalidRequest("options.token_weight", f"must be in [0, 10], got {self.token_weight}")
-        if self.edge_cut not in get_args(EdgeCut):
-            raise InvalidRequest("options.edge_cut", f"must be one of {', '.join(get_args(EdgeCut))}, got {self.edge_cut!r}")
 
 
 class Cascade(MethodBase):

@@ -24,7 +24,7 @@ import torch
 
 from ctxcomp.embedding import cross_document_redundancy, query_and_sentences
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.method import MethodBase, MethodItem, MethodOutput, Output, SelectiveOptions
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, Output, SelectiveOptions, share
 from ctxcomp.selection import empty_results, token_budget
 from ctxcomp.soft import SoftTokens
 from ctxcomp.text import split_sentences
@@ -32,14 +32,12 @@ from ctxcomp.text import split_sentences
 
 @dataclass(frozen=True)
 class ComiConfig(SelectiveOptions):
-    rate: float = field(default=1 / 16, metadata={"help": "slots per input token when the request sets no target"})
+    rate: float = share(1 / 16, "slots per input token when the request sets no target")
     redundancy_weight: float = field(default=1.0, metadata={"help": "MIG = relevance - weight * redundancy"})
     group_temperature: float = field(default=0.1, metadata={"help": "softmax temperature of the slot split over groups"})
     token_temperature: float = field(default=0.1, metadata={"help": "softmax temperature of the merge weights in a slot"})
 
     def check(self) -> None:
-        if not 0.0 < self.rate <= 1.0:
-            raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
         for name in ("group_temperature", "token_temperature"):
             if not 0.0 < getattr(self, name) <= 10.0:
                 raise InvalidRequest(f"options.{name}", f"must be in (0, 10], got {getattr(self, name)}")

@@ -19,7 +19,7 @@ import numpy as np
 from ctxcomp import relevance
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.hub import ModelHub
-from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions, share
 from ctxcomp.selection import keep_sentences, token_budget
 from ctxcomp.types import DocumentResult
 
@@ -32,17 +32,13 @@ class ExitConfig(SelectiveOptions):
     min_sentences: int = field(
         default=1, metadata={"help": "keep at least this many best sentences even below the threshold"}
     )
-    rate: float = field(
-        default=1.0, metadata={"help": "token cap as a share of the input when the request sets no target (1 = adaptive only)"}
-    )
+    rate: float = share(1.0, "token cap as a share of the input when the request sets no target (1 = adaptive only)")
 
     def check(self) -> None:
         if not (self.threshold == -1.0 or 0.0 <= self.threshold <= 1.0):
             raise InvalidRequest("options.threshold", f"must be in [0, 1] or -1, got {self.threshold}")
         if self.min_sentences < 0:
             raise InvalidRequest("options.min_sentences", f"must be >= 0, got {self.min_sentences}")
-        if not 0.0 < self.rate <= 1.0:
-            raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
 
 
 class Exit(MethodBase):

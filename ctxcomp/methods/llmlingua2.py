@@ -16,7 +16,7 @@ import numpy as np
 
 from ctxcomp import relevance, text, wordscore
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions, share
 from ctxcomp.methods import llmlingua2_compat as compat
 from ctxcomp.models.precision import Precision
 from ctxcomp.selection import Selection, document_results, fit_budget, render, token_budget
@@ -27,7 +27,7 @@ _DIGIT = re.compile(r"\d")
 
 @dataclass(frozen=True)
 class LLMLingua2Config(SelectiveOptions):
-    rate: float = field(default=0.33, metadata={"help": "kept share of tokens when the request sets no target"})
+    rate: float = share(0.33, "kept share of tokens when the request sets no target")
     aggregation: Literal["mean", "first"] = field(
         default="mean", metadata={"help": "how sub-token probabilities become a word's score"}
     )
@@ -65,9 +65,8 @@ class LLMLingua2Config(SelectiveOptions):
         default=0.0,
         metadata={"help": "budget mode with a query: add this times the relevance of the word's sentence (0 = off)"},
     )
-    coarse_rate: float = field(
-        default=1.0,
-        metadata={"help": "budget mode: share of documents the context-level filter keeps (by mean score) before word selection"},
+    coarse_rate: float = share(
+        1.0, "budget mode: share of documents the context-level filter keeps (by mean score) before word selection"
     )
     keep_structure: bool = field(
         default=True,
@@ -75,12 +74,8 @@ class LLMLingua2Config(SelectiveOptions):
     )
 
     def check(self) -> None:
-        if not 0.0 < self.rate <= 1.0:
-            raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
         if self.max_batch_tokens < 1:
             raise InvalidRequest("options.max_batch_tokens", f"must be positive, got {self.max_batch_tokens}")
-        if not 0.0 < self.coarse_rate <= 1.0:
-            raise InvalidRequest("options.coarse_rate", f"must be in (0, 1], got {self.coarse_rate}")
         if not 0.0 <= self.query_weight <= 10.0:
             raise InvalidRequest("options.query_weight", f"must be in [0, 10], got {self.query_weight}")
 

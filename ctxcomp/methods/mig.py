@@ -23,13 +23,13 @@ import numpy as np
 from ctxcomp import relevance
 from ctxcomp.embedding import cross_document_redundancy, per_document, query_and_sentences
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions, share
 from ctxcomp.selection import keep_sentences, split_budget, token_budget
 
 
 @dataclass(frozen=True)
 class MigConfig(SelectiveOptions):
-    rate: float = field(default=0.33, metadata={"help": "kept share of tokens when the request sets no target"})
+    rate: float = share(0.33, "kept share of tokens when the request sets no target")
     redundancy_weight: float = field(default=0.5, metadata={"help": "MIG = relevance - weight * redundancy"})
     group_temperature: float = field(
         default=0.1, metadata={"help": "softmax temperature of the group budget split (lower = more to the best group)"}
@@ -39,8 +39,6 @@ class MigConfig(SelectiveOptions):
     )
 
     def check(self) -> None:
-        if not 0.0 < self.rate <= 1.0:
-            raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
         if not 0.0 <= self.redundancy_weight <= 10.0:
             raise InvalidRequest("options.redundancy_weight", f"must be in [0, 10], got {self.redundancy_weight}")
         if not 0.0 < self.group_temperature <= 10.0:

@@ -12,21 +12,19 @@ from typing import ClassVar
 
 from ctxcomp.embedding import keep_most_similar
 from ctxcomp.errors import InvalidRequest
-from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions
+from ctxcomp.method import MethodBase, MethodItem, MethodOutput, SelectiveOptions, share
 from ctxcomp.selection import token_budget
 
 
 @dataclass(frozen=True)
 class RecompExtractiveConfig(SelectiveOptions):
-    rate: float = field(default=0.33, metadata={"help": "kept share of tokens when the request sets no target"})
+    rate: float = share(0.33, "kept share of tokens when the request sets no target")
     top_k: int = field(default=0, metadata={"help": "keep at most this many sentences (0 = as many as the budget holds)"})
     faiss_min_candidates: int = field(
         default=2048, metadata={"help": "use a faiss inner-product index from this many sentences on"}
     )
 
     def check(self) -> None:
-        if not 0.0 < self.rate <= 1.0:
-            raise InvalidRequest("options.rate", f"must be in (0, 1], got {self.rate}")
         if self.top_k < 0:
             raise InvalidRequest("options.top_k", f"must be >= 0, got {self.top_k}")
         if self.faiss_min_candidates < 1:
