@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -27,7 +27,25 @@ from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
 from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document
 
+if TYPE_CHECKING:
+    from ctxcomp.kv.lmcache import LMCacheStore
+    from ctxcomp.kv.stage import KvBlob
+    from ctxcomp.kv.store import BlobStore
+
 log = logging.getLogger("ctxcomp")
+
+
+@dataclass(frozen=True)
+class KvSkipped:
+    """A KV blob that was asked for with kv_best_effort and not made (its store was down): the
+    text is served, and the note says why."""
+
+    note: str
+
+
+# What the KV stage gives a request: its blob, why it was skipped, its error, or None (not asked).
+KvOutcome = Union["KvBlob", KvSkipped, CtxcompError, None]
+
 
 CONTEXT_SEPARATOR = "\n\n"
 
@@ -177,11 +195,11 @@ class Compressor:
         hub: ModelHub | None = None,
         limits: Limits | None = None,
         default_method: str = methods.DEFAULT_METHOD,
-        kv_store: Any = None,
+        kv_store: BlobStore | LMCacheStore | None = None,
         kv_chunk_tokens: int = 256,
     ) -> None:
         self.hub = hub or ModelHub()
-        self.kv_store = kv_store  # ctxcomp.kv.store.BlobStore, or None to hand blobs back
+        self.kv_store = kv_store  # None: blobs go back to the caller
         self.kv_chunk_tokens = kv_chunk_tokens  # with a store: chained chunks for prefix reuse (0: off)
         self.limits = limits or Limits()
         self.default_method = default_method
@@ -329,7 +347,7 @@ class Compressor:
                 ]
         with _timed(timings, "join"):
             joined = [self._join(plan, out) for plan, out in zip(plans, outputs)]
-        kv_outcomes: list[Any] = [None] * len(plans)
+        kv_outcomes: list[KvOutcome] = [None] * len(plans)
         if any(plan.kv_codec for plan in plans):
             with _timed(timings, "kv"):
                 kv_outcomes = [self._kv(plan, j) for plan, j in zip(plans, joined)]
@@ -373,9 +391,9 @@ class Compressor:
                     done[i] = replace(done[i], documents=done[i].documents + output.documents)  # type: ignore[arg-type]
         return done  # type: ignore[return-value]
 
-    def _kv(self, plan: Plan, joined: Joined) -> Any:
+    def _kv(self, plan: Plan, joined: Joined) -> KvOutcome:
         """The request's KvBlob; None without return_kv; its CtxcompError when it failed.
-        With kv_best_effort, a store outage is a note, not an error."""
+        With kv_best_effort, a store outage is a KvSkipped note, not an error."""
         from ctxcomp.kv.stage import compute_kv
         from ctxcomp.kv.store import kv_namespace
 
@@ -388,7 +406,7 @@ class Compressor:
                 namespace=kv_namespace(plan.request.tenant, plan.request.cache_salt),
             )
         except StoreUnavailable as error:
-            return f"served without the KV blob: {error}" if plan.request.kv_best_effort else error
+            return KvSkipped(f"served without the KV blob: {error}") if plan.request.kv_best_effort else error
         except CtxcompError as error:
             return error
 
@@ -480,11 +498,13 @@ class Joined:
     prompt: str
 
 
-def result(plan: Plan, output: MethodOutput, joined: Joined, kv: Any, timings: dict[str, float]) -> CompressResult:
-    """kv: the request's KvBlob, None, or a note saying why the blob is missing."""
+def result(
+    plan: Plan, output: MethodOutput, joined: Joined, kv: KvBlob | KvSkipped | None, timings: dict[str, float]
+) -> CompressResult:
+    """kv: the request's KvBlob, None, or why the blob is missing."""
     note = output.note
-    if isinstance(kv, str):
-        note, kv = "; ".join(n for n in (note, kv) if n), None
+    if isinstance(kv, KvSkipped):
+        note, kv = "; ".join(n for n in (note, kv.note) if n), None
     elif kv is not None and kv.note:
         note = "; ".join(n for n in (note, kv.note) if n)
     stored = tuple(k for k in (kv.chunk_keys or (kv.key,)) if k) if kv is not None and kv.data is None else ()

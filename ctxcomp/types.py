@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # results carry them; the types are imported only by a type checker
+    from ctxcomp.kv.stage import KvBlob
+    from ctxcomp.soft import SoftTokens
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,9 @@ class CompressResult:
     tokens_after: int
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     note: str = ""
-    kv: Any = None  # ctxcomp.kv.stage.KvBlob when return_kv was asked (server side)
+    kv: KvBlob | None = None  # when return_kv was asked (server side)
     kv_keys: tuple[str, ...] = ()  # store keys of the blobs the server kept instead of sending them
-    soft: Any = None  # ctxcomp.soft.SoftTokens from vector-output methods (xrag, comi)
+    soft: SoftTokens | None = None  # from vector-output methods (xrag, comi)
     messages: tuple[MessageResult, ...] = ()  # with a conversation in the request: every message, in order
     prompt: str = ""  # with a conversation: the chat-templated prompt; a KV blob is this prompt's
     llm: str = ""  # the named tokenizer the tokens_* counts are in ("" = the server's LLM)
