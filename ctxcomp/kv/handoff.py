@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from ctxcomp.errors import NotAvailable
 from ctxcomp.kv import blob
 from ctxcomp.kv.architectures import rope_theta_of
-from ctxcomp.kv.prefill import PrefillResult
+from ctxcomp.kv.prefill import PrefillResult, dynamic_cache
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,16 +67,12 @@ def blob_from_prefill(
 def cache_from_blob(data: bytes, llm: Any, transform: Any = None) -> tuple[Any, blob.BlobMeta]:
     """A DynamicCache for llm, on the device its weights are on, from blob bytes; refuses
     blobs of other models or corrupt ones."""
-    from transformers import DynamicCache
-
     keys, values, meta = blob.decode(
         data, expect_fingerprint=llm.fingerprint, transform=lambda: kv_transform_for(llm, transform)
     )
     device = next(llm.model.parameters()).device
-    keys, values = keys.to(device), values.to(device)
-    cache = DynamicCache()
-    for layer in range(meta.layers):
-        cache.update(keys[layer].unsqueeze(0), values[layer].unsqueeze(0), layer)
+    keys, values = keys.to(device), values.to(device)  # [L, H, S, D]
+    cache = dynamic_cache([k.unsqueeze(0) for k in keys], [v.unsqueeze(0) for v in values])
     return cache, meta
 
 

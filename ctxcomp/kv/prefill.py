@@ -11,7 +11,7 @@ layout [B, H_kv, S, D].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -69,9 +69,14 @@ def prefill(
 
 def to_dynamic_cache(result: PrefillResult) -> Any:
     """A transformers DynamicCache holding the prefilled K/V, ready for generate()/forward()."""
+    return dynamic_cache(result.keys, result.values)
+
+
+def dynamic_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> Any:
+    """A transformers DynamicCache of per-layer K (after RoPE) and V, each [B, H_kv, S, D]."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    for layer, (k, v) in enumerate(zip(result.keys, result.values)):
+    for layer, (k, v) in enumerate(zip(keys, values)):
         cache.update(k, v, layer)
     return cache
