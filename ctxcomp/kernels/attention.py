@@ -49,8 +49,13 @@ class Rope:
 
     def tables(self, seq: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [S, D] float32 for positions start_pos..start_pos+seq-1, scaled as the model's."""
+        cos, sin = self.half_tables(seq, device)
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+    def half_tables(self, seq: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [S, D/2] float32 of `tables` (its two halves are equal), for in-place rotations."""
         positions = torch.arange(self.start_pos, self.start_pos + seq, device=device)
-        cos, sin = rope_cos_sin(positions, self.inv_freq)
+        cos, sin = half_angle_cos_sin(positions, self.inv_freq)
         return cos * self.attention_scaling, sin * self.attention_scaling
 
 
@@ -132,12 +137,17 @@ def prefill_attention(
 # --- PyTorch reference --------------------------------------------------------
 
 
+def half_angle_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [S, D/2] in fp32 of the angles positions x inv_freq (HF's arithmetic); positions may be negative."""
+    angles = positions.float()[:, None] * inv_freq.to(device=positions.device, dtype=torch.float)[None, :]  # [S, D/2]
+    return angles.cos(), angles.sin()
+
+
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [S, D] in fp32 of a pure rotation by `positions` (which may be negative), HF's
-    layout and arithmetic (the half-dimension angles repeated twice)."""
-    angles = positions.float()[:, None] * inv_freq.to(device=positions.device, dtype=torch.float)[None, :]  # [S, D/2]
-    emb = torch.cat((angles, angles), dim=-1)
-    return emb.cos(), emb.sin()
+    layout (the half-dimension angles repeated twice)."""
+    cos, sin = half_angle_cos_sin(positions, inv_freq)
+    return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

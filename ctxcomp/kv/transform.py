@@ -50,19 +50,12 @@ def transformed(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> 
     return torch.bmm(heads_together(x.float()), matrix) - offset[:, None, :]
 
 
-def _half_angles(rope: Rope, seq: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [S, D/2] fp32 of the angles at positions rope.start_pos.. (HF's arithmetic), times the model's scaling."""
-    positions = torch.arange(rope.start_pos, rope.start_pos + seq, device=device).float()
-    angles = positions[:, None] * rope.inv_freq.to(device=device, dtype=torch.float)[None, :]
-    return angles.cos() * rope.attention_scaling, angles.sin() * rope.attention_scaling
-
-
 def pre_rope_rows(k: torch.Tensor, rope: Rope) -> torch.Tensor:
     """K [L, H, S, D] after RoPE -> the keys before RoPE as rows [L, S, H*D] fp32 (to_pre_rope and
     heads_together in one pass: the inverse rotation writes the token-major layout directly)."""
     layers, heads, seq, dim = k.shape
     half = dim // 2
-    cos, sin = _half_angles(rope, seq, k.device)
+    cos, sin = rope.half_tables(seq, k.device)
     cos, sin = cos / rope.attention_scaling**2, sin / rope.attention_scaling**2  # rotate back and undo the scaling
     rows = torch.empty(layers, seq, heads, dim, device=k.device)
     out = rows.permute(0, 2, 1, 3)
@@ -77,7 +70,7 @@ def post_rope_from_rows(rows: torch.Tensor, rope: Rope, heads: int) -> torch.Ten
     layers, seq, channels = rows.shape
     dim = channels // heads
     half = dim // 2
-    cos, sin = _half_angles(rope, seq, rows.device)
+    cos, sin = rope.half_tables(seq, rows.device)
     grouped = rows.view(layers, seq, heads, dim).permute(0, 2, 1, 3)
     first, second = grouped[..., :half], grouped[..., half:]
     k = torch.empty(layers, heads, seq, dim, device=rows.device)
