@@ -228,7 +228,8 @@ class Compressor:
                 continue
             started = time.perf_counter()
             self.hub.load(self.method(name).requires)
-            self.compress(replace(sample, method=name))
+            # the sample is ours, not a client's: this server's request limits do not apply to it
+            self.run([self.plan(replace(sample, method=name), Limits())])
             self._ready.add(name)
             seconds[name] = time.perf_counter() - started
             log.info("method %s loaded and warmed in %.1f s", name, seconds[name])
@@ -253,13 +254,15 @@ class Compressor:
         """Plan and run several requests together; any invalid request raises before work starts."""
         return self.run([self.plan(request) for request in requests])
 
-    def plan(self, request: CompressRequest) -> Plan:
-        """Validate a request; resolve its method (or chain), its config and its KV codec."""
+    def plan(self, request: CompressRequest, limits: Limits | None = None) -> Plan:
+        """Validate a request against `limits` (default: this compressor's); resolve its method
+        (or chain), its config and its KV codec."""
         started = time.perf_counter()
-        validate(request, self.limits)
+        limits = limits or self.limits
+        validate(request, limits)
         self._check_llm(request)
         with self.hub.counting(request.llm):
-            return self._plan(request, started)
+            return self._plan(request, started, limits)
 
     def _check_llm(self, request: CompressRequest) -> None:
         if not request.llm:
@@ -271,10 +274,10 @@ class Compressor:
         if request.return_kv:
             raise InvalidRequest("llm", "KV blobs are the server's own LLM's: with return_kv, leave llm empty")
 
-    def _plan(self, request: CompressRequest, started: float) -> Plan:
+    def _plan(self, request: CompressRequest, started: float, limits: Limits) -> Plan:
         request, layout = conversation.expand(request)
         if layout is not None:
-            validate_documents(request, self.limits)  # the older messages count against the limits too
+            validate_documents(request, limits)  # the older messages count against the limits too
         name = request.method or self.default_method
         method = self.method(name)
         config = method.configure(request.options)
@@ -291,11 +294,11 @@ class Compressor:
             from ctxcomp.kv.stage import check_kv_request
 
             codec = check_kv_request(request.kv_codec, request.kv_model, self.hub, self.kv_store, request.cache_salt)
-        tokens = count_within_limit(self.hub, [d.text for d in request.documents], self.limits.max_request_tokens)
+        tokens = count_within_limit(self.hub, [d.text for d in request.documents], limits.max_request_tokens)
         if layout is not None:
             layout = replace(layout, tokens=tuple(self.hub.count_tokens(list(layout.contents))))
         costs = request_costs(request, tokens, bool(codec))
-        check_cost(costs, self.limits.max_request_cost)
+        check_cost(costs, limits.max_request_cost)
         return Plan(request, name, config, codec, tokens, (time.perf_counter() - started) * 1000.0, layout, costs)
 
     def run(self, plans: Sequence[Plan]) -> list[CompressResult]:

@@ -65,9 +65,9 @@ class TestCtxcompRetrieverStandard(RetrieversIntegrationTests):
 
 def test_metadata_survives_and_stats_are_added(server) -> None:
     docs = corpus()[:3]
-    compressor = CtxcompCompressor(address=server.address, rate=0.5)
+    compressor = CtxcompCompressor(address=server.address, rate=0.5, drop_empty=False)
     out = compressor.compress_documents(docs, "Who won Super Bowl 50?")
-    assert [d.id for d in out] == ["id-0", "id-1", "id-2"]
+    assert [d.id for d in out] == ["id-0", "id-1", "id-2"]  # emptied ones too: drop_empty=False
     for original, compressed in zip(docs, out):
         stats = compressed.metadata.pop("ctxcomp")
         assert compressed.metadata == original.metadata
