@@ -113,6 +113,22 @@ class ModelHub:
         for role in roles:
             self.get(role, models.registry.role_spec(role).preload or None)
 
+    def compile_shapes(self) -> None:
+        """Build now what the loaded encoders would build on first use of each input shape (the
+        fixed-width rows of OpenVINO int8 encoders), so a server's first requests pay none of it."""
+        import torch.nn as nn
+
+        from ctxcomp.models.openvino_encoder import _CompiledRows
+
+        with self._lock:
+            loaded = list(self._loaded.values())
+        for model in loaded:
+            fields = getattr(model, "__dict__", {}).values()
+            roots = [model] if isinstance(model, nn.Module) else [v for v in fields if isinstance(v, nn.Module)]
+            for module in (m for root in roots for m in root.modules()):
+                if isinstance(module, _CompiledRows):
+                    module.compiled.compile_all_widths()
+
     def unavailable(self, roles: Sequence[str]) -> list[str]:
         """Why each of these roles cannot load here, without loading it (empty: all can)."""
         reasons = []

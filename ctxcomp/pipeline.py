@@ -230,6 +230,7 @@ class Compressor:
             self.hub.load(self.method(name).requires)
             # the sample is ours, not a client's: this server's request limits do not apply to it
             self.run([self.plan(replace(sample, method=name), Limits())])
+            self.hub.compile_shapes()
             self._ready.add(name)
             seconds[name] = time.perf_counter() - started
             log.info("method %s loaded and warmed in %.1f s", name, seconds[name])

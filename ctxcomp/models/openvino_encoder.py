@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctxcomp.encoder_batches import padded_width
+from ctxcomp.encoder_batches import PAD_MULTIPLE, padded_width
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CALIBRATION_TEXTS = Path(__file__).resolve().parent / "calibration" / "texts.json"
@@ -135,6 +135,11 @@ class CompiledGraph:
     @property
     def widths_compiled(self) -> list[int]:
         return sorted(self._single_rows)
+
+    def compile_all_widths(self) -> None:
+        """Compile every fixed width now (a server's warm-up), so that no request pays one."""
+        for width in range(PAD_MULTIPLE, self._limit + 1, PAD_MULTIPLE):
+            self.single_row(width)
 
 
 def compile_module(module: nn.Module, output: str, tokenizer: Any = None, threads: int | None = None) -> CompiledGraph:
