@@ -9,9 +9,11 @@ read here; the dev articles (squad.splits().dev) are held apart: the script
 reports on them and the coarse-to-fine method's settings are tuned on them.
 
 Per question, a group of documents: its gold paragraph, `--hard-negatives`
-other paragraphs of the same article (hard negatives, 1 by default) and one
-paragraph of another article (so the document score also separates off-topic
-text, which the selective gate needs).
+other paragraphs of the same article (1 by default), `--retrieved-negatives`
+near misses from other train articles (what a retriever returns beside the
+answer: BM25's and the bi-encoder's best, none holding an answer string;
+training/distractors.py) and one random paragraph of another article (so the
+document score also separates off-topic text, which the selective gate needs).
 Labels:
 - document: 1 for the gold paragraph (listwise softmax over the group + pointwise BCE);
 - sentence: 1 for a sentence of the gold paragraph overlapping the answer span;
@@ -28,6 +30,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +40,7 @@ from safetensors.torch import save_file
 from ctxcomp import text
 from ctxcomp import windows as win
 from ctxcomp.models import lora, registry, relevance_model
-from training import squad
+from training import distractors, squad
 
 SEED = 1234
 OTHER_ANSWER_TARGET = 0.25
@@ -87,20 +90,47 @@ def labels_for(doc: Prepared, question: squad.Question | None) -> tuple[np.ndarr
 
 
 def groups(
-    prepared: list[Prepared], n_questions: int, rng: random.Random, hard_negatives: int = 1
+    prepared: list[Prepared], n_questions: int, rng: random.Random, hard_negatives: int = 1,
+    retrieved: int = 0, embed_questions: Callable[[list[str]], np.ndarray] | None = None,
+    corpus: distractors.Corpus | None = None,
 ) -> list[tuple[squad.Question, list[int]]]:
-    """(question, [gold, *same-article, other-article] paragraph indices)."""
+    """(question, [gold, *same-article, *retrieved near misses, other-article] paragraph indices).
+    Near misses alternate BM25's best and the bi-encoder's (`embed_questions` and the corpus's
+    embeddings); `corpus` indexes `prepared`'s paragraphs in the same order."""
     by_article: dict[str, list[int]] = {}
     for i, p in enumerate(prepared):
         by_article.setdefault(p.paragraph.article, []).append(i)
     pairs = [(q, i) for i, p in enumerate(prepared) for q in p.paragraph.questions]
     rng.shuffle(pairs)
+    pairs = pairs[: n_questions or len(pairs)]
+    near = retrieved_negatives(pairs, prepared, retrieved, embed_questions, corpus) if retrieved else [[]] * len(pairs)
     out = []
-    for question, gold in pairs[: n_questions or len(pairs)]:
+    for (question, gold), misses in zip(pairs, near):
         article = prepared[gold].paragraph.article
         same = [j for j in by_article[article] if j != gold]
-        other = [j for a, members in by_article.items() if a != article for j in members]
-        out.append((question, [gold, *rng.sample(same, min(hard_negatives, len(same))), rng.choice(other)]))
+        other = [j for a, members in by_article.items() if a != article for j in members if j not in misses]
+        out.append((question, [gold, *rng.sample(same, min(hard_negatives, len(same))), *misses, rng.choice(other)]))
+    return out
+
+
+def retrieved_negatives(
+    pairs: list[tuple[squad.Question, int]], prepared: list[Prepared], n: int,
+    embed_questions: Callable[[list[str]], np.ndarray] | None, corpus: distractors.Corpus | None,
+) -> list[list[int]]:
+    """Per (question, gold) pair, n near misses from other articles: BM25's best and the
+    bi-encoder's best in turn (BM25 alone without an encoder), none holding an answer."""
+    corpus = corpus or distractors.index([p.paragraph for p in prepared])
+    queries = embed_questions([q.text for q, _ in pairs]) if embed_questions is not None else None
+    out = []
+    for row, (question, gold) in enumerate(pairs):
+        article = prepared[gold].paragraph.article
+        lexical = distractors.near_misses(corpus, question, article, n)
+        if queries is None:
+            out.append(lexical)
+            continue
+        dense = distractors.near_misses(corpus, question, article, n, "encoder", queries[row], exclude=lexical[: (n + 1) // 2])
+        merged = [i for pair in zip(lexical, dense) for i in pair]
+        out.append(list(dict.fromkeys(merged))[:n])
     return out
 
 
@@ -161,6 +191,18 @@ def step_loss(model, batch_groups, prepared, tokenizer, max_length, device):
     return listwise + pointwise + sentence + token, {"doc": listwise.item(), "sent": sentence.item(), "tok": token.item()}
 
 
+def near_miss_sources(prepared: list[Prepared]) -> tuple[Callable[[list[str]], np.ndarray], distractors.Corpus]:
+    """The bi-encoder (the sentence encoder a user's retriever would be) and the train
+    paragraphs indexed for BM25 and by its embeddings."""
+    from ctxcomp.embedding import embed
+    from ctxcomp.hub import ModelHub
+
+    hub = ModelHub(precision="fp32")
+    paragraphs = [p.paragraph for p in prepared]
+    corpus = distractors.index(paragraphs, embed(hub, [p.context for p in paragraphs]))
+    return (lambda texts: embed(hub, texts)), corpus
+
+
 def build_model(args, device):
     base = Path(args.base) if args.base else registry.encoder_path()
     model = relevance_model.RelevanceModel(relevance_model.base_encoder(base))
@@ -177,9 +219,27 @@ def build_model(args, device):
         for p in model.encoder.parameters():
             p.requires_grad_(False)
         wrapped = lora.attach(model.encoder, lora.LoraConfig(rank=args.rank, alpha=args.alpha))
+        if args.init:
+            start_from(model, wrapped, Path(args.init), args)
         adapters = [p for module in wrapped.values() for p in (module.lora_a, module.lora_b)]
         groups_ = [{"params": adapters, "lr": args.lr}, {"params": model.heads.parameters(), "lr": args.head_lr}]
     return model.to(device), wrapped, torch.optim.AdamW(groups_, weight_decay=0.01), base
+
+
+@torch.no_grad()
+def start_from(model, wrapped, folder: Path, args) -> None:
+    """Continue from a trained LoRA delta (same rank and alpha): its factors and heads."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "config.json").read_text())
+    if (meta.get("lora_rank"), meta.get("lora_alpha")) != (args.rank, args.alpha):
+        raise SystemExit(f"--init {folder}: rank/alpha {meta.get('lora_rank')}/{meta.get('lora_alpha')}, "
+                         f"training asks {args.rank}/{args.alpha}")
+    state = {k: v.float() for k, v in load_file(folder / relevance_model.DELTA_FILE).items()}
+    for name, module in wrapped.items():
+        module.lora_a.copy_(state[f"encoder.{name}.lora_a"])
+        module.lora_b.copy_(state[f"encoder.{name}.lora_b"])
+    model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")})
 
 
 def save(model, wrapped, args, out: Path, meta: dict) -> None:
@@ -211,7 +271,11 @@ def train(args: argparse.Namespace) -> dict:
     train_paras = train_paras[: args.paragraphs or len(train_paras)]
     nlp = registry.load_spacy()
     prepared = prepare(train_paras, tokenizer, nlp)
-    batch = groups(prepared, args.questions, random.Random(SEED), args.hard_negatives)
+    embed_questions, corpus = None, None
+    if args.retrieved_negatives:
+        embed_questions, corpus = near_miss_sources(prepared)
+    batch = groups(prepared, args.questions, random.Random(SEED), args.hard_negatives,
+                   args.retrieved_negatives, embed_questions, corpus)
     steps = -(-len(batch) // args.groups_per_step)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps, pct_start=0.06
@@ -241,9 +305,12 @@ def train(args: argparse.Namespace) -> dict:
         "heads": ["document: (doc mean x query mean, doc mean, [CLS])", "sentence: (sentence mean x query mean, sentence mean, [CLS])", "token: (token x query mean, token)"],
         "window": args.max_length,
         "data": "SQuAD v1.1 dev, split by article (training/squad.py); train minus dev articles",
-        "groups": f"gold + {args.hard_negatives} same-article paragraph(s) + 1 other-article paragraph per question",
+        "groups": f"gold + {args.hard_negatives} same-article paragraph(s) + {args.retrieved_negatives} retrieved "
+                  "near miss(es) from other articles (BM25 and bi-encoder, no answer string) + 1 random "
+                  "other-article paragraph per question",
         "questions": len(batch), "groups_per_step": args.groups_per_step,
         "lr": args.lr, "head_lr": args.head_lr, "encoder_lr": args.encoder_lr if args.full else None,
+        "initialised_from": args.init or None,
         "seed": SEED, "device": str(device), "train_seconds": round(time.time() - started, 1),
         "train_paragraphs": len(train_paras), "dev_paragraphs": len(dev_paras),
     }
@@ -257,6 +324,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=0, help="question groups to train on (0 = all)")
     parser.add_argument("--groups-per-step", type=int, default=4)
     parser.add_argument("--hard-negatives", type=int, default=1, help="same-article paragraphs per question group")
+    parser.add_argument("--retrieved-negatives", type=int, default=2,
+                        help="near misses per question group: other train articles' paragraphs BM25 and the "
+                             "bi-encoder rank highest, none holding an answer (0 = none)")
+    parser.add_argument("--init", default="", help="continue from this LoRA delta folder (its factors and heads)")
     parser.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     parser.add_argument("--lr", type=float, default=3e-4, help="LoRA factors")
     parser.add_argument("--head-lr", type=float, default=1e-3, help="the three heads")

@@ -15,9 +15,12 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
    (`words`: a word's priority is its sentence's logit plus `token_weight`
    times its own). Code blocks, JSON and links stay whole units;
 5. fill: budget the relevant documents cannot use (all of them are whole) goes
-   to the dropped ones, best first, in whole sentences, unless `fill_budget` is
-   off (a target is then only a cap). At tight budgets no relevant document is
-   whole, and irrelevant documents stay out; a few tokens left over buy nothing.
+   to the dropped ones, best first, in whole sentences that carry weight for the
+   query (sentence probability at least the relevance model's calibrated
+   `sentence_threshold`, EXIT's), or to nothing: a target is a cap, never a
+   quota, and no fragment of an irrelevant document goes out as padding.
+   `fill_budget` off keeps dropped documents out entirely. At tight budgets no
+   relevant document is whole, and irrelevant documents stay out.
 """
 
 from __future__ import annotations
@@ -153,28 +156,30 @@ def spend_leftover(
     """Give the tokens the per-document fits left unspent (whole units rarely fill a budget
     exactly) to the kept documents in relevance order, refitting each with its share plus them;
     with `fill_budget`, once every kept document is whole, what is left goes to the dropped
-    documents, best first, in whole sentences only."""
+    documents, best first, in whole sentences the sentence head finds relevant only."""
     by_relevance = np.argsort([-doc.relevance for doc in scores], kind="stable")
     kept = [d for d in by_relevance if budgets[d] >= 1]
     grow(hub, scores, selections, budget, config, sizes, kept)
     if config.fill_budget and all(sum(selections[d].counts) >= sizes[d] for d in kept):
         dropped = [d for d in by_relevance if budgets[d] < 1]
-        grow(hub, scores, selections, budget, config, sizes, dropped, whole_sentences=True)
+        least = float(hub.get("relevance").meta["sentence_threshold"])
+        grow(hub, scores, selections, budget, config, sizes, dropped, least_sentence_probability=least)
 
 
 def grow(
     hub: ModelHub, scores: Sequence[relevance.DocumentScores], selections: list[Selection], budget: int,
-    config: CascadeConfig, sizes: Sequence[int], order: Sequence[int], whole_sentences: bool = False,
+    config: CascadeConfig, sizes: Sequence[int], order: Sequence[int], least_sentence_probability: float | None = None,
 ) -> None:
-    """Refit the documents of `order`, in turn, with what they keep plus what the budget has left
-    (in whole sentences only, if asked: no fragments of a document judged irrelevant)."""
+    """Refit the documents of `order`, in turn, with what they keep plus what the budget has left.
+    With `least_sentence_probability` (documents judged irrelevant), only whole sentences whose
+    keep probability reaches it: no fragments, no filler."""
     spent = [sum(s.counts) for s in selections]
     left = budget - sum(spent)  # kept as a running total: a page's nodes are thousands of documents
     for d in order:
         if left <= 0:
             return
         if spent[d] < sizes[d]:
-            grown = keep_in_document(hub, scores[d], spent[d] + left, config, sizes[d], whole_sentences)
+            grown = keep_in_document(hub, scores[d], spent[d] + left, config, sizes[d], least_sentence_probability)
             if sum(grown.counts) > spent[d]:
                 left -= sum(grown.counts) - spent[d]
                 selections[d], spent[d] = grown, sum(grown.counts)
@@ -182,21 +187,25 @@ def grow(
 
 def keep_in_document(
     hub: ModelHub, doc: relevance.DocumentScores, budget: int, config: CascadeConfig, size: int,
-    whole_sentences: bool = False,
+    least_sentence_probability: float | None = None,
 ) -> Selection:
     """The best units of one document within `budget` tokens: sentences by the sentence head,
-    the sentence at the budget's edge cut as `config.edge_cut` says (with `whole_sentences`,
-    or edge_cut "sentence", none is cut)."""
+    the sentence at the budget's edge cut as `config.edge_cut` says (edge_cut "sentence" cuts
+    none). With `least_sentence_probability`, only whole sentences at least that probable."""
     checkpoint()  # a page's nodes are thousands of documents: a place to stop or give way
     if not len(doc.words):
         return fit_budget([doc.words], np.zeros(0), hub.count_tokens, 0, total_tokens=0)
     sentence_logits = doc.sentence_logits if len(doc.sentence_logits) else np.zeros(1)
     sentence_priority = sentence_logits[doc.sentence_of_word].astype(np.float64)
     fit = partial(fit_budget, [doc.words], total_tokens=size, count_pieces=hub.count_piece_tokens)
-    if config.edge_cut == "words" and not whole_sentences:
+    if least_sentence_probability is not None:
+        weighty = relevance.sigmoid(sentence_logits) >= least_sentence_probability
+        allowed = np.where(weighty[doc.sentence_of_word], sentence_priority, -np.inf)
+        return fit(allowed, hub.count_tokens, budget, units=doc.sentence_of_word)
+    if config.edge_cut == "words":
         priority = sentence_priority + config.token_weight * doc.word_logits
         return fit(priority, hub.count_tokens, budget, units=unit_ids(doc.words))
-    if whole_sentences or config.edge_cut == "sentence" or budget >= size:
+    if config.edge_cut == "sentence" or budget >= size:
         return fit(sentence_priority, hub.count_tokens, budget, units=doc.sentence_of_word)
     clause = edge_clause(hub, doc, sentence_logits, budget)
     units = np.where(clause, -1, doc.sentence_of_word)  # the clause is a unit of its own, the rest of its sentence too
