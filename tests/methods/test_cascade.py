@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -69,32 +70,64 @@ def test_a_strict_drop_threshold_without_filling_keeps_only_the_best_document(co
     assert result.tokens_after < 0.9 * result.tokens_before / 2  # a cap, left unspent
 
 
-def test_budget_the_relevant_documents_leave_goes_to_dropped_ones_best_first(compressor) -> None:
-    request = demo_request(method="cascade", rate=0.9, options={"drop_below": 0.9999})
+SANK = Document("sank", "The Vasa sank on 10 August 1628, less than a mile into her maiden voyage.")
+BUILT = Document("built", "The Vasa was a warship built in Stockholm for King Gustavus Adolphus. She sank in Stockholm "
+                          "harbour in 1628 because she was top-heavy and unstable. The museum that shows her opened in "
+                          "1990. Tickets can be bought online.")
+SUMMER = Document("summer", "Stockholm summers are mild, with long daylight hours in June and July.")
+
+
+def test_budget_the_relevant_documents_leave_buys_weighty_sentences_of_dropped_ones_or_nothing(compressor) -> None:
+    """With every document but the best dropped, a loose budget brings back a dropped document's
+    sentence that answers, and nothing of one that does not: a target is a cap, not a quota."""
+    request = CompressRequest("Why did the Vasa sink?", (SANK, BUILT, SUMMER), method="cascade", rate=1.0,
+                              options={"drop_below": 0.9999})
     result = compressor.compress(request)
-    budget = int(result.tokens_before * 0.9)
-    assert 0.9 * budget <= result.tokens_after <= budget  # whole sentences rarely fill it exactly
     by_id = {d.id: d for d in result.documents}
-    assert by_id["vasa-1"].tokens_after == by_id["vasa-1"].tokens_before
-    kept = [d for d in result.documents if d.text]
-    assert len(kept) > 1 and all(d.score <= k.score for d in result.documents if not d.text for k in kept)
+    assert by_id["summer"].text == ""  # it would fit, and buys nothing
+    assert "10 August 1628" in result.context and "top-heavy" in result.context
+    assert result.tokens_after <= result.tokens_before - by_id["summer"].tokens_before
 
 
-def test_dropped_documents_come_back_in_whole_sentences_only(compressor, hub) -> None:
-    """The demo's budget leaves a few tokens after the one relevant document: they buy no
-    fragment of an irrelevant one; a larger budget brings back whole sentences."""
+def cascade_cases() -> list[CompressRequest]:
+    """The cascade requests of this file, at loose and tight budgets."""
+    near_miss = near_miss_request()
+    return [
+        *(demo_request(method="cascade", rate=rate) for rate in (DEMO_RATE, 0.5, 0.7, 0.9)),
+        *(CompressRequest("Why did the Vasa sink?", (SANK, BUILT, SUMMER), method="cascade", rate=rate) for rate in (0.3, 0.6, 0.9)),
+        *(dataclasses.replace(near_miss, method="cascade", rate=rate) for rate in (0.2, 0.33, 0.5, 0.8)),
+    ]
+
+
+def test_dropped_documents_come_back_only_as_whole_weighty_sentences(compressor, hub) -> None:
+    """Text of a document the cascade judged irrelevant (fill_budget's padding) is whole sentences,
+    each above the relevance model's sentence threshold and longer than two words: never scraps."""
+    from ctxcomp import relevance
     from ctxcomp.text import split_sentences
 
-    for rate in (DEMO_RATE, 0.7):
-        request = demo_request(method="cascade", rate=rate)
+    threshold = float(hub.get("relevance").meta["sentence_threshold"])
+    for request in cascade_cases():
         result = compressor.compress(request)
+        scores = relevance.score(hub, [request])[0]
+        best = max(range(len(scores)), key=lambda d: scores[d].relevance)
         split = split_sentences(hub.get("spacy"), [d.text for d in request.documents])
-        for doc, sentences in zip(result.documents, split):
-            if doc.id == "vasa-1":
+        for d, (doc, sentences, score) in enumerate(zip(result.documents, split, scores)):
+            if d == best or score.probability >= 0.05 or not doc.text:  # 0.05: drop_below's default
                 continue
+            starts, ends = sentences.starts.tolist(), sentences.ends.tolist()
             for span in doc.kept_spans:
-                assert span.start in sentences.starts.tolist() and span.end in sentences.ends.tolist()
-    assert {d.id for d in result.documents if d.text} > {"vasa-1"}  # 0.7: some came back
+                assert span.start in starts and span.end in ends, (request.query, doc.id, doc.text)
+                first, last = starts.index(span.start), ends.index(span.end)
+                for s in range(first, last + 1):
+                    assert relevance.sigmoid(score.sentence_logits[s]) >= threshold, (request.query, doc.id, doc.text)
+                    assert len(request.documents[d].text[starts[s] : ends[s]].split()) > 2
+
+
+def near_miss_request() -> CompressRequest:
+    """Six documents a retriever might return for a bridge-collapse question: one answers, the
+    others are other collapses, the town, another bridge and inspection rules (texts written for this test)."""
+    sample = json.loads((Path(__file__).parents[1] / "data" / "near_miss_bridges.json").read_text())
+    return CompressRequest(sample["query"], tuple(Document(d["id"], d["text"]) for d in sample["documents"]))
 
 
 @pytest.mark.parametrize("options, field", [({"temperature": 0}, "options.temperature"), ({"drop_below": 1.0}, "options.drop_below"),
