@@ -1,6 +1,7 @@
 """Gold-answer preservation, rerank accuracy, the selective gate and cost of every method vs baselines.
 
     python bench/quality.py [--quick] [--questions 300] [--methods cascade,exit,...] [--split test] [--targets 3x,5x]
+                            [--distractors retrieved --documents 5,10,20] [--record NAME]
 
 A method may carry options for tuning runs: `recomp_abstractive:max_input_tokens=512`.
 
@@ -8,8 +9,13 @@ Split: the test articles of SQuAD dev (training/squad.py), never read by
 any training or tuning script (the relevance model's settings were tuned on the
 dev articles, see ctxcomp/models/relevance/MODEL_CARD.md); `--split dev` is for tuning.
 Each request: one question, its gold paragraph and four other paragraphs of
-the same article, shuffled (seeded). Targets 3x, 5x, 10x = rate 1/x of the
-downstream-LLM tokens. One JSON line per (target, method) and per baseline:
+the same article, shuffled (seeded). `--distractors retrieved` is what a retriever
+returns instead: half of the other documents (rounded up) are near misses, the
+paragraphs of other articles of the split that BM25 ranks highest for the question
+and that hold none of its answers (training/distractors.py), the rest paragraphs
+of the gold one's article; `--documents 5,10,20` runs each request size. Targets
+3x, 5x, 10x, 20x = rate 1/x of the downstream-LLM tokens. One JSON line per
+(documents, target, method) and per baseline:
   compression   achieved tokens_before / tokens_after over all requests
   preservation  share of requests whose context still holds a gold answer string,
                 with a bootstrap 95% interval (1,000 resamples)
@@ -19,8 +25,9 @@ documents), random (random whole sentences) and minilm_topk (the 20 lines a
 user writes by hand: split on sentence punctuation, rank by MiniLM cosine to the
 query, add sentences while they fit). A method "beats" a baseline only where
 the intervals separate; `paired` gives each row's difference from minilm_topk and
-recomp_extractive on the same requests, with the interval of that difference. A rerank line compares the document head's top-1
-gold-paragraph accuracy with bi-encoder cosine, on the same requests. A gate
+recomp_extractive on the same requests, with the interval of that difference. A rerank line
+compares the document head's top-1 gold-paragraph accuracy and mean reciprocal rank with the
+bi-encoder's cosine, on the same requests. A gate
 line measures selective augmentation at the shipped threshold: the share of
 these requests it lets through, and the share of off-topic requests (the same
 questions over paragraphs of other articles of the split) it empties.
@@ -38,19 +45,19 @@ import time
 
 import numpy as np
 
-from common import add_split_argument, header, split_paragraphs
+from common import Record, add_split_argument, header, split_paragraphs
 
 from ctxcomp import relevance
 from ctxcomp.embedding import embed
 from ctxcomp.evaluate import bootstrap_interval, separated
 from ctxcomp.hub import ModelHub
-from training import squad
 from ctxcomp.pipeline import Compressor
 from ctxcomp.selection import keep_sentences
 from ctxcomp.text import split_sentences
 from ctxcomp.types import CompressRequest, Document
+from training import distractors, squad
 
-TARGETS = {"3x": 1 / 3, "5x": 0.2, "10x": 0.1}
+TARGETS = {"3x": 1 / 3, "5x": 0.2, "10x": 0.1, "20x": 0.05}
 METHODS = (
     "cascade", "exit", "recomp_extractive", "mig", "llmlingua2", "llmlingua2:query_agnostic",
     "exit>llmlingua2", "mig>llmlingua2",
@@ -62,17 +69,26 @@ SEED = 7
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def build_requests(paragraphs: list[squad.Paragraph], n: int) -> list[tuple[squad.Question, CompressRequest, int]]:
-    """(question, request, index of the gold document)."""
+def build_requests(
+    paragraphs: list[squad.Paragraph], n: int, documents: int = OTHER_PARAGRAPHS + 1, retrieved: bool = False,
+) -> list[tuple[squad.Question, CompressRequest, int]]:
+    """(question, request, index of the gold document): the gold paragraph among `documents` - 1
+    others of its article, or, `retrieved`, among near misses (half of the others, rounded up:
+    paragraphs of other articles BM25 ranks highest for the question, none holding an answer)
+    and same-article paragraphs for the rest."""
     by_article = collections.defaultdict(list)
     for p in paragraphs:
         by_article[p.article].append(p)
+    corpus = distractors.index(paragraphs) if retrieved else None
     rng = random.Random(SEED)
     pairs = [(p, q) for p in paragraphs for q in p.questions]
     rng.shuffle(pairs)
     out = []
     for p, q in pairs[:n]:
-        docs = [p, *rng.sample([o for o in by_article[p.article] if o.index != p.index], OTHER_PARAGRAPHS)]
+        others = documents - 1
+        near = [] if corpus is None else [paragraphs[i] for i in distractors.near_misses(corpus, q, p.article, -(-others // 2))]
+        same = [o for o in by_article[p.article] if o.index != p.index]
+        docs = [p, *near, *rng.sample(same, min(others - len(near), len(same)))]
         rng.shuffle(docs)
         out.append((q, CompressRequest(q.text, tuple(Document(f"{d.article}#{d.index}", d.context) for d in docs)), docs.index(p)))
     return out
@@ -170,17 +186,25 @@ def baselines(hub: ModelHub, target: str, rate: float, questions, requests, befo
     return rows
 
 
+def gold_rank(scores: np.ndarray, gold: int) -> int:
+    """1-based rank of the gold document under `scores` (ties count against it)."""
+    return 1 + int(np.count_nonzero(scores >= scores[gold])) - 1
+
+
 def rerank(hub: ModelHub, cases, scored) -> dict:
-    head = [int(np.argmax([d.relevance for d in s])) == g for s, (_, _, g) in zip(scored, cases)]
+    """The document head's and the bi-encoder's top-1 and mean reciprocal rank of the gold paragraph."""
+    head = [gold_rank(np.asarray([d.relevance for d in s]), g) for s, (_, _, g) in zip(scored, cases)]
     cosine = []
     for _, request, gold in cases:
         vectors = embed(hub, [request.query, *[d.text for d in request.documents]])
-        cosine.append(int(np.argmax(vectors[1:] @ vectors[0])) == gold)
-    return {
-        "bench": "rerank", "requests": len(cases),
-        "document_head_top1": round(float(np.mean(head)), 4), "document_head_interval95": bootstrap_interval(head),
-        "bi_encoder_cosine_top1": round(float(np.mean(cosine)), 4), "bi_encoder_interval95": bootstrap_interval(cosine),
-    }
+        cosine.append(gold_rank(vectors[1:] @ vectors[0], gold))
+    out: dict = {"bench": "rerank", "requests": len(cases)}
+    for name, ranks in (("document_head", head), ("bi_encoder_cosine", cosine)):
+        top1 = [r == 1 for r in ranks]
+        reciprocal = [1.0 / r for r in ranks]
+        out |= {f"{name}_top1": round(float(np.mean(top1)), 4), f"{name}_top1_interval95": bootstrap_interval(top1),
+                f"{name}_mrr": round(float(np.mean(reciprocal)), 4), f"{name}_mrr_interval95": bootstrap_interval(reciprocal)}
+    return out
 
 
 def gate(hub: ModelHub, paragraphs: list[squad.Paragraph], cases, scored) -> dict:
@@ -205,7 +229,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="15 requests, 5x, three methods (under a minute after load)")
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--targets", default=",".join(TARGETS), help="of " + ", ".join(TARGETS))
+    parser.add_argument("--targets", default="3x,5x,10x", help="of " + ", ".join(TARGETS))
+    parser.add_argument("--distractors", choices=("same-article", "retrieved"), default="same-article",
+                        help="the gold paragraph's company: paragraphs of its article, or also near misses "
+                             "BM25 retrieves from other articles")
+    parser.add_argument("--documents", default="5", help="documents per request, one setting per value (5,10,20)")
+    parser.add_argument("--rerank-also", default=None, metavar="FOLDER",
+                        help="another relevance model's folder (an earlier delta): its rerank line on the same requests")
+    parser.add_argument("--record", default=None, help="write the run as this result record (bench/results/NAME.json)")
     add_split_argument(parser)
     args = parser.parse_args()
     targets = {"5x": TARGETS["5x"]} if args.quick else {t: TARGETS[t] for t in args.targets.split(",")}
@@ -213,15 +244,33 @@ def main() -> None:
     hub = ModelHub()
     compressor = Compressor(hub)
     paragraphs = split_paragraphs(args.split)
-    cases = build_requests(paragraphs, 15 if args.quick else args.questions)
-    questions, requests = [q for q, _, _ in cases], [r for _, r, _ in cases]
-    compressor.compress(dataclasses.replace(requests[0], method="cascade"))  # warm: models load outside the timings
-    print(json.dumps(header("quality", args.split)))
-    scored = relevance.score(hub, [r for _, r, _ in cases])
-    print(json.dumps(rerank(hub, cases, scored)), flush=True)
-    print(json.dumps(gate(hub, paragraphs, cases, scored)), flush=True)
-    before = [sum(hub.count_tokens([d.text for d in r.documents])) for r in requests]
+    record = Record("quality")
+    record.emit(header("quality", args.split, distractors=args.distractors,
+                       relevance=hub.get("relevance").meta.get("groups", "")))
     started = time.time()
+    for documents in [int(d) for d in args.documents.split(",")]:
+        cases = build_requests(paragraphs, 15 if args.quick else args.questions, documents, args.distractors == "retrieved")
+        compressor.compress(dataclasses.replace(cases[0][1], method="cascade"))  # warm: models load outside the timings
+        setting = {"documents": documents, "distractors": args.distractors}
+        if args.rerank_also:
+            other = ModelHub({"relevance": args.rerank_also})
+            scored = relevance.score(other, [r for _, r, _ in cases])
+            record.emit({**rerank(hub, cases, scored), **setting, "relevance": other.get("relevance").meta.get("groups", ""),
+                         "relevance_folder": args.rerank_also})
+        setting_rows(record, hub, compressor, paragraphs, cases, targets, methods, setting)
+    record.emit({"bench": "quality", "elapsed_s": round(time.time() - started, 1)})
+    if args.record and not args.quick:
+        print(f"result record: {record.write(args.record)}")
+
+
+def setting_rows(record: Record, hub: ModelHub, compressor: Compressor, paragraphs, cases, targets: dict,
+                 methods: list[str], setting: dict) -> None:
+    """The rerank and gate lines, then every baseline and method at every target, for one request set."""
+    questions, requests = [q for q, _, _ in cases], [r for _, r, _ in cases]
+    scored = relevance.score(hub, requests)
+    record.emit({**rerank(hub, cases, scored), **setting})
+    record.emit({**gate(hub, paragraphs, cases, scored), **setting})
+    before = [sum(hub.count_tokens([d.text for d in r.documents])) for r in requests]
     for target, rate in targets.items():
         rows = baselines(hub, target, rate, questions, requests, before)
         for name in methods:
@@ -231,8 +280,7 @@ def main() -> None:
             r["paired"] = paired_differences(r, rows)
         for r in rows:
             r.pop("hits")
-            print(json.dumps(r), flush=True)
-    print(json.dumps({"bench": "quality", "elapsed_s": round(time.time() - started, 1)}), flush=True)
+            record.emit({**r, **setting})
 
 
 if __name__ == "__main__":

@@ -306,7 +306,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 requests, 5x, cascade only (about a minute after load)")
     parser.add_argument("--requests", type=int, default=120)
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--targets", default=",".join(TARGETS), help="of " + ", ".join(TARGETS))
+    parser.add_argument("--targets", default="3x,5x,10x", help="of " + ", ".join(TARGETS))
     parser.add_argument("--positions", type=int, default=0, help="requests of the ten-paragraph gold-position setting")
     parser.add_argument("--reader", default=None, help="Hugging Face id, model folder or .gguf file (default: see above)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
