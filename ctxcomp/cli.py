@@ -147,7 +147,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key_file=args.tls_key or "",
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        http_port=args.http_port,
+        http_host=args.http_host,
+        playground=args.playground,
     )
+    if args.playground and args.http_port is None:
+        raise SystemExit("ctxcomp serve: --playground is a page of the HTTP API: give --http-port too")
 
     def on_ready(server: Any) -> None:
         if args.port_file:
@@ -408,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
                    help="serve Prometheus /metrics on this port (default: off)")
     p.add_argument("--metrics-host", default=os.environ.get("CTXCOMP_METRICS_HOST", "127.0.0.1"))
+    http_port = os.environ.get("CTXCOMP_HTTP_PORT")
+    p.add_argument("--http-port", type=int, default=int(http_port) if http_port else None,
+                   help="serve the HTTP/JSON API on this port too (POST /v1/compress, GET /v1/methods, /healthz, "
+                        "/openapi.json), transcoded to gRPC with the same auth and limits (default: off)")
+    p.add_argument("--http-host", default=os.environ.get("CTXCOMP_HTTP_HOST", ""), help="default: --host")
+    p.add_argument("--playground", action="store_true",
+                   help="with --http-port: a page at / to try methods on pasted documents (off by default: anyone "
+                        "who reaches the port may use it, within the same auth)")
     p.add_argument("--auth-tokens-file",
                    help="bearer tokens of several tenants, one 'TENANT TOKEN' a line: each tenant's KV cache is its own")
     # The bearer token comes from CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).

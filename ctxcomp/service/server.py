@@ -1,4 +1,5 @@
-"""The grpc.aio server: health, reflection, message limits, graceful shutdown."""
+"""The grpc.aio server: health, reflection, message limits, graceful shutdown, and the
+HTTP/JSON gateway beside it (ctxcomp.service.http_gateway)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from ctxcomp.pipeline import Compressor
 from ctxcomp.service.microbatcher import BatcherConfig, MicroBatcher
 from ctxcomp.service.metrics import Metrics
 from ctxcomp.service.auth import BearerTokenInterceptor
+from ctxcomp.service.http_gateway import HttpFront
 from ctxcomp.service.tenants import Tenants
 from ctxcomp.service.servicer import CompressorServicer, add_to_server
 from ctxcomp.v1 import ctxcomp_pb2 as pb
@@ -43,6 +47,9 @@ class ServerConfig:
     kv_chunk_bytes: int = 1 << 20  # KV blob bytes per CompressStream message
     metrics_port: int | None = None  # Prometheus /metrics on this port (0 = a free one); None = off
     metrics_host: str = "127.0.0.1"
+    http_port: int | None = None  # HTTP/JSON on this port (0 = a free one), transcoded to gRPC; None = off
+    http_host: str = ""  # "" = host
+    playground: bool = False  # with http_port: the playground page at / (an open door: off by default)
     # Extra grpc.aio server interceptors, run before ours: where OpenTelemetry attaches
     # (opentelemetry-instrumentation-grpc's aio_server_interceptor()).
     interceptors: tuple[Any, ...] = ()
@@ -84,6 +91,21 @@ class Server:
             self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {config.host}:{config.port}")
+        self.serving = False
+        self.http: HttpFront | None = None
+        self.http_port: int | None = None
+        if config.http_port is not None:
+            # The gateway's own way in: a Unix socket in a private folder, plain (it never leaves the host).
+            self._socket_dir = tempfile.TemporaryDirectory(prefix="ctxcomp-grpc-")
+            socket = f"unix:{self._socket_dir.name}/grpc.sock"
+            if self.grpc.add_insecure_port(socket) == 0:
+                raise OSError(f"could not bind {socket}")
+            ssl_context = None
+            if config.tls_cert_file:
+                ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ssl_context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+            self.http = HttpFront(socket, config.http_host or config.host, config.http_port, lambda: self.serving, limit,
+                                  config.playground, ssl_context, config.grace_s)
 
     async def _set_health(self, status: int) -> None:
         for service in ("", SERVICE_NAME):
@@ -97,6 +119,9 @@ class Server:
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port, self.tenants)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
+        if self.http is not None:
+            self.http_port = await self.http.start()
+            log.info("HTTP/JSON on %s:%d%s", self.http.host, self.http_port, ", playground at /" if self.config.playground else "")
         log.info("listening on %s:%d; loading models", self.config.host, self.port)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.compressor.warm_up, list(self.config.warm_methods) or None)
@@ -105,6 +130,7 @@ class Server:
         # otherwise lands on whichever request is running (bench/load.py, fairness).
         gc.freeze()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
         log.info("serving")
 
     async def stop(self) -> None:
@@ -112,11 +138,16 @@ class Server:
         finish for grace_s; the ones still waiting then get UNAVAILABLE from us (grpc's own
         cancellation at the end of its grace would log a CancelledError traceback for each)."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.serving = False
+        http_stopping = asyncio.ensure_future(self.http.stop()) if self.http is not None else None
         stopping = asyncio.ensure_future(self.grpc.stop(self.config.grace_s + 5.0))
         cut = await self.batcher.drain(self.config.grace_s)
         if cut:
             log.warning("grace period over: %d requests answered UNAVAILABLE", cut)
         await stopping
+        if http_stopping is not None:
+            await http_stopping
+            self._socket_dir.cleanup()
         await self.batcher.stop()
         self.metrics.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
