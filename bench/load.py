@@ -18,6 +18,8 @@ fault phase), then prints one JSON object per phase:
              requests as there are clients, the library's best) and through the server
              (N concurrent gRPC clients), at 1 and 16 clients, back to back: requests/s
              each way and their ratio (goal >= 0.9)
+  http       the same requests over HTTP/JSON (--http-port, the gateway) and over gRPC on one
+             server, at 1 and 16 clients, back to back: requests/s each way and their ratio
   threads    EXIT requests, quiet and beside a competing process (a 2-thread torch
              matmul loop, as another replica would be), for the start-up policy
              (threads = cores / workers, passive OpenMP waits) against OpenMP's
@@ -377,6 +379,59 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
             })
 
 
+async def run_http_phase(base_url: str, clients: int, seconds: float, deadline: float, requests: list[dict]) -> dict:
+    """run_phase's loop over HTTP/JSON (POST /v1/compress) with aiohttp's client, one session per client."""
+    import aiohttp
+
+    statuses: collections.Counter = collections.Counter()
+    latencies: list[float] = []
+    stop_at = time.monotonic() + seconds
+
+    async def worker(index: int) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=deadline)) as session:
+            i = index
+            while time.monotonic() < stop_at:
+                req = requests[i % len(requests)]
+                i += clients
+                body = {"query": req["query"], "documents": [{"id": str(n), "text": t} for n, t in enumerate(req["documents"])],
+                        "method": req["method"], "rate": req["rate"], "options": req["options"]}
+                start = time.perf_counter()
+                async with session.post(f"{base_url}/v1/compress", json=body) as response:
+                    answer = await response.json()
+                if response.status == 200:
+                    statuses["OK"] += 1
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    statuses[answer["error"]["status"]] += 1
+                    if response.status == 429:
+                        await asyncio.sleep(0.05)
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.monotonic() - started
+    return {"clients": clients, "seconds": round(elapsed, 1), "ok_per_s": round(statuses["OK"] / elapsed, 2),
+            "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99), "statuses": dict(statuses)}
+
+
+def http_phase(seconds: float, requests: list[dict]) -> None:
+    """HTTP/JSON against gRPC on one server (--http-port), the same requests, 1 and 16 clients,
+    back to back: requests/s each way and their ratio, and the median latencies."""
+    http_port = free_port()
+    with serving("--http-port", str(http_port)) as (_, address):
+        base_url = f"http://127.0.0.1:{http_port}"
+        for clients in (1, 16):
+            asyncio.run(run_phase(address, clients, min(seconds, 8.0), 60.0, requests))  # warm-up, both doors
+            asyncio.run(run_http_phase(base_url, clients, min(seconds, 8.0), 60.0, requests))
+            over_grpc = asyncio.run(run_phase(address, clients, seconds, 60.0, requests))
+            over_http = asyncio.run(run_http_phase(base_url, clients, seconds, 60.0, requests))
+            RECORD.emit({
+                "phase": "http", "clients": clients, "grpc_per_s": over_grpc["ok_per_s"], "http_per_s": over_http["ok_per_s"],
+                "http_vs_grpc": round(over_http["ok_per_s"] / max(over_grpc["ok_per_s"], 1e-9), 3),
+                "grpc_p50_ms": over_grpc["p50_ms"], "http_p50_ms": over_http["p50_ms"],
+                "statuses": {"grpc": over_grpc["statuses"], "http": over_http["statuses"]},
+            })
+
+
 def threads_phase(seconds: float, requests: list[dict]) -> None:
     """EXIT throughput, quiet and beside a competitor, per CPU policy (one client: model time)."""
     exit_requests = [dict(r, method="exit", options={}) for r in requests]
@@ -577,7 +632,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--skip-threads", action="store_true", help="leave out the threads phase")
-    parser.add_argument("--only", choices=["load", "faults", "p2", "threads", "fairness", "precision"],
+    parser.add_argument("--only", choices=["load", "faults", "p2", "http", "threads", "fairness", "precision"],
                         help="run this phase alone")
     args = parser.parse_args()
     RECORD.emit(header("load", "test", requests_from="the test articles' paragraphs; only timings and statuses are reported"))
@@ -589,6 +644,7 @@ def main() -> None:
         "load": lambda: load_phases(args.clients, args.seconds, requests),
         "faults": lambda: fault_phase(8, args.seconds / 2, requests),
         "p2": lambda: p2_phase(args.seconds / 4, requests),
+        "http": lambda: http_phase(args.seconds / 4, requests),
         "threads": lambda: threads_phase(args.seconds / 4, requests),
         "fairness": lambda: fairness_phases(False, 15, args.seconds / 2, requests),
         "precision": lambda: precision_phase(10),

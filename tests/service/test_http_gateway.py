@@ -103,10 +103,13 @@ def test_routes_the_proto_has_and_json_errors_for_the_rest(http_server) -> None:
     assert status == 404 and missing["error"]["status"] == "NOT_FOUND"
 
 
-def test_the_openapi_document_is_generated_from_the_proto_and_committed(http_server) -> None:
+def test_the_openapi_document_validates_is_generated_from_the_proto_and_committed(http_server) -> None:
     from ctxcomp.service.openapi import document
 
+    from openapi_spec_validator import validate
+
     committed = json.loads((Path(__file__).parents[2] / "docs" / "openapi.json").read_text())
+    validate(committed)  # OpenAPI 3.1, raises on any schema error
     assert committed == document(), "docs/openapi.json is stale: python -m ctxcomp.service.openapi > docs/openapi.json"
     assert http(http_server, "/openapi.json") == (200, document())
     request_fields = document()["components"]["schemas"]["CompressRequest"]["properties"]

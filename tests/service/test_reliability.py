@@ -381,3 +381,57 @@ def test_fuzzed_requests_never_fail_internally(stored_client, request, rpc) -> N
         assert field.startswith(FIELD_PATHS), error.details()
         assert len(error.details()) < 2500, "an error echoed a client's value whole"
     assert stored_client.stub.ListMethods(pb.ListMethodsRequest(), timeout=60).methods  # still serving
+
+
+@pytest.fixture(scope="module")
+def stored_gateway(compressor, tmp_path_factory):
+    """stored_client's server with the HTTP/JSON gateway beside it."""
+    store = open_store(f"file://{tmp_path_factory.mktemp('kv-http')}")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("TRITON_INTERPRET", raising=False)
+        config = ServerConfig(port=0, http_port=0)
+        with BackgroundServer(Compressor(compressor.hub, kv_store=store), config) as server:
+            with CtxcompClient(server.address, timeout=120) as client:
+                yield server.server.http_port, client
+
+
+def post_json(port: int, body: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/compress", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@settings(max_examples=int(os.environ.get("CTXCOMP_FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(request=compress_requests())
+def test_fuzzed_requests_over_http_get_the_status_and_field_grpc_gives(stored_gateway, request) -> None:
+    """The same fuzzed requests as JSON: never a 5xx, and every gRPC refusal is the mapped 4xx
+    naming the same field."""
+    from google.protobuf import json_format
+
+    from ctxcomp.service.http_gateway import HTTP_STATUS
+
+    port, client = stored_gateway
+    try:
+        client.stub.Compress(request, timeout=60)
+        refused = None
+    except grpc.RpcError as error:
+        refused = error
+    status, body = post_json(port, json_format.MessageToJson(request))
+    assert status < 500, body
+    if refused is None:
+        event("OK")
+        assert status == 200, body
+        return
+    event(refused.code().name)
+    assert status == HTTP_STATUS[refused.code()], body
+    assert body["error"]["status"] == refused.code().name and body["error"]["message"] == refused.details()
+    if refused.code() is grpc.StatusCode.INVALID_ARGUMENT:
+        assert body["error"]["field"] == refused.details().split(": ", 1)[0]
