@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # ever-new lengths made the server's RSS grow ~27% under load (bench/load.py). With bf16
     # encoders (what --precision auto picks on AMX CPUs) every matmul goes through oneDNN, and a
     # cache of 2 cost a third of the throughput (P2 0.65x); 64 keeps 0.98x and growth at 8%
-    # (README, "Service under load"). Must be set before torch runs.
+    # (docs/performance.md, "Service under load"). Must be set before torch runs.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     from ctxcomp.pipeline import Compressor, Limits
     from ctxcomp.service import logs
@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--large-cost", type=int, default=8_000,
                    help="requests costing more run alone, in slices between model batches, with small batches in between")
     p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys; "
-                   "or write them as LMCache chunks for vLLM (lmcache+fs:///path?model=NAME&hash_seed=0, README)")
+                   "or write them as LMCache chunks for vLLM (lmcache+fs:///path?model=NAME&hash_seed=0, docs/kv.md)")
     p.add_argument("--kv-chunk-tokens", type=int, default=256,
                    help="with --kv-store: tokens per chained KV chunk for prefix reuse (0: whole contexts only)")
     p.add_argument("--kv-store-timeout", type=float, default=0.5,

@@ -24,7 +24,7 @@ REGISTRY: dict[str, str] = {
     "xrag": "ctxcomp.methods.xrag:Xrag",
     "comi": "ctxcomp.methods.comi:ComiMerge",
 }
-DEFAULT_METHOD = "cascade"  # the best measured (README, bench/quality.py)
+DEFAULT_METHOD = "cascade"  # the best measured (docs/performance.md, bench/quality.py)
 CHAIN_SEPARATOR = ">"  # "exit>llmlingua2": EXIT first, LLMLingua-2 on what it kept
 
 
