@@ -92,6 +92,14 @@ class Record:
         return path
 
 
+def run_line(record: dict) -> str:
+    """Where a result record's figures come from, as a docs page says it: command, commit,
+    date, CPU and its flags, device."""
+    head = record["lines"][0]
+    return (f"`{record['command']}` at {record['commit'][:12]}, {record['date'][:10]}, {head['cpu']} "
+            f"({head['cores']} cores; {', '.join(head['cpu_flags'])}), device {record['device']}")
+
+
 def checkout_commit() -> str:
     """HEAD of the checkout, "+uncommitted" when tracked files differ from it."""
     root = RESULTS.parent.parent

@@ -42,10 +42,11 @@ import json
 import random
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 
-from common import Record, add_split_argument, header, split_paragraphs
+from common import Record, add_split_argument, header, run_line, split_paragraphs
 
 from ctxcomp import relevance
 from ctxcomp.embedding import embed
@@ -224,6 +225,46 @@ def gate(hub: ModelHub, paragraphs: list[squad.Paragraph], cases, scored) -> dic
     }
 
 
+def report(path: Path) -> str:
+    """A result record of this bench as markdown tables (what docs/performance.md shows)."""
+    record = json.loads(path.read_text())
+    lines = record["lines"]
+    head = lines[0]
+    out = [f"{run_line(record)}; {head['split']}.", ""]
+
+    def interval(pair: list) -> str:
+        return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+    def paired(line: dict, other: str) -> str:
+        pair = line.get("paired", {}).get(other)
+        return f"{pair[0]:+.3f} [{pair[1][0]:+.3f}, {pair[1][1]:+.3f}]" if pair else ""
+
+    settings = sorted({(line["documents"], line["distractors"]) for line in lines if "documents" in line})
+    for documents, distractors in settings:
+        mine = [line for line in lines if (line.get("documents"), line.get("distractors")) == (documents, distractors)]
+        out += [f"**{documents} documents, {distractors.replace('-', ' ')} distractors** "
+                f"({mine[0]['requests']} requests):", ""]
+        for line in mine:
+            if line["bench"] == "rerank":
+                who = f"relevance model at {line['relevance_folder']}" if "relevance_folder" in line else "relevance model"
+                out.append(f"- rerank ({who}): document head top-1 {line['document_head_top1']:.3f} "
+                           f"{interval(line['document_head_top1_interval95'])}, MRR {line['document_head_mrr']:.3f}; "
+                           f"bi-encoder cosine top-1 {line['bi_encoder_cosine_top1']:.3f} "
+                           f"{interval(line['bi_encoder_cosine_top1_interval95'])}, MRR {line['bi_encoder_cosine_mrr']:.3f}")
+            elif line["bench"] == "gate":
+                out.append(f"- selective gate at {line['threshold']}: on-topic let through {line['on_topic_passed']:.3f} "
+                           f"{interval(line['on_topic_interval95'])}, off-topic emptied {line['off_topic_rejected']:.3f}")
+        out += ["", "| target | method | kept [95%] | achieved | minus minilm_topk [paired 95%] | "
+                "minus recomp_extractive | ms |", "|" + "---|" * 7]
+        for line in mine:
+            if line["bench"] == "quality" and "target" in line:
+                out.append(f"| {line['target']} | {line['method']} | {line['preservation']:.3f} {interval(line['interval95'])} | "
+                           f"{line['compression']}x | {paired(line, 'minilm_topk')} | {paired(line, 'recomp_extractive')} | "
+                           f"{line['ms']} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="15 requests, 5x, three methods (under a minute after load)")
@@ -237,8 +278,12 @@ def main() -> None:
     parser.add_argument("--rerank-also", default=None, metavar="FOLDER",
                         help="another relevance model's folder (an earlier delta): its rerank line on the same requests")
     parser.add_argument("--record", default=None, help="write the run as this result record (bench/results/NAME.json)")
+    parser.add_argument("--report", type=Path, help="print this result record as markdown tables, and run nothing")
     add_split_argument(parser)
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report), end="")
+        return
     targets = {"5x": TARGETS["5x"]} if args.quick else {t: TARGETS[t] for t in args.targets.split(",")}
     methods = ["cascade", "llmlingua2", "recomp_extractive"] if args.quick else args.methods.split(",")
     hub = ModelHub()

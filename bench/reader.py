@@ -47,7 +47,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from common import Record, add_split_argument, header, split_paragraphs
+from common import Record, add_split_argument, header, run_line, split_paragraphs
 from quality import TARGETS, VARIANTS, build_requests, method_and_options, minilm_topk
 
 from ctxcomp.evaluate import bootstrap_interval, exact_and_f1
@@ -272,9 +272,7 @@ def report(path: Path) -> str:
     record = json.loads(path.read_text())
     lines = record["lines"]
     head = lines[0]
-    out = [f"`{record['command']}` at {record['commit'][:12]}, {record['date'][:10]}, {head['cpu']} "
-           f"({head['cores']} cores; {', '.join(head['cpu_flags'])}), device {record['device']}; "
-           f"reader: {head['reader']}, {head.get('reader_dtype', 'float32')}; {head['split']}.", ""]
+    out = [f"{run_line(record)}; reader: {head['reader']}, {head.get('reader_dtype', 'float32')}; {head['split']}.", ""]
     out += ["| target | method | compression | EM | F1 [95%] | F1 - full [paired 95%] | vs minilm_topk | "
             "vs recomp_extractive | prompt tokens | prefill ms |", "|" + "---|" * 10]
 
