@@ -1,0 +1,84 @@
+"""Keep the docs' figures equal to the result records they come from.
+
+    python bench/render_docs.py [--check]
+
+A docs page marks each block of figures with the record it shows:
+
+    <!-- record: bench/results/reader-test.json -->
+    ...the tables the bench's --report prints...
+    <!-- /record -->
+
+This script renders every marked block again from its record (with the report function of
+the bench that wrote it), and every `<!-- generated: method options -->` block from the
+method configs, and writes the page; `--check` writes nothing and exits 1 when a
+page differs from its records (tests/test_docs.py runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- record: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /record -->)", re.DOTALL)
+OPTIONS = re.compile(r"(<!-- generated: method options -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
+
+
+def renderers() -> dict[str, Callable[[Path], str]]:
+    """Record's "bench" -> the report function of the bench that writes it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import quality
+    import reader
+
+    return {"quality": quality.report, "reader": reader.report}
+
+
+def method_options() -> str:
+    """Every method's options, from the method configs themselves (what `ctxcomp methods` prints)."""
+    from ctxcomp import methods
+    from ctxcomp.method import describe_options
+
+    out = []
+    for name in methods.method_names():
+        cls = methods.method_class(name)
+        out += [f"**`{name}`**: {cls.description}.", "", "| option | type | default | what |", "|---|---|---|---|"]
+        out += [f"| `{o['name']}` | {o['type']} | `{o['default_json']}` | {o['help']} |"
+                for o in describe_options(cls.presets["default"])]
+        out.append("")
+    return "\n".join(out)
+
+
+def rendered(page: str, render: dict[str, Callable[[Path], str]]) -> str:
+    def block(match: re.Match) -> str:
+        path = ROOT / match.group("path")
+        bench = json.loads(path.read_text())["bench"]
+        return f"{match.group(1)}{render[bench](path).rstrip()}\n{match.group(4)}"
+
+    page = BLOCK.sub(block, page)
+    return OPTIONS.sub(lambda m: f"{m.group(1)}{method_options().rstrip()}\n{m.group(3)}", page)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs from its records")
+    args = parser.parse_args()
+    render = renderers()
+    stale = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        text = page.read_text()
+        fresh = rendered(text, render)
+        if fresh != text:
+            stale.append(page.relative_to(ROOT))
+            if not args.check:
+                page.write_text(fresh)
+    if stale:
+        print(("stale: " if args.check else "rendered: ") + ", ".join(map(str, stale)))
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
