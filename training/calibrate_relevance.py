@@ -143,6 +143,7 @@ def run(folder: Path, questions: int, tune: bool = True) -> dict:
     off_scored = relevance.score(hub, off)
     meta = json.loads((folder / "config.json").read_text())
     meta.update(calibrate(hub, on, scored, off_scored))
+    hub.get("relevance").meta.update(meta)  # the cascade tuned below reads the thresholds just set
     if tune:
         meta["cascade_dev"] = tune_cascade(hub, on, scored)
     (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -324,9 +324,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=0, help="question groups to train on (0 = all)")
     parser.add_argument("--groups-per-step", type=int, default=4)
     parser.add_argument("--hard-negatives", type=int, default=1, help="same-article paragraphs per question group")
-    parser.add_argument("--retrieved-negatives", type=int, default=2,
+    parser.add_argument("--retrieved-negatives", type=int, default=0,
                         help="near misses per question group: other train articles' paragraphs BM25 and the "
-                             "bi-encoder rank highest, none holding an answer (0 = none)")
+                             "bi-encoder rank highest, none holding an answer (0 = none, as the shipped delta; "
+                             "see its model card for what 2 measured)")
     parser.add_argument("--init", default="", help="continue from this LoRA delta folder (its factors and heads)")
     parser.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     parser.add_argument("--lr", type=float, default=3e-4, help="LoRA factors")
