@@ -130,6 +130,31 @@ def near_miss_request() -> CompressRequest:
     return CompressRequest(sample["query"], tuple(Document(d["id"], d["text"]) for d in sample["documents"]))
 
 
+NEAR_MISS_OPEN = pytest.mark.xfail(
+    strict=True,
+    reason="the relevance model ranks a near miss first and its sentence head misses the causal sentences; "
+           "retraining with retrieved near misses did not fix it (ctxcomp/models/relevance/MODEL_CARD.md)",
+)
+
+
+@NEAR_MISS_OPEN
+def test_a_near_miss_of_another_bridge_does_not_outrank_the_answering_document(hub) -> None:
+    from ctxcomp import relevance
+
+    request = near_miss_request()
+    scores = relevance.score(hub, [request])[0]
+    ranked = sorted(zip(scores, request.documents), key=lambda pair: -pair[0].relevance)
+    assert ranked[0][1].id == "silver-bridge", [(d.id, round(float(s.probability), 4)) for s, d in ranked]
+
+
+@NEAR_MISS_OPEN
+def test_the_causes_of_the_collapse_survive_at_a_third_of_the_tokens(compressor) -> None:
+    result = compressor.compress(dataclasses.replace(near_miss_request(), method="cascade", rate=0.33))
+    kept = {d.id: d.text for d in result.documents}["silver-bridge"]
+    assert "eyebar" in kept and "cracked" in kept, kept
+    assert "no redundancy" in kept, kept
+
+
 @pytest.mark.parametrize("options, field", [({"temperature": 0}, "options.temperature"), ({"drop_below": 1.0}, "options.drop_below"),
                                             ({"token_weight": -1}, "options.token_weight"), ({"edge_cut": "word"}, "options.edge_cut")])
 def test_bad_options_name_the_field(compressor, options, field) -> None:
