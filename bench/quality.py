@@ -246,7 +246,8 @@ def report(path: Path) -> str:
                 f"({mine[0]['requests']} requests):", ""]
         for line in mine:
             if line["bench"] == "rerank":
-                who = f"relevance model at {line['relevance_folder']}" if "relevance_folder" in line else "relevance model"
+                who = (f"the relevance model at `{line['relevance_folder']}`, trained on {line['relevance']}"
+                       if "relevance_folder" in line else "the shipped relevance model")
                 out.append(f"- rerank ({who}): document head top-1 {line['document_head_top1']:.3f} "
                            f"{interval(line['document_head_top1_interval95'])}, MRR {line['document_head_mrr']:.3f}; "
                            f"bi-encoder cosine top-1 {line['bi_encoder_cosine_top1']:.3f} "
