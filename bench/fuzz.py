@@ -104,6 +104,7 @@ def outcome_of(result_or_error) -> tuple:
 
 def batches_part(count: int, wave: int, seed: int) -> bool:
     from ctxcomp.client import AsyncCtxcompClient
+    from ctxcomp.kv.stage import BlobTarget
     from ctxcomp.kv.store import open_store
     from training import squad
     from ctxcomp.pipeline import Compressor
@@ -116,7 +117,7 @@ def batches_part(count: int, wave: int, seed: int) -> bool:
     requests = [random_request(rng, paragraphs) for _ in range(count)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        compressor = Compressor(kv_store=open_store(f"file://{folder}/kv"))
+        compressor = Compressor(kv_store=BlobTarget(open_store(f"file://{folder}/kv")))
         alone = []
         for r in requests:
             try:

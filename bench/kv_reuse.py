@@ -34,7 +34,7 @@ from common import add_split_argument, header, split_paragraphs
 from ctxcomp.hub import ModelHub
 from ctxcomp.kv import chunks
 from ctxcomp.kv.lmcache import LMCacheLayout, LMCacheStore
-from ctxcomp.kv.stage import compute_kv
+from ctxcomp.kv.stage import BlobTarget, LMCacheTarget, compute_kv
 from ctxcomp.kv.store import FileStore
 
 SYSTEM = (
@@ -76,12 +76,13 @@ def workload(paragraphs, count: int, seed: int = 0) -> list[str]:
 def run_way(hub: ModelHub, contexts: list[str], way: str) -> dict:
     llm = hub.get("downstream_llm")
     with tempfile.TemporaryDirectory() as folder:
-        store: Any = {"none": None, "lmcache": LMCacheStore(Path(folder), LMCacheLayout("smollm2", "0"))}.get(way, FileStore(Path(folder)))
+        target: Any = {"none": None, "lmcache": LMCacheTarget(LMCacheStore(Path(folder), LMCacheLayout("smollm2", "0")))}.get(
+            way, BlobTarget(FileStore(Path(folder))))
         times, reused, prefilled, full_chunks, found_chunks = [], 0, 0, 0, 0
         for context in contexts:
             ids = llm.tokenizer(context, add_special_tokens=way == "lmcache")["input_ids"]
             started = time.perf_counter()
-            kv = compute_kv(hub, context, "fp16", store, chunk_tokens=chunks.CHUNK_TOKENS if way == "chunked" else 0)
+            kv = compute_kv(hub, context, "fp16", target, chunk_tokens=chunks.CHUNK_TOKENS if way == "chunked" else 0)
             times.append((time.perf_counter() - started) * 1000.0)
             hit = kv.store_lookup == "hit"
             whole = hit and way != "lmcache"  # an LMCache hit covers the full chunks; the tail is vLLM's to prefill

@@ -166,9 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         kv_store = open_kv_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after,
                                  max_bytes=args.kv_store_max_bytes)
-        from ctxcomp.kv.lmcache import LMCacheStore
-
-        if isinstance(kv_store, LMCacheStore) and config.tenants is not None and len({t for t, _ in config.tenants.tokens}) > 1:
+        if kv_store.shared_namespace and config.tenants is not None and len({t for t, _ in config.tenants.tokens}) > 1:
             raise SystemExit("an LMCache store (lmcache+fs://) is one namespace under vLLM's keys: it cannot keep "
                              "tenants apart; use a file:// or redis:// store, or one tenant")
     from ctxcomp.hub import ModelHub

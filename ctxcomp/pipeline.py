@@ -28,9 +28,7 @@ from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
 from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document
 
 if TYPE_CHECKING:
-    from ctxcomp.kv.lmcache import LMCacheStore
-    from ctxcomp.kv.stage import KvBlob
-    from ctxcomp.kv.store import BlobStore
+    from ctxcomp.kv.stage import KvBlob, KvTarget
 
 log = logging.getLogger("ctxcomp")
 
@@ -195,11 +193,11 @@ class Compressor:
         hub: ModelHub | None = None,
         limits: Limits | None = None,
         default_method: str = methods.DEFAULT_METHOD,
-        kv_store: BlobStore | LMCacheStore | None = None,
+        kv_store: KvTarget | None = None,
         kv_chunk_tokens: int = 256,
     ) -> None:
         self.hub = hub or ModelHub()
-        self.kv_store = kv_store  # None: blobs go back to the caller
+        self.kv_store = kv_store  # where KV goes (ctxcomp.kv.stage.open_kv_store); None: blobs go back to the caller
         self.kv_chunk_tokens = kv_chunk_tokens  # with a store: chained chunks for prefix reuse (0: off)
         self.limits = limits or Limits()
         self.default_method = default_method

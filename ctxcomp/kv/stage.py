@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable, quoted
 from ctxcomp.hub import ModelHub
@@ -37,37 +37,86 @@ class KvBlob:
 LMCACHE_CODEC = "lmcache"  # what a server with an LMCache store reports as the blob's codec
 
 
+class KvTarget(Protocol):
+    """Where the KV stage puts a context's K/V: blobs in ctxcomp's layout (returned, or in a blob
+    store), or chunks in LMCache's layout for vLLM. The pipeline holds one and never asks which."""
+
+    shared_namespace: bool  # one key space for every tenant: it cannot keep tenants apart
+
+    def check(self, llm: Any, codec: str, cache_salt: str) -> str:
+        """The codec this target writes for a request asking `codec`; InvalidRequest otherwise."""
+        ...
+
+    def compute(self, hub: ModelHub, context: str, codec: str, *, zstd_level: int, chunk_tokens: int,
+                templated: bool, namespace: str) -> KvBlob:
+        ...
+
+
+@dataclass(frozen=True)
+class BlobTarget:
+    """ctxcomp's blobs: returned with the response (`store` None) or kept in a blob store."""
+
+    store: BlobStore | None = None
+    shared_namespace: bool = False
+
+    def check(self, llm: Any, codec: str, cache_salt: str) -> str:
+        codec = codec or "fp16"
+        if codec not in CODECS:
+            raise InvalidRequest("kv_codec", f"unknown codec {quoted(codec)}; valid: {', '.join(CODECS)}")
+        return codec
+
+    def compute(self, hub: ModelHub, context: str, codec: str, *, zstd_level: int, chunk_tokens: int,
+                templated: bool, namespace: str) -> KvBlob:
+        return compute_blob(hub, context, codec, self.store, zstd_level, chunk_tokens, namespace)
+
+
+@dataclass(frozen=True)
+class LMCacheTarget:
+    """Chunks where a vLLM server with the LMCache connector finds them (ctxcomp.kv.lmcache); its
+    keys are vLLM's, one namespace for all."""
+
+    store: LMCacheStore
+    shared_namespace: bool = True
+
+    def check(self, llm: Any, codec: str, cache_salt: str) -> str:
+        if cache_salt:
+            raise InvalidRequest("cache_salt", "this server writes LMCache chunks under vLLM's keys, one namespace for "
+                                 "all: it cannot keep a salted context apart; send no cache_salt")
+        if codec not in ("", LMCACHE_CODEC):
+            raise InvalidRequest("kv_codec", f"this server writes KV as LMCache chunks ({self.store.layout.kv_dtype}); "
+                                 "leave kv_codec empty")
+        try:
+            self.store.check_model(llm)
+        except ValueError as err:
+            raise InvalidRequest("return_kv", f"this server's LMCache store cannot hold this LLM's KV: {err}") from err
+        return LMCACHE_CODEC
+
+    def compute(self, hub: ModelHub, context: str, codec: str, *, zstd_level: int, chunk_tokens: int,
+                templated: bool, namespace: str) -> KvBlob:
+        return write_lmcache(hub.get("downstream_llm"), context, self.store, templated)
+
+
+INLINE = BlobTarget()  # no store: blobs go back with the response
+
+
 def open_kv_store(
     url: str, timeout_s: float = DEFAULT_TIMEOUT_S, retry_after_s: float = DEFAULT_RETRY_AFTER_S,
     max_bytes: int | None = None,
-) -> BlobStore | LMCacheStore:
-    """A store by URL: LMCache's layout (lmcache+fs://) or ctxcomp's blob stores (file://, redis://);
-    `max_bytes` caps a file store."""
+) -> KvTarget:
+    """The KV target of a store URL: LMCache's layout (lmcache+fs://) or ctxcomp's blob stores
+    (file://, redis://); `max_bytes` caps a file store."""
     if url.startswith(f"{LMCACHE_SCHEME}:"):
         if max_bytes is not None:
             raise ValueError("an LMCache store's capacity is LMCache's to manage; --kv-store-max-bytes is for file stores")
-        return open_lmcache_store(url)
-    return open_store(url, timeout_s=timeout_s, retry_after_s=retry_after_s, max_bytes=max_bytes)
+        return LMCacheTarget(open_lmcache_store(url))
+    return BlobTarget(open_store(url, timeout_s=timeout_s, retry_after_s=retry_after_s, max_bytes=max_bytes))
 
 
-def check_kv_request(codec: str, model: str, hub: ModelHub, store: Any = None, cache_salt: str = "") -> str:
+def check_kv_request(codec: str, model: str, hub: ModelHub, target: KvTarget | None = None, cache_salt: str = "") -> str:
     """The codec to use; InvalidRequest naming kv_codec / kv_model / cache_salt otherwise."""
     llm = hub.get("downstream_llm")
     adapter_for(llm.model.config)  # an architecture without an exact prefill is refused here, by name
-    if isinstance(store, LMCacheStore) and cache_salt:
-        raise InvalidRequest("cache_salt", "this server writes LMCache chunks under vLLM's keys, one namespace for all: "
-                             "it cannot keep a salted context apart; send no cache_salt")
-    if isinstance(store, LMCacheStore):
-        if codec not in ("", LMCACHE_CODEC):
-            raise InvalidRequest("kv_codec", f"this server writes KV as LMCache chunks ({store.layout.kv_dtype}); leave kv_codec empty")
-        try:
-            store.check_model(llm)
-        except ValueError as err:
-            raise InvalidRequest("return_kv", f"this server's LMCache store cannot hold this LLM's KV: {err}") from err
-        codec = LMCACHE_CODEC
-    codec = codec or "fp16"
-    if codec not in CODECS and codec != LMCACHE_CODEC:
-        raise InvalidRequest("kv_codec", f"unknown codec {quoted(codec)}; valid: {', '.join(CODECS)}")
+    codec = (target or INLINE).check(llm, codec, cache_salt)
     if model and model not in (llm.fingerprint, llm.path.name):
         raise InvalidRequest("kv_model", f"this server computes KV for {llm.path.name} (fingerprint {llm.fingerprint[:12]}), not {quoted(model)}")
     if codec in CODECS and blob.CODECS[codec].needs_transform:
@@ -79,21 +128,26 @@ def check_kv_request(codec: str, model: str, hub: ModelHub, store: Any = None, c
 
 
 def compute_kv(
-    hub: ModelHub, context: str, codec: str, store: BlobStore | LMCacheStore | None, zstd_level: int = 3,
+    hub: ModelHub, context: str, codec: str, target: KvTarget | None, zstd_level: int = 3,
     chunk_tokens: int = CHUNK_TOKENS, templated: bool = False, namespace: str = "",
 ) -> KvBlob:
-    """Prefill `context` (no special tokens) with the hub's LLM and encode it; reuse a stored
-    blob of the same key only after checking it (see `stored_blob`). With a store, a context
-    without its own blob still reuses the stored chunks of its longest known prefix and
-    prefills only the rest (ctxcomp.kv.chunks); chunk_tokens=0 keeps whole-context keys only.
-    Every key is in `namespace` (ctxcomp.kv.store.kv_namespace): nothing is shared across
-    namespaces. An LMCache store gets the context's chunks instead of a blob (see
-    `write_lmcache`); its keys are vLLM's, one namespace for all."""
+    """The KV of `context` (no special tokens) with the hub's LLM, put where `target` keeps it
+    (None: a blob returned with the response)."""
+    return (target or INLINE).compute(hub, context, codec, zstd_level=zstd_level, chunk_tokens=chunk_tokens,
+                                      templated=templated, namespace=namespace)
+
+
+def compute_blob(
+    hub: ModelHub, context: str, codec: str, store: BlobStore | None, zstd_level: int, chunk_tokens: int, namespace: str,
+) -> KvBlob:
+    """Prefill `context` and encode it as a blob; reuse a stored blob of the same key only after
+    checking it (see `stored_blob`). With a store, a context without its own blob still reuses
+    the stored chunks of its longest known prefix and prefills only the rest
+    (ctxcomp.kv.chunks); chunk_tokens=0 keeps whole-context keys only. Every key is in
+    `namespace` (ctxcomp.kv.store.kv_namespace): nothing is shared across namespaces."""
     import torch
 
     llm = hub.get("downstream_llm")
-    if isinstance(store, LMCacheStore):
-        return write_lmcache(llm, context, store, templated)
     ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
     key = blob_key(llm.fingerprint, ids, codec, namespace)
     lookup = ""

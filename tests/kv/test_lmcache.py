@@ -180,8 +180,10 @@ def test_the_pipeline_writes_the_compressed_contexts_chunks_for_vllm(hub, tmp_pa
     from ctxcomp.pipeline import Compressor
     from ctxcomp.types import CompressRequest, Document
 
-    store = open_kv_store(f"lmcache+fs://{tmp_path}/fs?model=HuggingFaceTB/SmolLM2-135M-Instruct&hash_seed=0&chunk_size={CHUNK}")
-    compressor = Compressor(hub, kv_store=store)
+    target = open_kv_store(f"lmcache+fs://{tmp_path}/fs?model=HuggingFaceTB/SmolLM2-135M-Instruct&hash_seed=0&chunk_size={CHUNK}")
+    assert target.shared_namespace  # vLLM's keys: the server refuses several tenants with it
+    store = target.store
+    compressor = Compressor(hub, kv_store=target)
     text = "The Vasa was a Swedish warship that sank on her maiden voyage in 1628 because she was top-heavy. " * 4
     request = CompressRequest(query="Why did the Vasa sink?", documents=(Document("a", text),), rate=0.6, return_kv=True)
     first, again = compressor.compress(request), compressor.compress(request)

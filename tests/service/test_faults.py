@@ -12,6 +12,7 @@ import pytest
 
 from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
 from ctxcomp.kv import blob
+from ctxcomp.kv.stage import BlobTarget
 from ctxcomp.kv.store import open_store
 from ctxcomp.pipeline import Compressor
 from ctxcomp.service.microbatcher import BatcherConfig
@@ -53,7 +54,7 @@ DAMAGES = {
 def test_a_corrupt_stored_blob_is_replaced_not_served(hub, tmp_path) -> None:
     store = open_store(f"file://{tmp_path}/kv")
     args = dict(method="llmlingua2", rate=0.5, return_kv=True, kv_codec="int8")
-    with BackgroundServer(Compressor(hub, kv_store=store), ServerConfig(port=0)) as server:
+    with BackgroundServer(Compressor(hub, kv_store=BlobTarget(store)), ServerConfig(port=0)) as server:
         with CtxcompClient(server.address, timeout=120) as client:
             key = client.compress(QUERY, [TEXT], **args).kv_keys[0]
             path = store.store._path(key)
@@ -71,7 +72,7 @@ def test_a_corrupt_stored_blob_is_replaced_not_served(hub, tmp_path) -> None:
 def test_a_blob_under_the_wrong_key_in_redis_is_replaced(hub, redis_server) -> None:
     store = open_store(redis_server.url)
     args = dict(method="llmlingua2", rate=0.5, return_kv=True)
-    with BackgroundServer(Compressor(hub, kv_store=store), ServerConfig(port=0)) as server:
+    with BackgroundServer(Compressor(hub, kv_store=BlobTarget(store)), ServerConfig(port=0)) as server:
         with CtxcompClient(server.address, timeout=120) as client:
             key = client.compress(QUERY, [TEXT], **args).kv_keys[0]
             other = client.compress(QUERY, ["Stockholm weather: rain."], **args).kv_keys[0]
@@ -89,7 +90,7 @@ def test_a_store_outage_is_unavailable_for_kv_requests_only(hub, redis_server) -
     store = open_store(redis_server.url, timeout_s=0.3, retry_after_s=0.5)
     kv = dict(method="llmlingua2", rate=0.5, return_kv=True)
     plain = dict(method="exit")
-    with BackgroundServer(Compressor(hub, kv_store=store), TOGETHER) as server:
+    with BackgroundServer(Compressor(hub, kv_store=BlobTarget(store)), TOGETHER) as server:
         alone = asyncio.run(side_by_side(server.address, dict(plain)))[0]
         for outage, resume in ((redis_server.freeze, redis_server.thaw), (redis_server.kill, redis_server.start)):
             outage()
@@ -111,7 +112,7 @@ def test_a_store_outage_is_unavailable_for_kv_requests_only(hub, redis_server) -
 
 
 def test_batch_mates_keep_their_own_options_and_errors(hub, tmp_path) -> None:
-    compressor = Compressor(hub, kv_store=open_store(f"file://{tmp_path}/kv"))
+    compressor = Compressor(hub, kv_store=BlobTarget(open_store(f"file://{tmp_path}/kv")))
     chain = "exit>llmlingua2"
     loose = {"exit": {"threshold": 0.05}, "llmlingua2": {"rate": 0.9}}
     tight = {"exit": {"threshold": 0.5}, "llmlingua2": {"rate": 0.2}}

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from ctxcomp import methods
 from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
+from ctxcomp.kv.stage import BlobTarget
 from ctxcomp.kv.store import open_store
 from ctxcomp.pipeline import Compressor
 from ctxcomp.service.server import BackgroundServer, ServerConfig
@@ -357,7 +358,7 @@ def stored_client(compressor, tmp_path_factory):
     store = open_store(f"file://{tmp_path_factory.mktemp('kv')}")
     with pytest.MonkeyPatch.context() as env:
         env.delenv("TRITON_INTERPRET", raising=False)
-        with BackgroundServer(Compressor(compressor.hub, kv_store=store), ServerConfig(port=0)) as server:
+        with BackgroundServer(Compressor(compressor.hub, kv_store=BlobTarget(store)), ServerConfig(port=0)) as server:
             with CtxcompClient(server.address, timeout=120) as client:
                 yield client
 
@@ -390,7 +391,7 @@ def stored_gateway(compressor, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.delenv("TRITON_INTERPRET", raising=False)
         config = ServerConfig(port=0, http_port=0)
-        with BackgroundServer(Compressor(compressor.hub, kv_store=store), config) as server:
+        with BackgroundServer(Compressor(compressor.hub, kv_store=BlobTarget(store)), config) as server:
             with CtxcompClient(server.address, timeout=120) as client:
                 yield server.server.http_port, client
 

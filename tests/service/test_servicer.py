@@ -81,12 +81,13 @@ def test_bad_requests_are_invalid_argument_naming_the_field(client, kwargs: dict
 
 def test_kv_blobs_go_to_the_store_and_come_back_as_keys(hub, tmp_path) -> None:
     from ctxcomp.kv import blob
+    from ctxcomp.kv.stage import BlobTarget
     from ctxcomp.kv.store import open_store
     from ctxcomp.pipeline import Compressor
     from ctxcomp.service.server import BackgroundServer, ServerConfig
 
     store = open_store(f"file://{tmp_path}/kv")
-    with BackgroundServer(Compressor(hub, kv_store=store), ServerConfig(port=0)) as server:
+    with BackgroundServer(Compressor(hub, kv_store=BlobTarget(store)), ServerConfig(port=0)) as server:
         request = pb.CompressRequest(query="q", documents=[pb.Document(id="a", text=DOCS[0].text)], rate=0.5,
                                      return_kv=True, kv_codec="int4")
         with grpc.insecure_channel(server.address) as channel:

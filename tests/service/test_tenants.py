@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from ctxcomp.client import CtxcompClient
+from ctxcomp.kv.stage import BlobTarget
 from ctxcomp.kv.store import open_store
 from ctxcomp.pipeline import Compressor
 from ctxcomp.service.server import BackgroundServer, ServerConfig
@@ -43,7 +44,7 @@ def tenant_server(hub, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.delenv("TRITON_INTERPRET", raising=False)  # the PyTorch prefill a CPU server takes
         config = ServerConfig(port=0, tenants=tenants, metrics_port=0)
-        with BackgroundServer(Compressor(hub, kv_store=store), config) as server:
+        with BackgroundServer(Compressor(hub, kv_store=BlobTarget(store)), config) as server:
             yield server
 
 
