@@ -214,10 +214,12 @@ class Compressor:
 
     def warm_up(self, names: list[str] | None = None) -> dict[str, float]:
         """Load every model the named methods need (the default method's by default) and run
-        the embedded sample request through each, so that a method's first request costs what
-        its tenth does. Returns the seconds each method took."""
+        the embedded sample request, then requests of real passages (`warm_up_requests`),
+        through each, so that a method's first request costs what its tenth does: what is built
+        or memoised on first use (encoder shapes, word token counts, tokenizer and spaCy state)
+        is built here. Returns the seconds each method took."""
         self.hub.load_llm_tokenizers()
-        sample = sample_request()
+        samples = [sample_request(), *warm_up_requests()]
         seconds = {}
         for name in names or [self.default_method]:
             unavailable = self.method(name).check(self.hub)
@@ -226,8 +228,9 @@ class Compressor:
                 continue
             started = time.perf_counter()
             self.hub.load(self.method(name).requires)
-            # the sample is ours, not a client's: this server's request limits do not apply to it
-            self.run([self.plan(replace(sample, method=name), Limits())])
+            # the samples are ours, not a client's: this server's request limits do not apply to them
+            for sample in samples:
+                self.run([self.plan(replace(sample, method=name), Limits())])
             self.hub.compile_shapes()
             self._ready.add(name)
             seconds[name] = time.perf_counter() - started
@@ -534,6 +537,22 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+WARM_UP_DOCUMENTS = 5  # documents per warm-up request, as a retriever's top 5
+
+
+def warm_up_requests() -> list[CompressRequest]:
+    """The shipped calibration passages (48 SQuAD train-article paragraphs with a question each,
+    ctxcomp/models/calibration/texts.json) as requests of WARM_UP_DOCUMENTS documents: text of the
+    length and vocabulary a server sees, for its warm-up."""
+    texts = resources.files("ctxcomp.models").joinpath("calibration", "texts.json").read_text(encoding="utf-8")
+    samples = json.loads(texts)["samples"]
+    return [
+        CompressRequest(samples[at]["question"], tuple(
+            Document(f"warm-{at + i}", s["text"]) for i, s in enumerate(samples[at : at + WARM_UP_DOCUMENTS])))
+        for at in range(0, len(samples), WARM_UP_DOCUMENTS)
+    ]
 
 
 def sample_request() -> CompressRequest:

@@ -117,3 +117,17 @@ def test_a_bad_order_names_the_field(compressor, request_, problem) -> None:
     with pytest.raises(InvalidRequest) as caught:
         compressor.plan(request_)
     assert caught.value.field == "order" and problem in str(caught.value)
+
+
+def test_warm_up_runs_real_passages_through_each_method(hub) -> None:
+    """A server warms each preloaded method on the embedded sample and on requests of the shipped
+    calibration passages: requests a client could send, which every text method plans."""
+    from ctxcomp.pipeline import Compressor, Limits, warm_up_requests
+
+    requests = warm_up_requests()
+    assert len(requests) == 10 and all(1 <= len(r.documents) <= 5 and r.query for r in requests)
+    compressor = Compressor(hub)
+    for request in requests:
+        compressor.plan(dataclasses.replace(request, method="cascade"), Limits())
+    seconds = compressor.warm_up(["cascade"])
+    assert set(seconds) == {"cascade"} and seconds["cascade"] > 0
