@@ -380,7 +380,7 @@ def p2_phase(seconds: float, requests: list[dict]) -> None:
 
 
 async def run_http_phase(base_url: str, clients: int, seconds: float, deadline: float, requests: list[dict]) -> dict:
-    """run_phase's loop over HTTP/JSON (POST /v1/compress) with aiohttp's client, one session per client."""
+    """run_phase's loop over HTTP/JSON (POST /v1/compress) with an aiohttp client per simulated user."""
     import aiohttp
 
     statuses: collections.Counter = collections.Counter()
@@ -388,7 +388,7 @@ async def run_http_phase(base_url: str, clients: int, seconds: float, deadline: 
     stop_at = time.monotonic() + seconds
 
     async def worker(index: int) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=deadline)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=deadline)) as http_client:
             i = index
             while time.monotonic() < stop_at:
                 req = requests[i % len(requests)]
@@ -396,7 +396,7 @@ async def run_http_phase(base_url: str, clients: int, seconds: float, deadline: 
                 body = {"query": req["query"], "documents": [{"id": str(n), "text": t} for n, t in enumerate(req["documents"])],
                         "method": req["method"], "rate": req["rate"], "options": req["options"]}
                 start = time.perf_counter()
-                async with session.post(f"{base_url}/v1/compress", json=body) as response:
+                async with http_client.post(f"{base_url}/v1/compress", json=body) as response:
                     answer = await response.json()
                 if response.status == 200:
                     statuses["OK"] += 1
