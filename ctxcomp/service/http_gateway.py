@@ -30,6 +30,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from ctxcomp.v1 import ctxcomp_pb2 as pb
+from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
 # gRPC status -> HTTP status, as google.rpc.Code documents it (and grpc-gateway maps it).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -51,7 +52,6 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500,
 }
-SERVICE = pb.DESCRIPTOR.services_by_name["Compressor"].full_name
 # json_format's errors: 'Failed to parse rate field: ... at CompressRequest.rate.' and
 # 'Message type "ctxcomp.v1.CompressRequest" has no field named "qurey" at "CompressRequest".'
 _AT_PATH = re.compile(r" at ([\w.\[\]]+)\.?$", re.MULTILINE)
@@ -103,15 +103,10 @@ class Gateway:
     """The aiohttp application; `channel` reaches this server's gRPC port."""
 
     def __init__(self, channel: grpc.aio.Channel, healthy: Health, max_body_bytes: int, playground: bool) -> None:
-        self.channel = channel
         self.healthy = healthy
         self.playground = playground
         self.max_body_bytes = max_body_bytes
-        self.compress = channel.unary_unary(f"/{SERVICE}/Compress", request_serializer=pb.CompressRequest.SerializeToString,
-                                            response_deserializer=pb.CompressResponse.FromString)
-        self.list_methods = channel.unary_unary(f"/{SERVICE}/ListMethods",
-                                                request_serializer=pb.ListMethodsRequest.SerializeToString,
-                                                response_deserializer=pb.ListMethodsResponse.FromString)
+        self.stub = pb_grpc.CompressorStub(channel)
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self.json_errors])
         self.app.add_routes([
             web.post("/v1/compress", self.post_compress),
@@ -153,10 +148,10 @@ class Gateway:
         parsed = from_json(await request.read(), pb.CompressRequest())
         if isinstance(parsed, web.Response):
             return parsed
-        return await self.call(self.compress, parsed, request)
+        return await self.call(self.stub.Compress, parsed, request)
 
     async def get_methods(self, request: web.Request) -> web.Response:
-        return await self.call(self.list_methods, pb.ListMethodsRequest(), request)
+        return await self.call(self.stub.ListMethods, pb.ListMethodsRequest(), request)
 
     async def get_health(self, request: web.Request) -> web.Response:
         serving = self.healthy()
