@@ -543,11 +543,11 @@ WARM_UP_DOCUMENTS = 5  # documents per warm-up request, as a retriever's top 5
 
 
 def warm_up_requests() -> list[CompressRequest]:
-    """The shipped calibration passages (48 SQuAD train-article paragraphs with a question each,
-    ctxcomp/models/calibration/texts.json) as requests of WARM_UP_DOCUMENTS documents: text of the
-    length and vocabulary a server sees, for its warm-up."""
-    texts = resources.files("ctxcomp.models").joinpath("calibration", "texts.json").read_text(encoding="utf-8")
-    samples = json.loads(texts)["samples"]
+    """The shipped calibration passages (ctxcomp.models.registry.calibration_samples) as requests of
+    WARM_UP_DOCUMENTS documents: text of the length and vocabulary a server sees, for its warm-up."""
+    from ctxcomp.models.registry import calibration_samples
+
+    samples = calibration_samples()
     return [
         CompressRequest(samples[at]["question"], tuple(
             Document(f"warm-{at + i}", s["text"]) for i, s in enumerate(samples[at : at + WARM_UP_DOCUMENTS])))

@@ -23,10 +23,8 @@ for one row of a fixed width, each compiled when first needed (CompiledGraph).
 from __future__ import annotations
 
 import copy
-import json
 import threading
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +32,9 @@ import torch
 from torch import nn
 
 from ctxcomp.encoder_batches import PAD_MULTIPLE, padded_width
+from ctxcomp.models.registry import calibration_samples
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-CALIBRATION_TEXTS = Path(__file__).resolve().parent / "calibration" / "texts.json"
 
 
 class _Traced(nn.Module):
@@ -78,7 +76,7 @@ def to_openvino(traced: _Traced) -> Any:
 
 def calibration_feeds(tokenizer: Any, max_length: int = 512) -> list[dict[str, np.ndarray]]:
     """The shipped sample as one-row feeds: each passage alone and after its question."""
-    samples = json.loads(CALIBRATION_TEXTS.read_text(encoding="utf-8"))["samples"]
+    samples = calibration_samples()
     feeds = []
     for sample in samples:
         for texts in ((sample["text"],), (sample["question"], sample["text"])):

