@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ctxcomp import wire
 from ctxcomp.errors import (
-    CtxcompError, DeadlineExceeded, InvalidRequest, NotAvailable, Overloaded, Unauthenticated, Unavailable,
+    CtxcompError, DeadlineExceeded, InvalidRequest, NotAvailable, Overloaded, Unauthenticated, Unavailable, split_field,
 )
 from ctxcomp.types import CompressRequest, CompressResult, Document, Message
 from ctxcomp.v1 import ctxcomp_pb2 as pb
@@ -133,8 +133,7 @@ def remote_error(error: grpc.RpcError) -> CtxcompError:
     base = ERROR_BY_STATUS.get(status, CtxcompError)
     cls = _remote_class(base)
     if base is InvalidRequest:
-        field, _, why = message.partition(": ")
-        raised = cls(field, why)
+        raised = cls(*split_field(message))
     else:
         raised = cls(message or status.name)
     raised.status, raised.status_details = status, message

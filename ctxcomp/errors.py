@@ -44,6 +44,12 @@ class InvalidRequest(CtxcompError):
         self.message = message
 
 
+def split_field(text: str) -> tuple[str, str]:
+    """(field, message) of an InvalidRequest's text ("field: message"), as a status detail carries it."""
+    field, _, message = text.partition(": ")
+    return field, message
+
+
 class ModelUnavailable(CtxcompError):
     """A model role could not be loaded from any of the sources tried."""
 

@@ -29,6 +29,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from ctxcomp.errors import split_field
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
@@ -65,7 +66,7 @@ def error_body(status: grpc.StatusCode, message: str) -> dict:
     """The JSON error for a gRPC status; INVALID_ARGUMENT names its field (our messages read "field: why")."""
     error = {"code": HTTP_STATUS.get(status, 500), "status": status.name, "message": message}
     if status is grpc.StatusCode.INVALID_ARGUMENT:
-        error["field"] = message.partition(": ")[0]
+        error["field"] = split_field(message)[0]
     return {"error": error}
 
 
