@@ -286,9 +286,24 @@ def _open(blob: bytes) -> tuple[dict[str, torch.Tensor], BlobMeta]:
         raise BlobRefused(f"KV blob: format version {fields.get('format_version')}, this reader knows {READABLE_VERSIONS}")
     if _checksum(tensors) != header.get("checksum_sha256"):
         raise BlobRefused("KV blob: checksum mismatch (the blob is corrupt or was altered)")
+    return tensors, BlobMeta(**_current_fields(fields))
+
+
+def _current_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The stored metadata as today's BlobMeta reads it. Formats 1 and 2 named the RoPE by
+    `rope_scaling` ("none": plain RoPE with rope_theta, which an empty rope_inv_freq means now);
+    a scaled RoPE's frequencies were not stored, so such a blob's K cannot be placed anywhere."""
+    fields = dict(fields)
+    scaling = fields.pop("rope_scaling", "none")
+    if scaling != "none":
+        raise BlobRefused(f"KV blob: format version {fields['format_version']} of a model with RoPE scaling {scaling!r} does not "
+                          "store the RoPE frequencies its keys were rotated with; encode it again")
     if "rope_inv_freq" in fields:
         fields["rope_inv_freq"] = tuple(fields["rope_inv_freq"])
-    return tensors, BlobMeta(**fields)
+    unknown = set(fields) - set(BlobMeta.__dataclass_fields__)
+    if unknown:
+        raise BlobRefused(f"KV blob: metadata fields this reader does not know: {', '.join(sorted(unknown))}")
+    return fields
 
 
 def inspect(blob: bytes) -> BlobMeta:
@@ -313,7 +328,10 @@ def decode(
     if meta.codec not in CODECS:
         raise BlobRefused(f"KV blob: unknown codec {meta.codec!r}; this reader knows {', '.join(CODECS)}")
     dtype = getattr(torch, meta.dtype)
-    k, v = CODECS[meta.codec].decode(tensors, meta, transform)
+    try:
+        k, v = CODECS[meta.codec].decode(tensors, meta, transform)
+    except (KeyError, RuntimeError, ValueError) as err:  # tensors that do not fit the metadata
+        raise BlobRefused(f"KV blob: the {meta.codec} payload does not match its metadata ({type(err).__name__}: {err})") from err
     return k.to(dtype), v.to(dtype), meta
 
 
@@ -321,12 +339,15 @@ def _decode_quantized(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
     k_codes, v_codes = tensors["k"], tensors["v"]
     if meta.codec == "int4":
         k_codes, v_codes = _unpack_int4(k_codes), _unpack_int4(v_codes)
-    scale = tensors["k_scale"].float()  # [L, H, groups, 1, D]
-    grouped = k_codes.view(meta.layers, meta.kv_heads, scale.shape[2], meta.key_group, meta.head_dim)
+    scale = tensors["k_scale"].float()  # [L, H, groups, 1, D]; format 1: [L, H, 1, D], one group of every token
+    group = meta.key_group or meta.tokens
+    grouped = k_codes.view(meta.layers, meta.kv_heads, -1, group, meta.head_dim)
+    scale = scale.view(meta.layers, meta.kv_heads, grouped.shape[2], 1, meta.head_dim)
     k = (grouped.float() * scale).view(meta.layers, meta.kv_heads, -1, meta.head_dim)[:, :, : meta.tokens]
     v = v_codes.float() * tensors["v_scale"].float()
-    k[:, :, : meta.sink_tokens] = tensors["k_sink"].float()
-    v[:, :, : meta.sink_tokens] = tensors["v_sink"].float()
+    if meta.sink_tokens:  # format 2 on
+        k[:, :, : meta.sink_tokens] = tensors["k_sink"].float()
+        v[:, :, : meta.sink_tokens] = tensors["v_sink"].float()
     return k, v
 
 
