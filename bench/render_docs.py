@@ -8,7 +8,7 @@ A docs page marks each block of figures with the record it shows:
     ...the tables the bench's --report prints...
     <!-- /record -->
 
-This script renders every marked block again from its record (with the report function of
+This script renders every marked block (in docs/ and the model cards) again from its record (with the report function of
 the bench that wrote it), and every `<!-- generated: method options -->` block from the
 method configs, and writes the page; `--check` writes nothing and exits 1 when a
 page differs from its records (tests/test_docs.py runs it).
@@ -31,10 +31,11 @@ OPTIONS = re.compile(r"(<!-- generated: method options -->\n)(?P<body>.*?)(<!-- 
 def renderers() -> dict[str, Callable[[Path], str]]:
     """Record's "bench" -> the report function of the bench that writes it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import kv
     import quality
     import reader
 
-    return {"quality": quality.report, "reader": reader.report}
+    return {"kv": kv.report, "quality": quality.report, "reader": reader.report}
 
 
 def method_options() -> str:
@@ -62,13 +63,18 @@ def rendered(page: str, render: dict[str, Callable[[Path], str]]) -> str:
     return OPTIONS.sub(lambda m: f"{m.group(1)}{method_options().rstrip()}\n{m.group(3)}", page)
 
 
+def pages() -> list[Path]:
+    """The pages that may show figures: docs/ and the model cards."""
+    return sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "ctxcomp" / "models").glob("*/MODEL_CARD.md"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs from its records")
     args = parser.parse_args()
     render = renderers()
     stale = []
-    for page in sorted((ROOT / "docs").glob("*.md")):
+    for page in pages():
         text = page.read_text()
         fresh = rendered(text, render)
         if fresh != text:

@@ -16,6 +16,9 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 PASSIVE_SWITCH = "CTXCOMP_OMP_PASSIVE"  # "0" keeps OpenMP's own wait policy (for comparisons)
@@ -84,3 +87,15 @@ def apply(plan: ThreadPlan) -> None:
 
     if torch.get_num_threads() != plan.threads:
         torch.set_num_threads(plan.threads)
+
+
+def on_cores(work: Callable[[int], T], count: int) -> list[T]:
+    """work(i) for i < count on as many threads as this process has cores: for kernels that drop the
+    GIL (numba's nogil), such as the KV codecs' entropy coders."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(available_cores(), count)
+    if workers <= 1:
+        return [work(index) for index in range(count)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, range(count)))

@@ -14,7 +14,11 @@ On SQuAD training articles (never the held-out ones the benches use):
    and save T = A U and offset = mean(x A) U (ctxcomp/models/kv_transform.py).
 Quantizing x T with one step then gives every coefficient the same share of
 the expected KL divergence of the answer distribution (reverse water-filling).
-About 4 minutes on 2 CPU cores with the defaults.
+4. the same per KV head, from the head's block of F: the "headpca" codec's bases
+   (head_pca.safetensors), with each component's standard deviation.
+About 4 minutes on 2 CPU cores with the defaults. `--heads-only` writes only the
+per-head bases (and their step into config.json), leaving transform.safetensors,
+which existing blobs name by its digest, as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from training import squad
 
 SINK_TOKENS = 4  # kept exactly by the codec, so left out of the statistics
 DEFAULT_STEP = 8e-4  # chosen on dev (bench/kv.py --split dev): the largest step within a point of int8's top-1
+DEFAULT_HEAD_STEP = 1e-3  # the headpca codec's, chosen on dev: the largest step with dev top-1 >= 0.99 (MODEL_CARD.md)
 
 
 def collect(llm, paragraphs, *, questions_per_paragraph: int, samples: int, seed: int):
@@ -93,6 +98,21 @@ def fit(x: torch.Tensor, fisher: torch.Tensor, eps: float) -> tuple[torch.Tensor
     return torch.stack(matrices).float(), torch.stack(offsets).float()
 
 
+def fit_heads(x: torch.Tensor, fisher: torch.Tensor, heads: int, eps: float) -> dict[str, torch.Tensor]:
+    """x [L, N, C], fisher [L, C, C] -> per-head matrix [L, H, D, D], offset and component std [L, H, D]:
+    `fit` on each head's columns with the head's block of the Fisher (cross-head terms dropped)."""
+    layers, _, channels = x.shape
+    dim = channels // heads
+    matrices, offsets, stds = torch.empty(layers, heads, dim, dim), torch.empty(layers, heads, dim), torch.empty(layers, heads, dim)
+    for head in range(heads):
+        cols = slice(head * dim, (head + 1) * dim)
+        matrix, offset = fit(x[:, :, cols], fisher[:, cols, cols], eps)
+        matrices[:, head], offsets[:, head] = matrix, offset
+        coefficients = torch.bmm(x[:, :, cols].float(), matrix) - offset[:, None, :]
+        stds[:, head] = coefficients.std(dim=1)
+    return {"matrix": matrices, "offset": offsets, "std": stds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=kv_transform.TRANSFORM_DIR)
@@ -102,6 +122,8 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=1e-2, help="Fisher regularizer, relative to its mean eigenvalue")
     parser.add_argument("--step", type=float, default=DEFAULT_STEP, help="the codec's default quantization step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head-step", type=float, default=DEFAULT_HEAD_STEP, help="the headpca codec's default step")
+    parser.add_argument("--heads-only", action="store_true", help="write only the headpca codec's per-head bases")
     parser.add_argument("--tiny", action="store_true", help="3 paragraphs, for tests")
     args = parser.parse_args()
     if args.tiny:
@@ -114,12 +136,10 @@ def main() -> None:
     keys, values, fisher_k, fisher_v = collect(
         llm, paragraphs, questions_per_paragraph=args.questions_per_paragraph, samples=args.samples, seed=args.seed
     )
-    key_matrix, key_offset = fit(keys, fisher_k, args.eps)
-    value_matrix, value_offset = fit(values, fisher_v, args.eps)
-    meta = {
-        "llm_fingerprint": llm.fingerprint,
-        "llm_id": llm.path.name,
-        "step": args.step,
+    heads = llm.model.config.num_key_value_heads
+    bases = {f"{role}_{name}": tensor for role, x, fisher in (("key", keys, fisher_k), ("value", values, fisher_v))
+             for name, tensor in fit_heads(x, fisher, heads, args.eps).items()}
+    calibration = {
         "eps": args.eps,
         "sink_tokens": SINK_TOKENS,
         "paragraphs": len(paragraphs),
@@ -127,10 +147,21 @@ def main() -> None:
         "questions_per_paragraph": args.questions_per_paragraph,
         "samples_per_question": args.samples,
         "seed": args.seed,
-        "data": "SQuAD v1.1 dev, train articles (squad.splits().train[::7]); step chosen on dev by bench/kv.py --split dev",
-        "seconds": round(time.perf_counter() - started, 1),
+        "data": "SQuAD v1.1 dev, train articles (squad.splits().train[::7]); steps chosen on dev by bench/kv.py --split dev",
     }
-    kv_transform.save(key_matrix, key_offset, value_matrix, value_offset, meta, args.out)
+    if args.heads_only:
+        meta = {**json.loads((args.out / "config.json").read_text()), "head_step": args.head_step}
+    else:
+        key_matrix, key_offset = fit(keys, fisher_k, args.eps)
+        value_matrix, value_offset = fit(values, fisher_v, args.eps)
+        meta = {"llm_fingerprint": llm.fingerprint, "llm_id": llm.path.name, "step": args.step, "head_step": args.head_step,
+                **calibration}
+        kv_transform.save(key_matrix, key_offset, value_matrix, value_offset, meta, args.out)
+    if meta["llm_fingerprint"] != llm.fingerprint:
+        raise SystemExit(f"{args.out} is calibrated for another LLM ({meta['llm_id']}); calibrate it whole, without --heads-only")
+    meta["head_seconds" if args.heads_only else "seconds"] = round(time.perf_counter() - started, 1)
+    (args.out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    kv_transform.save_heads(bases, args.out)
     print(json.dumps({"saved": str(args.out), **meta}))
 
 

@@ -14,7 +14,9 @@ SINK_TOKENS tokens of a context that starts at position 0 stay fp16.
 int4 packs two values per byte. "transform" (KVTC style, ctxcomp.kv.transform):
 keys before RoPE and values mapped by the model's calibrated KvTransform,
 quantized with one step and ANS-coded; it needs that transform on both sides
-and the blob names it by SHA-256.
+and the blob names it by SHA-256. "headpca" (ctxcomp.kv.head_pca): the same
+with per-head bases (the KvTransform's HeadBases), a step per token from the
+attention the context gives it, sinks and optionally the last tokens exact.
 
 Layout "LHSD": [layers, kv_heads, tokens, head_dim], batch 1.
 """
@@ -35,13 +37,13 @@ from ctxcomp.kernels.attention import Rope
 from ctxcomp.kv import transform as kv_transform
 
 if TYPE_CHECKING:
-    from ctxcomp.models.kv_transform import KvTransform
+    from ctxcomp.models.kv_transform import HeadBases, KvTransform
 
-FORMAT_VERSION = 4  # 2 added the transform codec, 3 the model's RoPE frequencies, 4 the transform codec's rANS
-READABLE_VERSIONS = (1, 2, 3, 4)  # all of them, but a transform blob only from 4 on
+FORMAT_VERSION = 5  # 2 added the transform codec, 3 the model's RoPE frequencies, 4 the transform codec's rANS, 5 headpca
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # all of them, but a transform blob only from 4 on
 LAYOUT = "LHSD"
 ZSTD_MAGIC = b"CTXKVZ1\n"
-Codec = Literal["fp16", "bf16", "int8", "int4", "transform"]
+Codec = Literal["fp16", "bf16", "int8", "int4", "transform", "headpca"]
 KEY_GROUP = 32  # KIVI-style: per-channel key scales over groups of 32 tokens
 SINK_TOKENS = 4  # the first tokens draw much of every head's attention: stored exactly
 _QMAX = {"int8": 127, "int4": 7}
@@ -67,8 +69,9 @@ class BlobMeta:
     codec: str = "fp16"
     key_group: int = 0  # quantized codecs: tokens sharing one key scale per channel (0 = all)
     sink_tokens: int = 0  # quantized codecs: leading tokens kept in fp16 (attention sinks)
-    transform_sha256: str = ""  # codec "transform": the KvTransform the blob was coded with
-    quant_step: float = 0.0  # codec "transform": the coefficients' quantization step
+    recent_tokens: int = 0  # codec "headpca": last tokens kept in fp16
+    transform_sha256: str = ""  # codecs "transform" / "headpca": the KvTransform (or HeadBases) the blob was coded with
+    quant_step: float = 0.0  # codecs "transform" / "headpca": the coefficients' quantization step
     # The model's RoPE as K was rotated: inverse frequencies [D/2] with its scaling applied
     # (llama3, yarn, ...) and the factor on cos/sin; empty = plain RoPE with rope_theta.
     rope_inv_freq: tuple[float, ...] = ()
@@ -128,15 +131,18 @@ def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CodecImpl:
-    """One codec: encode K/V [L, H, S, D] to tensors plus the metadata fields it sets, and back.
+    """One codec: encode K/V [L, H, S, D] (and, optionally, the attention each token receives [S])
+    to tensors plus the metadata fields it sets, and back.
 
     Both receive the KvTransform (or a function loading it) when the codec needs one, which
-    `needs_transform` says: callers ask it, never the codec's name.
+    `needs_transform` says; `uses_attention` says whether the encoder spends bits by attention
+    weights (a prefill computes them only then): callers ask these, never the codec's name.
     """
 
-    encode: Callable[[torch.Tensor, torch.Tensor, BlobMeta, Any], tuple[dict[str, torch.Tensor], dict[str, object]]]
+    encode: Callable[[torch.Tensor, torch.Tensor, BlobMeta, Any, "torch.Tensor | None"], tuple[dict[str, torch.Tensor], dict[str, object]]]
     decode: Callable[[dict[str, torch.Tensor], BlobMeta, Any], tuple[torch.Tensor, torch.Tensor]]
     needs_transform: bool = False
+    uses_attention: bool = False
 
 
 def encode(
@@ -147,10 +153,13 @@ def encode(
     codec: Codec = "fp16",
     zstd_level: int | None = None,
     transform: KvTransform | None = None,
+    attention: torch.Tensor | None = None,
 ) -> bytes:
     """keys/values: per layer [1, H_kv, S, D] (or [H_kv, S, D]) -> blob bytes.
 
-    codec "transform" needs the model's KvTransform (ctxcomp.models.load_kv_transform()).
+    codecs "transform" and "headpca" need the model's KvTransform (ctxcomp.models.load_kv_transform()).
+    attention [S]: the mean attention each token receives (PrefillResult.attention), for codecs
+    that use it; they code without it too.
     The fields the codec decides (codec, dtype, key groups, sinks, transform, K's RoPE
     state, compression) are filled in; a caller's `meta` that sets one of them to a
     different value is refused, never silently rewritten.
@@ -161,7 +170,7 @@ def encode(
     v = torch.stack([t.reshape(t.shape[-3:]) for t in values]).detach().cpu()
     if tuple(k.shape) != (meta.layers, meta.kv_heads, meta.tokens, meta.head_dim) or k.shape != v.shape:
         raise ValueError(f"K {tuple(k.shape)} / V {tuple(v.shape)} do not match the metadata's [L, H, S, D]")
-    tensors, fields = CODECS[codec].encode(k, v, meta, transform)
+    tensors, fields = CODECS[codec].encode(k, v, meta, transform, attention)
     fields = {**fields, "codec": codec, "compression": "zstd" if zstd_level is not None else "none",
               "dtype": str(k.dtype).removeprefix("torch.")}
     header = {"ctxcomp_kv": json.dumps(_with_codec_fields(meta, fields), sort_keys=True), "checksum_sha256": _checksum(tensors)}
@@ -183,7 +192,7 @@ def _with_codec_fields(meta: BlobMeta, fields: dict[str, object]) -> dict[str, o
 
 
 def _encode_raw(dtype: torch.dtype) -> Callable[..., tuple[dict[str, torch.Tensor], dict[str, object]]]:
-    def encode_raw(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: Any) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    def encode_raw(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: Any, attention: Any) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         return {"k": k.to(dtype).contiguous(), "v": v.to(dtype).contiguous()}, {}
 
     return encode_raw
@@ -199,7 +208,7 @@ def _sinks(meta: BlobMeta) -> int:
 
 
 def _encode_quantized(codec: str) -> Callable[..., tuple[dict[str, torch.Tensor], dict[str, object]]]:
-    def encode_quantized(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: Any) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    def encode_quantized(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: Any, attention: Any) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         tensors = _quantized_tensors(k, v, meta, codec)
         return tensors, {"key_group": KEY_GROUP, "sink_tokens": _sinks(meta)}
 
@@ -240,10 +249,8 @@ def _check_transform(transform: KvTransform, meta: BlobMeta) -> None:
 
 
 def _encode_transform(
-    k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform | None
+    k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform | None, attention: Any
 ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    import numpy as np
-
     if transform is None:
         raise ValueError("codec 'transform' needs the model's KvTransform (ctxcomp.models.load_kv_transform())")
     _check_transform(transform, meta)
@@ -255,10 +262,7 @@ def _encode_transform(
     kv_transform.coefficients(v_rows[:, sinks:], transform.value_matrix, transform.value_offset, transform.step, codes[meta.layers :])
     coded = kv_transform.entropy_encode(codes.numpy())  # one stream per layer's K or V
     tensors = {
-        "ans_words": torch.from_numpy(coded.words.view(np.int16).copy()),
-        "ans_chunk_ends": torch.from_numpy(coded.chunk_ends.copy()),
-        "component_table": torch.from_numpy(coded.tables.copy()),
-        "component_shift": torch.from_numpy(coded.shifts.copy()),
+        **_coded_tensors(coded),
         # Sinks before RoPE, like the rest of K: [L, H, sinks, D]
         "k_sink": k_rows[:, :sinks].view(meta.layers, sinks, meta.kv_heads, meta.head_dim).permute(0, 2, 1, 3).half().contiguous(),
         "v_sink": v[:, :, :sinks].half().contiguous(),
@@ -351,6 +355,34 @@ def _decode_quantized(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
     return k, v
 
 
+def _coded_tensors(coded: kv_transform.CodedComponents) -> dict[str, torch.Tensor]:
+    """The rANS payload of the transform codecs as blob tensors."""
+    import numpy as np
+
+    return {
+        "ans_words": torch.from_numpy(coded.words.view(np.int16).copy()),
+        "ans_chunk_ends": torch.from_numpy(coded.chunk_ends.copy()),
+        "component_table": torch.from_numpy(coded.tables.copy()),
+        "component_shift": torch.from_numpy(coded.shifts.copy()),
+    }
+
+
+_CODED_DTYPES = {"ans_words": torch.int16, "ans_chunk_ends": torch.int64, "component_table": torch.int16, "component_shift": torch.uint8}
+
+
+def _coded_components(tensors: dict[str, torch.Tensor]) -> kv_transform.CodedComponents:
+    import numpy as np
+
+    if any(name not in tensors or tensors[name].dtype != dtype for name, dtype in _CODED_DTYPES.items()):
+        raise BlobRefused("KV blob: transform payload is missing a tensor or has one of another type")
+    return kv_transform.CodedComponents(
+        words=tensors["ans_words"].numpy().view(np.uint16),
+        chunk_ends=tensors["ans_chunk_ends"].numpy(),
+        tables=tensors["component_table"].numpy(),
+        shifts=tensors["component_shift"].numpy(),
+    )
+
+
 def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
     import numpy as np
 
@@ -365,15 +397,7 @@ def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
     _check_transform(transform, meta)
     if meta.format_version < 4:
         raise BlobRefused(f"KV blob: a 'transform' blob of format version {meta.format_version} (an older entropy coder); encode it again")
-    dtypes = {"ans_words": torch.int16, "ans_chunk_ends": torch.int64, "component_table": torch.int16, "component_shift": torch.uint8}
-    if any(name not in tensors or tensors[name].dtype != dtype for name, dtype in dtypes.items()):
-        raise BlobRefused("KV blob: transform payload is missing a tensor or has one of another type")
-    coded = kv_transform.CodedComponents(
-        words=tensors["ans_words"].numpy().view(np.uint16),
-        chunk_ends=tensors["ans_chunk_ends"].numpy(),
-        tables=tensors["component_table"].numpy(),
-        shifts=tensors["component_shift"].numpy(),
-    )
+    coded = _coded_components(tensors)
     coded_tokens, sinks = meta.tokens - meta.sink_tokens, meta.sink_tokens
     if len(coded.tables) != 2 * meta.layers * transform.channels or coded_tokens < 0:
         raise BlobRefused("KV blob: transform payload does not match the blob's shape")
@@ -392,6 +416,75 @@ def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
     return kv_transform.post_rope_from_rows(k_rows, meta_rope(meta), meta.kv_heads), v
 
 
+def _head_bases(transform: Any, meta: BlobMeta, digest: str | None) -> HeadBases:
+    """The KvTransform's per-head bases, checked against the blob's shape (and digest, when decoding)."""
+    transform = transform() if callable(transform) else transform
+    bases = transform.heads if transform is not None else None
+    if bases is None:
+        raise BlobRefused("KV blob: codec 'headpca' needs a KV transform with per-head bases (head_pca.safetensors); none was given")
+    if digest is not None and bases.digest != digest:
+        raise BlobRefused(f"KV blob: coded with per-head bases {digest[:12]}, not with these ({bases.digest[:12]})")
+    layers, heads, dim = bases.key_matrix.shape[:3]
+    if (layers, heads, dim) != (meta.layers, meta.kv_heads, meta.head_dim):
+        raise BlobRefused(f"KV blob: the per-head bases are for [L, H, D] = {[layers, heads, dim]}, the blob has "
+                          f"{[meta.layers, meta.kv_heads, meta.head_dim]}")
+    return bases
+
+
+def _encode_head_pca(
+    k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform | None, attention: torch.Tensor | None
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    from ctxcomp.kv import head_pca
+
+    try:
+        bases = _head_bases(transform, meta, None)
+    except BlobRefused as err:
+        raise ValueError(str(err).removeprefix("KV blob: ")) from err
+    first = _sinks(meta)
+    last = max(first, meta.tokens - meta.recent_tokens)
+    levels = head_pca.token_levels(None if attention is None else attention[first:last], last - first)
+    plan = head_pca.Plan(first, last, levels, head_pca.coded_components(bases, bases.step, levels))
+    coded = head_pca.encode(k, v, meta_rope(meta), bases, bases.step, plan)
+    tensors = {
+        **_coded_tensors(coded),
+        "token_levels": torch.from_numpy(levels.copy()),
+        "components": torch.from_numpy(plan.components.copy()),
+        "k_sink": k[:, :, :first].half().contiguous(), "v_sink": v[:, :, :first].half().contiguous(),
+        "k_recent": k[:, :, last:].half().contiguous(), "v_recent": v[:, :, last:].half().contiguous(),
+    }
+    fields = {"sink_tokens": first, "recent_tokens": meta.tokens - last, "transform_sha256": bases.digest,
+              "quant_step": bases.step, "k_rope": "pre"}
+    return tensors, fields
+
+
+def _decode_head_pca(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    from ctxcomp.kv import head_pca
+
+    bases = _head_bases(transform, meta, meta.transform_sha256)
+    first, last = meta.sink_tokens, meta.tokens - meta.recent_tokens
+    coded = _coded_components(tensors)
+    levels, components = tensors.get("token_levels"), tensors.get("components")
+    if not 0 <= first <= last <= meta.tokens or levels is None or components is None:
+        raise BlobRefused("KV blob: headpca payload is missing its plan or names tokens the blob does not have")
+    if (levels.dtype != torch.int8 or tuple(levels.shape) != (last - first,) or components.dtype != torch.uint8
+            or tuple(components.shape) != (2, meta.layers, meta.kv_heads)):
+        raise BlobRefused("KV blob: headpca plan tensors have another type or shape")
+    if (levels.numel() and levels.abs().max() > head_pca.LEVELS) or (components.numel() and components.max() > meta.head_dim):
+        raise BlobRefused("KV blob: headpca plan names a step level or component that does not exist")
+    plan = head_pca.Plan(first, last, levels.numpy(), components.numpy())
+    if len(coded.tables) != 2 * meta.layers * meta.kv_heads * plan.rows:
+        raise BlobRefused("KV blob: headpca payload does not match the blob's shape")
+    k = torch.empty(meta.layers, meta.kv_heads, meta.tokens, meta.head_dim)
+    v = torch.empty_like(k)
+    try:
+        head_pca.decode(coded, meta_rope(meta), bases, meta.quant_step, plan, k, v)
+    except ValueError as err:
+        raise BlobRefused(f"KV blob: headpca payload does not decode ({err})") from err
+    k[:, :, :first], v[:, :, :first] = tensors["k_sink"].float(), tensors["v_sink"].float()
+    k[:, :, last:], v[:, :, last:] = tensors["k_recent"].float(), tensors["v_recent"].float()
+    return k, v
+
+
 def _safetensors_metadata(blob: bytes) -> dict[str, str]:
     size = int.from_bytes(blob[:8], "little")
     if size <= 0 or 8 + size > len(blob):
@@ -405,5 +498,6 @@ CODECS: dict[str, CodecImpl] = {
     "int8": CodecImpl(_encode_quantized("int8"), _decode_quantized),
     "int4": CodecImpl(_encode_quantized("int4"), _decode_quantized),
     "transform": CodecImpl(_encode_transform, _decode_transform, needs_transform=True),
+    "headpca": CodecImpl(_encode_head_pca, _decode_head_pca, needs_transform=True, uses_attention=True),
 }
 _DEFAULTS = BlobMeta("", "", 0, 0, 0, 0, "", 0, 0.0)  # what a caller leaves unset

@@ -44,8 +44,9 @@ def blob_from_prefill(
     zstd_level: int | None = None,
     transform: Any = None,
 ) -> bytes:
-    """llm: a ctxcomp.models.LoadedLLM (model, tokenizer, fingerprint); transform: codec
-    "transform"'s KvTransform (default: the shipped one)."""
+    """llm: a ctxcomp.models.LoadedLLM (model, tokenizer, fingerprint); transform: the KvTransform
+    of codecs "transform" and "headpca" (default: the shipped one). A prefill run with
+    attention_queries hands its attention estimate to codecs that use it."""
     first = result.keys[0]
     meta = blob.BlobMeta(
         model_fingerprint=llm.fingerprint,
@@ -61,7 +62,8 @@ def blob_from_prefill(
     )
     needs = codec in blob.CODECS and blob.CODECS[codec].needs_transform
     checked = kv_transform_for(llm, transform) if needs else None
-    return blob.encode(result.keys, result.values, meta, codec=codec, zstd_level=zstd_level, transform=checked)
+    return blob.encode(result.keys, result.values, meta, codec=codec, zstd_level=zstd_level, transform=checked,
+                       attention=result.attention)
 
 
 def cache_from_blob(data: bytes, llm: Any, transform: Any = None) -> tuple[Any, blob.BlobMeta]:

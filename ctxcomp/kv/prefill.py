@@ -16,8 +16,11 @@ from typing import Any, Sequence
 import torch
 
 from ctxcomp.cancellation import checkpoint
-from ctxcomp.kernels.attention import Backend, Rope, prefill_attention
+from ctxcomp.kernels.attention import Backend, Rope, apply_rope, prefill_attention
 from ctxcomp.kv.architectures import adapter_for, check_context, head_dim_of, model_rope
+
+
+ATTENTION_QUERIES = 64  # queries per layer that estimate the attention each token receives (received_attention)
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class PrefillResult:
     last_logits: torch.Tensor  # [B, V] at the last position
     rope: Rope  # the RoPE K was rotated with (its start_pos is the context's first position)
     backend: str
+    attention: torch.Tensor | None = None  # [S]: mean attention each token receives (attention_queries > 0)
 
     @property
     def start_pos(self) -> int:
@@ -36,12 +40,15 @@ class PrefillResult:
 @torch.inference_mode()
 def prefill(
     model: Any, input_ids: torch.Tensor, *, start_pos: int = 0, backend: Backend = "auto",
-    past: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+    past: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None, attention_queries: int = 0,
 ) -> PrefillResult:
     """Run input_ids [B, S] (positions start_pos..start_pos+S-1) through a supported causal LM.
 
     past: per layer (K after RoPE, V) [B, H_kv, start_pos, D] of the tokens before input_ids
-    (a reused prefix): the new tokens attend to it, and only their own K/V come back."""
+    (a reused prefix): the new tokens attend to it, and only their own K/V come back.
+    attention_queries > 0 (and no past): also estimate the attention each token receives, from
+    that many evenly spaced queries per layer (`received_attention`), for KV codecs that spend
+    bits by it."""
     if past is not None and (len(past) != len(model.model.layers) or past[0][0].shape[-2] != start_pos):
         raise ValueError("past must hold every layer's K/V for exactly the start_pos tokens before input_ids")
     config, inner = model.config, model.model
@@ -52,6 +59,7 @@ def prefill(
     head_dim = head_dim_of(config)
     hidden = inner.embed_tokens(input_ids)  # [B, S, hidden]
     keys, values, used = [], [], "reference"
+    received = torch.zeros(seq) if attention_queries > 0 and past is None else None
     for layer in inner.layers:
         checkpoint()
         attn = layer.self_attn
@@ -63,8 +71,27 @@ def prefill(
         keys.append(out.k)
         values.append(out.v)
         used = out.backend
+        if received is not None:
+            received += received_attention(q[0], out.k[0], rope, attn.scaling, attention_queries).cpu()
     logits = model.lm_head(inner.norm(hidden[:, -1:]))[:, -1]
-    return PrefillResult(tuple(keys), tuple(values), logits.float(), rope, used)
+    attention = received / len(keys) if received is not None else None
+    return PrefillResult(tuple(keys), tuple(values), logits.float(), rope, used, attention)
+
+
+def received_attention(q: torch.Tensor, k: torch.Tensor, rope: Rope, sm_scale: float, queries: int) -> torch.Tensor:
+    """q [S, H_q, D] before RoPE, k [H_kv, S, D] after RoPE -> [S]: the attention each token receives,
+    averaged over heads and over the sampled queries that can see it (up to `queries` evenly
+    spaced positions; causal). A cheap estimate of what later text, such as a question, attends to."""
+    seq, q_heads, _ = q.shape
+    positions = torch.linspace(0, seq - 1, min(queries, seq)).round().long().unique()
+    cos, sin = rope.tables(seq, q.device)
+    sampled = apply_rope(q[positions].transpose(0, 1)[None].float(), cos[positions], sin[positions])[0]  # [H_q, n, D]
+    keys = k.float().repeat_interleave(q_heads // k.shape[0], dim=0)  # [H_q, S, D]
+    scores = torch.matmul(sampled, keys.transpose(-1, -2)) * sm_scale  # [H_q, n, S]
+    hidden = torch.arange(seq, device=q.device)[None, :] > positions.to(q.device)[:, None]
+    probs = scores.masked_fill(hidden, float("-inf")).softmax(-1).mean(0)  # [n, S]
+    seen_by = (~hidden).sum(0).clamp(min=1)
+    return probs.sum(0) / seen_by
 
 
 def to_dynamic_cache(result: PrefillResult) -> Any:

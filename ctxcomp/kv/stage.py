@@ -13,7 +13,7 @@ from ctxcomp.kv.chunks import CHUNK_TOKENS, BlobChunks, prefill_with_chunks
 from ctxcomp.kv.handoff import blob_from_prefill, kv_transform_for
 from ctxcomp.kv.lmcache import SCHEME as LMCACHE_SCHEME
 from ctxcomp.kv.lmcache import LMCacheStore, open_lmcache_store
-from ctxcomp.kv.prefill import prefill
+from ctxcomp.kv.prefill import ATTENTION_QUERIES, prefill
 from ctxcomp.kv.store import DEFAULT_RETRY_AFTER_S, DEFAULT_TIMEOUT_S, BlobStore, blob_key, open_store
 
 CODECS: tuple[str, ...] = tuple(blob.CODECS)  # one list of codecs: the blob module's registry
@@ -162,7 +162,8 @@ def compute_blob(
         done = prefill_with_chunks(llm, ids, BlobChunks(store, llm.fingerprint, chunk_tokens, namespace))
         result, reused = done.result, done.reused * done.chunk_tokens
     else:
-        result = prefill(llm.model, torch.tensor([ids], device=llm.model.device))
+        queries = ATTENTION_QUERIES if codec in CODECS and blob.CODECS[codec].uses_attention else 0
+        result = prefill(llm.model, torch.tensor([ids], device=llm.model.device), attention_queries=queries)
     transform = hub.get("kv_transform") if codec in CODECS and blob.CODECS[codec].needs_transform else None
     data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level, transform=transform)  # type: ignore[arg-type]
     if store is not None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ctxcomp.kernels.attention import Rope, apply_rope, rope_cos_sin
+from ctxcomp.threads import on_cores
 
 
 def to_pre_rope(k: torch.Tensor, rope: Rope) -> torch.Tensor:
@@ -99,19 +100,6 @@ class CodedComponents:
     shifts: np.ndarray  # uint8 [chunks * R]: each row's low bits coded uniformly
 
 
-def _on_threads(work, count: int) -> list:
-    """work(i) for i < count, on as many threads as this process has cores (the kernels drop the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ctxcomp.threads import available_cores
-
-    workers = min(available_cores(), count)
-    if workers <= 1:
-        return [work(index) for index in range(count)]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(work, range(count)))
-
-
 def entropy_encode(codes: np.ndarray) -> CodedComponents:
     """codes [chunks, R, S] int32 (R rows of S values per chunk; a chunk is one layer's K or V)
     -> rANS words, one stream per chunk."""
@@ -131,7 +119,7 @@ def entropy_encode(codes: np.ndarray) -> CodedComponents:
             start = rans.encode_chunk(codes, chunk, tables, shifts, table_set.widths, table_set.coder, words)
         return words[start:]
 
-    streams = _on_threads(encode, chunks)
+    streams = on_cores(encode, chunks)
     chunk_ends = np.cumsum([len(stream) for stream in streams], dtype=np.int64)
     words = np.concatenate(streams) if streams else np.zeros(0, dtype=np.uint16)
     return CodedComponents(words, chunk_ends, tables, shifts)
@@ -156,7 +144,7 @@ def entropy_decode(coded: CodedComponents, length: int, width: int, out_dtype=np
         raise ValueError("transform codec: chunk ends are not in order or do not end with the words")
     out = np.empty((chunks, width, length), dtype=out_dtype)
     words, tables, shifts = np.ascontiguousarray(coded.words, dtype=np.uint16), coded.tables.astype(np.int16), coded.shifts.astype(np.uint8)
-    statuses = _on_threads(
+    statuses = on_cores(
         lambda chunk: rans.decode_chunk(words, int(starts[chunk]), int(ends[chunk]), chunk, tables, shifts, table_set.widths,
                                         table_set.starts, table_set.freqs, table_set.lookup, out),
         chunks,

@@ -14,6 +14,11 @@ Stored tensors, per role r in {key, value}:
   r_offset [L, C] fp32: coefficients are x @ T - offset, with x [S, C] and
   C = kv_heads * head_dim (heads concatenated).
 Encoder and decoder use exactly these values; the inverse is computed from them.
+
+The same folder may hold `head_pca.safetensors`, the per-head bases of the "headpca"
+codec (HeadBases): per layer and KV head, a [D, D] map in the same Fisher metric
+(the block of each head only, so a token costs D*D multiply-adds per head instead
+of C*C per layer), its offset and each component's calibrated standard deviation.
 """
 
 from __future__ import annotations
@@ -29,6 +34,43 @@ import torch
 
 TRANSFORM_DIR = Path(__file__).resolve().parent / "kv_transform"
 WEIGHTS = "transform.safetensors"
+HEAD_WEIGHTS = "head_pca.safetensors"
+
+
+@dataclass(frozen=True)
+class HeadBases:
+    """Per-head bases of the "headpca" codec: coefficients of head h's row x [D] are
+    x @ matrix[l, h] - offset[l, h], components by falling calibrated std."""
+
+    key_matrix: torch.Tensor  # [L, H, D, D] fp32 (keys before RoPE)
+    key_offset: torch.Tensor  # [L, H, D]
+    key_std: torch.Tensor  # [L, H, D]: each component's std on the calibration text
+    value_matrix: torch.Tensor
+    value_offset: torch.Tensor
+    value_std: torch.Tensor
+    step: float  # the default quantization step
+    digest: str = ""  # SHA-256 of head_pca.safetensors: blobs name the bases they were coded with
+
+    @property
+    def heads(self) -> int:
+        return self.key_matrix.shape[1]
+
+    @cached_property
+    def key_inverse(self) -> torch.Tensor:
+        return inverse_per_layer(self.key_matrix.flatten(0, 1)).view_as(self.key_matrix)
+
+    @cached_property
+    def value_inverse(self) -> torch.Tensor:
+        return inverse_per_layer(self.value_matrix.flatten(0, 1)).view_as(self.value_matrix)
+
+    @cached_property
+    def key_mean(self) -> torch.Tensor:
+        """[L, H, D]: the offset mapped back (what a token whose coefficients are all zero decodes to)."""
+        return torch.einsum("lhj,lhjd->lhd", self.key_offset, self.key_inverse)
+
+    @cached_property
+    def value_mean(self) -> torch.Tensor:
+        return torch.einsum("lhj,lhjd->lhd", self.value_offset, self.value_inverse)
 
 
 @dataclass(frozen=True)
@@ -39,6 +81,7 @@ class KvTransform:
     value_offset: torch.Tensor
     meta: dict[str, Any] = field(compare=False)  # config.json: LLM fingerprint, default step, calibration figures
     digest: str = ""  # SHA-256 of the weights file: blobs name the transform they were coded with
+    heads: HeadBases | None = field(default=None, compare=False)  # the "headpca" codec's, when calibrated
 
     @property
     def llm_fingerprint(self) -> str:
@@ -108,5 +151,22 @@ def load(folder: Path = TRANSFORM_DIR) -> KvTransform:
     return KvTransform(
         key_matrix=matrix("key"), key_offset=tensors["key_offset"],
         value_matrix=matrix("value"), value_offset=tensors["value_offset"],
-        meta=meta, digest=hashlib.sha256(weights.read_bytes()).hexdigest(),
+        meta=meta, digest=hashlib.sha256(weights.read_bytes()).hexdigest(), heads=load_heads(folder, meta),
     )
+
+
+def save_heads(bases: dict[str, torch.Tensor], folder: Path) -> None:
+    """bases: {key,value}_{matrix,offset,std} as HeadBases holds them."""
+    from safetensors.torch import save_file
+
+    save_file({name: tensor.float().contiguous() for name, tensor in bases.items()}, folder / HEAD_WEIGHTS)
+
+
+def load_heads(folder: Path, meta: dict[str, Any]) -> HeadBases | None:
+    from safetensors.torch import load_file
+
+    weights = folder / HEAD_WEIGHTS
+    if not weights.exists():
+        return None
+    tensors = load_file(weights)
+    return HeadBases(**tensors, step=float(meta["head_step"]), digest=hashlib.sha256(weights.read_bytes()).hexdigest())

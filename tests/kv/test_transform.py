@@ -251,3 +251,16 @@ def test_calibration_script_builds_a_working_transform(llm, tmp_path, squad_held
     want = kv_transform.transformed(want_v[:, :, 4:], made.value_matrix, made.value_offset)
     assert (got - want).abs().max() <= made.step * 0.5 * 1.01
     assert torch.equal(v[:, :, :4], want_v[:, :, :4].half().float())  # sinks: exact (fp16)
+
+    # The same run calibrates the headpca codec's per-head bases: values round within half a step
+    # in each head's basis, for every component the blob codes.
+    assert made.heads is not None and made.heads.key_matrix.shape == (30, 3, 64, 64)
+    data = blob.encode(result.keys, result.values, meta, codec="headpca", transform=made)
+    _, v, _ = blob.decode(data, expect_fingerprint=llm.fingerprint, transform=made)
+    bases, coded = made.heads, blob.st_load(data)["components"][1].long()
+    got = torch.einsum("lhsd,lhdj->lhjs", v[:, :, 4:], bases.value_matrix) - bases.value_offset[..., None]
+    want = torch.einsum("lhsd,lhdj->lhjs", want_v[:, :, 4:], bases.value_matrix) - bases.value_offset[..., None]
+    for layer in range(30):
+        for head in range(3):
+            used = coded[layer, head]
+            assert (got[layer, head, :used] - want[layer, head, :used]).abs().max() <= bases.step * 0.5 * 1.01
