@@ -76,22 +76,9 @@ def coded_components(bases: HeadBases, step: float, levels: np.ndarray) -> np.nd
 
 
 @numba.njit(**_KERNEL)
-def _unrotate(x, cos, sin, out):
-    """Keys after RoPE x [H, T, D] -> before it, into out [H, T, D] (contiguous); cos, sin [T, D/2]
-    of the inverse rotation."""
-    heads, tokens, dim = x.shape
-    half = dim // 2
-    for h in range(heads):
-        for t in range(tokens):
-            for i in range(half):
-                a, b = x[h, t, i], x[h, t, i + half]
-                out[h, t, i] = a * cos[t, i] + b * sin[t, i]
-                out[h, t, i + half] = b * cos[t, i] - a * sin[t, i]
-
-
-@numba.njit(**_KERNEL)
 def _rotate(x, cos, sin, out):
-    """Keys before RoPE x [H, T, D] -> after it, into out [H, T, D] (any strides)."""
+    """Keys x [H, T, D] rotated by cos, sin [T, D/2] (rotate-half convention) into out [H, T, D] (any
+    strides): RoPE, or its inverse with _rotation(inverse=True)'s tables."""
     heads, tokens, dim = x.shape
     half = dim // 2
     for h in range(heads):
@@ -120,12 +107,12 @@ def _quantise(coefficients, offset, components, scales, out):
 
 
 def _rotation(rope: Rope, first: int, last: int, inverse: bool) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [last - first, D/2] at the coded tokens' positions; the inverse rotation also divides
-    out the model's cos/sin scaling (as ctxcomp.kv.transform.pre_rope_rows does)."""
+    """cos, sin [last - first, D/2] at the coded tokens' positions; the inverse rotation's (the angle
+    negated) also divide out the model's cos/sin scaling (as ctxcomp.kv.transform.pre_rope_rows does)."""
     cos, sin = rope.half_tables(last)
     cos, sin = cos[first:], sin[first:]
     if inverse:
-        cos, sin = cos / rope.attention_scaling**2, sin / rope.attention_scaling**2
+        cos, sin = cos / rope.attention_scaling**2, -sin / rope.attention_scaling**2
     return np.ascontiguousarray(cos.numpy()), np.ascontiguousarray(sin.numpy())
 
 
@@ -148,7 +135,7 @@ def encode(
     keys = torch.empty(layers, heads, tokens, dim)
     cos, sin = _rotation(rope, plan.first, plan.last, inverse=True)
     k_in, k_out = k.float().numpy(), keys.numpy()
-    on_cores(lambda layer: _unrotate(k_in[layer, :, plan.first : plan.last], cos, sin, k_out[layer]), layers)
+    on_cores(lambda layer: _rotate(k_in[layer, :, plan.first : plan.last], cos, sin, k_out[layer]), layers)
     scales = (2.0 ** (-plan.levels.astype(np.float32) / 2)).astype(np.float32)
     codes = np.empty((2 * layers, heads * rows, tokens), dtype=np.int32)
     for role, (x, matrix, offset) in enumerate(((keys, bases.key_matrix, bases.key_offset),

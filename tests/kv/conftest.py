@@ -1,4 +1,5 @@
-"""Tiny random-weight Llamas for the KV tests that need only what the KV code reads of an LLM."""
+"""The shipped LLM and KV transform, and tiny random-weight Llamas for the KV tests that need only
+what the KV code reads of an LLM (those override `llm` with one)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,19 @@ def tiny_llama() -> Callable[[int], TinyLLM]:
 
     return build
 
+
+
+@pytest.fixture(scope="session")
+def llm() -> Any:
+    """The shipped downstream LLM (SmolLM2-135M-Instruct)."""
+    from ctxcomp import models
+
+    return models.load_llm()
+
+
+@pytest.fixture(scope="session")
+def transform() -> Any:
+    """The shipped KV transform (with the headpca codec's per-head bases)."""
+    from ctxcomp import models
+
+    return models.load_kv_transform()

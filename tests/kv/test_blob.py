@@ -72,13 +72,6 @@ def test_token_digest_is_stable() -> None:
     assert blob.token_ids_digest([1, 2, 3]) == "e2e2033ae7e19d680599d4eb0a1359a2b48ec5baac75066c317fbf85159c54ef"
 
 
-@pytest.fixture(scope="module")
-def llm():
-    from ctxcomp import models
-
-    return models.load_llm()
-
-
 @pytest.mark.parametrize("codec", ["fp16", "int8", "transform"])
 def test_blob_continues_generation_like_full_prefill(llm, squad_held_out, codec) -> None:
     text = squad_held_out[5].context

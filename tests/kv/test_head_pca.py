@@ -19,16 +19,6 @@ from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
 from ctxcomp.kv.prefill import ATTENTION_QUERIES, prefill, received_attention
 
 
-@pytest.fixture(scope="module")
-def llm():
-    return models.load_llm()
-
-
-@pytest.fixture(scope="module")
-def transform():
-    return models.load_kv_transform()
-
-
 def test_shipped_bases_invert_and_are_ordered(transform) -> None:
     bases = transform.heads
     assert bases is not None and bases.key_matrix.shape == (30, 3, 64, 64)

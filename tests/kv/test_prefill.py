@@ -9,13 +9,6 @@ from ctxcomp.kv.prefill import prefill, to_dynamic_cache
 
 
 @pytest.fixture(scope="module")
-def llm():
-    from ctxcomp import models
-
-    return models.load_llm()
-
-
-@pytest.fixture(scope="module")
 def context_ids(llm, squad_held_out):
     text = squad_held_out[3].context
     return llm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :200]

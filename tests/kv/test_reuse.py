@@ -21,13 +21,6 @@ def test_rerotation_equals_rotating_at_the_new_position(scaled) -> None:
 
 
 @pytest.fixture(scope="module")
-def llm():
-    from ctxcomp import models
-
-    return models.load_llm()
-
-
-@pytest.fixture(scope="module")
 def two_docs(llm, squad_held_out):
     tok = llm.tokenizer
     a = tok(squad_held_out[0].context[:300], return_tensors="pt", add_special_tokens=False)["input_ids"]

@@ -165,16 +165,6 @@ def test_pre_and_post_rope_are_inverse() -> None:
         assert torch.allclose(back, k, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def llm():
-    return models.load_llm()
-
-
-@pytest.fixture(scope="module")
-def transform():
-    return models.load_kv_transform()
-
-
 def test_shipped_transform_is_for_the_shipped_llm(llm, transform) -> None:
     assert transform.llm_fingerprint == llm.fingerprint
     assert transform.layers == llm.model.config.num_hidden_layers
