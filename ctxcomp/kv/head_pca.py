@@ -13,7 +13,8 @@ Transform coding as KVTC does it, made cheap enough for 2 CPU cores:
   to w_t^-1/2 for attention weight w_t, which gives every token the same share of the
   attention-weighted squared error); without weights every level is 0;
 - the integer coefficients are entropy-coded component by component with the
-  "transform" codec's rANS coder and adaptive tables (ctxcomp.kv.transform).
+  "transform" codec's rANS coder and adaptive tables (ctxcomp.kv.transform), in its
+  interleaved form (two states per stream, which the CPU runs side by side).
 The inverse RoPE, the basis product and the rounding run in one numba kernel per
 layer's K or V, on every core; so do the product back and RoPE on decode.
 """
@@ -146,7 +147,7 @@ def encode(
         on_cores(lambda layer: _quantise(coefficients[layer], shifts[layer], plan.components[role, layer], scales,
                                          codes[role * layers + layer]), layers)
     started = _lap(timings, "transform_quantise", started)
-    coded = kv_transform.entropy_encode(codes)
+    coded = kv_transform.entropy_encode(codes, interleaved=True)
     _lap(timings, "entropy_code", started)
     return coded
 
@@ -160,7 +161,7 @@ def decode(
     started = time.perf_counter()
     layers, heads, _, dim = k.shape
     rows, tokens = plan.rows, plan.last - plan.first
-    codes = kv_transform.entropy_decode(coded, tokens, heads * rows, out_dtype=np.float32)
+    codes = kv_transform.entropy_decode(coded, tokens, heads * rows, out_dtype=np.float32, interleaved=True)
     started = _lap(timings, "entropy_code", started)
     steps = torch.from_numpy((step * 2.0 ** (plan.levels.astype(np.float32) / 2)).astype(np.float32))[:, None]
     coded_rows = torch.from_numpy(codes).view(2 * layers, heads, rows, tokens).transpose(-1, -2)  # [2L, H, T, R]

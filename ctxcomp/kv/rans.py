@@ -215,3 +215,120 @@ def decode_chunk(words, at, stop, chunk, tables, shifts, widths, starts, freqs, 
             else:
                 out[chunk, column, t] = symbol - width
     return 0 if (state == STATE_LOW and at == stop) else CORRUPT
+
+
+# Two interleaved states (Giesen's interleaved rANS): a row's even tokens go through state A and
+# its odd ones through state B, both writing into the one stream. Each state's arithmetic depends
+# only on itself, so the CPU overlaps the two chains; the stream starts with A's then B's flush.
+
+
+@numba.njit(**_JIT)
+def encode_chunk_interleaved(codes, chunk, tables, shifts, widths, coder, words):
+    """encode_chunk with two interleaved states (see above); the same contract."""
+    starts, freqs, bounds, reciprocals = coder
+    state_a, state_b, at, rows = _LOW, _LOW, len(words), codes.shape[1]
+    for column in range(rows - 1, -1, -1):
+        row = chunk * rows + column
+        table = tables[row]
+        if table < 0:
+            continue
+        if at < 3 * codes.shape[2] + 4:
+            return CORRUPT
+        shift, width = np.uint64(shifts[row]), np.int64(widths[table])
+        start, freq, bound, reciprocal = starts[table], freqs[table], bounds[table], reciprocals[table]
+        for t in range(codes.shape[2] - 1, -1, -1):
+            n = np.int64(codes[chunk, column, t])
+            coarse = n >> shift
+            escaped = coarse >= width or coarse <= -width
+            symbol = (2 * width if coarse >= width else 0) if escaped else coarse + width
+            if t & 1:
+                state_b, count, w0, w1, w2 = _push(state_b, n, coarse, escaped, shift, start[symbol], freq[symbol], bound[symbol], reciprocal[symbol])
+            else:
+                state_a, count, w0, w1, w2 = _push(state_a, n, coarse, escaped, shift, start[symbol], freq[symbol], bound[symbol], reciprocal[symbol])
+            if count > 0:
+                words[at - 1] = w0
+                if count > 1:
+                    words[at - 2] = w1
+                    if count > 2:
+                        words[at - 3] = w2
+                at -= count
+    if at < 4:
+        return CORRUPT
+    words[at - 1] = state_b & _MASK16
+    words[at - 2] = state_b >> _U16
+    words[at - 3] = state_a & _MASK16
+    words[at - 4] = state_a >> _U16
+    return at - 4
+
+
+@numba.njit(**_JIT)
+def _pull(state, next_word, slot, symbol, start, freq, shift, width, low_mask):
+    """One value of a row from its state, looked-up symbol and the stream's next three words
+    (next_word: the words at `at`, or -1 past the stream's end): (value, state, words used),
+    words used = CORRUPT when the stream runs out. Scalars only: see the note on helpers above."""
+    w0, w1, w2 = next_word
+    used = 0
+    state = freq * (state >> PRECISION) + slot - start
+    if state < STATE_LOW:
+        if w0 < 0:
+            return 0, state, CORRUPT
+        state = (state << 16) | w0
+        used = 1
+        w0, w1 = w1, w2
+    if symbol == 0 or symbol == 2 * width:  # escaped: n's 32 bits, the high half first
+        if w0 < 0 or w1 < 0:
+            return 0, state, CORRUPT
+        high, state = state & 0xFFFF, ((state >> 16) << 16) | w0
+        low, state = state & 0xFFFF, ((state >> 16) << 16) | w1
+        value = (high << 16) | low
+        return (value - (1 << 32) if value >= (1 << 31) else value), state, used + 2
+    if shift > 0:
+        low, state = state & low_mask, state >> shift
+        if state < STATE_LOW:
+            if w0 < 0:
+                return 0, state, CORRUPT
+            state = (state << 16) | w0
+            used += 1
+        return ((symbol - width) << shift) + low, state, used
+    return symbol - width, state, used
+
+
+@numba.njit(**_JIT)
+def _next_words(words, at, stop):
+    """The three words at `at` (-1 past `stop`), as scalars."""
+    return (np.int64(words[at]) if at < stop else -1, np.int64(words[at + 1]) if at + 1 < stop else -1,
+            np.int64(words[at + 2]) if at + 2 < stop else -1)
+
+
+@numba.njit(**_JIT)
+def decode_chunk_interleaved(words, at, stop, chunk, tables, shifts, widths, starts, freqs, lookup, out):
+    """decode_chunk of a stream encode_chunk_interleaved wrote. Returns 0, or CORRUPT."""
+    if stop - at < 4:
+        return CORRUPT
+    state_a = (np.int64(words[at]) << 16) | words[at + 1]
+    state_b = (np.int64(words[at + 2]) << 16) | words[at + 3]
+    at += 4
+    rows, length = out.shape[1], out.shape[2]
+    for column in range(rows):
+        row = chunk * rows + column
+        table = tables[row]
+        if table < 0:
+            out[chunk, column, :] = 0
+            continue
+        shift, width = np.int64(shifts[row]), np.int64(widths[table])
+        start, freq, table_lookup = starts[table], freqs[table], lookup[table]
+        low_mask = (1 << shift) - 1
+        for t in range(length):
+            if t & 1:
+                slot = state_b & _SLOT_MASK
+                symbol = np.int64(table_lookup[slot])
+                value, state_b, used = _pull(state_b, _next_words(words, at, stop), slot, symbol, start[symbol], freq[symbol], shift, width, low_mask)
+            else:
+                slot = state_a & _SLOT_MASK
+                symbol = np.int64(table_lookup[slot])
+                value, state_a, used = _pull(state_a, _next_words(words, at, stop), slot, symbol, start[symbol], freq[symbol], shift, width, low_mask)
+            if used == CORRUPT:
+                return CORRUPT
+            at += used
+            out[chunk, column, t] = value
+    return 0 if (state_a == STATE_LOW and state_b == STATE_LOW and at == stop) else CORRUPT

@@ -37,7 +37,8 @@ def _chunked(rows: np.ndarray, chunks: int) -> np.ndarray:
     return rows.reshape(chunks, -1, rows.shape[1])
 
 
-def test_entropy_coder_round_trip_with_zero_rows_outliers_wide_rows_and_both_families() -> None:
+@pytest.mark.parametrize("interleaved", [False, True], ids=["one state", "two interleaved states"])
+def test_entropy_coder_round_trip_with_zero_rows_outliers_wide_rows_and_both_families(interleaved) -> None:
     rng = np.random.default_rng(0)
     length = 300
     spiky = np.round(rng.normal(size=length) * 2).astype(np.int32)
@@ -53,17 +54,19 @@ def test_entropy_coder_round_trip_with_zero_rows_outliers_wide_rows_and_both_fam
         np.round(rng.laplace(size=length) * 5000).astype(np.int32),
     ])
     codes = _chunked(rows, 2)
-    coded = kv_transform.entropy_encode(codes)
+    coded = kv_transform.entropy_encode(codes, interleaved=interleaved)
     families = [-1 if t < 0 else 1 + t // transform_tables.GRID for t in coded.tables.tolist()]
     assert families[:5] == [-1, transform_tables.LAPLACE, transform_tables.GAUSSIAN, transform_tables.LAPLACE, transform_tables.GAUSSIAN]
     assert coded.shifts[2] > 0 and coded.shifts[7] > coded.shifts[2] and coded.shifts[1] == coded.shifts[3] == 0
     assert len(coded.chunk_ends) == 2 and coded.chunk_ends[-1] == len(coded.words)
-    assert (kv_transform.entropy_decode(coded, length, 4) == codes).all()
-    assert (kv_transform.entropy_decode(coded, length, 4, out_dtype=np.float32) == codes.astype(np.float32)).all()  # as reconstruct takes them
+    assert (kv_transform.entropy_decode(coded, length, 4, interleaved=interleaved) == codes).all()
+    assert (kv_transform.entropy_decode(coded, length, 4, out_dtype=np.float32, interleaved=interleaved)
+            == codes.astype(np.float32)).all()  # as reconstruct takes them
     # The zero row costs nothing; each modelled row is near its distribution's entropy (a discrete
     # Laplace of scale b: about log2(2 e b) bits), far under the 32 bits of raw int32.
     def bits_per_value(row: np.ndarray) -> float:
-        return (kv_transform.entropy_encode(_chunked(row[None], 1)).words.nbytes - 4) * 8 / length
+        flush = 8 if interleaved else 4  # each state's final 32 bits
+        return (kv_transform.entropy_encode(_chunked(row[None], 1), interleaved=interleaved).words.nbytes - flush) * 8 / length
 
     assert bits_per_value(rows[0]) == 0
     assert bits_per_value(rows[1]) < np.log2(2 * np.e * 3) + 0.5
@@ -72,11 +75,12 @@ def test_entropy_coder_round_trip_with_zero_rows_outliers_wide_rows_and_both_fam
 
 @settings(max_examples=60, deadline=None)
 @given(hnp.arrays(np.int32, st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(0, 40)),
-                  elements=st.one_of(st.integers(-4, 4), st.integers(-(2**31), 2**31 - 1))))
-def test_entropy_coder_round_trips_any_codes(codes) -> None:
-    """Any int32 values, including rows that do not compress at all (the encoder's retry with room for the worst case)."""
-    coded = kv_transform.entropy_encode(codes)
-    assert (kv_transform.entropy_decode(coded, codes.shape[2], codes.shape[1]) == codes).all()
+                  elements=st.one_of(st.integers(-4, 4), st.integers(-(2**31), 2**31 - 1))), st.booleans())
+def test_entropy_coder_round_trips_any_codes(codes, interleaved) -> None:
+    """Any int32 values, including rows that do not compress at all (the encoder's retry with room
+    for the worst case), odd and even row lengths, with one state or two."""
+    coded = kv_transform.entropy_encode(codes, interleaved=interleaved)
+    assert (kv_transform.entropy_decode(coded, codes.shape[2], codes.shape[1], interleaved=interleaved) == codes).all()
 
 
 @settings(max_examples=150, deadline=None)
@@ -88,7 +92,8 @@ def test_entropy_decoder_refuses_a_corrupt_payload_and_never_reads_outside_it(da
     checks every read, so nothing crashes."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     codes = np.round(rng.laplace(size=(2, 3, 50)) * rng.choice([0.3, 4, 300], size=(3, 1))).astype(np.int32)
-    coded = kv_transform.entropy_encode(codes)
+    interleaved = data.draw(st.booleans())
+    coded = kv_transform.entropy_encode(codes, interleaved=interleaved)
     words, ends = coded.words.copy(), coded.chunk_ends.copy()
     tables, shifts = coded.tables.copy(), coded.shifts.copy()
     change = data.draw(st.sampled_from(["cut", "word", "table", "shift", "ends"]))
@@ -106,7 +111,7 @@ def test_entropy_decoder_refuses_a_corrupt_payload_and_never_reads_outside_it(da
     unchanged = all(np.array_equal(a, b) for a, b in
                     ((words, coded.words), (ends, coded.chunk_ends), (tables, coded.tables), (shifts, coded.shifts)))
     try:
-        decoded = kv_transform.entropy_decode(altered, 50, 3)
+        decoded = kv_transform.entropy_decode(altered, 50, 3, interleaved=interleaved)
     except ValueError:
         assert not unchanged
         return
