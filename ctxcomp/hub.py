@@ -201,3 +201,8 @@ class ModelHub:
                 memo.clear()
             memo.update(zip(unseen, self.count_tokens(unseen)))
         return [memo[p] for p in pieces]
+
+    def forget_piece_counts(self) -> None:
+        """Drop the memo of count_piece_tokens, so the next text is counted as if never seen (benches
+        that time ctxcomp on new documents, as a user's are, clear it after warming up)."""
+        self._piece_counts.clear()

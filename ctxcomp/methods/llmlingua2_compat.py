@@ -29,6 +29,11 @@ _SPELLINGS: "weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], str]]" = weakr
 _SPELLING_MEMO_LIMIT = 200_000
 
 
+def forget_spellings() -> None:
+    """Drop the word-spelling memo of every tokenizer (see EncodedDocument.word_strings)."""
+    _SPELLINGS.clear()
+
+
 @dataclass(frozen=True)
 class EncodedDocument:
     words: TextSpans  # encoder words with their character offsets
