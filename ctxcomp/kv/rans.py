@@ -115,19 +115,20 @@ def _push(state, n, coarse, escaped, shift, start, freq, bound, reciprocal):
 
 
 @numba.njit(**_JIT)
-def encode_chunk(codes, chunk, tables, shifts, widths, coder, words):
+def encode_chunk(codes, chunk, tables, shifts, widths, coder, words, interleaved=False):
     """Code chunk `chunk` of codes [chunks, R, S] (its R rows, each over S tokens) into the end
     of words; returns where the stream starts, or CORRUPT when words may be too short (a row
     can take 3 S words: the caller retries with word_bound's). tables / shifts are per row,
-    chunk-major; coder is encoder_tables(freqs)."""
+    chunk-major; coder is encoder_tables(freqs). interleaved: two states (see below)."""
     starts, freqs, bounds, reciprocals = coder
-    state, at, rows = _LOW, len(words), codes.shape[1]
+    state_a, state_b, at, rows = _LOW, _LOW, len(words), codes.shape[1]
+    flush = 4 if interleaved else 2
     for column in range(rows - 1, -1, -1):
         row = chunk * rows + column
         table = tables[row]
         if table < 0:
             continue
-        if at < 3 * codes.shape[2] + 2:
+        if at < 3 * codes.shape[2] + flush:
             return CORRUPT
         shift, width = np.uint64(shifts[row]), np.int64(widths[table])
         start, freq, bound, reciprocal = starts[table], freqs[table], bounds[table], reciprocals[table]
@@ -136,7 +137,10 @@ def encode_chunk(codes, chunk, tables, shifts, widths, coder, words):
             coarse = n >> shift
             escaped = coarse >= width or coarse <= -width
             symbol = (2 * width if coarse >= width else 0) if escaped else coarse + width
-            state, count, w0, w1, w2 = _push(state, n, coarse, escaped, shift, start[symbol], freq[symbol], bound[symbol], reciprocal[symbol])
+            if interleaved and t & 1:
+                state_b, count, w0, w1, w2 = _push(state_b, n, coarse, escaped, shift, start[symbol], freq[symbol], bound[symbol], reciprocal[symbol])
+            else:
+                state_a, count, w0, w1, w2 = _push(state_a, n, coarse, escaped, shift, start[symbol], freq[symbol], bound[symbol], reciprocal[symbol])
             if count > 0:
                 words[at - 1] = w0
                 if count > 1:
@@ -144,10 +148,14 @@ def encode_chunk(codes, chunk, tables, shifts, widths, coder, words):
                     if count > 2:
                         words[at - 3] = w2
                 at -= count
-    if at < 2:
+    if at < flush:
         return CORRUPT
-    words[at - 1] = state & _MASK16
-    words[at - 2] = state >> _U16
+    if interleaved:  # the decoder reads A's state, then B's
+        words[at - 1] = state_b & _MASK16
+        words[at - 2] = state_b >> _U16
+        at -= 2
+    words[at - 1] = state_a & _MASK16
+    words[at - 2] = state_a >> _U16
     return at - 2
 
 
@@ -170,95 +178,9 @@ def word_bound(codes, chunk, tables, shifts, widths):
     return total
 
 
-@numba.njit(**_JIT)
-def decode_chunk(words, at, stop, chunk, tables, shifts, widths, starts, freqs, lookup, out):
-    """Decode chunk `chunk` of out [chunks, R, S] from words[at:stop]. Returns 0, or CORRUPT."""
-    if stop - at < 2:
-        return CORRUPT
-    state = (np.int64(words[at]) << 16) | words[at + 1]
-    at += 2
-    rows = out.shape[1]
-    for column in range(rows):
-        row = chunk * rows + column
-        table = tables[row]
-        if table < 0:
-            out[chunk, column, :] = 0
-            continue
-        shift, width = np.int64(shifts[row]), np.int64(widths[table])
-        start, freq, table_lookup = starts[table], freqs[table], lookup[table]
-        low_mask = (1 << shift) - 1
-        for t in range(out.shape[2]):
-            slot = state & _SLOT_MASK
-            symbol = np.int64(table_lookup[slot])
-            state = freq[symbol] * (state >> PRECISION) + slot - start[symbol]
-            if state < STATE_LOW:
-                if at >= stop:
-                    return CORRUPT
-                state = (state << 16) | words[at]
-                at += 1
-            if symbol == 0 or symbol == 2 * width:  # escaped: n's 32 bits, the high half first
-                if at + 2 > stop:
-                    return CORRUPT
-                high, state = state & 0xFFFF, ((state >> 16) << 16) | words[at]
-                low, state = state & 0xFFFF, ((state >> 16) << 16) | words[at + 1]
-                at += 2
-                value = (high << 16) | low
-                out[chunk, column, t] = value - (1 << 32) if value >= (1 << 31) else value
-            elif shift > 0:
-                low, state = state & low_mask, state >> shift
-                if state < STATE_LOW:
-                    if at >= stop:
-                        return CORRUPT
-                    state = (state << 16) | words[at]
-                    at += 1
-                out[chunk, column, t] = ((symbol - width) << shift) + low
-            else:
-                out[chunk, column, t] = symbol - width
-    return 0 if (state == STATE_LOW and at == stop) else CORRUPT
-
-
-# Two interleaved states (Giesen's interleaved rANS): a row's even tokens go through state A and
-# its odd ones through state B, both writing into the one stream. Each state's arithmetic depends
-# only on itself, so the CPU overlaps the two chains; the stream starts with A's then B's flush.
-
-
-@numba.njit(**_JIT)
-def encode_chunk_interleaved(codes, chunk, tables, shifts, widths, coder, words):
-    """encode_chunk with two interleaved states (see above); the same contract."""
-    starts, freqs, bounds, reciprocals = coder
-    state_a, state_b, at, rows = _LOW, _LOW, len(words), codes.shape[1]
-    for column in range(rows - 1, -1, -1):
-        row = chunk * rows + column
-        table = tables[row]
-        if table < 0:
-            continue
-        if at < 3 * codes.shape[2] + 4:
-            return CORRUPT
-        shift, width = np.uint64(shifts[row]), np.int64(widths[table])
-        start, freq, bound, reciprocal = starts[table], freqs[table], bounds[table], reciprocals[table]
-        for t in range(codes.shape[2] - 1, -1, -1):
-            n = np.int64(codes[chunk, column, t])
-            coarse = n >> shift
-            escaped = coarse >= width or coarse <= -width
-            symbol = (2 * width if coarse >= width else 0) if escaped else coarse + width
-            if t & 1:
-                state_b, count, w0, w1, w2 = _push(state_b, n, coarse, escaped, shift, start[symbol], freq[symbol], bound[symbol], reciprocal[symbol])
-            else:
-                state_a, count, w0, w1, w2 = _push(state_a, n, coarse, escaped, shift, start[symbol], freq[symbol], bound[symbol], reciprocal[symbol])
-            if count > 0:
-                words[at - 1] = w0
-                if count > 1:
-                    words[at - 2] = w1
-                    if count > 2:
-                        words[at - 3] = w2
-                at -= count
-    if at < 4:
-        return CORRUPT
-    words[at - 1] = state_b & _MASK16
-    words[at - 2] = state_b >> _U16
-    words[at - 3] = state_a & _MASK16
-    words[at - 4] = state_a >> _U16
-    return at - 4
+# Interleaved (Giesen's interleaved rANS): a row's even tokens go through state A and its odd ones
+# through state B, both writing into the one stream. Each state's arithmetic depends only on
+# itself, so the CPU overlaps the two chains; the stream starts with A's then B's flush.
 
 
 @numba.njit(**_JIT)
@@ -301,13 +223,15 @@ def _next_words(words, at, stop):
 
 
 @numba.njit(**_JIT)
-def decode_chunk_interleaved(words, at, stop, chunk, tables, shifts, widths, starts, freqs, lookup, out):
-    """decode_chunk of a stream encode_chunk_interleaved wrote. Returns 0, or CORRUPT."""
-    if stop - at < 4:
+def decode_chunk(words, at, stop, chunk, tables, shifts, widths, starts, freqs, lookup, out, interleaved=False):
+    """Decode chunk `chunk` of out [chunks, R, S] from words[at:stop], as encode_chunk wrote it with the
+    same `interleaved`. Returns 0, or CORRUPT."""
+    flush = 4 if interleaved else 2
+    if stop - at < flush:
         return CORRUPT
     state_a = (np.int64(words[at]) << 16) | words[at + 1]
-    state_b = (np.int64(words[at + 2]) << 16) | words[at + 3]
-    at += 4
+    state_b = (np.int64(words[at + 2]) << 16) | words[at + 3] if interleaved else STATE_LOW
+    at += flush
     rows, length = out.shape[1], out.shape[2]
     for column in range(rows):
         row = chunk * rows + column
@@ -319,7 +243,7 @@ def decode_chunk_interleaved(words, at, stop, chunk, tables, shifts, widths, sta
         start, freq, table_lookup = starts[table], freqs[table], lookup[table]
         low_mask = (1 << shift) - 1
         for t in range(length):
-            if t & 1:
+            if interleaved and t & 1:
                 slot = state_b & _SLOT_MASK
                 symbol = np.int64(table_lookup[slot])
                 value, state_b, used = _pull(state_b, _next_words(words, at, stop), slot, symbol, start[symbol], freq[symbol], shift, width, low_mask)

@@ -102,23 +102,22 @@ class CodedComponents:
 
 def entropy_encode(codes: np.ndarray, interleaved: bool = False) -> CodedComponents:
     """codes [chunks, R, S] int32 (R rows of S values per chunk; a chunk is one layer's K or V)
-    -> rANS words, one stream per chunk; `interleaved`: with two states (rans.encode_chunk_interleaved),
+    -> rANS words, one stream per chunk; `interleaved`: with two states (rans.encode_chunk),
     faster, and read only by entropy_decode(interleaved=True)."""
     from ctxcomp.kv import rans, transform_tables
 
     codes = np.ascontiguousarray(codes, dtype=np.int32)
     table_set, (chunks, width, length) = transform_tables.table_set(), codes.shape
     tables, shifts = np.zeros(chunks * width, dtype=np.int16), np.zeros(chunks * width, dtype=np.uint8)
-    code = rans.encode_chunk_interleaved if interleaved else rans.encode_chunk
 
     def encode(chunk: int) -> np.ndarray:
         transform_tables.fit_chunk(codes, chunk, tables, shifts)
         coded_rows = int((tables[chunk * width : (chunk + 1) * width] >= 0).sum())
         words = np.empty(coded_rows * length // 2 + 3 * length + 2, dtype=np.uint16)  # room for 8 bits a value
-        start = code(codes, chunk, tables, shifts, table_set.widths, table_set.coder, words)
+        start = rans.encode_chunk(codes, chunk, tables, shifts, table_set.widths, table_set.coder, words, interleaved)
         if start == rans.CORRUPT:  # a chunk that does not compress: room for the worst case
             words = np.empty(rans.word_bound(codes, chunk, tables, shifts, table_set.widths) + 3 * length + 2, dtype=np.uint16)
-            start = code(codes, chunk, tables, shifts, table_set.widths, table_set.coder, words)
+            start = rans.encode_chunk(codes, chunk, tables, shifts, table_set.widths, table_set.coder, words, interleaved)
         return words[start:]
 
     streams = on_cores(encode, chunks)
@@ -146,10 +145,9 @@ def entropy_decode(coded: CodedComponents, length: int, width: int, out_dtype=np
         raise ValueError("transform codec: chunk ends are not in order or do not end with the words")
     out = np.empty((chunks, width, length), dtype=out_dtype)
     words, tables, shifts = np.ascontiguousarray(coded.words, dtype=np.uint16), coded.tables.astype(np.int16), coded.shifts.astype(np.uint8)
-    decode = rans.decode_chunk_interleaved if interleaved else rans.decode_chunk
     statuses = on_cores(
-        lambda chunk: decode(words, int(starts[chunk]), int(ends[chunk]), chunk, tables, shifts, table_set.widths,
-                                        table_set.starts, table_set.freqs, table_set.lookup, out),
+        lambda chunk: rans.decode_chunk(words, int(starts[chunk]), int(ends[chunk]), chunk, tables, shifts, table_set.widths,
+                                        table_set.starts, table_set.freqs, table_set.lookup, out, interleaved),
         chunks,
     )
     if any(status != 0 for status in statuses):

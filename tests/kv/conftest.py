@@ -53,3 +53,4 @@ def transform() -> Any:
     from ctxcomp import models
 
     return models.load_kv_transform()
+

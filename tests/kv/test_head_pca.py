@@ -17,6 +17,7 @@ from ctxcomp.kernels.attention import Rope
 from ctxcomp.kv import blob, head_pca
 from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
 from ctxcomp.kv.prefill import ATTENTION_QUERIES, prefill, received_attention
+from tests.kv.next_token import next_token_logits
 
 
 def test_shipped_bases_invert_and_are_ordered(transform) -> None:
@@ -82,11 +83,8 @@ def test_headpca_blob_is_smaller_than_transform_and_keeps_the_next_token(llm, tr
         assert meta.sink_tokens == 4 and meta.quant_step == transform.heads.step
         raw_fp16 = sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
         assert raw_fp16 / len(data) > raw_fp16 / len(blob_from_prefill(result, llm, ids[0].tolist(), codec="transform"))
-        qids = tok(f"\nQuestion: {para.questions[0].text}\nAnswer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
-        want = llm.model(torch.cat([ids, qids], 1)).logits[0, -1]
-        cache, _ = cache_from_blob(data, llm)
-        positions = torch.arange(ids.shape[1], ids.shape[1] + qids.shape[1])[None]
-        got = llm.model(qids, past_key_values=cache, position_ids=positions).logits[0, -1]
+        want = next_token_logits(llm, ids, para.questions[0].text, None)
+        got = next_token_logits(llm, ids, para.questions[0].text, data)
         assert got.argmax() == want.argmax()
         # Sinks exact (fp16), the rest within what the step allows in each head's basis.
         k, _, _ = blob.decode(data, expect_fingerprint=llm.fingerprint, transform=transform)

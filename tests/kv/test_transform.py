@@ -28,6 +28,7 @@ from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
 from ctxcomp.kernels.attention import Rope
 from ctxcomp.kv.prefill import prefill
 from ctxcomp.models import kv_transform as transform_files
+from tests.kv.next_token import next_token_logits
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # training/ runs from the checkout root
 
@@ -188,11 +189,8 @@ def test_transform_blob_is_small_and_keeps_the_next_token(llm, transform, squad_
         assert meta.codec == "transform" and meta.k_rope == "pre" and meta.transform_sha256 == transform.digest
         raw_fp16 = sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
         assert raw_fp16 / len(data) > 3.5
-        qids = tok(f"\nQuestion: {para.questions[0].text}\nAnswer:", return_tensors="pt", add_special_tokens=False)["input_ids"]
-        want = llm.model(torch.cat([ids, qids], 1)).logits[0, -1]
-        cache, _ = cache_from_blob(data, llm)
-        positions = torch.arange(ids.shape[1], ids.shape[1] + qids.shape[1])[None]
-        got = llm.model(qids, past_key_values=cache, position_ids=positions).logits[0, -1]
+        want = next_token_logits(llm, ids, para.questions[0].text, None)
+        got = next_token_logits(llm, ids, para.questions[0].text, data)
         assert got.argmax() == want.argmax()
         assert (got - want).abs().max() < 0.6  # int4 on the same paragraphs: ~1.3
 
