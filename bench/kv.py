@@ -269,7 +269,7 @@ def report(path) -> str:
             if "encode_transform_quantise_ms" in x:
                 out += ["", f"headpca by part, ms (encode / decode): transform + quantise {x['encode_transform_quantise_ms']} / "
                         f"{x['decode_transform_quantise_ms']}, entropy code {x['encode_entropy_code_ms']} / {x['decode_entropy_code_ms']}, "
-                        f"the rest (safetensors, checksum, sinks) {x['encode_rest_ms']} / {x['decode_rest_ms']}; "
+                        f"the rest (stacking the layers, safetensors, checksum, sinks) {x['encode_rest_ms']} / {x['decode_rest_ms']}; "
                         f"{x['coded_components_per_head']} of 64 components coded per head on average."]
         out.append("")
     for x in lines:

@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-tokens", type=int, help="token budget per record")
     p.add_argument("--options", help="method options as a JSON object")
     p.add_argument("--kv-store", help="also store each record's KV blob here (file:///path or redis://...)")
-    p.add_argument("--kv-codec", default="fp16", help="fp16, bf16, int8, int4 or transform")
+    p.add_argument("--kv-codec", default="fp16", help="fp16, bf16, int8, int4, transform or headpca")
     p.add_argument("--embeddings", action="store_true", help="embed compressed texts and build a faiss index")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--batch-size", type=int, default=64, help="records per batch")

@@ -48,7 +48,7 @@ class CompressRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     return_kv: bool = False
     return_word_labels: bool = False
-    kv_codec: str = ""  # with return_kv: fp16 (default), bf16, int8, int4, transform
+    kv_codec: str = ""  # with return_kv: fp16 (default), bf16, int8, int4, transform, headpca (ctxcomp.kv.blob.CODECS)
     kv_model: str = ""  # with return_kv: fingerprint or id of the model; empty = the server's
     kv_best_effort: bool = False  # with return_kv: a KV store outage gives the text without a blob, not an error
     order: str = "original"  # documents' order in the result: original, relevance, edges (see ORDERS)
