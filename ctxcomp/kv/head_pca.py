@@ -7,7 +7,7 @@ Transform coding as KVTC does it, made cheap enough for 2 CPU cores:
   calibrated once in the model's Fisher metric (ctxcomp/models/kv_transform.py,
   HeadBases): D*D multiply-adds per head and token, where a basis across all heads
   costs (H*D)^2. Components whose calibrated spread is far below the finest step are
-  never computed or coded;
+  not coded, and not computed past the most any head codes;
 - coefficients are rounded with one step, scaled per token by a half-octave level:
   a token the context's queries attend to more gets a finer step (step_t proportional
   to w_t^-1/2 for attention weight w_t, which gives every token the same share of the
@@ -15,8 +15,8 @@ Transform coding as KVTC does it, made cheap enough for 2 CPU cores:
 - the integer coefficients are entropy-coded component by component with the
   "transform" codec's rANS coder and adaptive tables (ctxcomp.kv.transform), in its
   interleaved form (two states per stream, which the CPU runs side by side).
-The inverse RoPE, the basis product and the rounding run in one numba kernel per
-layer's K or V, on every core; so do the product back and RoPE on decode.
+The basis products are batched matrix products (torch, MKL); RoPE in either direction and
+the rounding are numba kernels run per layer on every core.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def decode(
     """Writes the coded tokens plan.first..plan.last of K (after RoPE) and V [L, H, S, D] fp32.
     Raises ValueError on a payload that does not decode."""
     started = time.perf_counter()
-    layers, heads, _, dim = k.shape
+    layers, heads = k.shape[:2]
     rows, tokens = plan.rows, plan.last - plan.first
     codes = kv_transform.entropy_decode(coded, tokens, heads * rows, out_dtype=np.float32, interleaved=True)
     started = _lap(timings, "entropy_code", started)

@@ -30,7 +30,7 @@ class PrefillResult:
     last_logits: torch.Tensor  # [B, V] at the last position
     rope: Rope  # the RoPE K was rotated with (its start_pos is the context's first position)
     backend: str
-    attention: torch.Tensor | None = None  # [S]: mean attention each token receives (attention_queries > 0)
+    attention: torch.Tensor | None = None  # [S]: mean attention each token receives, batch row 0 (attention_queries > 0)
 
     @property
     def start_pos(self) -> int:
