@@ -181,6 +181,9 @@ def word_bound(codes, chunk, tables, shifts, widths):
 # Interleaved (Giesen's interleaved rANS): a row's even tokens go through state A and its odd ones
 # through state B, both writing into the one stream. Each state's arithmetic depends only on
 # itself, so the CPU overlaps the two chains; the stream starts with A's then B's flush.
+# The coders spell out one branch per state: selecting the state into one variable and writing it
+# back ties the chains together again (the interleaved encoder then ran 47 ms instead of 35 on
+# 11.8M values here).
 
 
 @numba.njit(**_JIT)
