@@ -12,8 +12,8 @@ transform was calibrated on the train articles and its step chosen on dev with
              (--repeats), median with min and max
   size       blob bytes for every codec (zstd 3) vs raw fp16 K/V
   codec      encode / decode throughput in GB/s of raw fp16 K/V (median of --repeats); for
-             headpca also its parts: transform + quantise (one kernel), entropy code, and
-             the rest (safetensors, checksum)
+             headpca also its parts: transform + quantise, entropy code, and the rest
+             (stacking the layers, safetensors, checksum)
   agreement  per codec, next-token top-1 agreement with full prefill on two questions
              per paragraph, with a bootstrap 95% interval, the mean |logit diff| max,
              the size ratio on those (short, ~150-token) paragraphs, and the full
@@ -121,9 +121,9 @@ def ttft_and_codecs(emit, llm, paragraphs, transform, lengths: list[int], repeat
         data = blob_from_prefill(prefill(llm.model, ids), llm, ids[0].tolist(), codec="fp16")
         blob_logits, blob_s = timed(lambda: next_token_from_blob(llm, data, question, length), repeats)
         emit({"bench": "ttft", "context_tokens": length, "full_prefill_s": spread(full_s),
-                          "with_blob_s": spread(blob_s), "speedup": round(statistics.median(full_s) / statistics.median(blob_s), 1),
-                          "same_top1": bool(full_logits.argmax() == blob_logits.argmax()),
-                          "max_abs_logit_diff": round(float((full_logits - blob_logits).abs().max()), 5)})
+              "with_blob_s": spread(blob_s), "speedup": round(statistics.median(full_s) / statistics.median(blob_s), 1),
+              "same_top1": bool(full_logits.argmax() == blob_logits.argmax()),
+              "max_abs_logit_diff": round(float((full_logits - blob_logits).abs().max()), 5)})
         if length == 2048:
             sizes_and_codecs(emit, llm, ids, transform, repeats)
 
@@ -133,8 +133,8 @@ def sizes_and_codecs(emit, llm, ids: torch.Tensor, transform, repeats: int) -> N
     raw = sum(k.numel() + v.numel() for k, v in zip(result.keys, result.values)) * 2
     sizes = {c: len(blob_from_prefill(result, llm, ids[0].tolist(), codec=c, zstd_level=3)) for c in CODECS}
     emit({"bench": "size", "context_tokens": ids.shape[1], "raw_fp16_bytes": raw,
-                      **{f"{c}_bytes": n for c, n in sizes.items()},
-                      **{f"{c}_vs_fp16": round(raw / n, 2) for c, n in sizes.items()}})
+          **{f"{c}_bytes": n for c, n in sizes.items()},
+          **{f"{c}_vs_fp16": round(raw / n, 2) for c, n in sizes.items()}})
     for codec in CODECS:
         meta = blob.BlobMeta(llm.fingerprint, "m", len(result.keys), result.keys[0].shape[1], result.keys[0].shape[3],
                              ids.shape[1], blob.token_ids_digest(ids[0].tolist()), 0, 0.0, **blob.rope_fields(result.rope))
@@ -151,12 +151,10 @@ def sizes_and_codecs(emit, llm, ids: torch.Tensor, transform, repeats: int) -> N
 
 def head_pca_parts(result, bases, meta, repeats: int, encode_s: float, decode_s: float) -> dict:
     """The headpca codec's time by part (median ms of `repeats` runs of each part alone): transform +
-    quantise (one fused kernel), entropy coding, and the rest of the whole blob's time."""
+    quantise (basis products, RoPE, rounding), entropy coding, and the rest of the whole blob's time."""
     k = torch.stack([x[0] for x in result.keys])
     v = torch.stack([x[0] for x in result.values])
-    first = blob.SINK_TOKENS
-    levels = head_pca.token_levels(result.attention[first:], k.shape[2] - first)
-    plan = head_pca.Plan(first, k.shape[2], levels, head_pca.coded_components(bases, bases.step, levels))
+    plan = head_pca.plan(bases, bases.step, blob.SINK_TOKENS, k.shape[2], result.attention)
     rope = blob.meta_rope(meta)
     parts: dict[str, list[float]] = {}
     for _ in range(repeats):
@@ -200,9 +198,9 @@ def agreement(emit, llm, paragraphs, variants: dict, count: int) -> None:
                 margins[name].append(round(float(top2[0] - top2[1]), 3))
     for name in variants:
         emit({"bench": "agreement", "codec": name, "questions": len(pairs),
-                          "top1": round(sum(hits[name]) / len(pairs), 4), "interval95": bootstrap_interval(hits[name]),
-                          "mean_max_abs_logit_diff": round(sum(diffs[name]) / len(pairs), 4),
-                          "vs_fp16": round(raw / sizes[name], 2), "top2_margins_of_misses": margins[name]})
+              "top1": round(sum(hits[name]) / len(pairs), 4), "interval95": bootstrap_interval(hits[name]),
+              "mean_max_abs_logit_diff": round(sum(diffs[name]) / len(pairs), 4),
+              "vs_fp16": round(raw / sizes[name], 2), "top2_margins_of_misses": margins[name]})
 
 
 @torch.inference_mode()
@@ -236,8 +234,8 @@ def reuse_agreement(emit, llm, paragraphs, count: int) -> None:
             hits[ratio].append(int(got == want))
     for ratio in ratios:
         emit({"bench": "non_prefix_reuse", "requests": len(groups), "documents_per_request": 3,
-                          "recompute": ratio, "top1_agreement": round(sum(hits[ratio]) / len(groups), 4),
-                          "interval95": bootstrap_interval(hits[ratio])})
+              "recompute": ratio, "top1_agreement": round(sum(hits[ratio]) / len(groups), 4),
+              "interval95": bootstrap_interval(hits[ratio])})
 
 
 def report(path) -> str:

@@ -442,12 +442,11 @@ def _encode_head_pca(
         raise ValueError(str(err).removeprefix("KV blob: ")) from err
     first = _sinks(meta)
     last = max(first, meta.tokens - meta.recent_tokens)
-    levels = head_pca.token_levels(None if attention is None else attention[first:last], last - first)
-    plan = head_pca.Plan(first, last, levels, head_pca.coded_components(bases, bases.step, levels))
+    plan = head_pca.plan(bases, bases.step, first, last, attention)
     coded = head_pca.encode(k, v, meta_rope(meta), bases, bases.step, plan)
     tensors = {
         **_coded_tensors(coded),
-        "token_levels": torch.from_numpy(levels.copy()),
+        "token_levels": torch.from_numpy(plan.levels.copy()),
         "components": torch.from_numpy(plan.components.copy()),
         "k_sink": k[:, :, :first].half().contiguous(), "v_sink": v[:, :, :first].half().contiguous(),
         "k_recent": k[:, :, last:].half().contiguous(), "v_recent": v[:, :, last:].half().contiguous(),

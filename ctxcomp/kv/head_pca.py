@@ -56,6 +56,13 @@ class Plan:
         return int(self.components.max()) if self.components.size else 0
 
 
+def plan(bases: HeadBases, step: float, first: int, last: int, attention: torch.Tensor | None) -> Plan:
+    """The plan of a blob whose tokens first..last are coded with `step`, their levels from the
+    attention [S] each token of the whole context receives (None: one step for all)."""
+    levels = token_levels(None if attention is None else attention[first:last], last - first)
+    return Plan(first, last, levels, coded_components(bases, step, levels))
+
+
 def token_levels(weights: torch.Tensor | None, tokens: int) -> np.ndarray:
     """Half-octave step levels [tokens] int8 from attention weights [tokens] (mean attention each token
     receives): level = round(log2(mean / w)), so step_t ~ w_t^-1/2; zeros without weights."""

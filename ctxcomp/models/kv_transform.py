@@ -51,10 +51,6 @@ class HeadBases:
     step: float  # the default quantization step
     digest: str = ""  # SHA-256 of head_pca.safetensors: blobs name the bases they were coded with
 
-    @property
-    def heads(self) -> int:
-        return self.key_matrix.shape[1]
-
     @cached_property
     def key_inverse(self) -> torch.Tensor:
         return inverse_per_layer(self.key_matrix.flatten(0, 1)).view_as(self.key_matrix)
