@@ -151,16 +151,16 @@ def main() -> None:
     }
     if args.heads_only:
         meta = {**json.loads((args.out / "config.json").read_text()), "head_step": args.head_step}
+        if meta["llm_fingerprint"] != llm.fingerprint:
+            raise SystemExit(f"{args.out} is calibrated for another LLM ({meta['llm_id']}); calibrate it whole, without --heads-only")
+        meta["head_seconds"] = round(time.perf_counter() - started, 1)
+        (args.out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     else:
         key_matrix, key_offset = fit(keys, fisher_k, args.eps)
         value_matrix, value_offset = fit(values, fisher_v, args.eps)
         meta = {"llm_fingerprint": llm.fingerprint, "llm_id": llm.path.name, "step": args.step, "head_step": args.head_step,
-                **calibration}
+                **calibration, "seconds": round(time.perf_counter() - started, 1)}
         kv_transform.save(key_matrix, key_offset, value_matrix, value_offset, meta, args.out)
-    if meta["llm_fingerprint"] != llm.fingerprint:
-        raise SystemExit(f"{args.out} is calibrated for another LLM ({meta['llm_id']}); calibrate it whole, without --heads-only")
-    meta["head_seconds" if args.heads_only else "seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     kv_transform.save_heads(bases, args.out)
     print(json.dumps({"saved": str(args.out), **meta}))
 
