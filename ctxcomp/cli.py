@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import warnings
 
 from ctxcomp.method import describe_options
@@ -22,7 +23,7 @@ from typing import Any, Iterable, TextIO
 from ctxcomp import methods, models, wire
 from ctxcomp.errors import CtxcompError, InvalidRequest
 from ctxcomp.models import precision as encoder_precision
-from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document
+from ctxcomp.types import CompressRequest, CompressResult, Document, field_default, request_fields
 
 DEMO_RATE = 0.4  # `make demo` keeps 40% of the sample's tokens
 
@@ -92,10 +93,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         method=args.method or "",
         rate=args.rate,
         target_tokens=args.target_tokens,
-        options=parse_options(args.option),
-        return_word_labels=args.word_labels,
-        order=args.order,
-        html_output=args.html_output,
+        options=parse_options(args.options),
+        **{name: getattr(args, name) for name in declared_flag_fields()},
     )
     if args.server:
         from ctxcomp.client import CtxcompClient
@@ -331,6 +330,33 @@ def share_arg(value: str) -> float:
     return share
 
 
+# Request fields whose `ctxcomp compress` flags are written by hand (their values are read or
+# parsed specially); every other field the CLI offers gets its flag from its declaration.
+HAND_WRITTEN_FLAGS = ("query", "method", "rate", "target_tokens", "options", "llm")
+
+
+def declared_flag_fields() -> tuple[str, ...]:
+    return tuple(
+        spec_field.name for spec_field, spec in request_fields()
+        if spec.on_wire and not spec.not_on_cli and spec_field.name not in HAND_WRITTEN_FLAGS
+    )
+
+
+def add_request_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per declared request field (help, choices, default from ctxcomp.types)."""
+    hints = typing.get_type_hints(CompressRequest)
+    specs = {spec_field.name: (spec_field, spec) for spec_field, spec in request_fields()}
+    for name in declared_flag_fields():
+        spec_field, spec = specs[name]
+        flag = "--" + (spec.flag or name.replace("_", "-"))
+        kind = hints[name]
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action="store_true", help=spec.help)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, choices=spec.choices or None,
+                                default=field_default(spec_field), help=spec.help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxcomp", description="Context compression for RAG.")
     parser.add_argument("--log-level", choices=["debug", "info", "warning"], default="info",
@@ -344,12 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--rate", type=float, help="kept share of tokens, in (0, 1]")
     target.add_argument("--target-tokens", type=int, help="token budget over all documents")
-    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="method option (repeatable)")
-    p.add_argument("--order", choices=ORDERS, default="original",
-                   help="documents' order in the result: as sent, most relevant first, or most relevant at both ends")
-    p.add_argument("--word-labels", action="store_true", help="include per-word scores and decisions")
-    p.add_argument("--html-output", action="store_true",
-                   help='documents with "format": "html" come back as simplified HTML, not text')
+    p.add_argument("--option", action="append", default=[], dest="options", metavar="NAME=VALUE",
+                   help="method option (repeatable)")
+    add_request_flags(p)
     p.add_argument("--server", help="host:port of a running ctxcomp server (default: compress in-process)")
     p.add_argument("--llm", help="count the budget and tokens in your LLM's tokenizer: in-process a HF id, folder or "
                                  ".gguf file; with --server the name the server loaded it under (--llm-tokenizer)")

@@ -9,6 +9,7 @@ details(), for callers that handle gRPC errors as such.
 from __future__ import annotations
 
 import functools
+import inspect
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -19,7 +20,7 @@ from ctxcomp import wire
 from ctxcomp.errors import (
     CtxcompError, DeadlineExceeded, InvalidRequest, NotAvailable, Overloaded, Unauthenticated, Unavailable, split_field,
 )
-from ctxcomp.types import CompressRequest, CompressResult, Document, Message
+from ctxcomp.types import CompressRequest, CompressResult, Document, Message, field_default, request_fields
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
 
@@ -31,44 +32,43 @@ def as_documents(documents: Sequence[Document | str]) -> tuple[Document, ...]:
     return tuple(d if isinstance(d, Document) else Document(str(i), d) for i, d in enumerate(documents))
 
 
-def build_request(
-    query: str,
-    documents: Sequence[Document | str],
-    *,
-    method: str = "",
-    rate: float | None = None,
-    target_tokens: int | None = None,
-    options: Mapping[str, Any] | None = None,
-    return_word_labels: bool = False,
-    return_kv: bool = False,
-    kv_codec: str = "",
-    kv_model: str = "",
-    kv_best_effort: bool = False,
-    order: str = "original",
-    html_output: bool = False,
-    messages: Sequence[Message | tuple[str, str]] = (),
-    verbatim_turns: int = 1,
-    history_mode: str = "relevance",
-    cache_salt: str = "",
-    llm: str = "",
-) -> pb.CompressRequest:
-    """return_kv on a server with a KV store: the blob stays there and result.kv_keys names it
-    (compress_with_kv streams the bytes instead); kv_model, when set, must name the server's
-    LLM (its fingerprint or id), so a blob never comes from a model the caller did not expect. kv_best_effort: if that store is down, the
-    text comes back without a blob and result.note says so, instead of UNAVAILABLE.
-    order: "original", "relevance" or "edges" (ctxcomp.types.ORDERS). html_output: documents
-    sent with format="html" come back as simplified HTML. messages: a conversation, oldest first,
-    as Message or (role, content); the latest user message is the query when `query` is empty
-    (ctxcomp.conversation). cache_salt: stored KV is shared only by requests with the same salt
-    (and, on a server with tenants, of the same tenant). llm: the name of a tokenizer the server
-    loaded (`ctxcomp serve --llm-tokenizer NAME=ID`): the budget and tokens_* count in it."""
-    fields = dict(locals())  # exactly the parameters: one per CompressRequest field (tests/test_request_fields.py)
+def build_request(query: str, documents: Sequence[Document | str], **fields: Any) -> pb.CompressRequest:
+    """A CompressRequest message. The keywords are CompressRequest's fields, each with the help
+    its declaration gives (listed below, and in `inspect.signature(build_request)`).
+    `documents` may be plain strings (their position is their id), `messages` (role, content)
+    pairs. return_kv on a server with a KV store keeps the blob there and result.kv_keys names
+    it (compress_with_kv streams the bytes instead)."""
+    unknown = sorted(set(fields) - set(_KEYWORDS))
+    if unknown:
+        raise TypeError(f"build_request() got unexpected keyword arguments {unknown}; it takes {', '.join(_KEYWORDS)}")
     fields.update(
-        documents=as_documents(documents), options=dict(options or {}),
-        messages=tuple(m if isinstance(m, Message) else Message(*m) for m in messages),
+        documents=as_documents(documents), options=dict(fields.get("options") or {}),
+        messages=tuple(m if isinstance(m, Message) else Message(*m) for m in fields.get("messages", ())),
     )
-    request = CompressRequest(**fields)
-    return wire.request_to_proto(request)
+    return wire.request_to_proto(CompressRequest(query=query, **fields))
+
+
+def _keywords() -> dict[str, inspect.Parameter]:
+    """build_request's keywords: every field a client sends, with its declared default."""
+    out = {}
+    for spec_field, spec in request_fields():
+        if spec.on_wire and spec_field.name not in ("query", "documents"):
+            out[spec_field.name] = inspect.Parameter(
+                spec_field.name, inspect.Parameter.KEYWORD_ONLY, default=field_default(spec_field),
+                annotation=spec_field.type,
+            )
+    return out
+
+
+_KEYWORDS = _keywords()
+build_request.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("query", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str"),
+    inspect.Parameter("documents", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Sequence[Document | str]"),
+    *_KEYWORDS.values(),
+], return_annotation="pb.CompressRequest")
+build_request.__doc__ += "\n\n" + "\n".join(  # type: ignore[operator]
+    f"    {spec_field.name}: {spec.help}" for spec_field, spec in request_fields() if spec_field.name in _KEYWORDS
+)
 
 
 def build_inputs_embeds(llm: Any, prompt: str, soft: Any, placeholder: str = "<xRAG>") -> Any:

@@ -30,7 +30,6 @@ from ctxcomp.errors import InvalidRequest, quoted
 from ctxcomp.types import CompressRequest, Document, DocumentResult, MessageResult, Span
 
 ROLES = ("system", "user", "assistant")
-HISTORY_MODES = ("relevance", "stable")
 _MESSAGE_ID = "\0messages[{}]"
 
 
@@ -57,10 +56,6 @@ def check(request: CompressRequest, max_messages: int, max_chars: int) -> None:
             raise InvalidRequest(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {quoted(message.role)}")
         if len(message.content) > max_chars:
             raise InvalidRequest(f"messages[{i}].content", f"{len(message.content)} characters, limit is {max_chars}")
-    if request.verbatim_turns < 0:
-        raise InvalidRequest("verbatim_turns", f"must not be negative, got {request.verbatim_turns}")
-    if request.history_mode not in HISTORY_MODES:
-        raise InvalidRequest("history_mode", f"must be one of {', '.join(HISTORY_MODES)}, got {quoted(request.history_mode)}")
     if not request.query.strip() and latest_user(request) is None:
         raise InvalidRequest("messages", "needs a user message (the query) when query is empty")
 

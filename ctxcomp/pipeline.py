@@ -25,7 +25,7 @@ from ctxcomp import conversation, html_stage, methods, relevance
 from ctxcomp.errors import CtxcompError, InvalidRequest, StoreUnavailable, did_you_mean, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.method import Method, MethodItem, MethodOutput, describe_options
-from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document
+from ctxcomp.types import ORDERS, CompressRequest, CompressResult, Document, check_fields
 
 if TYPE_CHECKING:
     from ctxcomp.kv.stage import KvBlob, KvTarget
@@ -72,8 +72,6 @@ class Limits:
     max_request_cost: int = 400_000
 
 
-MAX_CACHE_SALT_CHARS = 256
-
 # The unit of cost: one downstream-LLM token of document text through the default method.
 # A prefill token of the downstream LLM costs more (SmolLM2-135M against MiniLM's six layers,
 # and the codec after it), and an HTML page's elements are parsed, cut and aligned one by one.
@@ -93,16 +91,9 @@ def validate(request: CompressRequest, limits: Limits) -> None:
     validate_documents(request, limits)
     if request.rate is not None and request.target_tokens is not None:
         raise InvalidRequest("target", "set rate or target_tokens, not both")
-    if request.rate is not None and not 0.0 < request.rate <= 1.0:
-        raise InvalidRequest("rate", f"must be in (0, 1], got {request.rate}")
-    if request.target_tokens is not None and request.target_tokens <= 0:
-        raise InvalidRequest("target_tokens", f"must be positive, got {request.target_tokens}")
-    if request.order not in ORDERS:
-        raise InvalidRequest("order", f"must be one of {', '.join(ORDERS)}, got {quoted(request.order)}")
+    check_fields(request)  # each field's declared choices and range (ctxcomp.types)
     if request.order != "original" and not request.query.strip():
         raise InvalidRequest("order", f"{quoted(request.order)} ranks documents by relevance to the query; it must not be empty")
-    if len(request.cache_salt) > MAX_CACHE_SALT_CHARS:
-        raise InvalidRequest("cache_salt", f"{len(request.cache_salt)} characters, limit is {MAX_CACHE_SALT_CHARS}")
 
 
 def validate_documents(request: CompressRequest, limits: Limits) -> None:

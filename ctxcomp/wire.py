@@ -7,12 +7,14 @@ Used by both sides: the service (request in, result out) and the client
 from __future__ import annotations
 
 import math
+from dataclasses import MISSING, Field
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
 
 from ctxcomp.types import (
-    CompressRequest, CompressResult, Document, DocumentResult, Message, MessageResult, Span, WordLabel,
+    CompressRequest, CompressResult, Document, DocumentResult, Message, MessageResult, Span, WordLabel, field_default,
+    request_fields,
 )
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
@@ -20,60 +22,56 @@ if TYPE_CHECKING:  # soft tokens are torch tensors: torch loads only when a mess
     from ctxcomp.soft import SoftTokens
 
 
+# Fields with a shape of their own; every other CompressRequest field is a proto scalar of the
+# same name, copied by `_scalar_to_proto` / `_scalar_from_proto`.
+_STRUCTURED = ("documents", "options", "messages")
+
+
 def request_to_proto(request: CompressRequest) -> pb.CompressRequest:
     message = pb.CompressRequest(
-        query=request.query,
         documents=[
             pb.Document(id=d.id, text=d.text, metadata=dict(d.metadata), format="" if d.format == "text" else d.format)
             for d in request.documents
         ],
-        method=request.method,
-        return_kv=request.return_kv,
-        return_word_labels=request.return_word_labels,
-        kv_codec=request.kv_codec,
-        kv_model=request.kv_model,
-        kv_best_effort=request.kv_best_effort,
-        order="" if request.order == "original" else request.order,
-        html_output=request.html_output,
         messages=[pb.Message(role=m.role, content=m.content) for m in request.messages],
-        cache_salt=request.cache_salt,
-        llm=request.llm,
     )
-    if request.messages and request.verbatim_turns != 1:
-        message.verbatim_turns = request.verbatim_turns
-    if request.history_mode != "relevance":
-        message.history_mode = request.history_mode
-    if request.rate is not None:
-        message.rate = request.rate
-    if request.target_tokens is not None:
-        message.target_tokens = request.target_tokens
     if request.options:
         message.options.update(dict(request.options))
+    for spec_field, spec in request_fields():
+        if spec.on_wire and spec_field.name not in _STRUCTURED:
+            _scalar_to_proto(message, spec_field, getattr(request, spec_field.name))
     return message
 
 
 def request_from_proto(message: pb.CompressRequest) -> CompressRequest:
-    target = message.WhichOneof("target")
+    scalars = {
+        spec_field.name: _scalar_from_proto(message, spec_field)
+        for spec_field, spec in request_fields() if spec.on_wire and spec_field.name not in _STRUCTURED
+    }
     return CompressRequest(
-        query=message.query,
         documents=tuple(Document(d.id, d.text, dict(d.metadata), d.format or "text") for d in message.documents),
-        method=message.method,
-        rate=message.rate if target == "rate" else None,
-        target_tokens=message.target_tokens if target == "target_tokens" else None,
         options=_struct_to_dict(message.options),
-        return_kv=message.return_kv,
-        return_word_labels=message.return_word_labels,
-        kv_codec=message.kv_codec,
-        kv_model=message.kv_model,
-        kv_best_effort=message.kv_best_effort,
-        order=message.order or "original",
-        html_output=message.html_output,
         messages=tuple(Message(m.role, m.content) for m in message.messages),
-        verbatim_turns=message.verbatim_turns if message.HasField("verbatim_turns") else 1,
-        history_mode=message.history_mode or "relevance",
-        cache_salt=message.cache_salt,
-        llm=message.llm,
+        **scalars,
     )
+
+
+def _scalar_to_proto(message: pb.CompressRequest, spec_field: Field, value: Any) -> None:
+    """Write a value unless it is the field's default, which an unset proto field means."""
+    if value is not None and value != field_default(spec_field):
+        setattr(message, spec_field.name, value)
+
+
+def _scalar_from_proto(message: pb.CompressRequest, spec_field: Field) -> Any:
+    """The proto value, or the field's default where it is unset: a field with presence (in a
+    oneof, or `optional`) not set, or a plain proto3 scalar at its zero value. A field whose
+    default is not the zero value and whose zero value means something is `optional` in the
+    proto (verbatim_turns = 0)."""
+    name = spec_field.name
+    if pb.CompressRequest.DESCRIPTOR.fields_by_name[name].has_presence:
+        return getattr(message, name) if message.HasField(name) else field_default(spec_field)
+    value, default = getattr(message, name), field_default(spec_field)
+    return value if value or default is MISSING else default
 
 
 def _struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:

@@ -12,22 +12,13 @@ import pytest
 
 from ctxcomp import wire
 from ctxcomp.client import build_request
-from ctxcomp.types import CompressRequest, Document, Message
+from ctxcomp.errors import InvalidRequest
+from ctxcomp.types import CompressRequest, Document, Message, check_fields, request_fields
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
 FIELDS = {f.name for f in dataclasses.fields(CompressRequest)}
-SERVER_ONLY = {"tenant"}  # set from the caller's authentication, never read from the wire
-SENT = FIELDS - SERVER_ONLY
-# What the CLI's `compress` (plain text out) does not offer, and why.
-NOT_ON_THE_CLI = {
-    "documents": "read from the JSONL input",
-    "return_kv": "KV blobs are bytes for a program: the Python client (compress_with_kv)",
-    "kv_codec": "with return_kv", "kv_model": "with return_kv", "kv_best_effort": "with return_kv",
-    "cache_salt": "with return_kv",
-    "messages": "a conversation is structured input: the Python client",
-    "verbatim_turns": "with messages", "history_mode": "with messages",
-}
-CLI_FLAG = {"return_word_labels": "word_labels", "options": "option"}  # field -> the compress parser's dest, where they differ
+SPECS = {f.name: spec for f, spec in request_fields()}
+SENT = {name for name, spec in SPECS.items() if spec.on_wire}
 # What a framework wrapper sends with every request (the rest are the client's).
 WRAPPER_FIELDS = {"method", "rate", "target_tokens", "options", "order", "html_output", "llm"}
 RETRIEVER_FIELDS = {"method", "rate", "target_tokens", "options", "llm"}  # it ranks by score: no order
@@ -61,15 +52,41 @@ def test_the_client_takes_every_field() -> None:
     assert set(inspect.signature(build_request).parameters) == SENT
 
 
-def test_the_cli_offers_every_field_or_says_why_not() -> None:
+def test_the_cli_offers_every_field_or_its_declaration_says_why_not() -> None:
     from ctxcomp.cli import build_parser
 
     parser = build_parser()
     compress = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["compress"]
-    dests = {a.dest for a in compress._actions} | {"input"}
-    offered = {CLI_FLAG.get(name, name) for name in SENT - set(NOT_ON_THE_CLI)}
+    dests = {a.dest for a in compress._actions}
+    offered = {name for name in SENT if not SPECS[name].not_on_cli}
     assert offered <= dests, f"fields with no `ctxcomp compress` flag: {sorted(offered - dests)}"
-    assert set(NOT_ON_THE_CLI) <= SENT
+    assert FIELDS - SENT == {"tenant"}  # set by the server from the caller's authentication
+
+
+def test_every_field_has_help() -> None:
+    assert all(spec.help for spec in SPECS.values())
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("rate", 0.0, "must be in (0, 1], got 0.0"),
+    ("rate", float("nan"), "must be in (0, 1], got nan"),
+    ("target_tokens", 0, "must be positive, got 0"),
+    ("order", "random", "must be one of original, relevance, edges, got 'random'"),
+    ("history_mode", "x", "must be one of relevance, stable, got 'x'"),
+    ("verbatim_turns", -1, "must be at least 0, got -1"),
+    ("cache_salt", "s" * 257, "257 characters, limit is 256"),
+])
+def test_the_declared_choices_and_ranges_are_checked(field, value, message) -> None:
+    request = dataclasses.replace(CompressRequest("q", (Document("a", "x"),)), **{field: value})
+    with pytest.raises(InvalidRequest) as raised:
+        check_fields(request)
+    assert (raised.value.field, raised.value.message) == (field, message)
+
+
+def test_an_unset_proto_field_reads_as_the_declared_default() -> None:
+    request = wire.request_from_proto(pb.CompressRequest(query="q"))
+    assert request == CompressRequest("q", ())
+    assert wire.request_from_proto(pb.CompressRequest(query="q", verbatim_turns=0)).verbatim_turns == 0
 
 
 def wrapper_fields(cls) -> set[str]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from ctxcomp.errors import InvalidRequest
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 
 _LENGTH_DELIMITED = 2
+_OPTIONS = pb.CompressRequest.DESCRIPTOR.fields_by_name["options"].number
 
 
 def parse_compress_request(data: bytes) -> pb.CompressRequest | InvalidRequest:
@@ -52,7 +54,7 @@ def options_problem(data: bytes) -> str | None:
     """Why a CompressRequest's options do not parse (invalid UTF-8, or nested too deeply), if they are the cause."""
     try:
         for number, wire_type, value in _fields(data):
-            if number == 6 and wire_type == _LENGTH_DELIMITED:
+            if number == _OPTIONS and wire_type == _LENGTH_DELIMITED:
                 problem = _struct_problem(value, depth=2)
                 if problem:
                     return problem
@@ -99,39 +101,33 @@ def _value_problem(data: bytes, depth: int) -> str | None:
     return None
 
 
-def invalid_utf8_field(data: bytes) -> str | None:
-    """Proto path of the first string field of a CompressRequest holding invalid UTF-8
-    (the options, a Struct, are options_problem's)."""
-    document = message = -1
+def invalid_utf8_field(data: bytes, descriptor: Descriptor = pb.CompressRequest.DESCRIPTOR, path: str = "") -> str | None:
+    """Proto path of the first string field holding invalid UTF-8 in a message of `descriptor`
+    (a CompressRequest unless given), found through the descriptor, so a new string field is
+    named as soon as the proto has it. The options, a Struct, are options_problem's."""
+    seen: dict[int, int] = {}
     for number, wire_type, value in _fields(data):
-        if wire_type != _LENGTH_DELIMITED:
+        field = descriptor.fields_by_number.get(number)
+        if wire_type != _LENGTH_DELIMITED or field is None:
             continue
-        if number in (1, 3) and not _utf8(value):
-            return "query" if number == 1 else "method"
-        if number == 2:
-            document += 1
-            found = _document_field(value, document)
+        if descriptor.GetOptions().map_entry:
+            name = f"{path} (a {field.name})"
+        elif field.is_repeated and not _is_map(field):
+            seen[number] = seen.get(number, -1) + 1
+            name = f"{path}{field.name}[{seen[number]}]"
+        else:
+            name = path + field.name
+        if field.type == FieldDescriptor.TYPE_STRING and not _utf8(value):
+            return name
+        if field.message_type is not None and field.message_type.full_name != "google.protobuf.Struct":
+            found = invalid_utf8_field(value, field.message_type, name if _is_map(field) else name + ".")
             if found:
                 return found
-        if number == 14:
-            message += 1
-            for part_number, part_type, part in _fields(value):
-                if part_type == _LENGTH_DELIMITED and part_number in (1, 2) and not _utf8(part):
-                    return f"messages[{message}].{'role' if part_number == 1 else 'content'}"
     return None
 
 
-def _document_field(data: bytes, index: int) -> str | None:
-    for number, wire_type, value in _fields(data):
-        if wire_type != _LENGTH_DELIMITED:
-            continue
-        if number in (1, 2, 4) and not _utf8(value):
-            return f"documents[{index}].{ {1: 'id', 2: 'text', 4: 'format'}[number]}"
-        if number == 3:
-            for entry_number, _, entry in _fields(value):
-                if not _utf8(entry):
-                    return f"documents[{index}].metadata" + (" (a key)" if entry_number == 1 else " (a value)")
-    return None
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
 def _utf8(value: bytes) -> bool:
