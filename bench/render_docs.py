@@ -9,8 +9,9 @@ A docs page marks each block of figures with the record it shows:
     <!-- /record -->
 
 This script renders every marked block (in docs/ and the model cards) again from its record (with the report function of
-the bench that wrote it), and every `<!-- generated: method options -->` block from the
-method configs, and writes the page; `--check` writes nothing and exits 1 when a
+the bench that wrote it), every `<!-- generated: method options -->` block from the
+method configs and every `<!-- generated: settings -->` block from ctxcomp.settings, and
+writes the page; `--check` writes nothing and exits 1 when a
 page differs from its records (tests/test_docs.py runs it).
 """
 
@@ -25,7 +26,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- record: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /record -->)", re.DOTALL)
-OPTIONS = re.compile(r"(<!-- generated: method options -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
+GENERATED = re.compile(r"(<!-- generated: (?P<what>[a-z ]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
 
 
 def renderers() -> dict[str, Callable[[Path], str]]:
@@ -62,7 +63,14 @@ def rendered(page: str, render: dict[str, Callable[[Path], str]]) -> str:
         return f"{match.group(1)}{render[bench](path).rstrip()}\n{match.group(4)}"
 
     page = BLOCK.sub(block, page)
-    return OPTIONS.sub(lambda m: f"{m.group(1)}{method_options().rstrip()}\n{m.group(3)}", page)
+    return GENERATED.sub(lambda m: f"{m.group(1)}{generators()[m.group('what')]().rstrip()}\n{m.group(4)}", page)
+
+
+def generators() -> dict[str, Callable[[], str]]:
+    """`<!-- generated: NAME -->` -> what writes that block, from the code itself."""
+    from ctxcomp import settings
+
+    return {"method options": method_options, "settings": settings.markdown}
 
 
 def pages() -> list[Path]:

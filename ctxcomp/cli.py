@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, TextIO
 
 try:
-    from ctxcomp import methods, models, wire
+    from ctxcomp import methods, models, settings, wire
     from ctxcomp.method import describe_options
-    from ctxcomp.models import precision as encoder_precision
 except ModuleNotFoundError as missing:  # the default install is the client library alone
     raise SystemExit(f"ctxcomp: the command needs the server's packages ({missing.name} is not installed): "
                      "pip install 'ctxcomp[server]'") from None
@@ -122,66 +121,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # cache of 2 cost a third of the throughput (P2 0.65x); 64 keeps 0.98x and growth at 8%
     # (docs/performance.md, "Service under load"). Must be set before torch runs.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
-    from ctxcomp.pipeline import Compressor, Limits
-    from ctxcomp.service import logs
-    from ctxcomp.service.server import ServerConfig, serve
-
-    logs.configure(getattr(logging, args.log_level.upper()))
     from ctxcomp import threads
-    from ctxcomp.service.microbatcher import BatcherConfig
+    from ctxcomp.pipeline import Compressor
+    from ctxcomp.service import logs
+    from ctxcomp.service.server import serve
     from ctxcomp.service.tenants import Tenants
 
-    thread_plan = threads.plan_threads(args.workers, args.threads)
+    try:
+        values = settings.resolve(args)
+    except ValueError as err:  # a CTXCOMP_* variable that does not parse
+        raise SystemExit(f"ctxcomp serve: {err}") from None
+    logs.configure(getattr(logging, args.log_level.upper()))
+    thread_plan = threads.plan_threads(values["workers"], values["threads"])
     threads.apply(thread_plan)
     logging.getLogger("ctxcomp.service").info(thread_plan.describe())
-
-    config = ServerConfig(
-        warm_methods=preload_methods(args.preload),
-        batching=BatcherConfig(max_batch=args.max_batch, max_queue=args.max_queue, max_queued_tokens=args.max_queued_tokens,
-                               company_wait=args.company_wait, large_cost=args.large_cost),
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        grace_s=args.grace,
-        auth_token=os.environ.get("CTXCOMP_AUTH_TOKEN", ""),
-        tenants=Tenants.from_file(args.auth_tokens_file) if args.auth_tokens_file else None,
-        tls_cert_file=args.tls_cert or "",
-        tls_key_file=args.tls_key or "",
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
-        http_port=args.http_port,
-        http_host=args.http_host,
-        playground=args.playground,
-    )
-    if args.playground and args.http_port is None:
+    tenants = Tenants.from_file(values["auth_tokens_file"]) if values["auth_tokens_file"] else None
+    config = settings.configs(values, settings.SERVER, warm_methods=preload_methods(values["preload"]), tenants=tenants,
+                              batching=settings.configs(values, settings.BATCHER))
+    if config.playground and config.http_port is None:
         raise SystemExit("ctxcomp serve: --playground is a page of the HTTP API: give --http-port too")
 
     def on_ready(server: Any) -> None:
-        if args.port_file:
-            tmp = Path(args.port_file + ".tmp")
+        if values["port_file"]:
+            tmp = Path(values["port_file"] + ".tmp")
             tmp.write_text(str(server.port))
-            tmp.rename(args.port_file)
+            tmp.rename(values["port_file"])
 
-    kv_store = None
-    if args.kv_store:
-        from ctxcomp.kv.stage import open_kv_store
-
-        kv_store = open_kv_store(args.kv_store, timeout_s=args.kv_store_timeout, retry_after_s=args.kv_store_retry_after,
-                                 max_bytes=args.kv_store_max_bytes)
-        if kv_store.shared_namespace and config.tenants is not None and len({t for t, _ in config.tenants.tokens}) > 1:
-            raise SystemExit("an LMCache store (lmcache+fs://) is one namespace under vLLM's keys: it cannot keep "
-                             "tenants apart; use a file:// or redis:// store, or one tenant")
+    kv_store = open_store(values, tenants)
     from ctxcomp.hub import ModelHub
 
     try:
-        hub = ModelHub(device=args.device, precision=args.precision, llm_tokenizers=dict(args.llm_tokenizer))
-    except ValueError as err:  # CTXCOMP_DEVICE / CTXCOMP_PRECISION, checked where they are read
+        hub = ModelHub(device=values["device"], precision=values["precision"], llm_tokenizers=dict(values["llm_tokenizer"]))
+    except ValueError as err:  # a CPU-only precision on a GPU
         raise SystemExit(f"ctxcomp serve: {err}") from None
     logging.getLogger("ctxcomp.service").info("models run on %s%s", hub.device, " in bf16" if hub.device != "cpu" else "")
-    limits = Limits(max_request_tokens=args.max_request_tokens, max_request_cost=args.max_request_cost)
-    compressor = Compressor(hub, limits, kv_store=kv_store, kv_chunk_tokens=args.kv_chunk_tokens)
+    compressor = Compressor(hub, settings.configs(values, settings.LIMITS), kv_store=kv_store,
+                            kv_chunk_tokens=values["kv_chunk_tokens"])
     asyncio.run(serve(compressor, config, on_ready=on_ready))
     return 0
+
+
+def open_store(values: dict[str, Any], tenants: Any) -> Any:
+    """The KV store `--kv-store` names (None without one); an LMCache store takes one tenant only."""
+    if not values["kv_store"]:
+        return None
+    from ctxcomp.kv.stage import open_kv_store
+
+    store = open_kv_store(values["kv_store"], timeout_s=values["kv_store_timeout"],
+                          retry_after_s=values["kv_store_retry_after"], max_bytes=values["kv_store_max_bytes"])
+    if store.shared_namespace and tenants is not None and len({t for t, _ in tenants.tokens}) > 1:
+        raise SystemExit("an LMCache store (lmcache+fs://) is one namespace under vLLM's keys: it cannot keep "
+                         "tenants apart; use a file:// or redis:// store, or one tenant")
+    return store
 
 
 def preload_methods(flag: str) -> tuple[str, ...]:
@@ -304,35 +295,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def device_arg(value: str) -> str:
-    """--device: cpu, cuda or cuda:N, present on this machine."""
-    from ctxcomp.models.registry import check_device
-
-    try:
-        return check_device(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def named_tokenizer_arg(value: str) -> tuple[str, str]:
-    """--llm-tokenizer NAME=ID."""
-    name, sep, location = value.partition("=")
-    if not sep or not name.strip() or not location.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=ID (a HF id, folder or .gguf file), got {value!r}")
-    return name.strip(), location.strip()
-
-
-def share_arg(value: str) -> float:
-    """A share in [0, 1] (--company-wait)."""
-    try:
-        share = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0.0 <= share <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return share
-
-
 # Request fields whose `ctxcomp compress` flags are written by hand (their values are read or
 # parsed specially); every other field the CLI offers gets its flag from its declaration.
 HAND_WRITTEN_FLAGS = ("query", "method", "rate", "target_tokens", "options", "llm")
@@ -382,72 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("serve", help="run the gRPC server until SIGTERM")
-    p.add_argument("--host", default=os.environ.get("CTXCOMP_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("CTXCOMP_PORT", "50051")), help="0 picks a free one")
-    p.add_argument("--llm-tokenizer", action="append", default=[], metavar="NAME=ID",
-                   type=named_tokenizer_arg,
-                   help="load this LLM's tokenizer alone (HF id, folder or .gguf) under NAME: requests with llm=NAME "
-                        "count their budget and tokens in it (repeatable)")
-    p.add_argument("--preload", default=f"{methods.DEFAULT_METHOD},llmlingua2",
-                   help="methods whose models load and run the embedded sample before health turns SERVING, "
-                        "comma-separated, or 'all' (default: %(default)s); any other method loads on first use")
-    p.add_argument("--workers", type=int, default=1, help="threads running model work")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads per worker (default 0: the cores this process may use / workers)")
-    # No defaults here: the hub resolves flag, then CTXCOMP_DEVICE / CTXCOMP_PRECISION, then its own default.
-    p.add_argument("--device", type=device_arg, default=None,
-                   help="where the encoders and the LLM run: cpu (default; CTXCOMP_DEVICE), cuda or cuda:N (bf16 there)")
-    p.add_argument("--precision", choices=list(encoder_precision.CHOICES), default=None,
-                   help="encoders on CPU: auto (default; CTXCOMP_PRECISION: the fastest on this machine, timed at "
-                        "start-up and logged), "
-                        "or fp32, bf16, int8 (torch), openvino-fp32, openvino-int8 (needs the openvino package)")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown")
-    p.add_argument("--port-file", help="write the bound port here once serving")
-    p.add_argument("--max-batch", type=int, default=32, help="requests compressed together at most")
-    p.add_argument("--company-wait", type=share_arg, default=0.1,
-                   help="before a batch, wait for as many requests as the last batch had, up to this share of "
-                        "its model time (0: take whatever has queued)")
-    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before RESOURCE_EXHAUSTED")
-    p.add_argument("--max-queued-tokens", type=int, default=1 << 20,
-                   help="cost units (about a document token each) waiting in a lane before RESOURCE_EXHAUSTED")
-    p.add_argument("--max-request-tokens", type=int, default=131_072,
-                   help="downstream-LLM tokens one request may hold (more: INVALID_ARGUMENT naming documents)")
-    p.add_argument("--max-request-cost", type=int, default=400_000,  # pipeline.Limits.max_request_cost
-                   help="estimated model work one request may take, in units of a document token through the "
-                        "default method (HTML elements and KV prefill tokens cost more); about 0.25 ms each on "
-                        "2 cores. More: INVALID_ARGUMENT naming the field that makes it big")
-    p.add_argument("--large-cost", type=int, default=8_000,
-                   help="requests costing more run alone, in slices between model batches, with small batches in between")
-    p.add_argument("--kv-store", help="keep KV blobs here (file:///path or redis://host:port/db) and return keys; "
-                   "or write them as LMCache chunks for vLLM (lmcache+fs:///path?model=NAME&hash_seed=0, docs/kv.md)")
-    p.add_argument("--kv-chunk-tokens", type=int, default=256,
-                   help="with --kv-store: tokens per chained KV chunk for prefix reuse (0: whole contexts only)")
-    p.add_argument("--kv-store-timeout", type=float, default=0.5,
-                   help="seconds a KV store call may take before the request gets UNAVAILABLE")
-    p.add_argument("--kv-store-retry-after", type=float, default=1.0,
-                   help="after a store failure, seconds during which store calls fail at once (that blob's only, "
-                        "when the failure is one blob's)")
-    p.add_argument("--kv-store-max-bytes", type=int, default=None,
-                   help="a file:// store's capacity: least recently used blobs are deleted to make room "
-                        "(redis: the server's maxmemory with an LRU policy)")
-    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS only)")
-    p.add_argument("--tls-key", help="PEM private key")
-    metrics_port = os.environ.get("CTXCOMP_METRICS_PORT")
-    p.add_argument("--metrics-port", type=int, default=int(metrics_port) if metrics_port else None,
-                   help="serve Prometheus /metrics on this port (default: off)")
-    p.add_argument("--metrics-host", default=os.environ.get("CTXCOMP_METRICS_HOST", "127.0.0.1"))
-    http_port = os.environ.get("CTXCOMP_HTTP_PORT")
-    p.add_argument("--http-port", type=int, default=int(http_port) if http_port else None,
-                   help="serve the HTTP/JSON API on this port too (POST /v1/compress, GET /v1/methods, /healthz, "
-                        "/openapi.json), transcoded to gRPC with the same auth and limits (default: off)")
-    p.add_argument("--http-host", default=os.environ.get("CTXCOMP_HTTP_HOST", ""), help="default: --host")
-    p.add_argument("--playground", action="store_true",
-                   help="with --http-port: a page at / to try methods on pasted documents (off by default: anyone "
-                        "who reaches the port may use it, within the same auth)")
-    p.add_argument("--auth-tokens-file",
-                   help="bearer tokens of several tenants, one 'TENANT TOKEN' a line: each tenant's KV cache is its own")
-    # The bearer token comes from CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).
+    p = sub.add_parser("serve", help="run the gRPC server until SIGTERM", allow_abbrev=False,
+                       description="Each setting is its flag, else its CTXCOMP_* variable, else its default "
+                                   "(docs/operations.md has the table). The bearer token comes from "
+                                   "CTXCOMP_AUTH_TOKEN, never a flag (flags show in `ps`).")
+    settings.add_flags(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("batch", help="compress a corpus (JSONL/Parquet) into Parquet, resumably")
@@ -470,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("health", help="exit 0 if a server reports SERVING")
-    p.add_argument("--server", default=f"127.0.0.1:{os.environ.get('CTXCOMP_PORT', '50051')}")
+    p.add_argument("--server", default=f"127.0.0.1:{settings.from_environment('port')}")
     p.add_argument("--timeout", type=float, default=3.0)
     p.set_defaults(func=cmd_health)
 

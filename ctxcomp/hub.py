@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from typing import Any, Iterator, Mapping, Sequence
 
-from ctxcomp import models
+from ctxcomp import models, settings
 from ctxcomp.errors import ModelUnavailable
 from ctxcomp.models import precision as encoder_precision
 from ctxcomp.tokenization import token_counts
@@ -42,8 +41,8 @@ class ModelHub:
         self.llm_tokenizers = dict(llm_tokenizers or {})
         self._counting = threading.local()
         self._named_tokenizers: dict[str, Any] = {}
-        self.device = models.registry.check_device(device or os.environ.get("CTXCOMP_DEVICE", "") or "cpu")
-        self.precision = encoder_precision.check(precision or os.environ.get("CTXCOMP_PRECISION", "") or "auto")
+        self.device = models.registry.check_device(device or settings.from_environment("device"))
+        self.precision = encoder_precision.check(precision or settings.from_environment("precision"))
         if self.precision not in ("auto", "fp32", "bf16") and self.device != "cpu":
             raise ValueError(f"precision {self.precision} is for CPUs; on {self.device} the encoders run in bf16 (use auto)")
         self.precisions: dict[str, tuple[str, dict[str, float]]] = {}  # role -> (chosen, probe ms per candidate)

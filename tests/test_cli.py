@@ -128,10 +128,11 @@ def test_health_command_reports_serving(server) -> None:
 
 
 def test_company_wait_is_a_share(capsys) -> None:
+    from ctxcomp import settings
     from ctxcomp.cli import build_parser
 
     assert build_parser().parse_args(["serve", "--company-wait", "0"]).company_wait == 0.0
-    assert build_parser().parse_args(["serve"]).company_wait == 0.1
+    assert settings.resolve(build_parser().parse_args(["serve"]), {})["company_wait"] == 0.1
     for bad in ("1.5", "-0.1", "soon"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", "--company-wait", bad])
