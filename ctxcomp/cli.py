@@ -16,7 +16,7 @@ import typing
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, TextIO
 
 try:
     from ctxcomp import methods, models, settings, wire
@@ -26,6 +26,11 @@ except ModuleNotFoundError as missing:  # the default install is the client libr
                      "pip install 'ctxcomp[server]'") from None
 from ctxcomp.errors import CtxcompError, InvalidRequest
 from ctxcomp.types import CompressRequest, CompressResult, Document, field_default, request_fields
+
+if TYPE_CHECKING:
+    from ctxcomp.kv.stage import KvTarget
+    from ctxcomp.service.server import Server
+    from ctxcomp.service.tenants import Tenants
 
 DEMO_RATE = 0.4  # `make demo` keeps 40% of the sample's tokens
 
@@ -141,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.playground and config.http_port is None:
         raise SystemExit("ctxcomp serve: --playground is a page of the HTTP API: give --http-port too")
 
-    def on_ready(server: Any) -> None:
+    def on_ready(server: Server) -> None:
         if values["port_file"]:
             tmp = Path(values["port_file"] + ".tmp")
             tmp.write_text(str(server.port))
@@ -161,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_store(values: dict[str, Any], tenants: Any) -> Any:
+def open_store(values: dict[str, Any], tenants: Tenants | None) -> KvTarget | None:
     """The KV store `--kv-store` names (None without one); an LMCache store takes one tenant only."""
     if not values["kv_store"]:
         return None

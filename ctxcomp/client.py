@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +24,12 @@ from ctxcomp.errors import (
 from ctxcomp.types import CompressRequest, CompressResult, Document, Message, field_default, request_fields
 from ctxcomp.v1 import ctxcomp_pb2 as pb
 from ctxcomp.v1 import ctxcomp_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    import torch
+
+    from ctxcomp.models.registry import LoadedLLM
+    from ctxcomp.soft import SoftTokens
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -71,7 +78,7 @@ build_request.__doc__ += "\n\n" + "\n".join(  # type: ignore[operator]
 )
 
 
-def build_inputs_embeds(llm: Any, prompt: str, soft: Any, placeholder: str = "<xRAG>") -> Any:
+def build_inputs_embeds(llm: LoadedLLM, prompt: str, soft: SoftTokens, placeholder: str = "<xRAG>") -> torch.Tensor:
     """[1, T, H] inputs_embeds for `llm` (ctxcomp.models.LoadedLLM): the prompt with each
     placeholder replaced by the next of result.soft's vectors (xrag: one per document;
     comi: one per slot). Refuses vectors made for another model or a miscounted prompt."""
@@ -87,7 +94,7 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def _open_channel(module: Any, target: str, root_certificates: bytes | None, max_message_bytes: int) -> Any:
+def _open_channel(module: ModuleType, target: str, root_certificates: bytes | None, max_message_bytes: int) -> Any:
     """grpc or grpc.aio channel: TLS when root certificates are given, else plaintext."""
     options = _channel_options(max_message_bytes)
     if root_certificates is not None:
@@ -155,7 +162,7 @@ def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def reassemble(chunks: Any) -> tuple[CompressResult, bytes | None]:
+def reassemble(chunks: Iterable[pb.CompressStreamChunk]) -> tuple[CompressResult, bytes | None]:
     """The response and the blob from a CompressStream, checking order, size and checksum."""
     from ctxcomp.kv import blob
 
@@ -185,7 +192,7 @@ class _Connection:
     that switch the channel to TLS.
     """
 
-    _grpc: Any = grpc
+    _grpc: ModuleType = grpc
 
     def __init__(
         self,

@@ -24,10 +24,13 @@ latest user message, after the history), which is what a conversation's KV blob 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ctxcomp.errors import InvalidRequest, quoted
 from ctxcomp.types import CompressRequest, Document, DocumentResult, MessageResult, Span
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant")
 _MESSAGE_ID = "\0messages[{}]"
@@ -124,7 +127,7 @@ def side_requests(
     ]
 
 
-def prompt(tokenizer: Any, layout: Layout, messages: Sequence[MessageResult], context: str) -> str:
+def prompt(tokenizer: PreTrainedTokenizerBase, layout: Layout, messages: Sequence[MessageResult], context: str) -> str:
     """The conversation as the downstream LLM reads it: its chat template over the messages that
     kept text, the documents' context put in the latest user message before its question (a
     user message of its own, with the query, when the conversation has none)."""

@@ -22,7 +22,7 @@ EMBED_CHUNK = 256  # texts per encode call: the cancellation checkpoint's granul
 
 def embed(hub: ModelHub, texts: list[str]) -> np.ndarray:
     """[N, E] float32 L2-normalised sentence-encoder embeddings."""
-    encoder = hub.get("sentence_encoder")
+    encoder = hub.sentence_encoder()
     parts = []
     for start in range(0, len(texts), EMBED_CHUNK):
         checkpoint()
@@ -87,7 +87,7 @@ def keep_most_similar(
 ) -> tuple[DocumentResult, ...]:
     """The sentences closest to the query (at most top_k, 0 = any number) within `budget`
     LLM tokens, in original order (RECOMP's extractive selection)."""
-    split = split_sentences(hub.get("spacy"), [d.text for d in request.documents])
+    split = split_sentences(hub.spacy(), [d.text for d in request.documents])
     query, sentences = query_and_sentences(hub, request.query, split)
     similarity = top_k_similarity(query, sentences, top_k or len(sentences), faiss_from)
     return keep_sentences(hub, request, split, per_document(similarity, split), budget, tokens_before)

@@ -6,12 +6,15 @@ machine, which the faithfulness guard and the benchmarks rely on.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def chat_ids(tokenizer: Any, system: str, user: str) -> list[int]:
+
+def chat_ids(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> list[int]:
     """Token ids of a one-turn chat, ending where the assistant's reply starts."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -19,7 +22,7 @@ def chat_ids(tokenizer: Any, system: str, user: str) -> list[int]:
 
 
 @torch.inference_mode()
-def greedy(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, *, batch_size: int = 8) -> list[str]:
+def greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]], max_new_tokens: int, *, batch_size: int = 8) -> list[str]:
     """Greedy continuations of token-id prompts, decoded without special tokens
     (the prompts' input embeddings through greedy_embeds: the same computation)."""
     if max_new_tokens <= 0:
@@ -31,7 +34,7 @@ def greedy(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tok
 
 @torch.inference_mode()
 def greedy_embeds(
-    model: Any, tokenizer: Any, prompts: Sequence[torch.Tensor], max_new_tokens: int, *, batch_size: int = 8
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[torch.Tensor], max_new_tokens: int, *, batch_size: int = 8
 ) -> list[str]:
     """Greedy continuations of prompts given as input embeddings ([T_i, H] each, e.g. with
     soft tokens spliced in); left-padded with zeros under a zero attention mask.

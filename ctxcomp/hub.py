@@ -5,12 +5,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from ctxcomp import models, settings
 from ctxcomp.errors import ModelUnavailable
 from ctxcomp.models import precision as encoder_precision
 from ctxcomp.tokenization import token_counts
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from spacy.language import Language
+    from transformers import PreTrainedTokenizerBase
+
+    from ctxcomp.models.kv_transform import KvTransform
+    from ctxcomp.models.registry import LoadedLLM, RelevanceScorer, TokenClassifier
+    from ctxcomp.models.xrag_projector import LoadedProjector
 
 _PIECE_MEMO_LIMIT = 500_000
 
@@ -67,6 +76,28 @@ class ModelHub:
                     loaded = models.registry.place(loaded, self.device)
                 self._loaded[(role, form)] = loaded
             return self._loaded[(role, form)]
+
+    # Typed accessors of the roles the request path uses (`get` serves any role and form).
+    def llm(self) -> LoadedLLM:
+        return self.get("downstream_llm")
+
+    def relevance(self) -> RelevanceScorer:
+        return self.get("relevance")
+
+    def spacy(self) -> Language:
+        return self.get("spacy")
+
+    def sentence_encoder(self) -> SentenceTransformer:
+        return self.get("sentence_encoder")
+
+    def kv_transform(self) -> KvTransform:
+        return self.get("kv_transform")
+
+    def xrag_projector(self) -> LoadedProjector:
+        return self.get("xrag_projector")
+
+    def token_classifier(self, role: str = "token_classifier", form: str | None = None) -> TokenClassifier:
+        return self.get(role, form)
 
     def precision_of(self, role: str) -> str:
         """The precision the encoder `role` runs in when none is asked for (see the class doc)."""
@@ -164,7 +195,7 @@ class ModelHub:
         finally:
             self._counting.llm = outer
 
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer counts are in on this thread (see `counting`)."""
         llm = getattr(self._counting, "llm", "")
         if not llm:

@@ -17,11 +17,14 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Protocol, Sequence, TypeVar
 
 from ctxcomp.errors import InvalidRequest, did_you_mean, quoted
 from ctxcomp.hub import ModelHub
 from ctxcomp.types import CompressRequest, DocumentResult
+
+if TYPE_CHECKING:
+    from ctxcomp.soft import SoftTokens
 
 Output = Literal["text", "vectors"]
 
@@ -59,7 +62,7 @@ class MethodOutput:
 
     documents: tuple[DocumentResult, ...]
     note: str = ""
-    soft: Any = None  # ctxcomp.soft.SoftTokens for methods whose output is vectors (xrag, comi)
+    soft: SoftTokens | None = None  # for methods whose output is vectors (xrag, comi)
 
 
 class Method(Protocol):
@@ -117,7 +120,7 @@ def field_types(config_type: type) -> dict[str, Any]:
     return typing.get_type_hints(config_type)
 
 
-def describe_options(config: Any) -> list[dict[str, str]]:
+def describe_options(config: object) -> list[dict[str, str]]:
     """Name, type, preset (JSON) and help of every field of a method config."""
     hints = field_types(type(config))
     return [
@@ -137,7 +140,7 @@ def share(default: float, help: str) -> Any:
     return field(default=default, metadata={"help": help, "range": (0.0, 1.0, "(]")})
 
 
-def check_ranges(config: Any, prefix: str) -> None:
+def check_ranges(config: object, prefix: str) -> None:
     """InvalidRequest naming the first field outside the "range" its metadata declares."""
     for f in dataclasses.fields(config):
         if "range" not in f.metadata:
@@ -150,7 +153,10 @@ def check_ranges(config: Any, prefix: str) -> None:
             raise InvalidRequest(f"{prefix}.{f.name}", f"must be in {ends[0]}{low:g}, {high:g}{ends[1]}, got {value}")
 
 
-def apply_options(config: Any, options: Mapping[str, Any], prefix: str = "options") -> Any:
+Config = TypeVar("Config")
+
+
+def apply_options(config: Config, options: Mapping[str, Any], prefix: str = "options") -> Config:
     """A copy of a frozen config with request options applied, each checked by type and by the
     range its field declares (`share`), then by the config's own `check`.
 
@@ -174,7 +180,7 @@ def apply_options(config: Any, options: Mapping[str, Any], prefix: str = "option
     return updated
 
 
-def _type_name(hint: Any) -> str:
+def _type_name(hint: object) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -13,7 +13,7 @@ sentence's logit pools its tokens; a word's is its sub-tokens' mean).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from ctxcomp.method import MethodOutput
 from ctxcomp.selection import empty_results
 from ctxcomp.text import TextSpans, segment_words, sentence_of_word, split_sentences
 from ctxcomp.types import CompressRequest
+
+if TYPE_CHECKING:
+    from ctxcomp.models.registry import RelevanceScorer
 
 MAX_BATCH_TOKENS = 4096  # padded encoder tokens per forward
 
@@ -56,7 +59,7 @@ class _Segmented:
 
 def score(hub: ModelHub, requests: Sequence[CompressRequest]) -> list[tuple[DocumentScores, ...]]:
     """Per request, per document (request order): relevance of documents, sentences and words."""
-    scorer = hub.get("relevance")
+    scorer = hub.relevance()
     texts = [d.text for r in requests for d in r.documents]
     segmented = segment(hub, scorer, requests, texts)
     windows = [w for s in segmented for w in s.windows]
@@ -70,10 +73,10 @@ def score(hub: ModelHub, requests: Sequence[CompressRequest]) -> list[tuple[Docu
     return [tuple(flat[bounds[i] : bounds[i + 1]]) for i in range(len(requests))]
 
 
-def segment(hub: ModelHub, scorer: Any, requests: Sequence[CompressRequest], texts: Sequence[str]) -> list[_Segmented]:
+def segment(hub: ModelHub, scorer: RelevanceScorer, requests: Sequence[CompressRequest], texts: Sequence[str]) -> list[_Segmented]:
     """Words, sentences and windows of every document of every request (one spaCy pass)."""
     tokenizer = scorer.tokenizer
-    sentences = split_sentences(hub.get("spacy"), texts)
+    sentences = split_sentences(hub.spacy(), texts)
     asked = [win.query_ids(tokenizer, r.query, scorer.max_length) for r in requests]  # once per request, not per document
     queries = [asked[q] for q, r in enumerate(requests) for _ in r.documents]
     out = []
@@ -87,7 +90,7 @@ def segment(hub: ModelHub, scorer: Any, requests: Sequence[CompressRequest], tex
 
 
 @torch.inference_mode()
-def encode(scorer: Any, segmented: Sequence[_Segmented], windows: Sequence[win.Window]) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+def encode(scorer: RelevanceScorer, segmented: Sequence[_Segmented], windows: Sequence[win.Window]) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """([D] document logits, per document [S_d] sentence logits, per document [W_d] word logits)."""
     model, pad_id = scorer.model, scorer.tokenizer.pad_token_id
     sentence_base = np.cumsum([0] + [max(len(s.sentences), 1) for s in segmented])
@@ -154,7 +157,7 @@ class Verdict:
 def judge(hub: ModelHub, request: CompressRequest, threshold: float = -1.0) -> Verdict:
     """Is any document relevant to the query? threshold < 0 = the model's calibrated one."""
     if threshold < 0:
-        threshold = float(hub.get("relevance").meta["document_threshold"])
+        threshold = float(hub.relevance().meta["document_threshold"])
     scores = np.asarray([d.probability for d in score(hub, [request])[0]])
     return Verdict(bool((scores > threshold).any()), scores, threshold)
 

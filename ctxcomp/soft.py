@@ -12,11 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from ctxcomp.errors import CtxcompError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ctxcomp.models.registry import LoadedLLM
 
 FORMAT = "ctxcomp-soft/1"
 PLACEHOLDER = "<xRAG>"
@@ -89,7 +94,7 @@ def _header_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + size]).get("__metadata__", {})
 
 
-def prompt_pieces(tokenizer: Any, prompt: str, placeholder: str = PLACEHOLDER) -> list[list[int]]:
+def prompt_pieces(tokenizer: PreTrainedTokenizerBase, prompt: str, placeholder: str = PLACEHOLDER) -> list[list[int]]:
     """Token ids of the text between placeholders: one more piece than placeholders."""
     return [tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in prompt.split(placeholder)]
 
@@ -110,7 +115,7 @@ def splice(embed_tokens: torch.nn.Module, pieces: Sequence[Sequence[int]], vecto
     return torch.cat(parts, dim=0)
 
 
-def inputs_embeds(llm: Any, prompt: str, soft: SoftTokens, placeholder: str = PLACEHOLDER) -> torch.Tensor:
+def inputs_embeds(llm: LoadedLLM, prompt: str, soft: SoftTokens, placeholder: str = PLACEHOLDER) -> torch.Tensor:
     """[1, T, H] inputs_embeds for llm (a ctxcomp LoadedLLM): `prompt` with each placeholder
     replaced by the next soft token, in order. Refuses soft tokens made for another model."""
     if soft.model_fingerprint != llm.fingerprint:

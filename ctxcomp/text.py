@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ctxcomp.cancellation import checkpoint
+
+if TYPE_CHECKING:
+    from spacy.language import Language
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u3000-\u303f\uff00-\uffef"
 _WORD = re.compile(rf"https?://\S+|www\.\S+|[{_CJK}]|[^\s{_CJK}]+")
@@ -107,7 +110,7 @@ _BLOCK = re.compile(r"\S(?:.*?\S)?(?=\s*\n\s*\n|\s*$)", re.S)
 SPACY_BATCH = 16  # blocks per spaCy batch: also the cancellation checkpoint's granularity
 
 
-def split_sentences(nlp: Any, texts: Sequence[str]) -> list[TextSpans]:
+def split_sentences(nlp: Language, texts: Sequence[str]) -> list[TextSpans]:
     """Split each text into sentences with a spaCy pipeline (one nlp.pipe over all blocks)."""
     blocks = [(t, m.start(), m.group()) for t, text in enumerate(texts) for m in _BLOCK.finditer(text)]
     spans: list[list[tuple[int, int]]] = [[] for _ in texts]

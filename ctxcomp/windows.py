@@ -10,13 +10,16 @@ windows with this module, so both see the same inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from ctxcomp.encoder_batches import pad_rows, padded_width
 from ctxcomp.tokenization import word_token_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MAX_QUERY_TOKENS = 96  # a longer query is cut: the document must keep most of the window
 MIN_DOCUMENT_TOKENS = 32
@@ -32,13 +35,13 @@ class Window:
     word_of_token: list[int]  # per input id: word index in its document, -1 outside the document part
 
 
-def query_ids(tokenizer: Any, query: str, max_length: int) -> list[int]:
+def query_ids(tokenizer: PreTrainedTokenizerBase, query: str, max_length: int) -> list[int]:
     """The query's sub-token ids, at most MAX_QUERY_TOKENS (and a quarter of the window)."""
     ids = tokenizer(query, add_special_tokens=False)["input_ids"]
     return ids[: min(MAX_QUERY_TOKENS, max_length // 4)]
 
 
-def word_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
+def word_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[list[int]]:
     """Sub-token ids of each word; an empty tokenisation becomes [UNK] (a word is never unseen)."""
     if not words:
         return []
@@ -46,7 +49,7 @@ def word_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
 
 
 def document_windows(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     query: Sequence[int],
     ids_per_word: Sequence[Sequence[int]],
     sentence_of_word: np.ndarray,

@@ -7,7 +7,7 @@ training and inference see the same chunks. Words are ctxcomp.text units.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,11 @@ from ctxcomp.encoder_batches import batches_by_length, pad_rows, padded_width
 from ctxcomp.cancellation import checkpoint
 from ctxcomp.text import SENTENCE_END
 from ctxcomp.tokenization import word_token_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ctxcomp.models.registry import TokenClassifier
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class Chunk:
     word_of_token: list[int]  # per input id: word index within the document, -1 for specials
 
 
-def chunk_words(tokenizer: Any, words: list[str], doc: int, max_length: int) -> list[Chunk]:
+def chunk_words(tokenizer: PreTrainedTokenizerBase, words: list[str], doc: int, max_length: int) -> list[Chunk]:
     """Split one document's words into encoder-sized chunks, preferably at sentence ends.
 
     A word whose sub-tokens alone exceed the chunk size is truncated to fit:
@@ -55,7 +60,7 @@ def chunk_words(tokenizer: Any, words: list[str], doc: int, max_length: int) -> 
     return chunks
 
 
-def _make_chunk(tokenizer: Any, ids_per_word: list[list[int]], doc: int, start: int, end: int) -> Chunk:
+def _make_chunk(tokenizer: PreTrainedTokenizerBase, ids_per_word: list[list[int]], doc: int, start: int, end: int) -> Chunk:
     ids = [tokenizer.cls_token_id]
     owner = [-1]
     for w in range(start, end):
@@ -82,7 +87,7 @@ Aggregation = Literal["mean", "first"]
 
 
 def score_documents(
-    classifier: Any,
+    classifier: TokenClassifier,
     documents: Sequence[list[str]],
     *,
     aggregation: Aggregation = "mean",
@@ -96,7 +101,7 @@ def score_documents(
 
 @torch.inference_mode()
 def score_chunks(
-    classifier: Any,
+    classifier: TokenClassifier,
     chunks: Sequence[Chunk],
     words_per_document: Sequence[int],
     aggregation: Aggregation = "mean",

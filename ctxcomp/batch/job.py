@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,9 @@ from ctxcomp import methods
 from ctxcomp.cancellation import Cancelled
 from ctxcomp.errors import CtxcompError
 from ctxcomp.types import CompressRequest, Document
+
+if TYPE_CHECKING:
+    from ctxcomp.types import CompressResult
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -127,7 +130,7 @@ class CompressBatch:
                     errors.append(str(err))
             return results, errors
 
-    def _kv_key(self, result: Any) -> str | None:
+    def _kv_key(self, result: CompressResult) -> str | None:
         if self.store is None or not result.context:
             return None
         from ctxcomp.kv.stage import compute_kv
@@ -138,7 +141,7 @@ class CompressBatch:
         present = [i for i, (t, r) in enumerate(zip(texts, results)) if r is not None and t]
         out: list[list[float] | None] = [None] * len(texts)
         if present:
-            vectors = self.hub.get("sentence_encoder").encode(
+            vectors = self.hub.sentence_encoder().encode(
                 [texts[i] for i in present], convert_to_numpy=True, normalize_embeddings=True
             ).astype(np.float32)
             for i, vector in zip(present, vectors):

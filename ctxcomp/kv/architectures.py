@@ -14,12 +14,16 @@ query scalar and alternating local layers are not reproduced by the kernel.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ctxcomp.errors import NotAvailable
 from ctxcomp.kernels.attention import Rope
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
 
 
 class Llama:
@@ -27,12 +31,12 @@ class Llama:
 
     name = "llama"
 
-    def qkv(self, attn: Any, x: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, attn: nn.Module, x: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [B, S, H_q, D], k and v [B, S, H_kv, D], before RoPE."""
         shape = (*x.shape[:-1], -1, head_dim)
         return attn.q_proj(x).view(shape), attn.k_proj(x).view(shape), attn.v_proj(x).view(shape)
 
-    def sliding_windows(self, config: Any) -> list[int | None]:
+    def sliding_windows(self, config: PretrainedConfig) -> list[int | None]:
         """Per layer, the window its attention is limited to (None: the whole context)."""
         return [None] * config.num_hidden_layers
 
@@ -42,7 +46,7 @@ class Mistral(Llama):
 
     name = "mistral"
 
-    def sliding_windows(self, config: Any) -> list[int | None]:
+    def sliding_windows(self, config: PretrainedConfig) -> list[int | None]:
         return [getattr(config, "sliding_window", None)] * config.num_hidden_layers
 
 
@@ -51,7 +55,7 @@ class Qwen2(Llama):
 
     name = "qwen2"
 
-    def sliding_windows(self, config: Any) -> list[int | None]:
+    def sliding_windows(self, config: PretrainedConfig) -> list[int | None]:
         types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
         return [config.sliding_window if t == "sliding_attention" else None for t in types]
 
@@ -61,7 +65,7 @@ class Qwen3(Qwen2):
 
     name = "qwen3"
 
-    def qkv(self, attn: Any, x: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, attn: nn.Module, x: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = super().qkv(attn, x, head_dim)
         return attn.q_norm(q), attn.k_norm(k), v
 
@@ -69,7 +73,7 @@ class Qwen3(Qwen2):
 ADAPTERS: dict[str, Llama] = {a.name: a for a in (Llama(), Mistral(), Qwen2(), Qwen3())}
 
 
-def adapter_for(config: Any) -> Llama:
+def adapter_for(config: PretrainedConfig) -> Llama:
     """The adapter for this model's architecture; NotAvailable naming it otherwise."""
     model_type = getattr(config, "model_type", "?")
     if model_type not in ADAPTERS:
@@ -80,7 +84,7 @@ def adapter_for(config: Any) -> Llama:
     return ADAPTERS[model_type]
 
 
-def check_context(config: Any, end_position: int) -> None:
+def check_context(config: PretrainedConfig, end_position: int) -> None:
     """NotAvailable when a sliding-window layer would cut the context (positions up to end_position)."""
     windows = [w for w in adapter_for(config).sliding_windows(config) if w is not None]
     if windows and end_position > min(windows):
@@ -90,18 +94,18 @@ def check_context(config: Any, end_position: int) -> None:
         )
 
 
-def rope_theta_of(config: Any) -> float:
+def rope_theta_of(config: PretrainedConfig) -> float:
     """The RoPE base the config names (for a blob's metadata; the exact RoPE is `model_rope`'s)."""
     params = getattr(config, "rope_parameters", None) or {}
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
-def head_dim_of(config: Any) -> int:
+def head_dim_of(config: PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 @torch.no_grad()
-def model_rope(model: Any, start_pos: int, seq: int) -> Rope:
+def model_rope(model: PreTrainedModel, start_pos: int, seq: int) -> Rope:
     """The RoPE the model itself uses for positions start_pos..start_pos+seq-1: its rotary
     module is asked for them (which applies dynamic scaling updates as its own forward
     would), then its frequencies and attention scaling are read back."""

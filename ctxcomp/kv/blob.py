@@ -192,13 +192,13 @@ def _with_codec_fields(meta: BlobMeta, fields: dict[str, object]) -> dict[str, o
 
 
 def _encode_raw(dtype: torch.dtype) -> Callable[..., tuple[dict[str, torch.Tensor], dict[str, object]]]:
-    def encode_raw(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: Any, attention: Any) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    def encode_raw(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform | None, attention: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         return {"k": k.to(dtype).contiguous(), "v": v.to(dtype).contiguous()}, {}
 
     return encode_raw
 
 
-def _decode_raw(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_raw(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: KvTransform | Callable[[], KvTransform] | None) -> tuple[torch.Tensor, torch.Tensor]:
     return tensors["k"], tensors["v"]
 
 
@@ -208,7 +208,7 @@ def _sinks(meta: BlobMeta) -> int:
 
 
 def _encode_quantized(codec: str) -> Callable[..., tuple[dict[str, torch.Tensor], dict[str, object]]]:
-    def encode_quantized(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: Any, attention: Any) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    def encode_quantized(k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform | None, attention: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         tensors = _quantized_tensors(k, v, meta, codec)
         return tensors, {"key_group": KEY_GROUP, "sink_tokens": _sinks(meta)}
 
@@ -249,7 +249,7 @@ def _check_transform(transform: KvTransform, meta: BlobMeta) -> None:
 
 
 def _encode_transform(
-    k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform | None, attention: Any
+    k: torch.Tensor, v: torch.Tensor, meta: BlobMeta, transform: KvTransform | None, attention: torch.Tensor | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     if transform is None:
         raise ValueError("codec 'transform' needs the model's KvTransform (ctxcomp.models.load_kv_transform())")
@@ -339,7 +339,7 @@ def decode(
     return k.to(dtype), v.to(dtype), meta
 
 
-def _decode_quantized(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_quantized(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: KvTransform | Callable[[], KvTransform] | None) -> tuple[torch.Tensor, torch.Tensor]:
     k_codes, v_codes = tensors["k"], tensors["v"]
     if meta.codec == "int4":
         k_codes, v_codes = _unpack_int4(k_codes), _unpack_int4(v_codes)
@@ -383,7 +383,7 @@ def _coded_components(tensors: dict[str, torch.Tensor]) -> kv_transform.CodedCom
     )
 
 
-def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: KvTransform | Callable[[], KvTransform] | None) -> tuple[torch.Tensor, torch.Tensor]:
     import numpy as np
 
     transform = transform() if callable(transform) else transform
@@ -416,7 +416,7 @@ def _decode_transform(tensors: dict[str, torch.Tensor], meta: BlobMeta, transfor
     return kv_transform.post_rope_from_rows(k_rows, meta_rope(meta), meta.kv_heads), v
 
 
-def _head_bases(transform: Any, meta: BlobMeta, digest: str | None) -> HeadBases:
+def _head_bases(transform: KvTransform | Callable[[], KvTransform] | None, meta: BlobMeta, digest: str | None) -> HeadBases:
     """The KvTransform's per-head bases, checked against the blob's shape (and digest, when decoding)."""
     transform = transform() if callable(transform) else transform
     bases = transform.heads if transform is not None else None
@@ -456,7 +456,7 @@ def _encode_head_pca(
     return tensors, fields
 
 
-def _decode_head_pca(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_head_pca(tensors: dict[str, torch.Tensor], meta: BlobMeta, transform: KvTransform | Callable[[], KvTransform] | None) -> tuple[torch.Tensor, torch.Tensor]:
     from ctxcomp.kv import head_pca
 
     bases = _head_bases(transform, meta, meta.transform_sha256)

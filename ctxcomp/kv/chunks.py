@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 
@@ -29,6 +29,9 @@ from ctxcomp.kv.architectures import model_rope
 from ctxcomp.kv.handoff import blob_from_prefill
 from ctxcomp.kv.prefill import PrefillResult, prefill
 from ctxcomp.kv.store import BlobStore
+
+if TYPE_CHECKING:
+    from ctxcomp.models.registry import LoadedLLM
 
 CHUNK_TOKENS = 256
 CHUNK_CODEC = "fp16"
@@ -59,11 +62,11 @@ class ChunkStore(Protocol):
 
     def keys(self, token_ids: Sequence[int]) -> list[str]: ...
 
-    def has(self, key: str, llm: Any) -> bool: ...
+    def has(self, key: str, llm: LoadedLLM) -> bool: ...
 
-    def load(self, key: str, llm: Any, token_ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]: ...
+    def load(self, key: str, llm: LoadedLLM, token_ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]: ...
 
-    def save(self, key: str, llm: Any, part: PrefillResult, token_ids: Sequence[int]) -> int: ...
+    def save(self, key: str, llm: LoadedLLM, part: PrefillResult, token_ids: Sequence[int]) -> int: ...
 
 
 class BlobChunks:
@@ -78,10 +81,10 @@ class BlobChunks:
     def keys(self, token_ids: Sequence[int]) -> list[str]:
         return chunk_keys(self.fingerprint, token_ids, self.chunk_tokens, self.namespace)
 
-    def has(self, key: str, llm: Any) -> bool:
+    def has(self, key: str, llm: LoadedLLM) -> bool:
         return self.store.get(key) is not None
 
-    def load(self, key: str, llm: Any, token_ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]:
+    def load(self, key: str, llm: LoadedLLM, token_ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]:
         """A stored chunk and "hit"; or None and "miss", or "corrupt" (refused and deleted)."""
         data = self.store.get(key)
         if data is None:
@@ -95,7 +98,7 @@ class BlobChunks:
             return None, "corrupt"
         return (list(k.float()), list(v.float())), "hit"
 
-    def save(self, key: str, llm: Any, part: PrefillResult, token_ids: Sequence[int]) -> int:
+    def save(self, key: str, llm: LoadedLLM, part: PrefillResult, token_ids: Sequence[int]) -> int:
         data = blob_from_prefill(part, llm, token_ids, codec=CHUNK_CODEC)
         self.store.put(key, data)
         return len(data)
@@ -122,7 +125,7 @@ class ChunkedPrefill:
         return self.result.keys[0].shape[-2] - self.reused * self.chunk_tokens
 
 
-def prefill_with_chunks(llm: Any, token_ids: Sequence[int], chunks: ChunkStore) -> ChunkedPrefill:
+def prefill_with_chunks(llm: LoadedLLM, token_ids: Sequence[int], chunks: ChunkStore) -> ChunkedPrefill:
     """Prefill token_ids, reusing the longest stored prefix of chunks and storing the new ones."""
     size = chunks.chunk_tokens
     keys = chunks.keys(token_ids)

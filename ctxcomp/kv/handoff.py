@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ctxcomp.errors import NotAvailable
 from ctxcomp.kv import blob
 from ctxcomp.kv.architectures import rope_theta_of
 from ctxcomp.kv.prefill import PrefillResult, dynamic_cache
 
+if TYPE_CHECKING:
+    from transformers import DynamicCache
+
+    from ctxcomp.models.kv_transform import KvTransform
+    from ctxcomp.models.registry import LoadedLLM
+
 
 @functools.lru_cache(maxsize=1)
-def default_kv_transform() -> Any:
+def default_kv_transform() -> KvTransform:
     """The shipped (or CTXCOMP_KV_TRANSFORM) transform for library calls without a hub, loaded
     once: its inverse matrices are computed on first use and are costly to redo per blob."""
     from ctxcomp import models
@@ -20,7 +26,7 @@ def default_kv_transform() -> Any:
     return models.load_kv_transform()
 
 
-def kv_transform_for(llm: Any, transform: Any = None) -> Any:
+def kv_transform_for(llm: LoadedLLM, transform: KvTransform | None = None) -> KvTransform | None:
     """The "transform" codec's KvTransform checked against this LLM (default: the shipped one,
     loaded here; a server passes its hub's, so CTXCOMP_KV_TRANSFORM and hub overrides apply).
     NotAvailable when it was calibrated for another LLM."""
@@ -37,12 +43,12 @@ def kv_transform_for(llm: Any, transform: Any = None) -> Any:
 
 def blob_from_prefill(
     result: PrefillResult,
-    llm: Any,
+    llm: LoadedLLM,
     token_ids: Sequence[int],
     *,
     codec: blob.Codec = "fp16",
     zstd_level: int | None = None,
-    transform: Any = None,
+    transform: KvTransform | None = None,
 ) -> bytes:
     """llm: a ctxcomp.models.LoadedLLM (model, tokenizer, fingerprint); transform: the KvTransform
     of codecs "transform" and "headpca" (default: the shipped one). A prefill run with
@@ -66,7 +72,7 @@ def blob_from_prefill(
                        attention=result.attention)
 
 
-def cache_from_blob(data: bytes, llm: Any, transform: Any = None) -> tuple[Any, blob.BlobMeta]:
+def cache_from_blob(data: bytes, llm: LoadedLLM, transform: KvTransform | None = None) -> tuple[DynamicCache, blob.BlobMeta]:
     """A DynamicCache for llm, on the device its weights are on, from blob bytes; refuses
     blobs of other models or corrupt ones."""
     keys, values, meta = blob.decode(
@@ -81,7 +87,7 @@ def cache_from_blob(data: bytes, llm: Any, transform: Any = None) -> tuple[Any, 
 RAG_INSTRUCTION = "Answer the question using the context above."
 
 
-def rag_prompt_ids(llm: Any, context: str, question: str, instruction: str = RAG_INSTRUCTION) -> tuple[list[int], list[int]]:
+def rag_prompt_ids(llm: LoadedLLM, context: str, question: str, instruction: str = RAG_INSTRUCTION) -> tuple[list[int], list[int]]:
     """(context ids, ids after them) of a plain RAG prompt the blob can be the start of: the
     compressed context first (the blob's tokens, positions 0..n-1), then the LLM's own chat
     template around the question, ending where the assistant's answer starts. A blob holds the
@@ -93,8 +99,8 @@ def rag_prompt_ids(llm: Any, context: str, question: str, instruction: str = RAG
 
 
 def generate_from_blob(
-    llm: Any, data: bytes, context: str, question: str, *, max_new_tokens: int = 64,
-    instruction: str = RAG_INSTRUCTION, transform: Any = None,
+    llm: LoadedLLM, data: bytes, context: str, question: str, *, max_new_tokens: int = 64,
+    instruction: str = RAG_INSTRUCTION, transform: KvTransform | None = None,
 ) -> str:
     """The LLM's greedy answer to `question` over `context`, continuing from the context's KV
     blob (`data`, from a ctxcomp server or blob_from_prefill) instead of prefilling it: the

@@ -33,7 +33,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import parse_qs, urlparse
 
 import cbor2
@@ -42,6 +42,10 @@ import torch
 from ctxcomp.errors import StoreUnavailable
 from ctxcomp.kv.architectures import head_dim_of
 from ctxcomp.kv.store import write_atomically
+
+if TYPE_CHECKING:
+    from ctxcomp.kv.prefill import PrefillResult
+    from ctxcomp.models.registry import LoadedLLM
 
 LMCACHE_VERSION = "0.5.6"
 SCHEME = "lmcache+fs"
@@ -158,7 +162,7 @@ class LMCacheStore:
         self.chunk_tokens = layout.chunk_size
         root.mkdir(parents=True, exist_ok=True)
 
-    def check_model(self, llm: Any) -> None:
+    def check_model(self, llm: LoadedLLM) -> None:
         """ValueError unless the LLM's KV heads split evenly over the workers."""
         heads = llm.model.config.num_key_value_heads
         if heads % self.layout.world_size:
@@ -174,11 +178,11 @@ class LMCacheStore:
     def _paths(self, key: str) -> list[Path]:
         return [self.root / file_name(name) for name in self.cache_keys(key)]
 
-    def _shape(self, llm: Any, tokens: int) -> tuple[int, int, int, int]:
+    def _shape(self, llm: LoadedLLM, tokens: int) -> tuple[int, int, int, int]:
         config = llm.model.config
         return config.num_hidden_layers, config.num_key_value_heads // self.layout.world_size, head_dim_of(config), tokens
 
-    def has(self, key: str, llm: Any) -> bool:
+    def has(self, key: str, llm: LoadedLLM) -> bool:
         """Every worker's record is there and framed for this model (header and size; the
         bytes are not read). A badly framed one is deleted."""
         expected = expected_header(self.layout.kv_dtype, *self._shape(llm, self.chunk_tokens))
@@ -197,7 +201,7 @@ class LMCacheStore:
                 return False
         return True
 
-    def load(self, key: str, llm: Any, token_ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]:
+    def load(self, key: str, llm: LoadedLLM, token_ids: Sequence[int], start_pos: int) -> tuple[Chunk | None, str]:
         """A stored chunk and "hit"; or None and "miss", or "corrupt" (deleted)."""
         shards, paths = [], self._paths(key)
         for path in paths:
@@ -215,7 +219,7 @@ class LMCacheStore:
         layers = range(len(shards[0][0]))
         return ([torch.cat([s[0][i] for s in shards]) for i in layers], [torch.cat([s[1][i] for s in shards]) for i in layers]), "hit"
 
-    def save(self, key: str, llm: Any, part: Any, token_ids: Sequence[int]) -> int:
+    def save(self, key: str, llm: LoadedLLM, part: PrefillResult, token_ids: Sequence[int]) -> int:
         """Write one chunk (a PrefillResult of its tokens); the bytes written."""
         share = part.keys[0].shape[1] // self.layout.world_size
         written = 0

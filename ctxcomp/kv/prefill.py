@@ -11,13 +11,16 @@ layout [B, H_kv, S, D].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from ctxcomp.cancellation import checkpoint
 from ctxcomp.kernels.attention import Backend, Rope, apply_rope, prefill_attention
 from ctxcomp.kv.architectures import adapter_for, check_context, head_dim_of, model_rope
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedModel
 
 
 ATTENTION_QUERIES = 64  # queries per layer that estimate the attention each token receives (received_attention)
@@ -39,7 +42,7 @@ class PrefillResult:
 
 @torch.inference_mode()
 def prefill(
-    model: Any, input_ids: torch.Tensor, *, start_pos: int = 0, backend: Backend = "auto",
+    model: PreTrainedModel, input_ids: torch.Tensor, *, start_pos: int = 0, backend: Backend = "auto",
     past: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None, attention_queries: int = 0,
 ) -> PrefillResult:
     """Run input_ids [B, S] (positions start_pos..start_pos+S-1) through a supported causal LM.
@@ -94,12 +97,12 @@ def received_attention(q: torch.Tensor, k: torch.Tensor, rope: Rope, sm_scale: f
     return probs.sum(0) / seen_by
 
 
-def to_dynamic_cache(result: PrefillResult) -> Any:
+def to_dynamic_cache(result: PrefillResult) -> DynamicCache:
     """A transformers DynamicCache holding the prefilled K/V, ready for generate()/forward()."""
     return dynamic_cache(result.keys, result.values)
 
 
-def dynamic_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> Any:
+def dynamic_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> DynamicCache:
     """A transformers DynamicCache of per-layer K (after RoPE) and V, each [B, H_kv, S, D]."""
     from transformers import DynamicCache
 

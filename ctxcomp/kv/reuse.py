@@ -14,12 +14,15 @@ Shapes: K, V [L, H_kv, S, D] (layout "LHSD"), batch 1.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from ctxcomp.kernels.attention import Rope, apply_rope, rope_cos_sin
 from ctxcomp.kv.architectures import adapter_for, check_context, head_dim_of, model_rope
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def rerotate(k: torch.Tensor, delta: int, rope: Rope) -> torch.Tensor:
@@ -42,7 +45,7 @@ def concatenate(parts: Sequence[tuple[torch.Tensor, torch.Tensor, int]], rope: R
 
 
 @torch.inference_mode()
-def blend(model: Any, input_ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, recompute_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+def blend(model: PreTrainedModel, input_ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, recompute_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
     """CacheBlend-style selective recompute on concatenated K/V for input_ids [1, S].
 
     Layer 0 is recomputed for all tokens (its attention is what first mixes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ctxcomp.errors import InvalidRequest, ModelUnavailable, NotAvailable, quoted
 from ctxcomp.hub import ModelHub
@@ -15,6 +15,9 @@ from ctxcomp.kv.lmcache import SCHEME as LMCACHE_SCHEME
 from ctxcomp.kv.lmcache import LMCacheStore, open_lmcache_store
 from ctxcomp.kv.prefill import ATTENTION_QUERIES, prefill
 from ctxcomp.kv.store import DEFAULT_RETRY_AFTER_S, DEFAULT_TIMEOUT_S, BlobStore, blob_key, open_store
+
+if TYPE_CHECKING:
+    from ctxcomp.models.registry import LoadedLLM
 
 CODECS: tuple[str, ...] = tuple(blob.CODECS)  # one list of codecs: the blob module's registry
 
@@ -43,7 +46,7 @@ class KvTarget(Protocol):
 
     shared_namespace: bool  # one key space for every tenant: it cannot keep tenants apart
 
-    def check(self, llm: Any, codec: str, cache_salt: str) -> str:
+    def check(self, llm: LoadedLLM, codec: str, cache_salt: str) -> str:
         """The codec this target writes for a request asking `codec`; InvalidRequest otherwise."""
         ...
 
@@ -59,7 +62,7 @@ class BlobTarget:
     store: BlobStore | None = None
     shared_namespace: bool = False
 
-    def check(self, llm: Any, codec: str, cache_salt: str) -> str:
+    def check(self, llm: LoadedLLM, codec: str, cache_salt: str) -> str:
         codec = codec or "fp16"
         if codec not in CODECS:
             raise InvalidRequest("kv_codec", f"unknown codec {quoted(codec)}; valid: {', '.join(CODECS)}")
@@ -78,7 +81,7 @@ class LMCacheTarget:
     store: LMCacheStore
     shared_namespace: bool = True
 
-    def check(self, llm: Any, codec: str, cache_salt: str) -> str:
+    def check(self, llm: LoadedLLM, codec: str, cache_salt: str) -> str:
         if cache_salt:
             raise InvalidRequest("cache_salt", "this server writes LMCache chunks under vLLM's keys, one namespace for "
                                  "all: it cannot keep a salted context apart; send no cache_salt")
@@ -93,7 +96,7 @@ class LMCacheTarget:
 
     def compute(self, hub: ModelHub, context: str, codec: str, *, zstd_level: int, chunk_tokens: int,
                 templated: bool, namespace: str) -> KvBlob:
-        return write_lmcache(hub.get("downstream_llm"), context, self.store, templated)
+        return write_lmcache(hub.llm(), context, self.store, templated)
 
 
 INLINE = BlobTarget()  # no store: blobs go back with the response
@@ -114,14 +117,14 @@ def open_kv_store(
 
 def check_kv_request(codec: str, model: str, hub: ModelHub, target: KvTarget | None = None, cache_salt: str = "") -> str:
     """The codec to use; InvalidRequest naming kv_codec / kv_model / cache_salt otherwise."""
-    llm = hub.get("downstream_llm")
+    llm = hub.llm()
     adapter_for(llm.model.config)  # an architecture without an exact prefill is refused here, by name
     codec = (target or INLINE).check(llm, codec, cache_salt)
     if model and model not in (llm.fingerprint, llm.path.name):
         raise InvalidRequest("kv_model", f"this server computes KV for {llm.path.name} (fingerprint {llm.fingerprint[:12]}), not {quoted(model)}")
     if codec in CODECS and blob.CODECS[codec].needs_transform:
         try:
-            kv_transform_for(llm, hub.get("kv_transform"))
+            kv_transform_for(llm, hub.kv_transform())
         except (NotAvailable, ModelUnavailable) as err:
             raise InvalidRequest("kv_codec", f"codec {quoted(codec)} is not available on this server: {err}") from err
     return codec
@@ -147,7 +150,7 @@ def compute_blob(
     `namespace` (ctxcomp.kv.store.kv_namespace): nothing is shared across namespaces."""
     import torch
 
-    llm = hub.get("downstream_llm")
+    llm = hub.llm()
     ids = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
     key = blob_key(llm.fingerprint, ids, codec, namespace)
     lookup = ""
@@ -164,7 +167,7 @@ def compute_blob(
     else:
         queries = ATTENTION_QUERIES if codec in CODECS and blob.CODECS[codec].uses_attention else 0
         result = prefill(llm.model, torch.tensor([ids], device=llm.model.device), attention_queries=queries)
-    transform = hub.get("kv_transform") if codec in CODECS and blob.CODECS[codec].needs_transform else None
+    transform = hub.kv_transform() if codec in CODECS and blob.CODECS[codec].needs_transform else None
     data = blob_from_prefill(result, llm, ids, codec=codec, zstd_level=zstd_level, transform=transform)  # type: ignore[arg-type]
     if store is not None:
         store.put(key, data)
@@ -172,7 +175,7 @@ def compute_blob(
     return KvBlob(key, len(ids), codec, len(data), data)
 
 
-def write_lmcache(llm: Any, context: str, store: LMCacheStore, templated: bool) -> KvBlob:
+def write_lmcache(llm: LoadedLLM, context: str, store: LMCacheStore, templated: bool) -> KvBlob:
     """The context's full chunks in LMCache's layout, prefilling only those not there yet.
 
     The tokens are the ones vLLM sees when a prompt starts with this text: its completions

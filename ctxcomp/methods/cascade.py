@@ -162,7 +162,7 @@ def spend_leftover(
     grow(hub, scores, selections, budget, config, sizes, kept)
     if config.fill_budget and all(sum(selections[d].counts) >= sizes[d] for d in kept):
         dropped = [d for d in by_relevance if budgets[d] < 1]
-        least = float(hub.get("relevance").meta["sentence_threshold"])
+        least = float(hub.relevance().meta["sentence_threshold"])
         grow(hub, scores, selections, budget, config, sizes, dropped, least_sentence_probability=least)
 
 

@@ -63,8 +63,8 @@ class ComiMerge(MethodBase):
 
     def compress(self, item: MethodItem) -> MethodOutput:
         request, config = item.request, item.config
-        llm = self.hub.get("downstream_llm")
-        split = split_sentences(self.hub.get("spacy"), [d.text for d in request.documents])
+        llm = self.hub.llm()
+        split = split_sentences(self.hub.spacy(), [d.text for d in request.documents])
         groups = sentence_groups(llm.tokenizer, split)
         query, sentences = query_and_sentences(self.hub, request.query, split)
         mig = group_mig(query, sentences, np.asarray([g.document for g in groups]), config.redundancy_weight)

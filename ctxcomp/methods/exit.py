@@ -52,7 +52,7 @@ class Exit(MethodBase):
 
     def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
         scored = relevance.score(self.hub, [item.request for item in items])
-        calibrated = float(self.hub.get("relevance").meta["sentence_threshold"])
+        calibrated = float(self.hub.relevance().meta["sentence_threshold"])
         return [MethodOutput(keep_useful(self.hub, item, scores, calibrated)) for item, scores in zip(items, scored)]
 
 

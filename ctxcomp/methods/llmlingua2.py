@@ -128,7 +128,7 @@ class LLMLingua2(MethodBase):
         return [self._finish(p, self._word_scores(p) if p.query_aware else next(scores)) for p in prepared]
 
     def _segment(self, request: CompressRequest, config: LLMLingua2Config, tokens_before: Sequence[int]) -> _Prepared:
-        classifier = self.hub.get(*classifier_form(config))
+        classifier = self.hub.token_classifier(*classifier_form(config))
         tokenizer, max_length = classifier.tokenizer, classifier.max_length
         if config.mode == "compat":
             encoded = [compat.encode(tokenizer, d.text) for d in request.documents]
@@ -159,7 +159,7 @@ class LLMLingua2(MethodBase):
             ]
             sizes = [len(w) for i in members for w in prepared[i].words]
             scores = wordscore.score_chunks(
-                self.hub.get(*form), chunks, sizes, aggregation, max_batch_tokens  # type: ignore[arg-type]
+                self.hub.token_classifier(*form), chunks, sizes, aggregation, max_batch_tokens  # type: ignore[arg-type]
             )
             for n, i in enumerate(members):
                 out[i] = scores[first_doc[n] : first_doc[n + 1]]
@@ -213,7 +213,7 @@ class LLMLingua2(MethodBase):
     def _select_compat(self, prepared: _Prepared, scores: list[np.ndarray]) -> Selection:
         """The llmlingua package's LLMLingua-2 decisions: per-chunk percentile thresholds."""
         config = prepared.config
-        tokenizer = self.hub.get(*classifier_form(config)).tokenizer
+        tokenizer = self.hub.token_classifier(*classifier_form(config)).tokenizer
         rate = compat_rate(prepared.request, config, prepared.tokens_before)
         masks = []
         for doc, score in zip(prepared.encoded or [], scores):

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ctxcomp.text import TextSpans
 from ctxcomp.tokenization import tokens_with_offsets
 from ctxcomp.wordscore import Chunk
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CHUNK_END_TOKENS = (".", "\n")
 # tokenizer -> {word's encoder ids: its decoded spelling}; bounded, restarts when full.
@@ -41,7 +44,7 @@ class EncodedDocument:
     word_of_token: np.ndarray  # [T] word index of each token
     chunk_of_word: np.ndarray  # [W] chunk index (within the document) of each word, set by reference_chunks
 
-    def word_strings(self, tokenizer: Any) -> list[str]:
+    def word_strings(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         """Each word as the encoder spells it (lowercased for uncased models), as the reference counts it.
 
         The tokenizer's own decode of each word's ids, memoised per tokenizer: words repeat
@@ -63,7 +66,7 @@ class EncodedDocument:
         return [spelled[w] for w in words]  # type: ignore[misc]
 
 
-def encode(tokenizer: Any, text: str) -> EncodedDocument:
+def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> EncodedDocument:
     ids, offsets, words = tokens_with_offsets(tokenizer, text)
     word_of_token = np.asarray(words, dtype=np.int64) if len(ids) else np.zeros(0, np.int64)
     # Renumber densely: pre-tokenizer word ids skip words that produced no token.
@@ -77,7 +80,7 @@ def encode(tokenizer: Any, text: str) -> EncodedDocument:
     return EncodedDocument(TextSpans(text, starts, ends), ids, word_of_token, np.zeros(n_words, np.int64))
 
 
-def reference_chunks(tokenizer: Any, doc: EncodedDocument, doc_index: int, max_length: int) -> list[Chunk]:
+def reference_chunks(tokenizer: PreTrainedTokenizerBase, doc: EncodedDocument, doc_index: int, max_length: int) -> list[Chunk]:
     """Chunks as the reference cuts them (see module doc); fills doc.chunk_of_word."""
     end_ids = set(tokenizer.convert_tokens_to_ids(list(CHUNK_END_TOKENS))) - {tokenizer.unk_token_id}
     limit = max_length - 2

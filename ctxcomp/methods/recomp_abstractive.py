@@ -86,7 +86,7 @@ class RecompAbstractive(MethodBase):
         return "\n\n".join(d.text for d in selected if d.text)
 
     def _summarize(self, query: str, sources: str, budget: int) -> str:
-        llm = self.hub.get("downstream_llm")
+        llm = self.hub.llm()
         words = max(5, int(budget * 0.7))
         user = (
             f"Documents:\n{sources}\n\nQuestion: {query}\n\n"

@@ -38,8 +38,8 @@ class Xrag(MethodBase):
 
     def compress(self, item: MethodItem) -> MethodOutput:
         request, config = item.request, item.config
-        llm = self.hub.get("downstream_llm")
-        loaded = self.hub.get("xrag_projector")
+        llm = self.hub.llm()
+        loaded = self.hub.xrag_projector()
         if loaded.llm_fingerprint != llm.fingerprint:
             raise ModelUnavailable(
                 "xrag_projector",
@@ -59,4 +59,4 @@ class Xrag(MethodBase):
 def project(hub: ModelHub, texts: list[str]) -> torch.Tensor:
     """[N, llm_dim] float32 xRAG tokens of texts."""
     encoded = embed(hub, texts)
-    return hub.get("xrag_projector").projector(torch.from_numpy(encoded)).float()
+    return hub.xrag_projector().projector(torch.from_numpy(encoded)).float()

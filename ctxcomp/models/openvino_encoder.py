@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import threading
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from torch import nn
 
 from ctxcomp.encoder_batches import PAD_MULTIPLE, padded_width
 from ctxcomp.models.registry import calibration_samples
+
+if TYPE_CHECKING:
+    import openvino as ov
+    from transformers import PreTrainedTokenizerBase
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -51,7 +55,7 @@ class _Traced(nn.Module):
         return getattr(outputs, self.output)
 
 
-def to_openvino(traced: _Traced) -> Any:
+def to_openvino(traced: _Traced) -> ov.Model:
     """The traced module as an OpenVINO model with [rows, tokens] int64 inputs, through the
     PyTorch frontend itself: `openvino.convert_model` would also start a telemetry process
     that reports to Google Analytics, which a service must not do on its users' behalf."""
@@ -74,7 +78,7 @@ def to_openvino(traced: _Traced) -> Any:
     return frontend.convert(model)
 
 
-def calibration_feeds(tokenizer: Any, max_length: int = 512) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(tokenizer: PreTrainedTokenizerBase, max_length: int = 512) -> list[dict[str, np.ndarray]]:
     """The shipped sample as one-row feeds: each passage alone and after its question."""
     samples = calibration_samples()
     feeds = []
@@ -140,7 +144,7 @@ class CompiledGraph:
             self.single_row(width)
 
 
-def compile_module(module: nn.Module, output: str, tokenizer: Any = None, threads: int | None = None) -> CompiledGraph:
+def compile_module(module: nn.Module, output: str, tokenizer: PreTrainedTokenizerBase | None = None, threads: int | None = None) -> CompiledGraph:
     """A transformers model's `output` compiled by OpenVINO over [rows, tokens] int64 inputs: fp32,
     or static int8 calibrated through `tokenizer` when one is given."""
     converted = to_openvino(_Traced(copy.deepcopy(module).float().eval(), output))
@@ -257,7 +261,7 @@ def _is_stack(module: nn.Module) -> bool:
     return getattr(module, "base_model", None) is module and hasattr(module, "embeddings")
 
 
-def convert(module: nn.Module, int8: bool, tokenizer: Any = None) -> nn.Module:
+def convert(module: nn.Module, int8: bool, tokenizer: PreTrainedTokenizerBase | None = None) -> nn.Module:
     """A token-classification model compiled whole by OpenVINO, or a copy of any other `module` with
     its (first) transformer stack compiled; int8 calibrates on the sample text through `tokenizer`
     (the module's own). The head of a classification model is too narrow to quantize

@@ -31,12 +31,15 @@ brings a dependency tree and telemetry for a few hundred lines of graph edits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
 
 from ctxcomp.models import int8 as int8_weights
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 ALPHA = 0.95  # SmoothQuant migration strength (chosen on dev, module doc)
 LEVELS = 256
@@ -71,7 +74,7 @@ def quantized_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.numpy(), scale.unsqueeze(1).numpy()
 
 
-def _weight_constant(matmul: Any) -> Any | None:
+def _weight_constant(matmul: ov.Node) -> ov.Node | None:
     """The constant [out, in] weight node of a projection MatMul (x @ w.T), or None."""
     if matmul.get_type_name() != "MatMul":
         return None
@@ -83,11 +86,11 @@ def _weight_constant(matmul: Any) -> Any | None:
     return source
 
 
-def _weight(matmul: Any) -> np.ndarray:
+def _weight(matmul: ov.Node) -> np.ndarray:
     return matmul.input_value(1).get_node().get_data().astype(np.float32)
 
 
-def projection_groups(model: Any, reducing: bool = False) -> dict[tuple[str, int], list[Any]]:
+def projection_groups(model: ov.Model, reducing: bool = False) -> dict[tuple[str, int], list[ov.Node]]:
     """The graph's projections that keep their width (or, with `reducing`, the down-projections),
     grouped by the activation they read (name and output index)."""
     groups: dict[tuple[str, int], list[Any]] = {}
@@ -104,7 +107,7 @@ def projection_groups(model: Any, reducing: bool = False) -> dict[tuple[str, int
     return groups
 
 
-def calibrate(model: Any, feeds: Iterable[dict[str, np.ndarray]], config: dict[str, Any]) -> dict[tuple[str, int], InputStatistics]:
+def calibrate(model: ov.Model, feeds: Iterable[dict[str, np.ndarray]], config: dict[str, Any]) -> dict[tuple[str, int], InputStatistics]:
     """Each projection input's per-channel extremes over `feeds`, from a compiled fp32 copy
     of `model` that also outputs those inputs (padding rows are never in a feed)."""
     import openvino as ov
@@ -129,7 +132,7 @@ def calibrate(model: Any, feeds: Iterable[dict[str, np.ndarray]], config: dict[s
     return {key: InputStatistics(np.stack(lows[key]), np.stack(highs[key])) for key in keys}
 
 
-def _int8_weight(matmul: Any, weight: np.ndarray) -> None:
+def _int8_weight(matmul: ov.Node, weight: np.ndarray) -> None:
     from openvino import Type
     from openvino import opset13 as ops
 
@@ -137,7 +140,7 @@ def _int8_weight(matmul: Any, weight: np.ndarray) -> None:
     matmul.input(1).replace_source_output(ops.multiply(ops.convert(ops.constant(codes), Type.f32), ops.constant(scale)).output(0))
 
 
-def quantize(model: Any, statistics: dict[tuple[str, int], InputStatistics]) -> Any:
+def quantize(model: ov.Model, statistics: dict[tuple[str, int], InputStatistics]) -> ov.Model:
     """`model` (changed in place and returned) in int8: static where calibrated, the
     down-projections' weights only (compile with DYNAMIC_GROUP, module doc)."""
     from openvino import opset13 as ops

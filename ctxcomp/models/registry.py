@@ -17,9 +17,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, TypeVar
 
 from ctxcomp.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from spacy.language import Language
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ctxcomp.models.kv_transform import KvTransform
+    from ctxcomp.models.relevance_model import RelevanceModel
+    from ctxcomp.models.xrag_projector import LoadedProjector
 
 MODELS_DIR = Path(__file__).resolve().parent
 CALIBRATION_TEXTS = MODELS_DIR / "calibration" / "texts.json"
@@ -123,8 +133,8 @@ def _from_pretrained(role: str, loader: Any, location: str, **kwargs: Any) -> An
 class TokenClassifier:
     """A token-classification model whose label 1 means "keep this word"."""
 
-    model: Any  # transformers PreTrainedModel, eval mode
-    tokenizer: Any  # fast tokenizer (word_ids() needed)
+    model: nn.Module  # a transformers token-classification model (or its OpenVINO form), eval mode
+    tokenizer: PreTrainedTokenizerBase  # fast (word_ids() needed)
     source: Source
     max_length: int
 
@@ -148,21 +158,24 @@ def _probe_token_classifier(classifier: TokenClassifier, rows: int = 4, tokens: 
     return lambda: classifier.model(input_ids=ids, attention_mask=mask)
 
 
-def _probe_relevance(scorer: Any, rows: int = 4, tokens: int = 256) -> Callable[[], Any]:
+def _probe_relevance(scorer: RelevanceScorer, rows: int = 4, tokens: int = 256) -> Callable[[], Any]:
     from ctxcomp.models.precision import probe_ids
 
     ids, mask, types = probe_ids(scorer.model.encoder.config.vocab_size, rows, tokens)
     return lambda: scorer.model(ids, mask, types)
 
 
-def _probe_sentence_encoder(encoder: Any, rows: int = 4, tokens: int = 256) -> Callable[[], Any]:
+def _probe_sentence_encoder(encoder: SentenceTransformer, rows: int = 4, tokens: int = 256) -> Callable[[], Any]:
     from ctxcomp.models.precision import probe_ids
 
     ids, mask, _ = probe_ids(encoder[0].auto_model.config.vocab_size, rows, tokens)
     return lambda: encoder({"input_ids": ids, "attention_mask": mask})
 
 
-def place(loaded: Any, device: str) -> Any:
+Loaded = TypeVar("Loaded")
+
+
+def place(loaded: Loaded, device: str) -> Loaded:
     """A loaded model moved to `device`; on an accelerator in bf16. A wrapper (TokenClassifier,
     RelevanceScorer, LoadedLLM) has its `.model` moved; a torch module moves itself."""
     import torch
@@ -224,7 +237,7 @@ def _delta(role: str, delta_dir: Path, script: str) -> tuple[Path, dict]:
     return delta_file, json.loads((delta_dir / "config.json").read_text())
 
 
-def load_default_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_DELTA, base: Path | None = None) -> Any:
+def load_default_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_DELTA, base: Path | None = None) -> TokenClassifier:
     """The MiniLM base with our trained delta (LoRA factors + head) merged in."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForTokenClassification
@@ -250,7 +263,7 @@ def load_default_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_DELTA, base
     return model
 
 
-def load_distilled_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_FAST_DELTA, base: Path | None = None) -> Any:
+def load_distilled_token_classifier(delta_dir: Path = TOKEN_CLASSIFIER_FAST_DELTA, base: Path | None = None) -> TokenClassifier:
     """The shallow student of the token classifier: the MiniLM base's embeddings, then the
     student's own encoder layers and head from its delta (training/distill_token_classifier.py)."""
     from safetensors.torch import load_file
@@ -283,8 +296,8 @@ DEFAULT_TOKEN_CLASSIFIERS: dict[str, Callable[[], Any]] = {
 
 @dataclass
 class LoadedLLM:
-    model: Any  # transformers causal LM, fp32, eval mode
-    tokenizer: Any
+    model: PreTrainedModel  # a transformers causal LM, eval mode
+    tokenizer: PreTrainedTokenizerBase
     source: Source
     path: Path  # folder it was loaded from (the conversion cache for GGUF)
     fingerprint: str  # sha256 over model id, config and tokenizer
@@ -307,14 +320,14 @@ def llm_folder(override: str | None = None) -> tuple[Source, str]:
     return source, source.location
 
 
-def load_llm_tokenizer(override: str | None = None) -> Any:
+def load_llm_tokenizer(override: str | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     source, folder = llm_folder(override)
     return _from_pretrained(source.role, AutoTokenizer.from_pretrained, folder)
 
 
-def load_tokenizer(location: str) -> Any:
+def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
     """Another LLM's tokenizer alone (budgets counted in it): a HF id, a folder, or a .gguf
     file, whose tokenizer is read from the GGUF metadata without its weights."""
     from transformers import AutoTokenizer
@@ -345,7 +358,7 @@ def load_llm(override: str | None = None) -> LoadedLLM:
 _VOLATILE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash"})
 
 
-def llm_fingerprint(model: Any, tokenizer: Any, model_id: str) -> str:
+def llm_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_id: str) -> str:
     config = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
     digest = hashlib.sha256()
@@ -401,7 +414,7 @@ def convert_gguf(gguf: Path) -> Path:
 # --- sentence encoder, trained heads and spaCy -------------------
 
 
-def load_sentence_encoder(override: str | None = None) -> Any:
+def load_sentence_encoder(override: str | None = None) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     source = resolve("sentence_encoder", override)
@@ -420,21 +433,21 @@ def _trained_folder(role: str, override: str | None, default: Path, weights: str
     return folder
 
 
-def load_xrag_projector(override: str | None = None) -> Any:
+def load_xrag_projector(override: str | None = None) -> LoadedProjector:
     """The xRAG projector (ctxcomp/models/xrag_projector.py); its config names the LLM it was trained for."""
     from ctxcomp.models import xrag_projector
 
     return xrag_projector.load(_trained_folder("xrag_projector", override, xrag_projector.PROJECTOR_DIR, "projector.safetensors"))
 
 
-def load_kv_transform(override: str | None = None) -> Any:
+def load_kv_transform(override: str | None = None) -> KvTransform:
     """The "transform" KV codec's calibrated transform (ctxcomp/models/kv_transform.py); its config names its LLM."""
     from ctxcomp.models import kv_transform
 
     return kv_transform.load(_trained_folder("kv_transform", override, kv_transform.TRANSFORM_DIR, kv_transform.WEIGHTS))
 
 
-def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Any:
+def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Language:
     """A spaCy pipeline; with senter_only, everything but sentence splitting is left out.
 
     That includes a shared embedding layer (tok2vec, transformer) no component left listens
@@ -458,7 +471,7 @@ def load_spacy(override: str | None = None, *, senter_only: bool = True) -> Any:
         raise ModelUnavailable("spacy", [f"{name} ({str(err).splitlines()[0]})"], ROLES["spacy"].hint) from err
 
 
-def load_relevance(override: str | None = None) -> Any:
+def load_relevance(override: str | None = None) -> RelevanceScorer:
     """The query-aware cross-encoder (ctxcomp/models/relevance_model.py): the MiniLM base with our delta."""
     from transformers import AutoTokenizer
 
@@ -476,8 +489,8 @@ def load_relevance(override: str | None = None) -> Any:
 class RelevanceScorer:
     """The loaded relevance model, its encoder tokenizer and its config (window, thresholds)."""
 
-    model: Any  # relevance_model.RelevanceModel, eval mode
-    tokenizer: Any
+    model: RelevanceModel  # eval mode
+    tokenizer: PreTrainedTokenizerBase
     meta: dict[str, Any]
 
     @property
@@ -489,7 +502,7 @@ def _locate(role: str, find_default: Callable[[], Any]) -> Callable[[str | None]
     """A role's locate(): its packaged default's files, or the override as given
     (a local path exists by construction; a hub id is only known when it loads)."""
 
-    def locate(override: str | None) -> Any:
+    def locate(override: str | None) -> Path | str:
         source = resolve(role, override)
         return find_default() if source.kind == "default" else source.location
 

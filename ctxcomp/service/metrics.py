@@ -12,7 +12,7 @@ one caller about the others. Prometheus sends one with `authorization: {credenti
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
@@ -20,6 +20,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from ctxcomp.methods import CHAIN_SEPARATOR, is_method_name
 from ctxcomp.service.tenants import Tenants
+
+if TYPE_CHECKING:
+    from ctxcomp.types import CompressResult
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RATIO_BUCKETS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0)
@@ -78,7 +81,7 @@ class Metrics:
         self.requests.labels(label, rpc, code).inc()
         self.latency.labels(label, rpc).observe(seconds)
 
-    def observe_result(self, result: Any) -> None:
+    def observe_result(self, result: CompressResult) -> None:
         """result: ctxcomp.types.CompressResult."""
         label = self.method_label(result.method)
         self.input_tokens.labels(label).inc(result.tokens_before)
