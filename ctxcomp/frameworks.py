@@ -87,6 +87,7 @@ def compressions(result: types.CompressResult, drop_empty: bool) -> list[Compres
             "tokens_before": compressed.tokens_before,
             "tokens_after": compressed.tokens_after,
             "score": compressed.score,
+            "method_score": compressed.method_score,
             "kept_spans": [(s.start, s.end) for s in compressed.kept_spans],
         }
         if result.note:

@@ -24,6 +24,7 @@ from ctxcomp.hub import ModelHub
 from ctxcomp.types import CompressRequest, DocumentResult
 
 if TYPE_CHECKING:
+    from ctxcomp.relevance import DocumentScores
     from ctxcomp.soft import SoftTokens
 
 Output = Literal["text", "vectors"]
@@ -54,6 +55,9 @@ class MethodItem:
     request: CompressRequest
     config: Any  # the method's config with this request's options applied
     tokens_before: tuple[int, ...]  # downstream-LLM tokens per document
+    # The relevance model's scores of the documents, when the pipeline's relevance stage made
+    # them for this request (methods that read the relevance model use them, not a second pass).
+    relevance: tuple[DocumentScores, ...] | None = None
 
 
 @dataclass(frozen=True)

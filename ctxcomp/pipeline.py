@@ -43,6 +43,8 @@ class KvSkipped:
 
 # What the KV stage gives a request: its blob, why it was skipped, its error, or None (not asked).
 KvOutcome = Union["KvBlob", KvSkipped, CtxcompError, None]
+# A request's documents as the relevance model scored them; None where it did not run.
+Scored = Union[tuple[relevance.DocumentScores, ...], None]
 
 
 CONTEXT_SEPARATOR = "\n\n"
@@ -326,21 +328,27 @@ class Compressor:
             with _timed(timings, "html"):
                 plans, pages = html_stage.prepare_all(self.hub, plans)
         tokens_before = [plan.tokens_before for plan in plans]
+        scored: list[Scored] = [None] * len(plans)
+        if any(plan.request.query.strip() for plan in plans):
+            with _timed(timings, "relevance"):
+                scored = relevance_stage(self.hub, plans)
         outputs: list[MethodOutput | None] = [None] * len(plans)
         if any(plan.config.selective for plan in plans):
             with _timed(timings, "relevance"):
-                outputs = gate(self.hub, plans, tokens_before)
+                outputs = gate(self.hub, plans, tokens_before, scored)
         with _timed(timings, "compress"):
-            outputs = self._compress(plans, tokens_before, outputs)
+            outputs = self._compress(plans, tokens_before, outputs, scored)
         if any(plan.request.order != "original" for plan in plans):
             with _timed(timings, "order"):
-                outputs = order_documents(self.hub, plans, outputs)
+                outputs = order_documents(self.hub, plans, outputs, scored)
         if any(p.pages for p in pages):
             with _timed(timings, "html"):
                 outputs = [
                     html_stage.restore(self.hub, plan.request, plan.tokens_before, page, out)
                     for plan, page, out in zip(sent, pages, outputs)
                 ]
+        outputs = [with_relevance(out, probabilities(plan.request, sent_plan.request, page, scores))
+                   for plan, sent_plan, page, out, scores in zip(plans, sent, pages, outputs, scored)]
         with _timed(timings, "join"):
             joined = [self._join(plan, out) for plan, out in zip(plans, outputs)]
         kv_outcomes: list[KvOutcome] = [None] * len(plans)
@@ -363,7 +371,8 @@ class Compressor:
                       conversation.prompt(tokenizer, plan.conversation, messages, context))
 
     def _compress(
-        self, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]], outputs: Sequence[MethodOutput | None]
+        self, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]], outputs: Sequence[MethodOutput | None],
+        scored: Sequence[Scored],
     ) -> list[MethodOutput]:
         """One compress_many per method over the requests not already answered by the gate,
         each item with its own config."""
@@ -371,7 +380,7 @@ class Compressor:
         for name in dict.fromkeys(plan.name for plan in plans):
             members = [i for i, plan in enumerate(plans) if plan.name == name and done[i] is None]
             if members:
-                items = [MethodItem(plans[i].request, plans[i].config, tokens_before[i]) for i in members]
+                items = [MethodItem(plans[i].request, plans[i].config, tokens_before[i], scored[i]) for i in members]
                 # stable conversation history: each older answer against its own question, same batch
                 owners, side = [], []
                 for i in members:
@@ -445,14 +454,50 @@ def count_within_limit(hub: ModelHub, texts: Sequence[str], limit: int) -> tuple
     return tuple(counts)
 
 
-def order_documents(hub: ModelHub, plans: Sequence[Plan], outputs: Sequence[MethodOutput]) -> list[MethodOutput]:
+def relevance_stage(hub: ModelHub, plans: Sequence[Plan]) -> list[Scored]:
+    """The relevance model's scores of each request's documents as the method sees them, one
+    pass for the batch. They are every result's `score`, the order and the selective gate's
+    measure, and the relevance of the methods built on it (cascade, exit, mig, llmlingua2's
+    query-aware mode), which read them instead of a pass of their own. None for a request
+    without a query, or where the relevance model cannot load (its results score 0)."""
+    asking = [i for i, plan in enumerate(plans) if plan.request.query.strip()]
+    if not asking or hub.unavailable(["relevance"]):
+        return [None] * len(plans)
+    out: list[Scored] = [None] * len(plans)
+    for i, scores in zip(asking, relevance.score(hub, [plans[i].request for i in asking])):
+        out[i] = scores
+    return out
+
+
+def probabilities(prepared: CompressRequest, sent: CompressRequest, pages: html_stage.Pages, scores: Scored) -> dict[str, float]:
+    """Document id -> the relevance model's probability. The scores are of the documents the
+    method saw (`prepared`); an HTML page of `sent` gets its best node's."""
+    out: dict[str, float] = {}
+    for doc, doc_scores in zip(prepared.documents, scores or ()):
+        part = pages.parts.get(doc.id)
+        doc_id = sent.documents[part.page].id if part is not None else doc.id
+        out[doc_id] = max(out.get(doc_id, 0.0), doc_scores.probability)
+    return out
+
+
+def with_relevance(output: MethodOutput, probability: Mapping[str, float]) -> MethodOutput:
+    """The output with every document's score the relevance probability, and the method's own
+    score kept as method_score."""
+    documents = tuple(replace(d, score=probability.get(d.id, 0.0), method_score=d.score) for d in output.documents)
+    return replace(output, documents=documents)
+
+
+def order_documents(
+    hub: ModelHub, plans: Sequence[Plan], outputs: Sequence[MethodOutput], scored: Sequence[Scored]
+) -> list[MethodOutput]:
     """Each output's documents in its request's order, by the relevance model's document
-    head over the documents as sent (one pass for all the requests that ask)."""
-    asking = [i for i, plan in enumerate(plans) if plan.request.order != "original"]
-    scored = relevance.score(hub, [plans[i].request for i in asking])
+    head over the documents as sent (the relevance stage's scores)."""
     done = list(outputs)
-    for i, scores in zip(asking, scored):
-        order = join_order(np.asarray([d.relevance for d in scores]), plans[i].request.order)
+    for i, plan in enumerate(plans):
+        scores = scored[i]
+        if plan.request.order == "original" or scores is None:
+            continue
+        order = join_order(np.asarray([d.relevance for d in scores]), plan.request.order)
         done[i] = replace(outputs[i], documents=tuple(outputs[i].documents[j] for j in order))
     return done
 
@@ -471,13 +516,15 @@ def join_order(relevances: np.ndarray, order: str) -> list[int]:
     return ranked[0::2] + ranked[1::2][::-1]
 
 
-def gate(hub: ModelHub, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]]) -> list[MethodOutput | None]:
+def gate(
+    hub: ModelHub, plans: Sequence[Plan], tokens_before: Sequence[tuple[int, ...]], scored: Sequence[Scored]
+) -> list[MethodOutput | None]:
     """Selective augmentation: an empty output for each selective request with no relevant
     document; None where the method still has to run."""
     outputs: list[MethodOutput | None] = [None] * len(plans)
     for i, plan in enumerate(plans):
         if plan.config.selective:
-            verdict = relevance.judge(hub, plan.request, plan.config.relevance_threshold)
+            verdict = relevance.judge(hub, plan.request, plan.config.relevance_threshold, scored[i])
             if not verdict.relevant:
                 outputs[i] = relevance.empty_output(plan.request, verdict, tokens_before[i])
     return outputs

@@ -22,7 +22,7 @@ from ctxcomp import windows as win
 from ctxcomp.encoder_batches import batches_by_length
 from ctxcomp.cancellation import checkpoint, in_slices
 from ctxcomp.hub import ModelHub
-from ctxcomp.method import MethodOutput
+from ctxcomp.method import MethodItem, MethodOutput
 from ctxcomp.selection import empty_results
 from ctxcomp.text import TextSpans, segment_words, sentence_of_word, split_sentences
 from ctxcomp.types import CompressRequest
@@ -71,6 +71,14 @@ def score(hub: ModelHub, requests: Sequence[CompressRequest]) -> list[tuple[Docu
     ]
     bounds = np.cumsum([0] + [len(r.documents) for r in requests])
     return [tuple(flat[bounds[i] : bounds[i + 1]]) for i in range(len(requests))]
+
+
+def scores_of(hub: ModelHub, items: Sequence[MethodItem]) -> list[tuple[DocumentScores, ...]]:
+    """Each item's scores: the pipeline's (item.relevance) where it made them, else one pass
+    over the items without."""
+    missing = [i for i, item in enumerate(items) if item.relevance is None]
+    made = dict(zip(missing, score(hub, [items[i].request for i in missing]))) if missing else {}
+    return [item.relevance if item.relevance is not None else made[i] for i, item in enumerate(items)]
 
 
 def segment(hub: ModelHub, scorer: RelevanceScorer, requests: Sequence[CompressRequest], texts: Sequence[str]) -> list[_Segmented]:
@@ -154,11 +162,15 @@ class Verdict:
     threshold: float
 
 
-def judge(hub: ModelHub, request: CompressRequest, threshold: float = -1.0) -> Verdict:
-    """Is any document relevant to the query? threshold < 0 = the model's calibrated one."""
+def judge(
+    hub: ModelHub, request: CompressRequest, threshold: float = -1.0, scored: Sequence[DocumentScores] | None = None
+) -> Verdict:
+    """Is any document relevant to the query? threshold < 0 = the model's calibrated one;
+    `scored`: the request's scores when they are already made."""
     if threshold < 0:
         threshold = float(hub.relevance().meta["document_threshold"])
-    scores = np.asarray([d.probability for d in score(hub, [request])[0]])
+    scored = scored if scored is not None else score(hub, [request])[0]
+    scores = np.asarray([d.probability for d in scored])
     return Verdict(bool((scores > threshold).any()), scores, threshold)
 
 

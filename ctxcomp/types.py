@@ -174,9 +174,10 @@ class DocumentResult:
     kept_spans: tuple[Span, ...]
     tokens_before: int
     tokens_after: int
-    score: float
+    score: float  # the relevance model's probability for the query, whatever the method (0 without a query)
     metadata: Mapping[str, str] = field(default_factory=dict)
     word_labels: tuple[WordLabel, ...] = ()
+    method_score: float = 0.0  # the method's own score for the document, where it has one
 
 
 @dataclass(frozen=True)

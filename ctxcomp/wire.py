@@ -144,6 +144,7 @@ def _document_to_proto(doc: DocumentResult) -> pb.DocumentResult:
         score=doc.score,
         metadata=dict(doc.metadata),
         word_labels=[pb.WordLabel(start=w.start, end=w.end, score=w.score, kept=w.kept) for w in doc.word_labels],
+        method_score=doc.method_score,
     )
 
 
@@ -160,6 +161,7 @@ def result_from_proto(message: pb.CompressResponse) -> CompressResult:
                 score=d.score,
                 metadata=dict(d.metadata),
                 word_labels=tuple(WordLabel(w.start, w.end, w.score, w.kept) for w in d.word_labels),
+                method_score=d.method_score,
             )
             for d in message.documents
         ),

@@ -131,3 +131,47 @@ def test_warm_up_runs_real_passages_through_each_method(hub) -> None:
         compressor.plan(dataclasses.replace(request, method="cascade"), Limits())
     seconds = compressor.warm_up(["cascade"])
     assert set(seconds) == {"cascade"} and seconds["cascade"] > 0
+
+
+SCORED_DOCUMENTS = (
+    Document("kiln", "The kiln at Hollow Farm cracked in 1911 because its clay bricks were fired too fast. "
+                     "Rain then seeped into the cracks."),
+    Document("mill", "The mill at Hollow Farm ground oats for the village. It closed when the river moved."),
+    Document("fair", "The county fair is held each August. Its pie contest is famous."),
+)
+
+
+def test_a_document_scores_the_same_whatever_the_method(compressor, hub) -> None:
+    """score is the relevance model's probability for every method; the method's own is method_score."""
+    from ctxcomp import relevance
+
+    query = "Why did the kiln at Hollow Farm crack?"
+    expected = [d.probability for d in relevance.score(hub, [CompressRequest(query, SCORED_DOCUMENTS)])[0]]
+    own = {}
+    for method in ("cascade", "recomp_extractive", "llmlingua2:query_agnostic", "recomp_extractive>llmlingua2"):
+        name, _, option = method.partition(":")
+        options = {"query_aware": False} if option else {}
+        result = compressor.compress(CompressRequest(query, SCORED_DOCUMENTS, method=name, rate=0.5, options=options))
+        assert [d.score for d in result.documents] == pytest.approx(expected, abs=1e-6), method
+        own[method] = [d.method_score for d in result.documents]
+    assert own["cascade"] == pytest.approx(expected, abs=1e-6)  # cascade's own score is that probability
+    assert own["recomp_extractive"] != pytest.approx(expected, abs=1e-3)
+
+
+def test_without_a_query_there_is_no_relevance_to_report(compressor) -> None:
+    result = compressor.compress(CompressRequest("", SCORED_DOCUMENTS, method="llmlingua2", rate=0.5))
+    assert all(d.score == 0.0 for d in result.documents)
+    assert any(d.method_score > 0.0 for d in result.documents)
+
+
+def test_an_html_page_scores_as_its_best_node(compressor, hub) -> None:
+    from ctxcomp import relevance
+
+    query = "Why did the kiln at Hollow Farm crack?"
+    page = "<html><body><h1>Hollow Farm</h1><p>{}</p><p>{}</p></body></html>".format(
+        SCORED_DOCUMENTS[1].text, SCORED_DOCUMENTS[0].text)
+    result = compressor.compress(CompressRequest(query, (Document("page", page, format="html"), SCORED_DOCUMENTS[2]),
+                                                 method="cascade", rate=0.5))
+    alone = relevance.score(hub, [CompressRequest(query, (SCORED_DOCUMENTS[2],))])[0][0].probability
+    assert result.documents[1].score == pytest.approx(alone, abs=1e-6)
+    assert result.documents[0].score > result.documents[1].score

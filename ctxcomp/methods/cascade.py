@@ -97,7 +97,7 @@ class Cascade(MethodBase):
 
     def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
         """All items' windows share one relevance pass; each item keeps its own config."""
-        scored = relevance.score(self.hub, [item.request for item in items])
+        scored = relevance.scores_of(self.hub, items)
         return [compress_scored(self.hub, item, scores) for item, scores in zip(items, scored)]
 
 

@@ -81,8 +81,9 @@ class Chain:
         notes: list[list[str]] = [[] for _ in items]
         for position, stage in enumerate(self.stages):
             last = position == len(self.stages) - 1
-            staged = [
-                MethodItem(dataclasses.replace(r, rate=None, target_tokens=b if last else None), item.config.stages[position], tuple(t))
+            staged = [  # the first stage sees the documents as sent, which the pipeline's relevance scores are of
+                MethodItem(dataclasses.replace(r, rate=None, target_tokens=b if last else None), item.config.stages[position],
+                           tuple(t), item.relevance if position == 0 else None)
                 for r, b, item, t in zip(current, budgets, items, before)
             ]
             outputs = stage.compress_many(staged)

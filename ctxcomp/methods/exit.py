@@ -51,7 +51,7 @@ class Exit(MethodBase):
     presets: ClassVar[dict[str, ExitConfig]] = {"default": ExitConfig()}
 
     def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
-        scored = relevance.score(self.hub, [item.request for item in items])
+        scored = relevance.scores_of(self.hub, items)
         calibrated = float(self.hub.relevance().meta["sentence_threshold"])
         return [MethodOutput(keep_useful(self.hub, item, scores, calibrated)) for item, scores in zip(items, scored)]
 

@@ -121,9 +121,9 @@ class LLMLingua2(MethodBase):
     def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
         """Several requests at once: their chunks share length-sorted encoder batches."""
         prepared = [self._segment(item.request, item.config, item.tokens_before) for item in items]
-        aware = [p for p in prepared if p.query_aware]
-        for p, scored in zip(aware, relevance.score(self.hub, [p.request for p in aware]) if aware else []):
-            p.relevance = scored
+        aware = [i for i, p in enumerate(prepared) if p.query_aware]
+        for i, scored in zip(aware, relevance.scores_of(self.hub, [items[i] for i in aware])):
+            prepared[i].relevance = scored
         scores = self._score([p for p in prepared if not p.query_aware])
         return [self._finish(p, self._word_scores(p) if p.query_aware else next(scores)) for p in prepared]
 

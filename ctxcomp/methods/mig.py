@@ -67,7 +67,7 @@ class MigSelection(MethodBase):
     presets: ClassVar[dict[str, MigConfig]] = {"default": MigConfig()}
 
     def compress_many(self, items: Sequence[MethodItem]) -> list[MethodOutput]:
-        scored = relevance.score(self.hub, [item.request for item in items])
+        scored = relevance.scores_of(self.hub, items)
         return [self._select(item, scores) for item, scores in zip(items, scored)]
 
     def _select(self, item: MethodItem, scores: Sequence[relevance.DocumentScores]) -> MethodOutput:

@@ -111,7 +111,7 @@ class WordLabel(_message.Message):
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., score: _Optional[float] = ..., kept: _Optional[bool] = ...) -> None: ...
 
 class DocumentResult(_message.Message):
-    __slots__ = ("id", "text", "kept_spans", "tokens_before", "tokens_after", "score", "metadata", "word_labels")
+    __slots__ = ("id", "text", "kept_spans", "tokens_before", "tokens_after", "score", "metadata", "word_labels", "method_score")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class DocumentResult(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     WORD_LABELS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     kept_spans: _containers.RepeatedCompositeFieldContainer[Span]
@@ -135,7 +136,8 @@ class DocumentResult(_message.Message):
     score: float
     metadata: _containers.ScalarMap[str, str]
     word_labels: _containers.RepeatedCompositeFieldContainer[WordLabel]
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., kept_spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., word_labels: _Optional[_Iterable[_Union[WordLabel, _Mapping]]] = ...) -> None: ...
+    method_score: float
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., kept_spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., tokens_before: _Optional[int] = ..., tokens_after: _Optional[int] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., word_labels: _Optional[_Iterable[_Union[WordLabel, _Mapping]]] = ..., method_score: _Optional[float] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
     __slots__ = ("method", "documents", "context", "tokens_before", "tokens_after", "ratio", "rate", "timings_ms", "note", "tokenizer", "kv_keys", "kv_bytes", "soft_tokens", "messages", "prompt")
