@@ -1,6 +1,6 @@
 """Chat-style RAG over 10 turns: the whole history sent every turn against ctxcomp's conversation path.
 
-    python bench/conversation.py [--quick] [--conversations 12] [--rate 0.33] [--split test]
+    python bench/conversation.py [--quick] [--conversations 12] [--rate 0.33] [--split test] [--record NAME]
 
 One conversation per SQuAD test article (articles with at least `turns` paragraphs that
 have questions): turn t asks a question about the t-th of `turns` distinct paragraphs; the
@@ -17,6 +17,8 @@ each ctxcomp prompt being the result's `prompt` (the chat template over what was
                      no_reuse prefills the whole prompt; reuse goes through a chunk store kept
                      across the conversation's turns (ctxcomp.kv.chunks: stored prefix chunks
                      read, only the rest prefilled, new chunks written), as a server does
+A full run is written as a result record (bench/results/conversation-SPLIT.json unless named);
+`--report RECORD` prints it as the docs show it, every turn.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_split_argument, header, split_paragraphs
+from common import Record, add_split_argument, header, run_line, split_paragraphs
 
 from ctxcomp.evaluate import bootstrap_interval
 from ctxcomp.kv.chunks import CHUNK_TOKENS, BlobChunks, prefill_with_chunks
@@ -103,6 +105,26 @@ def kept(text: str, answers: tuple[str, ...]) -> float:
     return float(any(" ".join(a.split()) in flat for a in answers))
 
 
+def report(path: Path) -> str:
+    """A result record of this bench as a markdown table, every turn."""
+    record = json.loads(path.read_text())
+    head, turns = record["lines"][0], [line for line in record["lines"] if "turn" in line]
+    out = [f"{run_line(record)}; {head['conversations']} conversations of {head['turns']} turns, `{head['method']}` at "
+           f"rate {head['rate']}, {head['chunk_tokens']}-token chunks; {head['split']}.", "",
+           "| turn | tokens sent full / relevance / stable | answer kept full / relevance / stable [95% CI of the lowest] "
+           "| TTFT ms full | TTFT ms relevance | TTFT ms stable |", "|---|---|---|---|---|---|"]
+    arms = ("full", "relevance", "stable")
+    for line in turns:
+        lowest = min(arms, key=lambda arm: line[arm]["preservation"])
+        kept = " / ".join(f"{line[arm]['preservation']:.3f}" for arm in arms)
+        interval = line[lowest]["interval"]
+        tokens = " / ".join(f"{line[arm]['tokens_sent']:.0f}" for arm in arms)
+        ttft = " | ".join(f"{line[arm]['ttft_ms_no_reuse']:.0f} / {line[arm]['ttft_ms_reuse']:.0f}" for arm in arms)
+        out.append(f"| {line['turn']} | {tokens} | {kept} [{interval[0]:.2f}, {interval[1]:.2f}] | {ttft} |")
+    out += ["", "TTFT: median over the conversations, without / with a chunk store kept across the turns."]
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 conversations of 3 turns (under a minute)")
@@ -111,15 +133,21 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.33, help="kept share of documents + older history")
     parser.add_argument("--method", default="", help="compression method (default: the server's)")
     parser.add_argument("--chunk-tokens", type=int, default=CHUNK_TOKENS, help="KV chunk size of the reuse arm")
+    parser.add_argument("--record", default=None, help="result record name (default conversation-SPLIT; none with --quick)")
+    parser.add_argument("--report", type=Path, help="print this result record as the docs show it, and run nothing")
     add_split_argument(parser)
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report), end="")
+        return
     count, turns = (2, 3) if args.quick else (args.conversations, args.turns)
+    record = Record("conversation")
     compressor = Compressor()
-    llm = compressor.hub.get("downstream_llm")
+    llm = compressor.hub.llm()
     chats = conversations(split_paragraphs(args.split), count, turns)
     method = args.method or compressor.default_method
-    print(json.dumps(header("conversation", args.split, method=method, rate=args.rate, conversations=len(chats),
-                            turns=turns, chunk_tokens=args.chunk_tokens)), flush=True)
+    record.emit(header("conversation", args.split, method=method, rate=args.rate, conversations=len(chats),
+                       turns=turns, chunk_tokens=args.chunk_tokens))
     ttft_ms(llm, llm.tokenizer("warm up", add_special_tokens=False)["input_ids"], None)
     arms = ("full", "relevance", "stable")
     with tempfile.TemporaryDirectory() as folder:
@@ -150,7 +178,9 @@ def main() -> None:
                     "ttft_ms_no_reuse": round(statistics.median(v[2] for v in values), 1),
                     "ttft_ms_reuse": round(statistics.median(v[3] for v in values), 1),
                 }
-            print(json.dumps(line), flush=True)
+            record.emit(line)
+    if not args.quick:
+        print(f"result record: {record.write(args.record or f'conversation-{args.split}')}")
 
 
 if __name__ == "__main__":
