@@ -33,12 +33,13 @@ def renderers() -> dict[str, Callable[[Path], str]]:
     """Record's "bench" -> the report function of the bench that writes it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import conversation
+    import html_pruning
     import kv
     import llmlingua2_vs_reference
     import quality
     import reader
 
-    return {"conversation": conversation.report, "kv": kv.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
+    return {"conversation": conversation.report, "html": html_pruning.report, "kv": kv.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
             "reader": reader.report}
 
 
