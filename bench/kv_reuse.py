@@ -1,6 +1,6 @@
 """KV prefix reuse on a RAG workload: chunked keys against whole-context keys and against no store.
 
-    python bench/kv_reuse.py [--quick] [--requests 40] [--split test]
+    python bench/kv_reuse.py [--quick] [--requests 40] [--split test] [--record NAME]
 
 A stream of requests as a RAG service sees them: every context starts with the same system
 prompt (instructions and worked examples, about 600 tokens), then three retrieved paragraphs
@@ -15,7 +15,9 @@ file store, over the same requests in the same order:
            the stored prefix is reused the same way, but no blob is encoded or stored,
            so its time is the time until vLLM could load the chunks
 Per way: TTFT of the KV (ms: lookup, prefill, encode, store; mean and median), the share of
-full chunks found in the store (hit rate), and prefill tokens saved against `none`.
+full chunks found in the store (hit rate), and prefill tokens saved against `none`. A full
+run is written as a result record (bench/results/kv-reuse-SPLIT.json unless named);
+`--report RECORD` prints it as the docs show it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import add_split_argument, header, split_paragraphs
+from common import Record, add_split_argument, header, run_line, split_paragraphs
 
 from ctxcomp.hub import ModelHub
 from ctxcomp.kv import chunks
@@ -74,7 +76,7 @@ def workload(paragraphs, count: int, seed: int = 0) -> list[str]:
 
 
 def run_way(hub: ModelHub, contexts: list[str], way: str) -> dict:
-    llm = hub.get("downstream_llm")
+    llm = hub.llm()
     with tempfile.TemporaryDirectory() as folder:
         target: Any = {"none": None, "lmcache": LMCacheTarget(LMCacheStore(Path(folder), LMCacheLayout("smollm2", "0")))}.get(
             way, BlobTarget(FileStore(Path(folder))))
@@ -98,24 +100,50 @@ def run_way(hub: ModelHub, contexts: list[str], way: str) -> dict:
     }
 
 
+WAY_NAMES = {"none": "no store", "whole": "whole-context keys", "chunked": "chained chunks",
+             "lmcache": "the same chunks in LMCache's layout (`lmcache+fs://`)"}
+
+
+def report(path: Path) -> str:
+    """A result record of this bench as a markdown table."""
+    record = json.loads(path.read_text())
+    head, rows = record["lines"][0], [line for line in record["lines"] if "way" in line]
+    out = [f"{run_line(record)}; {head['requests']} requests, mean context {head['mean_context_tokens']:.0f} tokens, "
+           f"{head['chunk_tokens']}-token chunks; {head['split']}.", "",
+           "| way | chunk hit rate | prefill tokens | saved | KV time mean / median ms | vs none |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        out.append(f"| {WAY_NAMES[row['way']]} | {row['chunk_hit_rate']:.3f} | {row['prefill_tokens']:,} | "
+                   f"{row['prefill_tokens_saved']:,} | {row['ttft_ms_mean']:,.0f} / {row['ttft_ms_median']:,.0f} | "
+                   f"{row['ttft_speedup_vs_none']:.2f}x |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 requests (under a minute)")
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--record", default=None, help="result record name (default kv-reuse-SPLIT; none with --quick)")
+    parser.add_argument("--report", type=Path, help="print this result record as the docs show it, and run nothing")
     add_split_argument(parser)
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report), end="")
+        return
+    record = Record("kv_reuse")
     hub = ModelHub()
     contexts = workload(split_paragraphs(args.split), 8 if args.quick else args.requests)
-    llm = hub.get("downstream_llm")
+    llm = hub.llm()
     lengths = [len(llm.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in contexts]
-    print(json.dumps(header("kv_reuse", args.split, requests=len(contexts), chunk_tokens=chunks.CHUNK_TOKENS,
-                            mean_context_tokens=round(statistics.mean(lengths), 1))), flush=True)
+    record.emit(header("kv_reuse", args.split, requests=len(contexts), chunk_tokens=chunks.CHUNK_TOKENS,
+                       mean_context_tokens=round(statistics.mean(lengths), 1)))
     compute_kv(hub, contexts[0][:500], "fp16", None)  # warm up: first-call costs are no way's
     rows = [run_way(hub, contexts, way) for way in ("none", "whole", "chunked", "lmcache")]
     for row in rows:
         row["prefill_tokens_saved"] = rows[0]["prefill_tokens"] - row["prefill_tokens"]
         row["ttft_speedup_vs_none"] = round(rows[0]["ttft_ms_mean"] / row["ttft_ms_mean"], 2)
-        print(json.dumps(row), flush=True)
+        record.emit(row)
+    if not args.quick:
+        print(f"result record: {record.write(args.record or f'kv-reuse-{args.split}')}")
 
 
 if __name__ == "__main__":

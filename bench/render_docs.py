@@ -35,11 +35,12 @@ def renderers() -> dict[str, Callable[[Path], str]]:
     import conversation
     import html_pruning
     import kv
+    import kv_reuse
     import llmlingua2_vs_reference
     import quality
     import reader
 
-    return {"conversation": conversation.report, "html": html_pruning.report, "kv": kv.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
+    return {"conversation": conversation.report, "html": html_pruning.report, "kv": kv.report, "kv_reuse": kv_reuse.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
             "reader": reader.report}
 
 
