@@ -3,9 +3,11 @@ context and from every text method's compressed context, on the same requests.
 
     python bench/reader.py [--quick] [--split test] [--requests 120] [--targets 3x,5x,10x]
                            [--methods cascade,exit,...] [--reader HF_ID_OR_PATH] [--positions 40]
+                           [--distractors retrieved --documents 10]
 
 Requests are bench/quality.py's: one SQuAD question, its gold paragraph and four other
-paragraphs of the same article, shuffled (seeded). The reader answers in a chat turn
+paragraphs of the same article, shuffled (seeded); `--distractors retrieved --documents N`
+makes them as a retriever would, with near misses from other articles (quality.py's mode). The reader answers in a chat turn
 ("Context: ... Question: ...", greedy, at most MAX_ANSWER_TOKENS); its answer is scored
 against the gold answers with SQuAD's normalised exact match and token F1. One JSON line per
 (target, method) and for the full- and no-context rows:
@@ -277,7 +279,9 @@ def report(path: Path) -> str:
     record = json.loads(path.read_text())
     lines = record["lines"]
     head = lines[0]
-    out = [f"{run_line(record)}; reader: {head['reader']}, {head.get('reader_dtype', 'float32')}; {head['split']}.", ""]
+    setting = f"{head.get('documents', 5)} documents, {head.get('distractors', 'same-article')} distractors"
+    out = [f"{run_line(record)}; reader: {head['reader']}, {head.get('reader_dtype', 'float32')}; {setting}; "
+           f"{head['split']}.", ""]
     out += ["| target | method | compression | EM | F1 [95%] | F1 - full [paired 95%] | vs minilm_topk | "
             "vs recomp_extractive | prompt tokens | prefill ms |", "|" + "---|" * 10]
 
@@ -316,6 +320,10 @@ def main() -> None:
                         help="the reader's weights and arithmetic (auto: bfloat16 where the GPU or CPU has it natively)")
     parser.add_argument("--record", default=None, help="result record name (default reader-SPLIT; none with --quick)")
     parser.add_argument("--report", type=Path, help="print this result record as markdown tables, and run nothing")
+    parser.add_argument("--distractors", choices=("same-article", "retrieved"), default="same-article",
+                        help="the other documents: paragraphs of the gold one's article, or near misses a retriever "
+                             "would return (half of them, from other articles) and same-article paragraphs")
+    parser.add_argument("--documents", type=int, default=5, help="documents per request")
     add_split_argument(parser)
     args = parser.parse_args()
     if args.report:
@@ -327,11 +335,12 @@ def main() -> None:
     hub = ModelHub()
     reader = load_reader(args.reader, reader_dtype(args.dtype))
     paragraphs = split_paragraphs(args.split)
-    cases = build_requests(paragraphs, 8 if args.quick else args.requests)
+    cases = build_requests(paragraphs, 8 if args.quick else args.requests, args.documents, args.distractors == "retrieved")
     Compressor(hub).compress(dataclasses.replace(cases[0][1], method="cascade"))  # models load outside the timings
     started = time.time()
     record.emit(header("reader", args.split, reader=reader.name, device=str(reader.model.device),
-                       reader_dtype=str(reader.model.dtype).removeprefix("torch.")))
+                       reader_dtype=str(reader.model.dtype).removeprefix("torch."), documents=args.documents,
+                       distractors=args.distractors))
     main_rows(record, hub, reader, cases, targets, methods)
     if args.positions and not args.quick:
         position_rows(record, hub, reader, paragraphs, args.positions)
