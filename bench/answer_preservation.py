@@ -1,6 +1,6 @@
 """Gold-answer preservation of LLMLingua-2 (our classifier) vs naive baselines.
 
-    python bench/answer_preservation.py [--quick] [--split test]
+    python bench/answer_preservation.py [--quick] [--split test] [--record NAME]
 
 On the test articles of SQuAD dev (training/squad.py; the token
 classifier trained on the train articles and chose its epoch on dev), each paragraph is one
@@ -18,7 +18,9 @@ Prints one JSON object per (rate, scorer): preservation = share of questions
 with a gold answer string still present in the compressed text, with a bootstrap
 95% interval that resamples paragraphs (a paragraph's questions are not independent),
 and for every classifier other than the fp32 one its paired difference from it
-(`minus_classifier`, with its interval).
+(`minus_classifier`, with its interval). A full run is written as a result record
+(bench/results/answer-preservation-SPLIT.json unless named); `--report RECORD` prints it as
+the docs show it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_split_argument, header, split_paragraphs
+from common import Record, add_split_argument, header, run_line, split_paragraphs
 
 from ctxcomp import text, wordscore
 from ctxcomp.evaluate import bootstrap_interval
@@ -62,14 +65,54 @@ def preserved(paragraph: squad.Paragraph, text: str) -> tuple[int, int]:
     return hits, len(paragraph.questions)
 
 
+MAIN_COLUMNS = ("classifier", "fast_classifier", "fast_classifier_openvino-int8", "self_information", "random", "first_k")
+
+
+def report(path: Path) -> str:
+    """A result record of this bench as markdown tables: the main scorers, then every classifier form."""
+    record = json.loads(path.read_text())
+    rows = [line for line in record["lines"] if "scorer" in line]
+    by = {(line["target"], line["scorer"]): line for line in rows}
+    targets = list(dict.fromkeys(line["target"] for line in rows))
+    first = rows[0]
+
+    def cell(line: dict) -> str:
+        return f"{line['preservation']:.3f} [{line['interval95'][0]:.3f}, {line['interval95'][1]:.3f}]"
+
+    def minus(line: dict) -> str:
+        low, high = line["minus_classifier_interval95"]
+        return f"{line['minus_classifier']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+    columns = [c for c in MAIN_COLUMNS if (targets[0], c) in by]
+    out = [f"{run_line(record)}; {first['paragraphs']} paragraphs, {first['questions']} questions.", "",
+           "| target | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    out += [f"| {t} | " + " | ".join(cell(by[(t, c)]) for c in columns) + " |" for t in targets]
+    forms = [line["scorer"] for line in rows if line["target"] == targets[0] and "classifier" in line["scorer"]]
+    out += ["", "Every classifier form against the six-layer fp32 classifier (paired difference) and its "
+            "scoring time over all paragraphs:", "",
+            "| classifier form | " + " | ".join(f"{t} - classifier" for t in targets) + " | scoring s |",
+            "|" + "---|" * (len(targets) + 2)]
+    for form in forms:
+        differences = " | ".join(minus(by[(t, form)]) if "minus_classifier" in by[(t, form)] else "" for t in targets)
+        out.append(f"| {form} | {differences} | {by[(targets[0], form)]['score_seconds']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="60 paragraphs (under a minute)")
     parser.add_argument("--paragraphs", type=int, default=0, help="limit (0 = every paragraph of the split)")
+    parser.add_argument("--record", default=None,
+                        help="result record name (default answer-preservation-SPLIT; none with --quick)")
+    parser.add_argument("--report", type=Path, help="print this result record as the docs show it, and run nothing")
     add_split_argument(parser)
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report), end="")
+        return
     torch.manual_seed(0)
-    print(json.dumps(header("answer_preservation", args.split)), flush=True)
+    record = Record("answer_preservation")
+    record.emit(header("answer_preservation", args.split))
     paragraphs = split_paragraphs(args.split)
     limit = 60 if args.quick else args.paragraphs
     if limit:
@@ -81,7 +124,7 @@ def main() -> None:
     for role, prefix in (("token_classifier", "classifier"), ("token_classifier_fast", "fast_classifier")):
         for form in PRECISIONS:  # each classifier in each precision (ctxcomp.models.precision)
             name = prefix if form == "fp32" else f"{prefix}_{form}"
-            classifier = hub.get(role, form)
+            classifier = hub.token_classifier(role, form)
             wordscore.score_documents(classifier, [w.strings() for w in words[:4]])  # warm-up (int8 compiles here)
             started = time.perf_counter()
             scorers[name] = wordscore.score_documents(classifier, [w.strings() for w in words])
@@ -109,12 +152,14 @@ def main() -> None:
                 difference = hits_of[name] - hits_of["classifier"]
                 paired = {"minus_classifier": round(difference.sum() / sum(asked), 4),
                           "minus_classifier_interval95": bootstrap_interval(difference, asked)}
-            print(json.dumps({
+            record.emit({
                 "target": label, "scorer": name, "paragraphs": len(paragraphs), "questions": sum(asked),
                 "preservation": round(sum(hits) / sum(asked), 4), "interval95": bootstrap_interval(hits, asked),
                 **paired, "achieved_ratio": round(sum(totals) / max(kept, 1), 3),
                 "score_seconds": round(seconds.get(name, 0.0), 2),
-            }), flush=True)
+            })
+    if not args.quick:
+        print(f"result record: {record.write(args.record or f'answer-preservation-{args.split}')}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ GENERATED = re.compile(r"(<!-- generated: (?P<what>[a-z ]+) -->\n)(?P<body>.*?)(
 def renderers() -> dict[str, Callable[[Path], str]]:
     """Record's "bench" -> the report function of the bench that writes it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import answer_preservation
     import conversation
     import html_pruning
     import kv
@@ -40,7 +41,7 @@ def renderers() -> dict[str, Callable[[Path], str]]:
     import quality
     import reader
 
-    return {"conversation": conversation.report, "html": html_pruning.report, "kv": kv.report, "kv_reuse": kv_reuse.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
+    return {"answer_preservation": answer_preservation.report, "conversation": conversation.report, "html": html_pruning.report, "kv": kv.report, "kv_reuse": kv_reuse.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
             "reader": reader.report}
 
 
