@@ -1,8 +1,8 @@
 """Which runtime runs our encoders fastest on this CPU: torch, ONNX Runtime or OpenVINO, fp32 and int8.
 
-    python bench/encoder_backends.py [--quick] [--paragraphs 200] [--threads 2]
+    python bench/encoder_backends.py [--quick] [--paragraphs 200] [--threads 2] [--record NAME]
 
-#20 asks for the int8 fast path to be chosen by measurement, not by habit. The token
+The fast path of the encoders is chosen by measurement, and this is the measurement. The token
 classifier (the model the compat path shares with the reference; the relevance model and
 the sentence encoder are the same MiniLM-L6 shape) scores the test articles' paragraphs in
 the pipeline's two shapes, one paragraph per call and 16 length-sorted paragraphs per
@@ -23,7 +23,9 @@ probability) matches torch fp32's.
 Needs the `bench` extra (onnxruntime, onnx, onnxscript) and openvino. ONEDNN_MAX_CPU_ISA
 limits torch's and OpenVINO's oneDNN (OpenVINO's capabilities drop FP16 under it), not
 ONNX Runtime's own kernels (MLAS picks AMX by itself where the CPU has it): read the int8
-ORT figures with the header's cpu_flags.
+ORT figures with the header's cpu_flags. A full run is written as a result record
+(bench/results/encoder-backends.json unless named); `--report RECORD` prints it as the docs
+show it.
 """
 
 from __future__ import annotations
@@ -163,6 +165,30 @@ def measure_alone(args: argparse.Namespace) -> None:
     np.savez(args.result, seconds=seconds, decisions=decisions)
 
 
+BACKEND_NAMES = {
+    "torch_fp32": "torch fp32", "torch_bf16": "torch bf16", "torch_int8": "torch int8 (`int8`)",
+    "ort_fp32": "ONNX Runtime fp32 (BERT fusions)", "ort_int8": "ONNX Runtime int8 (`quantize_dynamic`, per-channel)",
+    "openvino_fp32": "OpenVINO fp32 (`openvino-fp32`)", "openvino_int8": "OpenVINO int8, static (`openvino-int8`)",
+}
+
+
+def report(path: Path) -> str:
+    """A result record of this bench as a markdown table: each runtime at both call shapes."""
+    record = json.loads(path.read_text())
+    rows = [line for line in record["lines"] if "backend" in line]
+    shapes = sorted({line["paragraphs_per_call"] for line in rows})
+    by = {(line["backend"], line["paragraphs_per_call"]): line for line in rows}
+    out = [f"{common.run_line(record)}; {rows[0]['paragraphs']} test paragraphs, {record['lines'][0]['threads']} "
+           "threads; ratio to torch fp32 in the same run (words/s in parentheses).", "",
+           "| runtime | " + " | ".join(f"{rows_per} per call" for rows_per in shapes) + " | keep agreement with fp32 |",
+           "|" + "---|" * (len(shapes) + 2)]
+    for backend in dict.fromkeys(line["backend"] for line in rows):
+        cells = [f"{by[(backend, n)]['ratio']:.2f}x ({by[(backend, n)]['words_per_s']:,})" for n in shapes]
+        out.append(f"| {BACKEND_NAMES.get(backend, backend)} | " + " | ".join(cells)
+                   + f" | {by[(backend, shapes[0])]['keep_agreement_with_fp32']:.4f} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40 paragraphs, one timed pass")
@@ -172,8 +198,12 @@ def main() -> None:
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--record", default=None, help="result record name (default encoder-backends; none with --quick)")
+    parser.add_argument("--report", type=Path, help="print this result record as the docs show it, and run nothing")
     args = parser.parse_args()
-    if args.export_to:
+    if args.report:
+        print(report(args.report), end="")
+    elif args.export_to:
         export(registry.load_token_classifier().model, Path(args.export_to))
     elif args.backend:
         measure_alone(args)
@@ -187,7 +217,8 @@ def compare(args: argparse.Namespace) -> None:
     process), never touch another's figures."""
     paragraphs = 40 if args.quick else args.paragraphs
     n_words = sum(len(p.context.split()) for p in common.split_paragraphs("test")[:paragraphs])
-    print(json.dumps(common.header("encoder_backends", "test", torch=torch.__version__, threads=args.threads)), flush=True)
+    record = common.Record("encoder_backends")
+    record.emit(common.header("encoder_backends", "test", torch=torch.__version__, threads=args.threads))
     child = [sys.executable, __file__, "--paragraphs", str(paragraphs), "--threads", str(args.threads),
              "--repeats", str(1 if args.quick else 3)]
     with tempfile.TemporaryDirectory() as folder:
@@ -201,13 +232,15 @@ def compare(args: argparse.Namespace) -> None:
                 results[name] = np.load(result)
             baseline = results["torch_fp32"]
             for name, found in results.items():
-                print(json.dumps({
+                record.emit({
                     "backend": name, "paragraphs_per_call": rows, "paragraphs": paragraphs,
                     "words_per_s": round(n_words / float(found["seconds"])),
                     "torch_fp32_words_per_s": round(n_words / float(baseline["seconds"])),
                     "ratio": round(float(baseline["seconds"]) / float(found["seconds"]), 2),
                     "keep_agreement_with_fp32": round(float((found["decisions"] == baseline["decisions"]).mean()), 4),
-                }), flush=True)
+                })
+    if not args.quick:
+        print(f"result record: {record.write(args.record or 'encoder-backends')}")
 
 
 if __name__ == "__main__":

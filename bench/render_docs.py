@@ -34,6 +34,7 @@ def renderers() -> dict[str, Callable[[Path], str]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import answer_preservation
     import conversation
+    import encoder_backends
     import html_pruning
     import kv
     import kv_reuse
@@ -41,7 +42,7 @@ def renderers() -> dict[str, Callable[[Path], str]]:
     import quality
     import reader
 
-    return {"answer_preservation": answer_preservation.report, "conversation": conversation.report, "html": html_pruning.report, "kv": kv.report, "kv_reuse": kv_reuse.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
+    return {"answer_preservation": answer_preservation.report, "conversation": conversation.report, "encoder_backends": encoder_backends.report, "html": html_pruning.report, "kv": kv.report, "kv_reuse": kv_reuse.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
             "reader": reader.report}
 
 
