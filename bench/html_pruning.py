@@ -28,9 +28,7 @@ import json
 import time
 from pathlib import Path
 
-import html2text
 import numpy as np
-import trafilatura
 from common import Record, add_split_argument, header, run_line, split_paragraphs
 from html_pages import pages as make_pages
 
@@ -43,10 +41,14 @@ BATCH = 8
 
 
 def extract_trafilatura(page: str) -> str:
+    import trafilatura  # the bench extra's, like html2text: report() needs neither
+
     return trafilatura.extract(page) or ""
 
 
 def extract_html2text(page: str) -> str:
+    import html2text
+
     converter = html2text.HTML2Text()
     converter.body_width = 0  # no hard wrapping
     return converter.handle(page)

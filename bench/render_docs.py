@@ -18,6 +18,7 @@ page differs from its records (tests/test_docs.py runs it).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -29,21 +30,19 @@ BLOCK = re.compile(r"(<!-- record: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /rec
 GENERATED = re.compile(r"(<!-- generated: (?P<what>[a-z ]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
 
 
-def renderers() -> dict[str, Callable[[Path], str]]:
-    """Record's "bench" -> the report function of the bench that writes it."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import answer_preservation
-    import conversation
-    import encoder_backends
-    import html_pruning
-    import kv
-    import kv_reuse
-    import llmlingua2_vs_reference
-    import quality
-    import reader
+# A record's "bench" -> the bench script whose report() renders it. Imported only when a page
+# shows one of its records: a bench may need packages of the bench extra (html2text, onnx).
+REPORTS = {
+    "answer_preservation": "answer_preservation", "conversation": "conversation", "encoder_backends": "encoder_backends",
+    "html": "html_pruning", "kv": "kv", "kv_reuse": "kv_reuse", "llmlingua2_vs_reference": "llmlingua2_vs_reference",
+    "quality": "quality", "reader": "reader",
+}
 
-    return {"answer_preservation": answer_preservation.report, "conversation": conversation.report, "encoder_backends": encoder_backends.report, "html": html_pruning.report, "kv": kv.report, "kv_reuse": kv_reuse.report, "llmlingua2_vs_reference": llmlingua2_vs_reference.report, "quality": quality.report,
-            "reader": reader.report}
+
+def report_of(bench: str) -> Callable[[Path], str]:
+    """The report function of the bench that writes records named `bench`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    return importlib.import_module(REPORTS[bench]).report
 
 
 def method_options() -> str:
@@ -61,11 +60,11 @@ def method_options() -> str:
     return "\n".join(out)
 
 
-def rendered(page: str, render: dict[str, Callable[[Path], str]]) -> str:
+def rendered(page: str) -> str:
     def block(match: re.Match) -> str:
         path = ROOT / match.group("path")
         bench = json.loads(path.read_text())["bench"]
-        return f"{match.group(1)}{render[bench](path).rstrip()}\n{match.group(4)}"
+        return f"{match.group(1)}{report_of(bench)(path).rstrip()}\n{match.group(4)}"
 
     page = BLOCK.sub(block, page)
     return GENERATED.sub(lambda m: f"{m.group(1)}{generators()[m.group('what')]().rstrip()}\n{m.group(4)}", page)
@@ -87,11 +86,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs from its records")
     args = parser.parse_args()
-    render = renderers()
     stale = []
     for page in pages():
         text = page.read_text()
-        fresh = rendered(text, render)
+        fresh = rendered(text)
         if fresh != text:
             stale.append(page.relative_to(ROOT))
             if not args.check:
