@@ -461,7 +461,7 @@ def relevance_stage(hub: ModelHub, plans: Sequence[Plan]) -> list[Scored]:
     query-aware mode), which read them instead of a pass of their own. None for a request
     without a query, or where the relevance model cannot load (its results score 0)."""
     asking = [i for i, plan in enumerate(plans) if plan.request.query.strip()]
-    if not asking or hub.unavailable(["relevance"]):
+    if not asking or ("relevance" not in hub.loaded_roles() and hub.unavailable(["relevance"])):
         return [None] * len(plans)
     out: list[Scored] = [None] * len(plans)
     for i, scores in zip(asking, relevance.score(hub, [plans[i].request for i in asking])):
@@ -491,13 +491,15 @@ def order_documents(
     hub: ModelHub, plans: Sequence[Plan], outputs: Sequence[MethodOutput], scored: Sequence[Scored]
 ) -> list[MethodOutput]:
     """Each output's documents in its request's order, by the relevance model's document
-    head over the documents as sent (the relevance stage's scores)."""
+    head over the documents as sent: the relevance stage's scores, or (where it could not run)
+    a pass here, which names the missing model."""
+    asking = [i for i, plan in enumerate(plans) if plan.request.order != "original"]
+    missing = [i for i in asking if scored[i] is None]
+    made = dict(zip(missing, relevance.score(hub, [plans[i].request for i in missing]))) if missing else {}
     done = list(outputs)
-    for i, plan in enumerate(plans):
-        scores = scored[i]
-        if plan.request.order == "original" or scores is None:
-            continue
-        order = join_order(np.asarray([d.relevance for d in scores]), plan.request.order)
+    for i in asking:
+        scores = scored[i] if scored[i] is not None else made[i]
+        order = join_order(np.asarray([d.relevance for d in scores]), plans[i].request.order)
         done[i] = replace(outputs[i], documents=tuple(outputs[i].documents[j] for j in order))
     return done
 
