@@ -1,6 +1,7 @@
 """Fuzzing at bench scale: the proto fields, and batch-mates that must not touch each other.
 
-    python bench/fuzz.py [--quick]
+    python bench/fuzz.py [--quick] [--cases 2000] [--batched 400]
+    python bench/fuzz.py --report bench/results/fuzz.json
 
 proto   runs tests/service/test_reliability.py::test_fuzzed_requests_never_fail_internally
         (every CompressRequest field, Compress and CompressStream, a server with a file
@@ -13,7 +14,7 @@ batches sends random valid requests (methods, chains with per-stage options, rat
         server that waits for company, so they share micro-batches; each outcome must
         equal that request's outcome alone (same context, tokens, KV key, or the
         same error). Mismatches are cross-request contamination.
-One JSON object per part.
+One JSON object per part; a full run writes them as a result record, bench/results/fuzz.json.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import header
+from common import Record, header, run_line
+
+RECORD = Record("fuzz")
 
 CHAIN_OPTIONS = {
     "exit": [{}, {"threshold": 0.05, "min_sentences": 3}, {"threshold": 0.9}],
@@ -51,9 +54,9 @@ def proto_part(cases: int) -> bool:
          "-p", "no:randomly", "-p", "no:cacheprovider", "--hypothesis-seed=0", "--hypothesis-show-statistics"],
         cwd=repo, env={**os.environ, "CTXCOMP_FUZZ_EXAMPLES": str(cases)}, capture_output=True, text=True,
     )
-    print(json.dumps({"part": "proto", "cases_requested": cases, **hypothesis_statistics(done.stdout),
-                      "passed": done.returncode == 0, "seconds": round(time.perf_counter() - started, 1),
-                      "tail": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]}), flush=True)
+    RECORD.emit({"part": "proto", "cases_requested": cases, **hypothesis_statistics(done.stdout),
+                 "passed": done.returncode == 0, "seconds": round(time.perf_counter() - started, 1),
+                 "tail": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]})
     return done.returncode == 0
 
 
@@ -142,11 +145,11 @@ def batches_part(count: int, wave: int, seed: int) -> bool:
             together = [outcome_of(o) for o in asyncio.run(send_waves())]
             sizes = list(server.server.batcher.batch_sizes)
     mismatched = [i for i, (a, b) in enumerate(zip(alone, together)) if a != b]
-    print(json.dumps({"part": "batches", "requests": count, "wave": wave, "batches": len(sizes),
-                      "mean_batch": round(sum(sizes) / max(len(sizes), 1), 2), "max_batch": max(sizes, default=0),
-                      "errors": sum(1 for o in alone if o[0] == "error"), "kv_requests": sum(1 for r in requests if r.get("return_kv")),
-                      "contaminated": len(mismatched), "first_mismatch": requests[mismatched[0]]["method"] if mismatched else None,
-                      "seconds": round(time.perf_counter() - started, 1)}, default=str), flush=True)
+    RECORD.emit({"part": "batches", "requests": count, "wave": wave, "batches": len(sizes),
+                 "mean_batch": round(sum(sizes) / max(len(sizes), 1), 2), "max_batch": max(sizes, default=0),
+                 "errors": sum(1 for o in alone if o[0] == "error"), "kv_requests": sum(1 for r in requests if r.get("return_kv")),
+                 "contaminated": len(mismatched), "first_mismatch": str(requests[mismatched[0]]["method"]) if mismatched else None,
+                 "seconds": round(time.perf_counter() - started, 1)})
     return not mismatched
 
 
@@ -155,12 +158,38 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 proto cases, 48 batched requests (under a minute)")
     parser.add_argument("--cases", type=int, default=2_000)
     parser.add_argument("--batched", type=int, default=400)
+    parser.add_argument("--report", type=Path, help="print this result record as the docs show it, and run nothing")
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report), end="")
+        return
     cases, batched = (300, 48) if args.quick else (args.cases, args.batched)
-    print(json.dumps(header("fuzz", "test", requests_from="the test articles' paragraphs (batches part)")), flush=True)
+    RECORD.emit(header("fuzz", "test", requests_from="the test articles' paragraphs (batches part)"))
     ok = proto_part(cases)
     ok = batches_part(batched, wave=16, seed=11) and ok
+    if not args.quick:
+        print(f"result record: {RECORD.write()}")
     sys.exit(0 if ok else 1)
+
+
+def report(path: Path) -> str:
+    """A result record of this bench as the docs show it."""
+    record = json.loads(path.read_text())
+    parts = {line["part"]: line for line in record["lines"] if "part" in line}
+    out = [f"{run_line(record)}.", ""]
+    if "proto" in parts:
+        p = parts["proto"]
+        shares = ", ".join(f"{share:.1f}% {name}" for name, share in sorted(p["outcome_percent"].items(), key=lambda kv: -kv[1]))
+        out.append(f"- proto fields: {p['cases_run']:,} hypothesis cases run ({p['cases_invalid']:,} more drawn and "
+                   f"discarded), {'**passed**' if p['passed'] else '**failed**'} in {p['seconds']:.0f} s: no INTERNAL, no "
+                   f"hang, every refusal naming its field. Outcomes: {shares}.")
+    if "batches" in parts:
+        b = parts["batches"]
+        out.append(f"- batch-mates: {b['requests']} random requests ({b['kv_requests']} with KV, {b['errors']} invalid) in "
+                   f"concurrent waves of {b['wave']}: {b['batches']} micro-batches of {b['mean_batch']} on average (at most "
+                   f"{b['max_batch']}), each outcome compared with the same request alone: **{b['contaminated']} "
+                   f"contaminated** ({b['seconds']:.0f} s).")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Bounded loopback load test of `ctxcomp serve` (stops by itself).
 
     python bench/load.py [--quick] [--skip-threads] [--only PHASE]
+    python bench/load.py --report bench/results/load-PHASE.json
 
 Starts servers as subprocesses on free loopback ports (and a redis-server for the
 fault phase), then prints one JSON object per phase:
@@ -52,6 +53,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +62,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
-from common import Record, header
+from common import Record, header, run_line
 
 from ctxcomp.client import AsyncCtxcompClient, CtxcompClient
 from ctxcomp.types import Document
@@ -626,6 +628,146 @@ def precision_phase(starts: int) -> None:
                  "probe_ms": [{role: p[role][1] for role in p} for p in picks]})
 
 
+# --- the docs' tables, from a result record ---
+
+def statuses_text(statuses: dict) -> str:
+    return ", ".join(f"{name} {count:,}" for name, count in sorted(statuses.items(), key=lambda kv: -kv[1]))
+
+
+def load_report(lines: list[dict]) -> list[str]:
+    phases = {line["phase"]: line for line in lines}
+    out = ["| phase | clients | OK/s | p50 ms | p99 ms | statuses |", "|---|---|---|---|---|---|"]
+    for name in ("baseline", "steady", "overload"):
+        if name in phases:
+            p = phases[name]
+            out.append(f"| {name} | {p['clients']} | {p['ok_per_s']} | {p['p50_ms']} | {p['p99_ms']} | {statuses_text(p['statuses'])} |")
+    if "steady" in phases:
+        out += ["", f"Steady against baseline: {phases['steady']['throughput_ratio_vs_baseline']}x the requests per second."]
+    if "memory" in phases:
+        m = phases["memory"]
+        out += ["", f"Server RSS: {m['after_warmup']:,} MB after warm-up, {m['after_steady']:,} MB after the steady phase, "
+                f"{m['after_overload']:,} MB after overload, {m['settled']:,} MB settled ({100 * m['rss_growth']:+.1f}%)."]
+    return out
+
+
+def faults_report(line: dict) -> list[str]:
+    names = {"small": "small, no KV", "small_kv": "small with `return_kv`", "corrupted_context": "the corrupted blob's context again",
+             "8MB": "the 8 MB request"}
+    out = [f"{line['clients']} clients for {line['seconds']:.0f} s; events at (s): "
+           + ", ".join(f"{name} {at}" for name, at in line["events_s"].items()) + ".", "",
+           "| requests | statuses |", "|---|---|"]
+    out += [f"| {names.get(kind, kind)} | {statuses_text(statuses)} |" for kind, statuses in line["statuses"].items()]
+    out += ["", f"INTERNAL: {line['internal']}. Small requests p50 {line['small_p50_ms']} ms, p99 {line['small_p99_ms']} ms. "
+            f"First stored blob {line['kv_recovery_s_after_redis_restart']} s after redis restarted. "
+            f"Stored keys re-read at the end: {line['stored_keys_checked']}, corrupt: {line['corrupt_blobs_left']}."]
+    return out
+
+
+def p2_report(lines: list[dict]) -> list[str]:
+    rows = [line for line in lines if "clients" in line]
+    out = ["| clients | in-process req/s | gRPC req/s | gRPC / in-process | gRPC p50 ms | CPU ms per request: in-process / "
+           "server / load generator | requests per batch: in-process / server |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cpu, batch = r["cpu_ms_per_request"], r["requests_per_batch"]
+        out.append(f"| {r['clients']} | {r['in_process_per_s']} | {r['grpc_per_s']} | **{r['grpc_vs_in_process']}** | "
+                   f"{r['grpc_p50_ms']} | {cpu['in_process']} / {cpu['server']} / {cpu['load_generator']} | "
+                   f"{batch['in_process']} / {batch['server']} |")
+    return out
+
+
+def http_report(lines: list[dict]) -> list[str]:
+    out = ["| clients | gRPC req/s | HTTP req/s | HTTP / gRPC | p50 ms gRPC / HTTP | statuses gRPC / HTTP |",
+           "|---|---|---|---|---|---|"]
+    out += [f"| {r['clients']} | {r['grpc_per_s']} | {r['http_per_s']} | **{r['http_vs_grpc']}** | {r['grpc_p50_ms']} / "
+            f"{r['http_p50_ms']} | {statuses_text(r['statuses']['grpc'])} / {statuses_text(r['statuses']['http'])} |"
+            for r in lines]
+    return out
+
+
+def threads_report(lines: list[dict]) -> list[str]:
+    out = ["| policy | quiet OK/s | p50 ms | beside a competing process OK/s | p50 ms |", "|---|---|---|---|---|"]
+    out += [f"| {r['policy']} | {r['quiet_ok_per_s']} | {r['quiet_p50_ms']} | {r['competing_ok_per_s']} | {r['competing_p50_ms']} |"
+            for r in lines]
+    return out
+
+
+def fairness_report(lines: list[dict]) -> list[str]:
+    parts = {line["part"]: line for line in lines}
+    out = ["| case | result |", "|---|---|"]
+    if "neighbour" in parts:
+        n = parts["neighbour"]
+        page = n["page"]
+        out.append(f"| {n['clients']} clients of small requests, {n['quiet']['seconds']:.0f} s quiet, then "
+                   f"{n['beside_page']['seconds']:.0f} s beside one HTML page of {page['tokens_before']:,} tokens "
+                   f"({'in flight the whole phase' if page['in_flight_all_phase'] else 'done before the phase ended'}) | p99 {n['quiet']['p99_ms']} ms quiet, "
+                   f"{n['beside_page']['p99_ms']} ms beside the page (**{n['p99_ratio']}x**, goal: {n['goal']}); "
+                   f"the page {page['status']} in {page['seconds']} s |")
+    if "tenants" in parts:
+        t = parts["tenants"]
+        def wall(key: str) -> str:
+            w = t[key]["wall"]
+            return f"{w['median_ms']} ms [IQR {w['p25_ms']}-{w['p75_ms']}]"
+        out.append(f"| tenant B's KV requests: {t['contexts']} contexts tenant A had computed, against {t['contexts']} "
+                   f"nobody had sent | median {wall('b_after_a')} against {wall('b_fresh')}: "
+                   f"{'indistinguishable' if t['indistinguishable'] else '**distinguishable**'}; A's own repeats "
+                   f"(store hits) {t['a_repeat']['wall']['median_ms']} ms |")
+    if "deep_html" in parts:
+        d = parts["deep_html"]
+        cases = {"divs_1100": "1,100 nested divs", "bold_20k": "20,000 nested `<b>`", "bold_100k": "100,000 nested `<b>`",
+                 "tag_soup": "unclosed tag soup"}
+        out.append("| pages: " + " / ".join(cases[k] for k in cases if k in d) + " | "
+                   + " / ".join(d[k]["status"] + (f" (`{d[k]['message']}`)" if "message" in d[k] else "")
+                                for k in cases if k in d) + " |")
+    if "echo" in parts:
+        e = {k: v for k, v in parts["echo"].items() if isinstance(v, dict)}
+        chars = [v["message_chars"] for v in e.values()]
+        out.append(f"| 8 KB values in {', '.join(k for k in e if k != 'metadata_65mb')}; 65 MB of metadata | "
+                   + ", ".join(sorted({v['status'] for v in e.values()})) + " naming "
+                   + ", ".join(f"`{v['field'][:24]}`" for v in e.values()) + f"; messages of {min(chars)}-{max(chars)} characters |")
+    if "store_full" in parts:
+        f = parts["store_full"]
+        out.append(f"| {f['requests']} KV requests of distinct contexts into a file store capped at {f['cap_mb']} MB | "
+                   f"{statuses_text(f['statuses'])}; the folder's largest: {f['largest_mb']} MB |")
+    return out
+
+
+def precision_report(lines: list[dict]) -> list[str]:
+    out = []
+    for line in lines:
+        chosen = "; ".join(f"{role}: " + ", ".join(f"{form} {n} times" for form, n in forms.items())
+                           for role, forms in line["chosen"].items())
+        probe = {role: {form: statistics.median(p[role][form] for p in line["probe_ms"]) for form in line["probe_ms"][0][role]}
+                 for role in line["probe_ms"][0]}
+        out += [f"{line['starts']} starts with `--precision auto`, a fresh hub each: {chosen}.", "",
+                "| encoder | " + " | ".join(next(iter(probe.values()))) + " |", "|---" * (1 + len(next(iter(probe.values())))) + "|"]
+        out += [f"| {role} | " + " | ".join(f"{ms:.0f} ms" for ms in forms.values()) + " |" for role, forms in probe.items()]
+        out += ["", "(median probe time per form over the starts)"]
+    return out
+
+
+SECTIONS = (  # the phases each table shows, and what renders them
+    (("baseline", "steady", "overload", "memory"), load_report),
+    (("faults",), lambda lines: faults_report(lines[0])),
+    (("p2",), p2_report),
+    (("http",), http_report),
+    (("threads",), threads_report),
+    (("fairness",), fairness_report),
+    (("precision",), precision_report),
+)
+
+
+def report(path: Path) -> str:
+    """A result record of this bench as the docs show it: one table per phase it holds."""
+    record = json.loads(path.read_text())
+    lines = [line for line in record["lines"][1:] if "phase" in line]
+    out = [f"{run_line(record)}.", ""]
+    for phases, render in SECTIONS:
+        shown = [line for line in lines if line["phase"] in phases]
+        if shown:
+            out += render(shown) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short phases, faults only (under a minute)")
@@ -634,7 +776,11 @@ def main() -> None:
     parser.add_argument("--skip-threads", action="store_true", help="leave out the threads phase")
     parser.add_argument("--only", choices=["load", "faults", "p2", "http", "threads", "fairness", "precision"],
                         help="run this phase alone")
+    parser.add_argument("--report", type=Path, help="print this result record as the docs show it, and run nothing")
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report), end="")
+        return
     RECORD.emit(header("load", "test", requests_from="the test articles' paragraphs; only timings and statuses are reported"))
     requests = make_requests(400, seed=5)
     if args.quick:

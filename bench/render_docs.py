@@ -35,7 +35,8 @@ GENERATED = re.compile(r"(<!-- generated: (?P<what>[a-z ]+) -->\n)(?P<body>.*?)(
 REPORTS = {
     "answer_preservation": "answer_preservation", "conversation": "conversation", "encoder_backends": "encoder_backends",
     "html": "html_pruning", "kv": "kv", "kv_reuse": "kv_reuse", "llmlingua2_vs_reference": "llmlingua2_vs_reference",
-    "quality": "quality", "reader": "reader",
+    "load": "load", "quality": "quality", "reader": "reader", "startup": "startup", "fuzz": "fuzz", "batch": "batch",
+    "soft_quality": "soft_quality",
 }
 
 

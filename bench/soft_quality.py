@@ -1,6 +1,7 @@
 """Answer quality from soft compression: xRAG and COMI slots vs no and full context.
 
-    python bench/soft_quality.py [--quick] [--questions 300] [--split test]
+    python bench/soft_quality.py [--quick] [--questions 300] [--split test] [--record NAME]
+    python bench/soft_quality.py --report bench/results/soft-quality-test.json
 
 On SQuAD questions of the test articles (training/squad.py; the projector
 trained on the train and dev articles), the shipped LLM (SmolLM2-135M-Instruct,
@@ -18,7 +19,8 @@ frozen, greedy) answers from the template the projector was trained with,
 Every variant goes through the service's own methods (Compressor) and the
 client helper that splices soft tokens into inputs_embeds. Prints one JSON
 line per variant (EM and F1 with bootstrap 95% intervals, compression), then
-which no-context baselines xrag's F1 interval clears.
+which no-context baselines xrag's F1 interval clears. A full run writes them as a result
+record, bench/results/soft-quality-SPLIT.json.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
-from common import add_split_argument, header, split_paragraphs
+from common import Record, add_split_argument, header, run_line, split_paragraphs
 
 from ctxcomp import generation
 from ctxcomp.client import build_inputs_embeds
@@ -42,6 +45,11 @@ from ctxcomp.soft import PLACEHOLDER
 from ctxcomp.types import CompressRequest, Document
 
 SEED = 11
+VARIANT_NAMES = {
+    "none": "no context: the question alone", "none_template": "no context: the trained template, empty background",
+    "xrag_other": "no context: xRAG token of another article's paragraph", "xrag": "**xRAG, 1 token of the gold paragraph**",
+    "comi_16x": "COMI slots, 16x", "comi_32x": "COMI slots, 32x", "full": "full paragraph",
+}
 
 
 def sample(paragraphs: list[squad.Paragraph], n: int) -> list[tuple[squad.Paragraph, squad.Question, squad.Paragraph]]:
@@ -56,9 +64,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="16 questions")
     parser.add_argument("--questions", type=int, default=300)
+    parser.add_argument("--record", default=None, help="result record name (default soft-quality-SPLIT; none with --quick)")
+    parser.add_argument("--report", type=Path, help="print this result record as the docs show it, and run nothing")
     add_split_argument(parser)
     args = parser.parse_args()
-    print(json.dumps(header("soft_quality", args.split)), flush=True)
+    if args.report:
+        print(report(args.report), end="")
+        return
+    record = Record("soft_quality")
+    record.emit(header("soft_quality", args.split))
     pairs = sample(split_paragraphs(args.split), 16 if args.quick else args.questions)
     hub = ModelHub()
     compressor = Compressor(hub)
@@ -102,11 +116,30 @@ def main() -> None:
             "context_slots": round(used / len(pairs), 2),
         }
     for name, row in figures.items():
-        print(json.dumps({"bench": "soft_quality", "variant": name, "questions": len(pairs), **row}), flush=True)
+        record.emit({"bench": "soft_quality", "variant": name, "questions": len(pairs), **row})
     xrag = figures["xrag"]["f1_interval95"]
-    print(json.dumps({"bench": "soft_quality", "xrag_f1_clears": [
+    record.emit({"bench": "soft_quality", "xrag_f1_clears": [
         name for name in ("none", "none_template", "xrag_other") if separated(xrag, figures[name]["f1_interval95"]) > 0],
-        "elapsed_s": round(time.time() - started, 1)}), flush=True)
+        "elapsed_s": round(time.time() - started, 1)})
+    if not args.quick:
+        print(f"result record: {record.write(args.record or f'soft-quality-{args.split}')}")
+
+
+def report(path: Path) -> str:
+    """A result record of this bench as the docs show it."""
+    record = json.loads(path.read_text())
+    rows = [line for line in record["lines"] if "variant" in line]
+    clears = next(line["xrag_f1_clears"] for line in record["lines"] if "xrag_f1_clears" in line)
+    out = [f"{run_line(record)}; {rows[0]['questions']} questions.", "",
+           "| variant | context slots (mean) | compression | EM | F1 [95% CI] |", "|---|---|---|---|---|"]
+    for row in rows:
+        compression = f"{row['compression']}x" if row["compression"] else "–"
+        low, high = row["f1_interval95"]
+        out.append(f"| {VARIANT_NAMES.get(row['variant'], row['variant'])} | {row['context_slots']} | {compression} | "
+                   f"{row['em']:.3f} | {row['f1']:.3f} [{low:.3f}, {high:.3f}] |")
+    out += ["", "The no-context baselines whose F1 interval xRAG's clears: "
+            + (", ".join(f"`{name}`" for name in clears) if clears else "none") + "."]
+    return "\n".join(out) + "\n"
 
 
 def _text_embeds(llm, text: str):
