@@ -20,11 +20,11 @@ the same warm-up and the same number of runs. One JSON object per line:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
+from common import Record, header
 
 from ctxcomp.kernels.attention import Rope, kernel_support, prefill_attention, reference_prefill
 
@@ -100,8 +100,10 @@ def main() -> None:
     rope = Rope.plain(1e5, HEAD_DIM)
     where = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype),
              "heads": f"{N_Q}/{N_KV}", "head_dim": HEAD_DIM, "torch": torch.__version__}
+    record = Record("attention")
+    record.emit(header("attention", None, **where))
     floor = measure(1, 16, device, dtype, rope, args)
-    print(json.dumps({"bench": "attention", "part": "floor", "batch": 1, "seq": 16, **where, **floor}), flush=True)
+    record.emit({"bench": "attention", "part": "floor", "batch": 1, "seq": 16, **where, **floor})
     kernel_by_seq = {}
     for batch, seq in shapes:
         row = measure(batch, seq, device, dtype, rope, args)
@@ -115,12 +117,13 @@ def main() -> None:
                         "kernel_above_floor_ms": round(kernel - floor["kernel_ms"]["median"], 4)})
             if batch == 1:
                 kernel_by_seq[seq] = kernel
-        print(json.dumps({"bench": "attention", "part": "shape", "batch": batch, "seq": seq, **where, **row}), flush=True)
+        record.emit({"bench": "attention", "part": "shape", "batch": batch, "seq": seq, **where, **row})
     if kernel_by_seq:
         times = [kernel_by_seq[s] for s in sorted(kernel_by_seq)]
         falls = [s for s, a, b in zip(sorted(kernel_by_seq)[1:], times, times[1:]) if b < a]
-        print(json.dumps({"bench": "attention", "part": "sweep", "kernel_grows_with_work": not falls,
-                          "falls_at_seq": falls}), flush=True)
+        record.emit({"bench": "attention", "part": "sweep", "kernel_grows_with_work": not falls, "falls_at_seq": falls})
+    if device == "cuda" and not args.quick:  # a GPU run is the figure; a CPU run only checks the code
+        print(f"result record: {record.write()}")
 
 
 if __name__ == "__main__":

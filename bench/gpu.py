@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from common import header, split_paragraphs
+from common import Record, header, split_paragraphs
 
 from ctxcomp.kv import blob
 from ctxcomp.kv.handoff import blob_from_prefill, cache_from_blob
@@ -55,6 +55,7 @@ QUICK_METHODS = ("cascade", "llmlingua2", "llmlingua2:compat")
 RATE = 0.2
 QUESTION_TOKENS = 16
 CODECS = ("fp16", "bf16", "int8", "int4")
+RECORD = Record("gpu")
 LLAMA3_ROPE = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 SHAPES = {  # the published configs' shapes; weights are random
@@ -172,10 +173,10 @@ def measure_kv(args: argparse.Namespace, where: dict) -> None:
     for context in lengths if "ttft" in parts else [2048]:
         row, result = ttft_row(llm, context, args.device, args.repeats)
         if "ttft" in parts:
-            print(json.dumps({"bench": "gpu", "part": "ttft", **where, "llm_shape": shape, "dtype": str(dtype), **row}), flush=True)
+            RECORD.emit({"bench": "gpu", "part": "ttft", **where, "llm_shape": shape, "dtype": str(dtype), **row})
         if context == 2048 and "codec" in parts:
             for codec_row in codec_rows(llm, result, args.device, args.repeats):
-                print(json.dumps({"bench": "gpu", "part": "codec", **where, "llm_shape": shape, **codec_row}), flush=True)
+                RECORD.emit({"bench": "gpu", "part": "codec", **where, "llm_shape": shape, **codec_row})
         del result
     del llm
 
@@ -207,11 +208,11 @@ def measure_compression(args: argparse.Namespace, where: dict) -> None:
         _, batch_s = timed(lambda: compressor.compress_batch(mine), args.device, args.repeats)
         _, single_s = timed(lambda: [compressor.compress(r) for r in mine], args.device, args.repeats)
         batched, single = len(mine) / statistics.median(batch_s), len(mine) / statistics.median(single_s)
-        print(json.dumps({"bench": "gpu", "part": "compress", **where, "method": name, "requests": len(mine), "rate": RATE,
-                          "batched_req_per_s": round(batched, 2), "single_req_per_s": round(single, 2),
-                          "reference_llmlingua2_req_per_s": round(baseline, 2),
-                          "batched_vs_reference": round(batched / baseline, 2),
-                          "single_vs_reference": round(single / baseline, 2)}), flush=True)
+        RECORD.emit({"bench": "gpu", "part": "compress", **where, "method": name, "requests": len(mine), "rate": RATE,
+                     "batched_req_per_s": round(batched, 2), "single_req_per_s": round(single, 2),
+                     "reference_llmlingua2_req_per_s": round(baseline, 2),
+                     "batched_vs_reference": round(batched / baseline, 2),
+                     "single_vs_reference": round(single / baseline, 2)})
 
 
 def main() -> None:
@@ -227,12 +228,14 @@ def main() -> None:
         print(json.dumps(header("gpu", None, result="not measured: no GPU", torch=torch.__version__)), flush=True)
         return
     gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "none (smoke run on cpu)"
-    print(json.dumps(header("gpu", "test", device=args.device, gpu=gpu, torch=torch.__version__)), flush=True)
+    RECORD.emit(header("gpu", "test", device=args.device, gpu=gpu, torch=torch.__version__))
     where = {"device": args.device, "gpu": gpu}
     if {"ttft", "codec"} & set(args.parts.split(",")):
         measure_kv(args, where)
     if "compress" in args.parts.split(","):
         measure_compression(args, where)
+    if args.device.startswith("cuda") and not args.quick:  # a CPU run is a smoke run, not a figure
+        print(f"result record: {RECORD.write()}")
 
 
 if __name__ == "__main__":
