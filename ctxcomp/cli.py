@@ -418,9 +418,20 @@ def exit_quietly(code: int) -> None:
 
     logging.shutdown()
     atexit._run_exitfuncs()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = code or stdout_closed()
     sys.stderr.flush()
     os._exit(code)
+
+
+def stdout_closed() -> int:
+    """The reader of stdout went away (`ctxcomp methods | head`): it has what it wanted. Point
+    stdout at /dev/null so the output still buffered is dropped without a traceback, and return
+    the shell's status for a process that SIGPIPE ended (128 + 13)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,6 +445,8 @@ def run_command(args: argparse.Namespace) -> int:
     except CtxcompError as err:
         print(f"ctxcomp: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return stdout_closed()
 
 
 def console_main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -83,6 +84,20 @@ def test_a_missing_input_file_is_one_line() -> None:
     done = run_cli("compress", "/nonexistent/docs.jsonl", "--rate", "0.5")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["ctxcomp: input: /nonexistent/docs.jsonl: No such file or directory"]
+
+
+def test_a_reader_that_closed_stdout_gets_no_traceback() -> None:
+    """`ctxcomp methods | head -1`, where head has gone by the time the listing is written: the
+    command stops quietly with the status of a process that SIGPIPE ended."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ctxcomp.cli", "methods"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
 
 
 def test_demo_serves_and_prints_a_compressed_context() -> None:
