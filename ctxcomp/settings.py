@@ -143,7 +143,7 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
     Setting("--max-request-tokens", "downstream-LLM tokens one request may hold (more: INVALID_ARGUMENT naming "
             "documents)", LIMITS, type=int),
     Setting("--max-request-cost", "estimated model work one request may take, in units of a document token through "
-            "the default method (HTML elements and KV prefill tokens cost more); about 0.25 ms each on 2 cores. More: "
+            "the default method (HTML elements and KV prefill tokens cost more). More: "
             "INVALID_ARGUMENT naming the field that makes it big", LIMITS, type=int),
     Setting("--kv-store", "keep KV blobs here (file:///path or redis://host:port/db) and return keys; or write them "
             "as LMCache chunks for vLLM (lmcache+fs:///path?model=NAME&hash_seed=0, docs/kv.md)", default=""),
