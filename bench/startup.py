@@ -13,7 +13,9 @@ Servers start one after the other as subprocesses on loopback ports:
              median of the firsts against the median of the same requests sent tenth, and the
              median of all. The acceptance of the server's preload: the first is no slower than
              the tenth. One request on 2 cores varies by +-15 ms, so a single pair cannot
-             order them; the medians over pairs can.
+             order them; the medians over pairs can. Each client connects its channel (one health
+             call) before the first timed request: the connect is the client's cost, not a sign of
+             a server that is not ready.
   baseline   `--preload cascade` alone: any other method loads on its first request.
 A full run writes its lines to bench/results/startup.json.
 """
@@ -41,6 +43,7 @@ def timed(flags: list[str], methods: list[str], requests) -> tuple[float, dict[s
     started = time.perf_counter()
     with serving(*flags) as (_, address), CtxcompClient(address, timeout=300) as client:
         serving_s = round(time.perf_counter() - started, 1)
+        client.health()  # the channel connects here: a client's connect is not the server's readiness
         times: dict[str, list[float]] = {}
         for name in methods:
             times[name] = []
