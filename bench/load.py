@@ -444,7 +444,8 @@ def threads_phase(seconds: float, requests: list[dict]) -> None:
         with serving(*flags, env=env) as (_, address):
             asyncio.run(run_phase(address, 2, 4.0, 60.0, exit_requests))  # warm-up
             quiet = asyncio.run(run_phase(address, 2, seconds, 60.0, exit_requests))
-            competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ, "OMP_WAIT_POLICY": ""})
+            competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR],  # OpenMP's default waits: a plain process
+                                          env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
             try:
                 time.sleep(1.0)
                 busy = asyncio.run(run_phase(address, 2, seconds, 60.0, exit_requests))
