@@ -380,7 +380,13 @@ class Compressor:
         for name in dict.fromkeys(plan.name for plan in plans):
             members = [i for i, plan in enumerate(plans) if plan.name == name and done[i] is None]
             if members:
-                items = [MethodItem(plans[i].request, plans[i].config, tokens_before[i], scored[i]) for i in members]
+                # A method never sees an item without documents (a conversation whose documents
+                # are all in its messages, or a system message alone): its output is empty.
+                for i in members:
+                    if not plans[i].request.documents:
+                        done[i] = MethodOutput(())
+                compressed = [i for i in members if plans[i].request.documents]
+                items = [MethodItem(plans[i].request, plans[i].config, tokens_before[i], scored[i]) for i in compressed]
                 # stable conversation history: each older answer against its own question, same batch
                 owners, side = [], []
                 for i in members:
@@ -388,9 +394,11 @@ class Compressor:
                                                                       plans[i].cost_tokens):
                         owners.append(i)
                         side.append(MethodItem(request, plans[i].config, (tokens,)))
+                if not items and not side:
+                    continue
                 self.ready(name)
                 results = self.method(name).compress_many(items + side)
-                for i, output in zip(members, results):
+                for i, output in zip(compressed, results):
                     done[i] = output
                 for i, output in zip(owners, results[len(items):]):
                     done[i] = replace(done[i], documents=done[i].documents + output.documents)  # type: ignore[arg-type]

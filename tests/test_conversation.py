@@ -62,6 +62,11 @@ def test_a_conversation_alone_and_a_query_that_overrides(compressor) -> None:
     assert explicit.query == "How long was the Vasa?"
     no_user = compressor.compress(request(query="How long was the Vasa?", messages=(Message("system", ""),)))
     assert no_user.prompt.endswith("Question: How long was the Vasa?<|im_end|>\n<|im_start|>assistant\n")  # found by the fuzz
+    nothing = compressor.compress(request(query="0", documents=(), messages=(Message("system", ""),)))  # the fuzz, too
+    assert nothing.documents == () and nothing.context == ""
+    assert nothing.prompt.endswith("<|im_start|>user\n0<|im_end|>\n<|im_start|>assistant\n")  # the question alone
+    stable = compressor.compress(request(documents=(), rate=0.6, history_mode="stable", verbatim_turns=1))
+    assert stable.documents == () and len(stable.messages) == len(HISTORY)
 
 
 @pytest.mark.parametrize(
