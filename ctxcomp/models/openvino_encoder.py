@@ -16,8 +16,9 @@ torch, so a converted RelevanceScorer or SentenceTransformer is called exactly a
 - int8 (ctxcomp/models/openvino_int8.py): int8 weights per output channel; activations static int8,
   their ranges calibrated on the shipped sample text (ctxcomp/models/calibration/texts.json) through
   the model's own tokenizer, except the FFN output's, which the CPU plugin quantizes per call.
-Single rows, and batches that would be mostly padding, run row by row: int8 on models compiled
-for one row of a fixed width, each compiled when first needed (CompiledGraph).
+int8 runs every row alone, on a model compiled for one row of a fixed width (each compiled when
+first needed: CompiledGraph), so a row's output never depends on its batch-mates; fp32 runs single
+rows, and batches that would be mostly padding, row by row at their exact length.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ class CompiledGraph:
 
         self._core, self._model, self._config = ov.Core(), model, config
         self._limit = limit if fixed_widths else 0
+        # int8 runs every row alone: a padded batch on the any-shape model gives a row slightly
+        # different scores than the row alone, enough to flip a kept word, so a request's output
+        # would depend on the requests it was batched with (bench/fuzz.py's batch-mates).
+        self.rows_alone = fixed_widths
         self.any_shape = self._core.compile_model(model, "CPU", config)
         self._single_rows: dict[int, Any] = {}
         self._lock = threading.Lock()
@@ -206,7 +211,7 @@ class _CompiledRows(nn.Module):
         return torch.from_numpy(out)
 
     def _row_by_row(self, shape: tuple[int, int], lengths: np.ndarray) -> bool:
-        if shape[0] == 1:
+        if shape[0] == 1 or self.compiled.rows_alone:
             return True
         widths = [self.compiled.width_for(int(length)) or int(length) for length in lengths]
         return shape[0] * shape[1] > ROW_SPLIT_WASTE * sum(widths)

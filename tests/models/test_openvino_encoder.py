@@ -140,3 +140,19 @@ def test_int8_rows_run_at_fixed_widths_compiled_on_first_use(classifier) -> None
          "token_type_ids": torch.zeros_like(ids[1:, :short]).numpy()})[0]
     assert float((one[0] - torch.from_numpy(exact[0])).abs().max()) < 1e-3
     assert torch.equal(both[1, :short], one[0])
+
+
+def test_int8_rows_give_the_same_outputs_whatever_their_batch(classifier) -> None:
+    """A request's output must not depend on its batch-mates: each row's int8 hidden states are the
+    same alone and inside a batch that is hardly padding at all (one fp32 would run as one batch)."""
+    stack = openvino_encoder.convert(classifier.model.bert, int8=True, tokenizer=classifier.tokenizer)
+    long = " ".join(TEXTS * 4)
+    texts = [long, long.replace("Swedish", "Danish") + " She was raised in 1961."]
+    batch = classifier.tokenizer(texts, padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape[0] * ids.shape[1] <= openvino_encoder.ROW_SPLIT_WASTE * int(mask.sum())
+    together = hidden_states(stack, ids, mask)
+    for row in range(len(texts)):
+        length = int(mask[row].sum())
+        alone = hidden_states(stack, ids[row : row + 1, :length], mask[row : row + 1, :length])
+        assert torch.equal(together[row, :length], alone[0])
