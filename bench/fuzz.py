@@ -180,9 +180,10 @@ def report(path: Path) -> str:
     if "proto" in parts:
         p = parts["proto"]
         shares = ", ".join(f"{share:.1f}% {name}" for name, share in sorted(p["outcome_percent"].items(), key=lambda kv: -kv[1]))
+        verdict = ("**passed**: no INTERNAL, no hang, every refusal naming its field" if p["passed"] else
+                   "**failed**: a request got INTERNAL, hung, or was refused without naming its field")
         out.append(f"- proto fields: {p['cases_run']:,} hypothesis cases run ({p['cases_invalid']:,} more drawn and "
-                   f"discarded), {'**passed**' if p['passed'] else '**failed**'} in {p['seconds']:.0f} s: no INTERNAL, no "
-                   f"hang, every refusal naming its field. Outcomes: {shares}.")
+                   f"discarded) in {p['seconds']:.0f} s, {verdict}. Outcomes: {shares}.")
     if "batches" in parts:
         b = parts["batches"]
         out.append(f"- batch-mates: {b['requests']} random requests ({b['kv_requests']} with KV, {b['errors']} invalid) in "
