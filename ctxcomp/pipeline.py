@@ -382,10 +382,9 @@ class Compressor:
             if members:
                 # A method never sees an item without documents (a conversation whose documents
                 # are all in its messages, or a system message alone): its output is empty.
-                for i in members:
-                    if not plans[i].request.documents:
-                        done[i] = MethodOutput(())
                 compressed = [i for i in members if plans[i].request.documents]
+                for i in set(members) - set(compressed):
+                    done[i] = MethodOutput(())
                 items = [MethodItem(plans[i].request, plans[i].config, tokens_before[i], scored[i]) for i in compressed]
                 # stable conversation history: each older answer against its own question, same batch
                 owners, side = [], []
