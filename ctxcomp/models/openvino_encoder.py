@@ -174,12 +174,11 @@ def row_lengths(mask: np.ndarray) -> np.ndarray | None:
 
 
 class _CompiledRows(nn.Module):
-    """Runs a CompiledGraph on numpy rows: one row, or a batch whose padding would waste more than
-    ROW_SPLIT_WASTE, row by row (a 10-document fast-mode request, no-AMX limits: 68 -> 58-60 ms; 55-57
-    with fixed widths); the rest as one batch on the any-shape model. Padded positions of a batch run
-    row by row come back as zeros. The threshold, measured without AMX on length-sorted test
-    paragraphs padded by 15%: 16 rows one by one took 0.90x the batch's time in int8 and 1.10x in fp32
-    (six layers); the pipeline's 300 requests at once (~50 rows a batch) 1.03-1.07x in int8."""
+    """Runs a CompiledGraph on numpy rows. int8 runs every row alone (CompiledGraph.rows_alone).
+    fp32 runs one row, or a batch whose padding would waste more than ROW_SPLIT_WASTE, row by row,
+    and the rest as one batch on the any-shape model (the threshold, measured without AMX on
+    length-sorted test paragraphs padded by 15%: 16 rows one by one took 1.10x the batch's time in
+    fp32, six layers). Padded positions of a batch run row by row come back as zeros."""
 
     def __init__(self, compiled: CompiledGraph, config: Any, features: int) -> None:
         super().__init__()
