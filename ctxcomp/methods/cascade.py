@@ -21,6 +21,11 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
    quota, and no fragment of an irrelevant document goes out as padding.
    `fill_budget` off keeps dropped documents out entirely. At tight budgets no
    relevant document is whole, and irrelevant documents stay out.
+
+`sentence_floor` makes the budget a cap inside relevant documents too: a
+sentence whose probability is below it is never kept (the best document's best
+sentence always may be), so a request whose relevant text is short gets a short
+context instead of its budget filled with the documents' least bad sentences.
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ class CascadeConfig(SelectiveOptions):
         metadata={"help": "the sentence at the budget's edge: clause (a contiguous part of it, or none), "
                           "sentence (none of it) or words (its best words)"},
     )
+    sentence_floor: float = field(
+        default=0.0,
+        metadata={"help": "sentences whose relevance probability is below this are never kept (the best "
+                          "document's best sentence always may be): the target becomes a cap"},
+    )
     fill_budget: bool = field(
         default=True,
         metadata={"help": "budget the relevant documents leave once all are whole goes to dropped ones, best first"},
@@ -83,6 +93,8 @@ class CascadeConfig(SelectiveOptions):
             raise InvalidRequest("options.drop_below", f"must be in [0, 1), got {self.drop_below}")
         if not 0.0 <= self.token_weight <= 10.0:
             raise InvalidRequest("options.token_weight", f"must be in [0, 10], got {self.token_weight}")
+        if not 0.0 <= self.sentence_floor < 1.0:
+            raise InvalidRequest("options.sentence_floor", f"must be in [0, 1), got {self.sentence_floor}")
 
 
 class Cascade(MethodBase):
@@ -103,6 +115,7 @@ class Cascade(MethodBase):
 
 def compress_scored(hub: ModelHub, item: MethodItem, scores: Sequence[relevance.DocumentScores]) -> MethodOutput:
     config: CascadeConfig = item.config
+    scores = floored(scores, config.sentence_floor)
     budget = token_budget(item.request, config.rate, item.tokens_before)
     budgets = document_budgets(scores, item.tokens_before, budget, config)
     checkpoint()
@@ -127,6 +140,22 @@ def compress_scored(hub: ModelHub, item: MethodItem, scores: Sequence[relevance.
     dropped = sum(1 for keep, s in zip(relevant, selections) if not keep and not sum(s.counts))
     note = f"{dropped} document(s) judged irrelevant and dropped whole" if dropped else ""
     return MethodOutput(document_results(item.request, merged, item.tokens_before, probabilities), note)
+
+
+def floored(scores: Sequence[relevance.DocumentScores], floor: float) -> list[relevance.DocumentScores]:
+    """The scores with every sentence below probability `floor` made unkeepable (logit -inf),
+    except the best document's best sentence."""
+    if floor <= 0.0 or not len(scores):
+        return list(scores)
+    best = int(np.argmax([d.relevance for d in scores]))
+    out = []
+    for d, doc in enumerate(scores):
+        logits = doc.sentence_logits.astype(np.float64)
+        below = relevance.sigmoid(logits) < floor
+        if d == best and len(logits):
+            below[int(np.argmax(logits))] = False
+        out.append(replace(doc, sentence_logits=np.where(below, -np.inf, logits)) if below.any() else doc)
+    return out
 
 
 def document_budgets(
@@ -228,6 +257,8 @@ def edge_clause(hub: ModelHub, doc: relevance.DocumentScores, sentence_logits: n
     left = budget
     out = np.zeros(len(owner), bool)
     for sentence in np.argsort(-sentence_logits, kind="stable"):
+        if sentence_logits[sentence] == -np.inf:  # below the sentence floor: never kept, not even in part
+            return out
         if sentence_costs[sentence] <= left:
             left -= sentence_costs[sentence]
             continue

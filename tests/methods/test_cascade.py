@@ -156,7 +156,8 @@ def test_the_causes_of_the_collapse_survive_at_a_third_of_the_tokens(compressor)
 
 
 @pytest.mark.parametrize("options, field", [({"temperature": 0}, "options.temperature"), ({"drop_below": 1.0}, "options.drop_below"),
-                                            ({"token_weight": -1}, "options.token_weight"), ({"edge_cut": "word"}, "options.edge_cut")])
+                                            ({"token_weight": -1}, "options.token_weight"), ({"edge_cut": "word"}, "options.edge_cut"),
+                                            ({"sentence_floor": 1.0}, "options.sentence_floor")])
 def test_bad_options_name_the_field(compressor, options, field) -> None:
     with pytest.raises(InvalidRequest) as err:
         compressor.plan(demo_request(method="cascade", options=options))
@@ -224,6 +225,18 @@ def test_a_words_cut_may_keep_the_best_words_of_a_sentence(compressor, hub) -> N
     request = vasa_request((VASA,), 0.5, edge_cut="words")
     result = compressor.compress(request)
     assert sentence_pieces(hub, result, request)
+
+
+def test_a_sentence_floor_makes_the_target_a_cap(compressor) -> None:
+    """At 0.8 of the tokens the Vasa's construction and the weather fill the budget; with a floor
+    only what the query needs stays, and the best sentence stays even at a floor above it."""
+    loose = compressor.compress(vasa_request((VASA, PARIS), 0.8))
+    capped = compressor.compress(vasa_request((VASA, PARIS), 0.8, sentence_floor=0.33))
+    assert "The weather was fine" in loose.context
+    assert capped.context == "The Vasa sank in 1628 because it was top-heavy and unstable."
+    assert capped.tokens_after < loose.tokens_after
+    strictest = compressor.compress(vasa_request((VASA, PARIS), 0.8, sentence_floor=0.999))
+    assert strictest.context == capped.context
 
 
 def test_clauses_end_at_punctuation_and_before_conjunctions() -> None:
