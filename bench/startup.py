@@ -5,8 +5,10 @@ first request costs after it against its tenth.
 
 Servers start one after the other as subprocesses on loopback ports:
   preloaded  `--preload` as given (the default: the default method and llmlingua2), started
-             in `--pairs` pairs: the same `--requests` different five-paragraph requests of the
-             test articles go to one server of a pair in one order and to the other in the
+             in `--pairs` pairs: the same `--requests` five-paragraph requests, each of another
+             test article (no text of one is in another: a request whose paragraphs a server
+             has seen before is a repeat, not a sign of readiness), go to one server of a pair
+             in one order and to the other in the
              reverse order, so the first request of one server is the tenth of the other. Per
              method: each end request's time when it came first and when it came tenth (the
              same request, on servers that had not been sent it; a tenth request finds the
@@ -36,6 +38,20 @@ from quality import build_requests
 from ctxcomp.client import CtxcompClient
 
 RECORD = Record("startup")
+
+
+def one_per_article(built, n: int) -> list:
+    """The first n requests of distinct articles (a request's documents are paragraphs of its
+    article, named "article#paragraph")."""
+    seen, out = set(), []
+    for _, request, _ in built:
+        article = request.documents[0].id.partition("#")[0]
+        if article not in seen:
+            seen.add(article)
+            out.append(request)
+    if len(out) < n:
+        raise SystemExit(f"the test articles give {len(out)} requests of distinct articles, not {n}")
+    return out[:n]
 
 
 def timed(flags: list[str], methods: list[str], requests) -> tuple[float, dict[str, list[float]]]:
@@ -131,7 +147,7 @@ def main() -> None:
     RECORD.emit(header("startup", "test"))
     methods = ["cascade"] if args.quick else args.preload.split(",")
     n = 3 if args.quick else args.requests
-    requests = [r for _, r, _ in build_requests(split_paragraphs("test"), n)]
+    requests = one_per_article(build_requests(split_paragraphs("test"), 20 * n), n)
     preloaded_lines(["--preload", ",".join(methods)], methods, requests, 1 if args.quick else args.pairs)
     if not args.quick:
         baseline_lines(methods, requests)
