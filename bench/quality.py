@@ -1,7 +1,7 @@
 """Gold-answer preservation, rerank accuracy, the selective gate and cost of every method vs baselines.
 
     python bench/quality.py [--quick] [--questions 300] [--methods cascade,exit,...] [--split test] [--targets 3x,5x]
-                            [--distractors retrieved --documents 5,10,20] [--record NAME]
+                            [--distractors retrieved --documents 5,10,20] [--text informal] [--record NAME]
 
 A method may carry options for tuning runs: `recomp_abstractive:max_input_tokens=512`.
 
@@ -92,6 +92,29 @@ def build_requests(
         docs = [p, *near, *rng.sample(same, min(others - len(near), len(same)))]
         rng.shuffle(docs)
         out.append((q, CompressRequest(q.text, tuple(Document(f"{d.article}#{d.index}", d.context) for d in docs)), docs.index(p)))
+    return out
+
+
+_RUN_ON = re.compile(r"([.!?])(\s+)")
+_NOT_INFORMAL = re.compile(r"[,;:\"“”‘’]")
+
+
+def informal(text: str, rng: random.Random) -> str:
+    """Text as forum posts are written: lowercase, no commas, semicolons, colons or quotes, and
+    two of three sentence ends run on (the full stop dropped)."""
+    text = _RUN_ON.sub(lambda m: (m.group(2) if rng.random() < 2 / 3 else m.group(0)), text)
+    return re.sub(r"\s+", " ", _NOT_INFORMAL.sub("", text.lower())).strip()
+
+
+def informal_cases(cases):
+    """build_requests' cases rewritten by `informal` (answers too, so a kept answer still matches)."""
+    rng = random.Random(SEED)
+    out = []
+    for question, request, gold in cases:
+        documents = tuple(dataclasses.replace(d, text=informal(d.text, rng)) for d in request.documents)
+        answers = tuple(informal(a, rng) for a in question.answers)
+        out.append((dataclasses.replace(question, text=informal(question.text, rng), answers=answers),
+                    dataclasses.replace(request, query=informal(request.query, rng), documents=documents), gold))
     return out
 
 
@@ -230,7 +253,9 @@ def report(path: Path) -> str:
     record = json.loads(path.read_text())
     lines = record["lines"]
     head = lines[0]
-    out = [f"{run_line(record)}; {head['split']}.", ""]
+    text = ("; every request rewritten as informal text (lowercase, little punctuation, run-on sentences)"
+            if head.get("text") == "informal" else "")
+    out = [f"{run_line(record)}; {head['split']}{text}.", ""]
 
     def interval(pair: list) -> str:
         return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
@@ -276,6 +301,8 @@ def main() -> None:
                         help="the gold paragraph's company: paragraphs of its article, or also near misses "
                              "BM25 retrieves from other articles")
     parser.add_argument("--documents", default="5", help="documents per request, one setting per value (5,10,20)")
+    parser.add_argument("--text", choices=("as-written", "informal"), default="as-written",
+                        help="the requests as SQuAD has them, or rewritten as forum text (lowercase, little punctuation)")
     parser.add_argument("--rerank-also", default=None, metavar="FOLDER",
                         help="another relevance model's folder (an earlier delta): its rerank line on the same requests")
     parser.add_argument("--record", default=None, help="write the run as this result record (bench/results/NAME.json)")
@@ -291,11 +318,13 @@ def main() -> None:
     compressor = Compressor(hub)
     paragraphs = split_paragraphs(args.split)
     record = Record("quality")
-    record.emit(header("quality", args.split, distractors=args.distractors,
+    record.emit(header("quality", args.split, distractors=args.distractors, text=args.text,
                        relevance=hub.get("relevance").meta.get("groups", "")))
     started = time.time()
     for documents in [int(d) for d in args.documents.split(",")]:
         cases = build_requests(paragraphs, 15 if args.quick else args.questions, documents, args.distractors == "retrieved")
+        if args.text == "informal":
+            cases = informal_cases(cases)
         compressor.compress(dataclasses.replace(cases[0][1], method="cascade"))  # warm: models load outside the timings
         setting = {"documents": documents, "distractors": args.distractors}
         if args.rerank_also:
