@@ -22,7 +22,7 @@ Stages (after ctxcomp.relevance.score, one cross-encoder pass over every
    `fill_budget` off keeps dropped documents out entirely. At tight budgets no
    relevant document is whole, and irrelevant documents stay out.
 
-`sentence_floor` makes the budget a cap inside relevant documents too: a
+`sentence_floor` makes the target a cap inside relevant documents too: a
 sentence whose probability is below it is never kept (the best document's best
 sentence always may be), so a request whose relevant text is short gets a short
 context instead of its budget filled with the documents' least bad sentences.
@@ -76,6 +76,10 @@ class CascadeConfig(SelectiveOptions):
         metadata={"help": "the sentence at the budget's edge: clause (a contiguous part of it, or none), "
                           "sentence (none of it) or words (its best words)"},
     )
+    # sentence_floor: off. On the dev articles a floor raises the reader's F1 and keeps answer strings
+    # (bench/results/reader-dev-floor.json, quality-dev-floor*.json), but the sentence head learnt
+    # single-sentence SQuAD answers: the second half of a two-part question scores below any useful
+    # floor (docs/reader.md).
     sentence_floor: float = field(
         default=0.0,
         metadata={"help": "sentences whose relevance probability is below this are never kept (the best "
