@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from ctxcomp import methods
@@ -421,11 +421,15 @@ def test_fuzzed_requests_over_http_get_the_status_and_field_grpc_gives(stored_ga
 
     port, client = stored_gateway
     try:
+        body = json_format.MessageToJson(request)
+    except json_format.SerializeToJsonError:  # an infinite or NaN option value: JSON has no way to say it
+        assume(False)
+    try:
         client.stub.Compress(request, timeout=60)
         refused = None
     except grpc.RpcError as error:
         refused = error
-    status, body = post_json(port, json_format.MessageToJson(request))
+    status, body = post_json(port, body)
     assert status < 500, body
     if refused is None:
         event("OK")
