@@ -34,7 +34,7 @@ def _load_malloc_trim() -> Callable[[], None]:
     return lambda: trim(0)
 
 
-_release_free_heap = _load_malloc_trim()
+release_free_heap = _load_malloc_trim()
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ class MicroBatcher:
         finally:
             # Batches allocate many differently sized tensors; hand freed heap back to the
             # OS so the server's RSS tracks its working set instead of its high-water mark.
-            _release_free_heap()
+            release_free_heap()
         return [outcomes.get(i) for i in range(len(batch))]
 
     def _alone(self, pending: _Pending) -> CompressResult | Exception:
