@@ -132,8 +132,6 @@ def report(path: Path) -> str:
                 "| method | first, median ms | the same requests tenth, median ms | first minus tenth, ms [paired 95%] | "
                 "first no slower | every request, median ms | firsts (ms) | tenths (ms) |", "|---|---|---|---|---|---|---|---|"]
         for line in preloaded:
-            if "first_minus_tenth_interval95" not in line:  # records written before the paired judgement
-                line.update(paired_judgement(line["first_ms"], line["same_request_tenth_ms"]))
             low, high = line["first_minus_tenth_interval95"]
             out.append(f"| `{line['method']}` | {line['first_median_ms']:.1f} | {line['tenth_median_ms']:.1f} | "
                        f"{line['first_minus_tenth_ms']:+.1f} [{low:+.1f}, {high:+.1f}] | {'yes' if line['first_no_slower'] else 'no'} | "
